@@ -1,0 +1,265 @@
+"""Run a segmentation network on 2D images of any size: tiles stream through, blended seamlessly.
+
+The host holds the input and the output (either may be dask / zarr); the device holds one
+batch of tiles. ``Segmenter.iter_predict`` yields progress between batches, so a GUI can show it
+and stop cleanly by closing the generator.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .normalization import Normalization, as_three_channels
+from .tiling import RowBandAccumulator, TileGrid
+
+DEFAULT_TILE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Tiles done out of tiles in total, for one image."""
+
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+def resolve_device(device: str = "auto"):
+    """"auto" -> CUDA, else Apple MPS, else CPU; an explicit choice must exist."""
+    import torch
+
+    name = str(device).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use auto, cuda, mps or cpu") from err
+
+
+def image_layout(shape: tuple[int, ...]) -> str:
+    """"grey" for (Y, X), "channels" for (Y, X, C) with C in 1/3/4; anything else is an error."""
+    if len(shape) == 2:
+        kind = "grey"
+    elif len(shape) == 3 and shape[-1] in (1, 3, 4):
+        kind = "channels"
+    else:
+        raise ValueError(
+            f"expected a 2D image (Y, X) or (Y, X, C) with C = 1, 3 or 4; got shape {tuple(shape)}. "
+            "For stacks, segment one 2D slice at a time (the napari widget and `fmbff segment` do)."
+        )
+    if min(shape[:2]) < 1:
+        raise ValueError(f"the image is empty: shape {tuple(shape)}")
+    return kind
+
+
+def check_dtype(dtype) -> None:
+    dtype = np.dtype(dtype)
+    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"unsupported pixel type {dtype}; use integer, float or bool images")
+
+
+class Segmenter:
+    """Tiled, batched inference of a binary segmentation network.
+
+    model: an ``FMBFFNet`` (or any module (B, 3, H, W) -> (B, 1, H, W) logits), a registered
+    model name, or a checkpoint path. tile_size / normalization default to what the
+    checkpoint recorded. On CUDA: autocast (bf16 where supported, else fp16), channels_last,
+    and a CUDA out-of-memory error halves the batch and carries on.
+    """
+
+    def __init__(self, model, device: str = "auto", tile_size: int | None = None,
+                 overlap: float = 0.25, batch_size: int = 8, tta: bool = False,
+                 normalization: Normalization | None = None, precision: str = "auto") -> None:
+        import torch
+
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from .models import load_model
+
+            model = load_model(model)
+        self.device = resolve_device(device)
+        meta = getattr(model, "metadata", {}) or {}
+        self.tile_size = int(tile_size or meta.get("tile_size") or DEFAULT_TILE_SIZE)
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
+        self.overlap = float(overlap)
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.tta = bool(tta)
+        self.normalization = normalization or default_normalization(model)
+        self.amp_dtype = _amp_dtype(self.device, precision)
+        model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    @property
+    def device_label(self) -> str:
+        """A human-readable name of the device in use, e.g. 'cuda (NVIDIA H100)'."""
+        import torch
+
+        if self.device.type == "cuda":
+            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+        return self.device.type
+
+    # ---- the public calls -------------------------------------------------------------------
+
+    def predict_proba(self, image, out=None) -> np.ndarray:
+        """Foreground probability, float32 (Y, X) in [0, 1]. ``out`` may be a zarr array."""
+        gen = self.iter_predict(image, out=out)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def segment(self, image, threshold: float = 0.5, min_size: int = 0,
+                fill_holes: bool = False, split: bool = True) -> np.ndarray:
+        """Integer labels (Y, X): 0 background, 1.. objects (or a single label 1 if not split)."""
+        return labels_from_proba(self.predict_proba(image), threshold, min_size, fill_holes, split)
+
+    def iter_predict(self, image, out=None):
+        """Generator: yields ``Progress`` after every batch, returns the probability map.
+
+        Closing the generator (or simply not iterating further) stops the work between
+        batches; nothing more is computed or written.
+        """
+        check_dtype(image.dtype)
+        image_layout(tuple(image.shape))
+        height, width = int(image.shape[0]), int(image.shape[1])
+        grid = TileGrid.plan(height, width, self.tile_size, self.overlap)
+        if out is None:
+            out = np.empty((height, width), np.float32)
+        elif tuple(out.shape) != (height, width):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {(height, width)}")
+        intensity_range = self.normalization.intensity_range(image)
+        acc = RowBandAccumulator(grid, out)
+        coords = list(grid)
+        total = len(coords)
+        yield Progress(0, total)
+
+        def prepare(batch):
+            tiles = [as_three_channels(grid.read(image, y0, x0)) for y0, x0 in batch]
+            return np.stack([self.normalization.apply(t, intensity_range) for t in tiles])
+
+        done = 0
+        # One reader thread prepares the next batch while the device runs this one.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            start = 0
+            batch = coords[start:start + self.batch_size]
+            pending = pool.submit(prepare, batch)
+            while batch:
+                inputs = pending.result()
+                nxt_start = start + len(batch)
+                nxt = coords[nxt_start:nxt_start + self.batch_size]
+                if nxt:
+                    pending = pool.submit(prepare, nxt)
+                probs = self._run(inputs)
+                for (y0, x0), p in zip(batch, probs):
+                    acc.add(y0, x0, p)
+                done += len(batch)
+                start, batch = nxt_start, nxt
+                yield Progress(done, total)
+        return acc.finish()
+
+    # ---- the device side --------------------------------------------------------------------
+
+    def _run(self, inputs: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) normalised float32 -> (B, H, W) probabilities, halving on CUDA OOM."""
+        import torch
+
+        try:
+            return np.concatenate([
+                self._forward(inputs[i:i + self.batch_size])
+                for i in range(0, len(inputs), self.batch_size)
+            ])
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if self.batch_size == 1:
+                raise MemoryError(
+                    "the device ran out of memory with a batch of one tile; choose a smaller "
+                    f"tile size than {self.tile_size} or use the CPU"
+                ) from None
+            self.batch_size = max(1, self.batch_size // 2)
+            return self._run(inputs)
+
+    def _forward(self, inputs: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(inputs)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.to(self.device)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            prob = torch.sigmoid(self.model(x).float())
+            if self.tta:
+                for dims in ((3,), (2,), (2, 3)):
+                    prob += torch.sigmoid(self.model(x.flip(dims)).float()).flip(dims)
+                prob /= 4
+        return prob[:, 0].cpu().numpy()
+
+
+def _amp_dtype(device, precision: str):
+    import torch
+
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def default_normalization(model) -> Normalization:
+    """What the checkpoint recorded, else "auto" with the encoder's own mean and std."""
+    meta = getattr(model, "metadata", {}) or {}
+    if meta.get("normalization"):
+        return Normalization.from_dict(meta["normalization"])
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return Normalization(mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)))
+
+
+def labels_from_proba(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0,
+                      fill_holes: bool = False, split: bool = True) -> np.ndarray:
+    """Threshold a probability map into int32 labels; cheap, so a GUI can redo it live."""
+    from scipy import ndimage as ndi
+
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    mask = np.asarray(prob) >= threshold
+    if fill_holes:
+        mask = ndi.binary_fill_holes(mask)
+    labels, n = ndi.label(mask)
+    if min_size > 0 and n:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels[small[labels]] = 0
+        labels, n = ndi.label(labels > 0)
+    if not split:
+        labels = (labels > 0).astype(np.int32)
+    return labels.astype(np.int32, copy=False)

@@ -1,0 +1,70 @@
+"""The network's configuration: one dataclass, stored verbatim in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an FM-BFF-Net.
+
+    Each paper module can be switched off (``fmcab``, ``aggregate_skips``, ``vitm``,
+    ``biffm``); switched off means the plain U-Net path, so the paper's ablation can be rerun.
+    """
+
+    encoder: str = "tf_efficientnetv2_s"
+    # None: random init (tests, offline); "imagenet": timm's pretrained weights.
+    encoder_weights: str | None = None
+    fmcab: bool = True
+    aggregate_skips: bool = True
+    vitm: bool = True
+    biffm: bool = True
+    # Channels of the 4 decoder stages, from stride 16 back to stride 2.
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    transformer_dim: int = 256
+    transformer_depth: int = 2
+    transformer_heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    # FMCAB's learnable per-channel scale gamma_p starts here (layer-scale style).
+    fm_gamma_init: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if len(self.decoder_channels) != 4:
+            raise ValueError(
+                f"decoder_channels needs 4 values (one per decoder stage), got {self.decoder_channels}"
+            )
+        if self.transformer_dim % self.transformer_heads:
+            raise ValueError(
+                f"transformer_dim ({self.transformer_dim}) must be divisible by "
+                f"transformer_heads ({self.transformer_heads})"
+            )
+        if self.encoder_weights not in (None, "imagenet"):
+            raise ValueError(
+                f"encoder_weights must be None or 'imagenet', got {self.encoder_weights!r}"
+            )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))

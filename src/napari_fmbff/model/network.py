@@ -1,0 +1,151 @@
+"""FM-BFF-Net assembled: timm encoder -> FMCAB (aggregated) skips -> ViTM -> 4 decoder stages."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import FMCAB, FRM, BiFFM, ConcatFusion, SkipAggregator, ViTM
+from .config import ModelConfig
+
+#: The strides the network needs from its encoder: 4 skips, then the bottleneck.
+SKIP_STRIDES = (2, 4, 8, 16)
+BOTTLENECK_STRIDE = 32
+#: Input height and width must be a multiple of this; the engine pads.
+INPUT_MULTIPLE = 32
+
+
+class EncoderWeightsUnavailable(RuntimeError):
+    """ImageNet weights for the encoder could not be had (offline, no cache)."""
+
+
+def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, list[int], list[int]]:
+    """A timm ``features_only`` encoder and the feature indices for strides 2..32."""
+    import timm
+
+    pretrained = cfg.encoder_weights == "imagenet"
+    try:
+        encoder = timm.create_model(cfg.encoder, features_only=True, pretrained=pretrained)
+    except RuntimeError as err:
+        if "Unknown model" in str(err) or "Unknown" in str(err):
+            raise ValueError(
+                f"timm has no encoder named {cfg.encoder!r}; list candidates with "
+                "timm.list_models() (it must support features_only=True)"
+            ) from err
+        if pretrained:
+            raise EncoderWeightsUnavailable(_weights_help(cfg.encoder, err)) from err
+        raise
+    except Exception as err:  # network / hub errors come in many types
+        if pretrained:
+            raise EncoderWeightsUnavailable(_weights_help(cfg.encoder, err)) from err
+        raise
+    reductions = list(encoder.feature_info.reduction())
+    channels = list(encoder.feature_info.channels())
+    wanted = SKIP_STRIDES + (BOTTLENECK_STRIDE,)
+    indices = []
+    for stride in wanted:
+        # The deepest feature at a stride carries the most context.
+        matches = [i for i, r in enumerate(reductions) if r == stride]
+        if not matches:
+            raise ValueError(
+                f"encoder {cfg.encoder!r} gives features at strides {reductions}; FM-BFF-Net "
+                f"needs one at each of {list(wanted)}"
+            )
+        indices.append(matches[-1])
+    return encoder, indices, [channels[i] for i in indices]
+
+
+def _weights_help(name: str, err: Exception) -> str:
+    return (
+        f"could not get ImageNet weights for encoder {name!r} ({type(err).__name__}: {err}). "
+        "This machine may be offline and the weights are not in timm's cache. Either copy "
+        "them into the Hugging Face cache (HF_HOME) on a machine with internet, or build the "
+        "model with encoder_weights=None (random init) and load a trained checkpoint."
+    )
+
+
+class Decoder(nn.Module):
+    """4 stages from stride 32 back to stride 2: FRM(x2 up) -> fusion with skip -> FRM."""
+
+    def __init__(self, c_bottleneck: int, skip_channels: list[int], cfg: ModelConfig):
+        super().__init__()
+        fusion = BiFFM if cfg.biffm else ConcatFusion
+        self.up = nn.ModuleList()
+        self.fusion = nn.ModuleList()
+        self.refine = nn.ModuleList()
+        c_in = c_bottleneck
+        # Deepest skip (stride 16) first.
+        for c_out, c_skip in zip(cfg.decoder_channels, reversed(skip_channels)):
+            self.up.append(FRM(c_in, c_out, upsample=True))
+            self.fusion.append(fusion(c_out, c_skip, c_out))
+            self.refine.append(FRM(c_out, c_out, upsample=False))
+            c_in = c_out
+        self.out_channels = c_in
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for up, fuse, refine, skip in zip(self.up, self.fusion, self.refine, reversed(skips)):
+            x = up(x)
+            x = refine(fuse(x, skip))
+        return x
+
+
+class FMBFFNet(nn.Module):
+    """FM-BFF-Net: (B, 3, H, W) float -> (B, 1, H, W) logits; H, W multiples of 32."""
+
+    def __init__(self, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = cfg or ModelConfig()
+        self.encoder, self.feature_indices, enc_channels = build_encoder(cfg)
+        skip_channels, c_deep = enc_channels[:4], enc_channels[4]
+
+        self.fmcab = (
+            nn.ModuleList(FMCAB(c, cfg.fm_gamma_init) for c in skip_channels)
+            if cfg.fmcab else None
+        )
+        self.aggregate = (
+            nn.ModuleList(
+                SkipAggregator(c_prev, c_here)
+                for c_prev, c_here in zip(skip_channels[:-1], skip_channels[1:])
+            )
+            if cfg.aggregate_skips else None
+        )
+        if cfg.vitm:
+            self.vitm = ViTM(c_deep, cfg.transformer_dim, cfg.transformer_depth,
+                             cfg.transformer_heads, cfg.mlp_ratio, cfg.dropout)
+            c_bottleneck = cfg.transformer_dim
+        else:
+            self.vitm = None
+            c_bottleneck = c_deep
+        self.decoder = Decoder(c_bottleneck, skip_channels, cfg)
+        self.dropout = nn.Dropout2d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
+        # Extra state the checkpoint carries (normalisation, provenance); see models.py.
+        self.metadata: dict = {}
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's description of the encoder (mean, std, ...)."""
+        return dict(getattr(self.encoder, "pretrained_cfg", {}) or {})
+
+    def skip_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        skips = [self.fmcab[i](f) for i, f in enumerate(feats)] if self.fmcab else list(feats)
+        if self.aggregate is not None:
+            for n in range(1, len(skips)):
+                skips[n] = self.aggregate[n - 1](skips[n - 1], skips[n])
+        return skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+            raise ValueError(
+                f"input height and width must be multiples of {INPUT_MULTIPLE}, got {h}x{w}; "
+                "use napari_fmbff.Segmenter, which pads"
+            )
+        all_feats = self.encoder(x)
+        feats = [all_feats[i] for i in self.feature_indices]
+        skips = self.skip_features(feats[:4])
+        deep = self.vitm(feats[4]) if self.vitm is not None else feats[4]
+        y = self.decoder(deep, skips)
+        y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.head(self.dropout(y))

@@ -1,0 +1,262 @@
+"""Checkpoints (safetensors + config in the metadata) and the registry of available models.
+
+A checkpoint is one ``.safetensors`` file. Its string metadata holds:
+``format`` (``napari-fmbff/1``), ``config`` (ModelConfig JSON), ``normalization`` (JSON),
+``tile_size``, ``package_version``, ``created`` and ``provenance`` (free JSON: training data,
+recipe, metrics). Nothing is ever unpickled: ``.pt``/``.pth`` files are read with
+``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+FORMAT = "napari-fmbff/1"
+SUFFIX = ".safetensors"
+MODELS_DIR_ENV = "FMBFF_MODELS_DIR"
+#: Models shipped inside the package (the starter model lives here).
+BUNDLED_DIR = Path(__file__).parent / "weights"
+
+
+class ModelLoadError(ValueError):
+    """A model file is missing, corrupt, or not an FM-BFF-Net checkpoint."""
+
+
+def models_dir(create: bool = False) -> Path:
+    """The user's models folder: $FMBFF_MODELS_DIR, else the platform's user data dir."""
+    env = os.environ.get(MODELS_DIR_ENV)
+    if env:
+        path = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir("napari-fmbff", appauthor=False)) / "models"
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sanitize_name(name: str) -> str:
+    """A model name safe as a file stem: letters, digits, '-', '_', '.'; no path parts."""
+    stem = Path(str(name)).name
+    if stem.endswith(SUFFIX):
+        stem = stem[: -len(SUFFIX)]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    if not clean:
+        raise ValueError(f"{name!r} is not usable as a model name; use letters, digits, - and _")
+    return clean
+
+
+def list_models() -> dict[str, Path]:
+    """Name -> file of every model: bundled ones first, then the user's models folder.
+
+    Read fresh on every call, so a model saved a moment ago shows up without a restart.
+    A user model with a bundled model's name is listed as ``name (user)``.
+    """
+    found: dict[str, Path] = {}
+    for folder, tag in ((BUNDLED_DIR, ""), (models_dir(), " (user)")):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(f"*{SUFFIX}")):
+            name = path.name[: -len(SUFFIX)]
+            found[name if name not in found else name + tag] = path
+    return found
+
+
+def unique_model_path(name: str, folder: Path | None = None) -> Path:
+    """A path in the models folder for ``name`` that does not exist yet (name-2, name-3, ...)."""
+    folder = Path(folder) if folder is not None else models_dir(create=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = sanitize_name(name)
+    path, n = folder / f"{stem}{SUFFIX}", 2
+    while path.exists():
+        path, n = folder / f"{stem}-{n}{SUFFIX}", n + 1
+    return path
+
+
+def save_model(net, path, metadata: dict | None = None, overwrite: bool = False,
+               half: bool = False) -> Path:
+    """Write ``net`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    metadata: provenance to record (training data, recipe, metrics); may also hold
+    ``normalization`` (a dict) and ``tile_size``. ``half`` stores float16 weights (half the
+    size; loaded back as float32). An existing file is only replaced with ``overwrite=True``.
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+    from .inference import default_normalization
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise ValueError(f"model files end in {SUFFIX}, got {path.name}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
+    metadata = dict(metadata or {})
+    previous = dict(getattr(net, "metadata", {}) or {})
+    special = ("normalization", "tile_size", "provenance")
+    provenance = {**previous.get("provenance", {}), **metadata.get("provenance", {})}
+    provenance.update({k: v for k, v in metadata.items() if k not in special})
+    norm = (metadata.get("normalization") or previous.get("normalization")
+            or default_normalization(net))
+    if hasattr(norm, "to_dict"):
+        norm = norm.to_dict()
+    tile_size = int(metadata.get("tile_size") or previous.get("tile_size") or 512)
+    header = {
+        "format": FORMAT,
+        "config": net.config.to_json(),
+        "normalization": json.dumps(norm),
+        "tile_size": str(tile_size),
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": json.dumps(provenance, default=str),
+    }
+    tensors = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        if path.exists() and not overwrite:  # someone wrote it meanwhile
+            raise FileExistsError(f"{path} appeared while saving; not replaced")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def resolve_model_path(path_or_name) -> Path:
+    """A registered name or a file path -> an existing file, or a ModelLoadError."""
+    text = str(path_or_name)
+    registry = list_models()
+    if text in registry:
+        return registry[text]
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    names = ", ".join(registry) or "none"
+    raise ModelLoadError(
+        f"no model {text!r}: not a file and not a registered name (registered: {names}; "
+        f"models folder: {models_dir()})"
+    )
+
+
+def read_metadata(path) -> dict:
+    """The decoded metadata of a checkpoint, without building the network."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({err})") from err
+    if raw.get("format") != FORMAT:
+        raise ModelLoadError(
+            f"{path}: not an FM-BFF-Net checkpoint (metadata format is {raw.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    try:
+        return {
+            "config": json.loads(raw["config"]),
+            "normalization": json.loads(raw.get("normalization", "{}")),
+            "tile_size": int(raw.get("tile_size", 512)),
+            "package_version": raw.get("package_version", ""),
+            "created": raw.get("created", ""),
+            "provenance": json.loads(raw.get("provenance", "{}")),
+        }
+    except (KeyError, ValueError) as err:
+        raise ModelLoadError(f"{path}: damaged metadata ({err})") from err
+
+
+def load_model(path_or_name, map_location: str = "cpu"):
+    """Rebuild an ``FMBFFNet`` from a registered name or a checkpoint file.
+
+    ``.safetensors``: weights + config. ``.pt``/``.pth``: a state dict (or {'state_dict': ...})
+    read with ``torch.load(weights_only=True)``; the config must then come from a sibling
+    ``.json`` file or be the default. Everything else is refused.
+    """
+    from .model import FMBFFNet, ModelConfig
+
+    path = resolve_model_path(path_or_name)
+    suffix = path.suffix.lower()
+    if suffix == SUFFIX:
+        meta = read_metadata(path)
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device=map_location)
+        except Exception as err:
+            raise ModelLoadError(f"{path}: weights could not be read ({err})") from err
+        cfg_dict = meta["config"]
+    elif suffix in (".pt", ".pth"):
+        state, cfg_dict = _load_torch_weights(path, map_location)
+        meta = {"provenance": {"imported_from": str(path)}}
+    else:
+        raise ModelLoadError(f"{path}: unsupported model file type {suffix!r}; use .safetensors")
+    try:
+        cfg = ModelConfig.from_dict({**cfg_dict, "encoder_weights": None})
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{path}: its config does not describe an FM-BFF-Net ({err})") from err
+    net = FMBFFNet(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ModelLoadError(
+            f"{path}: weights do not match the architecture in its config ({first})"
+        ) from err
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{path}: weights do not match the architecture in its config "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
+            f"e.g. {unexpected[:3]})"
+        )
+    net.metadata = {k: v for k, v in meta.items() if k != "config"}
+    net.metadata["source"] = str(path)
+    return net.eval()
+
+
+def _load_torch_weights(path: Path, map_location: str):
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ModelLoadError(
+            f"{path}: refused or unreadable as plain weights ({type(err).__name__}); only "
+            "state dicts load (weights_only=True). Convert it with save_model()."
+        ) from err
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path}: does not hold a state dict")
+    sidecar = path.with_suffix(".json")
+    cfg = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return obj, cfg
+
+
+def default_model_name() -> str:
+    """The model used when none is named: the bundled starter, else the only user model."""
+    models = list_models()
+    if "starter" in models:
+        return "starter"
+    if len(models) == 1:
+        return next(iter(models))
+    raise ModelLoadError(
+        "no default model: this install has no bundled 'starter' model"
+        + (f" and several user models ({', '.join(models)}); " if models else "; ")
+        + "name one with --model NAME or --model PATH.safetensors"
+    )

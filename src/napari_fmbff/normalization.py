@@ -1,0 +1,111 @@
+"""Intensity normalisation: any dtype in, float32 in [0, 1]-ish out, then the encoder's mean/std.
+
+The settings a model was trained with travel in its checkpoint (``Normalization.to_dict``),
+so training and segmenting always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: Percentiles are computed on at most this many pixels (a strided subsample), so a
+#: 40k x 40k image is never read whole just to find its intensity range.
+PERCENTILE_SAMPLE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw intensities become network input.
+
+    mode: "auto" (uint8 / bool scale by 1/255 and 1, everything else by percentiles),
+    "percentile", "minmax", "fixed" (``low``/``high`` are intensities) or "none" (already 0-1).
+    low/high: percentiles for "percentile" / "auto"; values for "fixed".
+    Percentiles are joint over channels so colours keep their balance.
+    mean/std: the encoder's (timm pretrained_cfg), applied after scaling to [0, 1].
+    """
+
+    mode: str = "auto"
+    low: float = 1.0
+    high: float = 99.8
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    MODES = ("auto", "percentile", "minmax", "fixed", "none")
+
+    def __post_init__(self) -> None:
+        if self.mode not in self.MODES:
+            raise ValueError(f"normalisation mode must be one of {self.MODES}, got {self.mode!r}")
+        if self.mode in ("auto", "percentile") and not 0 <= self.low < self.high <= 100:
+            raise ValueError(
+                f"percentiles need 0 <= low < high <= 100, got low={self.low}, high={self.high}"
+            )
+        if self.mode == "fixed" and not self.low < self.high:
+            raise ValueError(f"fixed range needs low < high, got {self.low}, {self.high}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std))
+        return cls(**d)
+
+    def intensity_range(self, image) -> tuple[float, float]:
+        """The (low, high) intensities that map to 0 and 1, for a whole image.
+
+        ``image`` may be numpy, dask or zarr: only a strided subsample is read.
+        """
+        dtype = np.dtype(image.dtype)
+        if self.mode == "none":
+            return 0.0, 1.0
+        if self.mode == "fixed":
+            return float(self.low), float(self.high)
+        if self.mode == "auto" and dtype == np.uint8:
+            return 0.0, 255.0
+        if dtype == bool:
+            return 0.0, 1.0
+        sample = np.asarray(_subsample(image), dtype=np.float64)
+        finite = sample[np.isfinite(sample)]
+        if finite.size == 0:
+            raise ValueError("the image has no finite values (all NaN or inf)")
+        if self.mode == "minmax":
+            lo, hi = float(finite.min()), float(finite.max())
+        else:
+            lo, hi = (float(v) for v in np.percentile(finite, [self.low, self.high]))
+        if hi <= lo:  # a flat image: keep it flat instead of dividing by zero
+            hi = lo + 1.0
+        return lo, hi
+
+    def apply(self, tile: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
+        """(H, W, 3) raw tile -> (3, H, W) float32 network input."""
+        lo, hi = intensity_range
+        x = (tile.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        x = (x - mean) / std
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _subsample(image):
+    h, w = image.shape[:2]
+    step = max(1, math.ceil(math.sqrt(h * w / PERCENTILE_SAMPLE_PIXELS)))
+    return image[::step, ::step]
+
+
+def as_three_channels(tile: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3): grey repeated, alpha dropped."""
+    if tile.ndim == 2:
+        tile = tile[..., None]
+    c = tile.shape[-1]
+    if c == 1:
+        return np.repeat(tile, 3, axis=-1)
+    if c in (3, 4):
+        return tile[..., :3]
+    raise ValueError(f"expected 1, 3 or 4 channels, got {c}")

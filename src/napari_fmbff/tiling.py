@@ -1,0 +1,127 @@
+"""Tile grids, the blending window, and a row-band accumulator that stitches tiles.
+
+Kept free of torch so it can be tested exactly and reused by any model runner.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets covering [0, length) with windows of ``tile``; the last one ends flush."""
+    if length <= tile:
+        return [0]
+    n = int(math.ceil((length - tile) / stride)) + 1
+    return sorted({int(round(v)) for v in np.linspace(0, length - tile, n)})
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one 2D image go. Tiles are (tile_h, tile_w), multiples of 32."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    overlap_px: int
+
+    @classmethod
+    def plan(cls, height: int, width: int, tile_size: int, overlap: float,
+             multiple: int = 32) -> "TileGrid":
+        if tile_size < multiple or tile_size % multiple:
+            raise ValueError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
+        # Images smaller than a tile get one tile, padded up to the network's multiple.
+        tile_h = min(tile_size, round_up(height, multiple))
+        tile_w = min(tile_size, round_up(width, multiple))
+        overlap_px = int(round(overlap * min(tile_h, tile_w)))
+        ys = tile_starts(height, tile_h, max(tile_h - overlap_px, 1))
+        xs = tile_starts(width, tile_w, max(tile_w - overlap_px, 1))
+        return cls(height, width, tile_h, tile_w, tuple(ys), tuple(xs), overlap_px)
+
+    def __len__(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def __iter__(self):
+        """(y0, x0) in row-major order: the accumulator relies on rows arriving in order."""
+        for y0 in self.ys:
+            for x0 in self.xs:
+                yield y0, x0
+
+    def read(self, image, y0: int, x0: int) -> np.ndarray:
+        """The tile at (y0, x0) as numpy, reflect-padded where the image ends."""
+        tile = np.asarray(image[y0:y0 + self.tile_h, x0:x0 + self.tile_w])
+        pad_y, pad_x = self.tile_h - tile.shape[0], self.tile_w - tile.shape[1]
+        if pad_y or pad_x:
+            pads = [(0, pad_y), (0, pad_x)] + [(0, 0)] * (tile.ndim - 2)
+            mode = "reflect" if min(tile.shape[:2]) > 1 else "edge"
+            tile = np.pad(tile, pads, mode=mode)
+        return tile
+
+    def window(self) -> np.ndarray:
+        """Blending weights: a raised-cosine taper over the overlap, never exactly 0."""
+        return np.outer(_taper(self.tile_h, self.overlap_px), _taper(self.tile_w, self.overlap_px))
+
+
+def _taper(n: int, ramp: int) -> np.ndarray:
+    if ramp <= 0:
+        return np.ones(n, np.float32)
+    d = np.minimum(np.arange(n), np.arange(n)[::-1]) + 0.5
+    w = 0.5 - 0.5 * np.cos(np.pi * np.clip(d / ramp, 0.0, 1.0))
+    # A floor keeps the image border (covered by one tile only) well defined.
+    return np.maximum(w, 1e-3).astype(np.float32)
+
+
+class RowBandAccumulator:
+    """Weighted average of overlapping tiles, written out band by band.
+
+    Tiles must arrive in row-major order. Only one tile-row band (tile_h x width) of sums and
+    weights is held; rows above the current band are final and go to ``out`` (numpy, zarr,
+    or anything with 2D slice assignment), so the output never needs to be in memory twice.
+    """
+
+    def __init__(self, grid: TileGrid, out) -> None:
+        self.grid = grid
+        self.out = out
+        self.window = grid.window()
+        self.top = 0
+        self.sums = np.zeros((grid.tile_h, grid.width), np.float32)
+        self.weights = np.zeros((grid.tile_h, grid.width), np.float32)
+
+    def add(self, y0: int, x0: int, tile: np.ndarray) -> None:
+        if y0 < self.top:
+            raise ValueError("tiles must be added in row-major order")
+        if y0 > self.top:
+            self._flush(y0 - self.top)
+        h = min(self.grid.tile_h, self.grid.height - y0)
+        w = min(self.grid.tile_w, self.grid.width - x0)
+        win = self.window[:h, :w]
+        self.sums[:h, x0:x0 + w] += tile[:h, :w] * win
+        self.weights[:h, x0:x0 + w] += win
+
+    def _flush(self, n: int) -> None:
+        n = min(n, self.grid.height - self.top)
+        if n <= 0:
+            return
+        self.out[self.top:self.top + n] = self.sums[:n] / self.weights[:n]
+        # Shift the band up; the freed rows start empty.
+        self.sums = np.roll(self.sums, -n, axis=0)
+        self.weights = np.roll(self.weights, -n, axis=0)
+        self.sums[-n:] = 0
+        self.weights[-n:] = 0
+        self.top += n
+
+    def finish(self):
+        self._flush(self.grid.height - self.top)
+        return self.out

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny networks (timm's test encoders) so the suite runs on CPU in minutes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def tiny_config(**overrides):
+    from napari_fmbff import ModelConfig
+
+    base = dict(encoder="test_efficientnet", decoder_channels=(32, 16, 16, 8),
+                transformer_dim=32, transformer_heads=4, transformer_depth=1)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_net():
+    import torch
+
+    from napari_fmbff import FMBFFNet
+
+    torch.manual_seed(0)
+    return FMBFFNet(tiny_config()).eval()
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    """An empty, private models folder (FMBFF_MODELS_DIR)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("FMBFF_MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

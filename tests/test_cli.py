@@ -1,0 +1,99 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fmbff import save_model
+from napari_fmbff.cli import main
+from napari_fmbff.image_io import read_image, write_image
+
+
+@pytest.fixture
+def registered(tiny_net, models_dir):
+    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
+    return "tiny"
+
+
+@pytest.fixture
+def images(tmp_path, rng):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder / "a.png", rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    tifffile.imwrite(folder / "b.tif", rng.integers(0, 4000, (50, 64), dtype=np.uint16))
+    return folder
+
+
+def test_segment_a_folder_writes_one_mask_per_input(registered, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["segment", str(images), "--model", registered, "--out", str(out),
+               "--probabilities", "--tile-size", "64"])
+    assert rc == 0
+    a, b = read_image(out / "a.png"), read_image(out / "b.png")
+    assert a.shape == (70, 90) and b.shape == (50, 64)
+    assert set(np.unique(a)) <= {0, 255}
+    prob = tifffile.imread(out / "a_prob.tif")
+    assert prob.dtype == np.float32 and prob.shape == (70, 90)
+    # Same threshold as written: the mask is the probability cut at 0.5.
+    np.testing.assert_array_equal(a > 0, prob >= 0.5)
+
+
+def test_segment_labels_and_glob(registered, images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["segment", str(images / "*.tif"), "-m", registered, "-o", str(out), "--labels"]) == 0
+    assert [p.name for p in out.iterdir()] == ["b.tif"]
+    assert tifffile.imread(out / "b.tif").dtype == np.uint16
+
+
+def test_segment_refuses_to_overwrite(registered, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"precious")
+    rc = main(["segment", str(images / "a.png"), "-m", registered, "-o", str(out)])
+    assert rc == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["segment", "nope.png", "-o", "x"], "no such file"),
+    (["segment", "{images}/a.png", "-m", "no-such-model", "-o", "x"], "no model"),
+    (["info", "--model", "/nonexistent.safetensors"], "no model"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, images, registered, capsys):
+    args = [a.format(images=images) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_image_is_one_line(registered, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"garbage")
+    assert main(["segment", str(bad), "-m", registered, "-o", str(tmp_path / "o")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_bad_option_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "napari_fmbff.cli", "segment", "x.png",
+                           "-o", "o", "--overlap", "2"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "must be in [0, 1)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_info_reports_params_flops_and_modules(registered, capsys):
+    assert main(["info", "--model", registered, "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "GFLOPs @ 64" in out
+    assert "fmcab, aggregate_skips, vitm, biffm" in out
+    assert main(["info", "--list"]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["segment", "info"])
+def test_help_for_every_command(command):
+    proc = subprocess.run([sys.executable, "-m", "napari_fmbff.cli", command, "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: fmbff" in proc.stdout

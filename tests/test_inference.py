@@ -1,0 +1,180 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_fmbff import Normalization, Segmenter, labels_from_proba
+from napari_fmbff.inference import Progress, resolve_device
+from napari_fmbff.tiling import TileGrid
+
+
+class PerPixel(torch.nn.Module):
+    """A stand-in network whose output at a pixel depends on that pixel only: tiling and
+    padding must then be invisible, so tiled == untiled exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([0.7, -1.3, 2.1]).view(1, 3, 1, 1))
+            self.conv.bias.fill_(0.2)
+        self.calls = 0
+        self.batch_sizes = []
+
+    def forward(self, x):
+        self.calls += 1
+        self.batch_sizes.append(x.shape[0])
+        assert x.shape[-1] % 32 == 0 and x.shape[-2] % 32 == 0
+        return self.conv(x)
+
+
+def untiled(image, **kw):
+    size = max(-(-max(image.shape[:2]) // 32) * 32, 32)
+    return Segmenter(PerPixel(), device="cpu", tile_size=size, overlap=0, **kw).predict_proba(image)
+
+
+@pytest.mark.parametrize("shape", [(333, 517, 3), (17, 29), (40, 1500), (1100, 37, 3), (96, 96, 4)])
+def test_tiled_equals_untiled(shape, rng):
+    image = rng.integers(0, 255, size=shape, dtype=np.uint8)
+    seg = Segmenter(PerPixel(), device="cpu", tile_size=64, overlap=0.25, batch_size=3)
+    tiled = seg.predict_proba(image)
+    assert tiled.shape == shape[:2] and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, untiled(image), atol=1e-6)
+    assert 0 <= tiled.min() and tiled.max() <= 1
+
+
+def test_real_network_tiles_blend_without_seams(tiny_net, rng):
+    # A real network sees context, so tiles differ near their borders; blending must keep the
+    # stitched map close to the single-pass one (no hard seams).
+    image = rng.integers(0, 255, size=(200, 200, 3), dtype=np.uint8)
+    tiled = Segmenter(tiny_net, device="cpu", tile_size=128, overlap=0.25).predict_proba(image)
+    whole = Segmenter(tiny_net, device="cpu", tile_size=224, overlap=0).predict_proba(image)
+    assert tiled.shape == (200, 200)
+    assert np.abs(tiled - whole).mean() < 0.05
+
+
+def test_grid_covers_image_and_tiles_are_multiples_of_32():
+    grid = TileGrid.plan(1000, 77, 256, 0.25)
+    assert grid.tile_h == 256 and grid.tile_w == 96
+    assert grid.ys[0] == 0 and grid.ys[-1] + grid.tile_h == 1000
+    assert all(b - a <= 256 - 64 for a, b in zip(grid.ys, grid.ys[1:]))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TileGrid.plan(100, 100, 100, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, bool])
+def test_dtypes_are_accepted(dtype, rng):
+    image = (rng.random((70, 90)) * 1000).astype(dtype)
+    prob = Segmenter(PerPixel(), device="cpu", tile_size=64).predict_proba(image)
+    assert prob.shape == (70, 90) and np.isfinite(prob).all()
+
+
+def test_percentile_normalisation_is_joint_over_channels():
+    norm = Normalization(mode="percentile", low=0, high=100, mean=(0, 0, 0), std=(1, 1, 1))
+    image = np.zeros((10, 10, 3), np.uint16)
+    image[..., 0] = 1000  # a red image must stay red, not become grey
+    lo, hi = norm.intensity_range(image)
+    x = norm.apply(image, (lo, hi))
+    assert x.shape == (3, 10, 10)
+    assert x[0].min() == pytest.approx(1) and x[1].max() == pytest.approx(0)
+    assert Normalization().intensity_range(np.zeros((4, 4), np.uint8)) == (0, 255)
+
+
+def test_dask_input_and_zarr_output_match_numpy(rng, tmp_path):
+    import dask.array as da
+    import zarr
+
+    image = rng.integers(0, 60000, size=(300, 260), dtype=np.uint16)
+    seg = Segmenter(PerPixel(), device="cpu", tile_size=64, overlap=0.25)
+    expected = seg.predict_proba(image)
+    lazy = da.from_array(image, chunks=(100, 100))
+    out = zarr.open_array(str(tmp_path / "prob.zarr"), mode="w", shape=image.shape,
+                          chunks=(64, 64), dtype="f4")
+    result = seg.predict_proba(lazy, out=out)
+    assert result is out
+    np.testing.assert_allclose(out[:], expected, atol=1e-6)
+    src = zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=image.shape,
+                          chunks=(50, 50), dtype="u2")
+    src[:] = image
+    np.testing.assert_allclose(seg.predict_proba(src), expected, atol=1e-6)
+
+
+def test_iter_predict_yields_progress_and_stops_when_closed(rng):
+    image = rng.integers(0, 255, size=(256, 256), dtype=np.uint8)
+    net = PerPixel()
+    seg = Segmenter(net, device="cpu", tile_size=64, overlap=0, batch_size=2)
+    gen = seg.iter_predict(image)
+    first = next(gen)
+    assert first == Progress(0, 16)
+    second = next(gen)
+    assert second.done == 2 and second.fraction == pytest.approx(2 / 16)
+    gen.close()
+    assert net.calls == 1  # nothing ran after the consumer stopped
+
+
+def test_out_of_memory_halves_the_batch(rng):
+    class Picky(PerPixel):
+        def forward(self, x):
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return super().forward(x)
+
+    image = rng.integers(0, 255, size=(256, 256), dtype=np.uint8)
+    seg = Segmenter(Picky(), device="cpu", tile_size=64, overlap=0, batch_size=8)
+    prob = seg.predict_proba(image)
+    assert seg.batch_size == 2
+    np.testing.assert_allclose(prob, untiled(image), atol=1e-6)
+
+
+def test_flip_tta_is_exact_for_a_per_pixel_model(rng):
+    image = rng.integers(0, 255, size=(90, 70, 3), dtype=np.uint8)
+    seg = Segmenter(PerPixel(), device="cpu", tile_size=64, tta=True)
+    np.testing.assert_allclose(seg.predict_proba(image), untiled(image), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 64, 64), (64,), (2, 3, 64, 64), (0, 10)])
+def test_bad_shapes_are_clear_errors(shape):
+    seg = Segmenter(PerPixel(), device="cpu", tile_size=64)
+    with pytest.raises(ValueError, match="2D image|empty"):
+        seg.predict_proba(np.zeros(shape, np.uint8))
+
+
+def test_all_nan_image_is_a_clear_error():
+    seg = Segmenter(PerPixel(), device="cpu", tile_size=64)
+    with pytest.raises(ValueError, match="no finite values"):
+        seg.predict_proba(np.full((40, 40), np.nan, np.float32))
+
+
+def test_labels_from_proba_threshold_min_size_holes_and_split():
+    prob = np.zeros((40, 40), np.float32)
+    prob[2:12, 2:12] = 0.9       # object A, with a hole
+    prob[6:8, 6:8] = 0.1
+    prob[20:30, 20:30] = 0.7     # object B
+    prob[35, 35] = 0.95          # a speck
+    labels = labels_from_proba(prob, 0.5)
+    assert labels.max() == 3
+    labels = labels_from_proba(prob, 0.5, min_size=5, fill_holes=True)
+    assert labels.max() == 2 and labels[7, 7] > 0 and labels[35, 35] == 0
+    assert labels_from_proba(prob, 0.8).max() == 2      # B drops out at 0.8
+    merged = labels_from_proba(prob, 0.5, split=False)
+    assert set(np.unique(merged)) == {0, 1}
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(tiny_net, rng):
+    image = rng.integers(0, 255, size=(300, 300, 3), dtype=np.uint8)
+    cpu = Segmenter(tiny_net, device="cpu", tile_size=128).predict_proba(image)
+    gpu_seg = Segmenter(tiny_net, device="cuda", tile_size=128)
+    assert gpu_seg.amp_dtype in (torch.bfloat16, torch.float16)
+    gpu = gpu_seg.predict_proba(image)
+    assert np.abs(gpu - cpu).max() < 0.05
+    fp32 = Segmenter(tiny_net, device="cuda", tile_size=128, precision="fp32").predict_proba(image)
+    assert np.abs(fp32 - cpu).max() < 1e-3

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from conftest import tiny_config
+from napari_fmbff import FMBFFNet, ModelConfig
+from napari_fmbff.model import EncoderWeightsUnavailable
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (160, 64)])
+def test_output_shape_matches_input(tiny_net, size):
+    with torch.no_grad():
+        y = tiny_net(torch.randn(2, 3, *size))
+    assert y.shape == (2, 1, *size)
+    assert torch.isfinite(y).all()
+
+
+def test_rejects_sizes_not_multiple_of_32(tiny_net):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        tiny_net(torch.randn(1, 3, 50, 64))
+
+
+def _train_steps(net, steps=3):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    target = (x[:, :1] > 0).float()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_gradient_reaches_every_parameter():
+    torch.manual_seed(0)
+    net = FMBFFNet(tiny_config()).train()
+    x = torch.randn(2, 3, 64, 64)
+    net(x).square().mean().backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+
+
+@pytest.mark.parametrize("flag,prefix", [
+    ("fmcab", "fmcab."), ("aggregate_skips", "aggregate."), ("vitm", "vitm."),
+    ("biffm", "gate_dec"),
+])
+def test_switching_off_a_module_removes_it_and_still_trains(flag, prefix):
+    on = FMBFFNet(tiny_config())
+    off = FMBFFNet(tiny_config(**{flag: False}))
+    assert any(prefix in n for n, _ in on.named_parameters())
+    assert not any(prefix in n for n, _ in off.named_parameters())
+    assert sum(p.numel() for p in off.parameters()) < sum(p.numel() for p in on.parameters())
+    losses = _train_steps(off, steps=4)
+    assert losses[-1] < losses[0]
+
+
+def test_all_modules_off_is_a_plain_unet_that_trains():
+    net = FMBFFNet(tiny_config(fmcab=False, aggregate_skips=False, vitm=False, biffm=False))
+    names = [n for n, _ in net.named_parameters()]
+    assert not any(k in n for n in names for k in ("fmcab", "aggregate", "vitm", "gate_dec"))
+    losses = _train_steps(net, steps=4)
+    assert losses[-1] < losses[0]
+
+
+def test_default_config_is_the_paper_scale():
+    net = FMBFFNet(ModelConfig())
+    n = sum(p.numel() for p in net.parameters())
+    assert 20e6 <= n <= 80e6
+    assert net.encoder.feature_info.channels() == [24, 48, 64, 160, 256]
+    assert net.encoder.feature_info.reduction() == [2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize("encoder", ["test_resnet", "mobilenetv3_small_050"])
+def test_other_timm_encoders_work(encoder):
+    net = FMBFFNet(tiny_config(encoder=encoder)).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_unknown_encoder_is_a_clear_error():
+    with pytest.raises(ValueError, match="no encoder named"):
+        FMBFFNet(tiny_config(encoder="no_such_encoder_xyz"))
+
+
+def test_imagenet_weights_offline_fail_with_guidance(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(EncoderWeightsUnavailable, match="encoder_weights=None"):
+        FMBFFNet(ModelConfig(encoder="tf_efficientnetv2_b0", encoder_weights="imagenet"))
+
+
+def test_config_round_trips_through_json():
+    cfg = tiny_config(vitm=False, dropout=0.1)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"encoder": "x", "bogus": 1})
