@@ -73,9 +73,9 @@ def test_percentile_normalisation_is_joint_over_channels():
     image = np.zeros((10, 10, 3), np.uint16)
     image[..., 0] = 1000  # a red image must stay red, not become grey
     lo, hi = norm.intensity_range(image)
-    x = norm.apply(image, (lo, hi))
-    assert x.shape == (3, 10, 10)
-    assert x[0].min() == pytest.approx(1) and x[1].max() == pytest.approx(0)
+    x = norm.apply(torch.from_numpy(image.astype(np.int32))[None], (lo, hi))
+    assert x.shape == (1, 3, 10, 10) and x.dtype == torch.float32
+    assert x[0, 0].min() == pytest.approx(1) and x[0, 1].max() == pytest.approx(0)
     assert Normalization().intensity_range(np.zeros((4, 4), np.uint8)) == (0, 255)
 
 

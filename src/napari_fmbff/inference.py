@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .normalization import Normalization, as_three_channels
+from .normalization import Normalization, as_three_channels, torch_ready
 from .tiling import RowBandAccumulator, TileGrid
 
 DEFAULT_TILE_SIZE = 512
@@ -107,6 +107,8 @@ class Segmenter:
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+            # Tiles have one shape per image: let cuDNN pick its fastest kernels once.
+            torch.backends.cudnn.benchmark = True
         self.model = model
 
     @property
@@ -149,28 +151,29 @@ class Segmenter:
         elif tuple(out.shape) != (height, width):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {(height, width)}")
         intensity_range = self.normalization.intensity_range(image)
-        acc = RowBandAccumulator(grid, out)
+        acc = RowBandAccumulator(grid, out, self.device)
         coords = list(grid)
         total = len(coords)
         yield Progress(0, total)
 
-        def prepare(batch):
-            tiles = [as_three_channels(grid.read(image, y0, x0)) for y0, x0 in batch]
-            return np.stack([self.normalization.apply(t, intensity_range) for t in tiles])
+        def read(batch):
+            # Host work only: read and pad raw pixels; normalising happens on the device.
+            return np.stack([torch_ready(as_three_channels(grid.read(image, y0, x0)))
+                             for y0, x0 in batch])
 
         done = 0
-        # One reader thread prepares the next batch while the device runs this one.
+        # One reader thread fetches the next batch while the device runs this one.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             start = 0
             batch = coords[start:start + self.batch_size]
-            pending = pool.submit(prepare, batch)
+            pending = pool.submit(read, batch)
             while batch:
-                inputs = pending.result()
+                raw = pending.result()
                 nxt_start = start + len(batch)
                 nxt = coords[nxt_start:nxt_start + self.batch_size]
                 if nxt:
-                    pending = pool.submit(prepare, nxt)
-                probs = self._run(inputs)
+                    pending = pool.submit(read, nxt)
+                probs = self._run(raw, intensity_range)
                 for (y0, x0), p in zip(batch, probs):
                     acc.add(y0, x0, p)
                 done += len(batch)
@@ -180,14 +183,14 @@ class Segmenter:
 
     # ---- the device side --------------------------------------------------------------------
 
-    def _run(self, inputs: np.ndarray) -> np.ndarray:
-        """(B, 3, H, W) normalised float32 -> (B, H, W) probabilities, halving on CUDA OOM."""
+    def _run(self, raw: np.ndarray, intensity_range):
+        """(B, H, W, 3) raw tiles -> (B, H, W) probabilities on the device; halves on OOM."""
         import torch
 
         try:
-            return np.concatenate([
-                self._forward(inputs[i:i + self.batch_size])
-                for i in range(0, len(inputs), self.batch_size)
+            return torch.cat([
+                self._forward(raw[i:i + self.batch_size], intensity_range)
+                for i in range(0, len(raw), self.batch_size)
             ])
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
@@ -198,17 +201,21 @@ class Segmenter:
                     f"tile size than {self.tile_size} or use the CPU"
                 ) from None
             self.batch_size = max(1, self.batch_size // 2)
-            return self._run(inputs)
+            return self._run(raw, intensity_range)
 
-    def _forward(self, inputs: np.ndarray) -> np.ndarray:
+    def _forward(self, raw: np.ndarray, intensity_range):
         import torch
 
-        x = torch.from_numpy(inputs)
+        x = torch.from_numpy(raw)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
         else:
             x = x.to(self.device)
+        x = self.normalization.apply(x, intensity_range)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.contiguous()
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None else contextlib.nullcontext()
@@ -219,7 +226,7 @@ class Segmenter:
                 for dims in ((3,), (2,), (2, 3)):
                     prob += torch.sigmoid(self.model(x.flip(dims)).float()).flip(dims)
                 prob /= 4
-        return prob[:, 0].cpu().numpy()
+        return prob[:, 0]
 
 
 def _amp_dtype(device, precision: str):

@@ -82,15 +82,30 @@ class Normalization:
             hi = lo + 1.0
         return lo, hi
 
-    def apply(self, tile: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
-        """(H, W, 3) raw tile -> (3, H, W) float32 network input."""
+    def apply(self, tiles, intensity_range: tuple[float, float]):
+        """(B, H, W, 3) raw tiles (a torch tensor, any dtype, on any device) -> (B, 3, H, W)
+        float32 network input. Runs where the tensor is, so on a GPU the host only ships
+        raw pixels (a quarter of the bytes for uint8)."""
+        import torch
+
         lo, hi = intensity_range
-        x = (tile.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-        np.nan_to_num(x, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
+        x = tiles.to(torch.float32)
+        x = (x - lo) * (1.0 / (hi - lo))
+        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
         x = (x - mean) / std
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return x.permute(0, 3, 1, 2)
+
+
+#: Pixel types torch can take as they are; others become float32 on the host.
+TORCH_NATIVE = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64,
+                                      np.float16, np.float32, np.float64, np.bool_)}
+
+
+def torch_ready(array: np.ndarray) -> np.ndarray:
+    """The array in a dtype ``torch.from_numpy`` accepts, copying only when it must."""
+    return array if array.dtype in TORCH_NATIVE else array.astype(np.float32)
 
 
 def _subsample(image):

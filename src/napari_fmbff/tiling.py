@@ -1,7 +1,4 @@
-"""Tile grids, the blending window, and a row-band accumulator that stitches tiles.
-
-Kept free of torch so it can be tested exactly and reused by any model runner.
-"""
+"""Tile grids, the blending window, and a row-band accumulator that stitches tiles."""
 
 from __future__ import annotations
 
@@ -87,19 +84,23 @@ class RowBandAccumulator:
     """Weighted average of overlapping tiles, written out band by band.
 
     Tiles must arrive in row-major order. Only one tile-row band (tile_h x width) of sums and
-    weights is held; rows above the current band are final and go to ``out`` (numpy, zarr,
-    or anything with 2D slice assignment), so the output never needs to be in memory twice.
+    weights is held, on ``device`` (blending runs on the GPU when there is one); rows above the
+    current band are final and go to ``out`` (numpy, zarr, or anything with 2D slice
+    assignment), so the output is never held twice.
     """
 
-    def __init__(self, grid: TileGrid, out) -> None:
+    def __init__(self, grid: TileGrid, out, device="cpu") -> None:
+        import torch
+
         self.grid = grid
         self.out = out
-        self.window = grid.window()
+        self.window = torch.from_numpy(grid.window()).to(device)
         self.top = 0
-        self.sums = np.zeros((grid.tile_h, grid.width), np.float32)
-        self.weights = np.zeros((grid.tile_h, grid.width), np.float32)
+        self.sums = torch.zeros((grid.tile_h, grid.width), dtype=torch.float32, device=device)
+        self.weights = torch.zeros_like(self.sums)
 
-    def add(self, y0: int, x0: int, tile: np.ndarray) -> None:
+    def add(self, y0: int, x0: int, tile) -> None:
+        """Add one (tile_h, tile_w) float tensor whose top-left corner is (y0, x0)."""
         if y0 < self.top:
             raise ValueError("tiles must be added in row-major order")
         if y0 > self.top:
@@ -111,13 +112,15 @@ class RowBandAccumulator:
         self.weights[:h, x0:x0 + w] += win
 
     def _flush(self, n: int) -> None:
+        import torch
+
         n = min(n, self.grid.height - self.top)
         if n <= 0:
             return
-        self.out[self.top:self.top + n] = self.sums[:n] / self.weights[:n]
+        self.out[self.top:self.top + n] = (self.sums[:n] / self.weights[:n]).cpu().numpy()
         # Shift the band up; the freed rows start empty.
-        self.sums = np.roll(self.sums, -n, axis=0)
-        self.weights = np.roll(self.weights, -n, axis=0)
+        self.sums = torch.roll(self.sums, -n, dims=0)
+        self.weights = torch.roll(self.weights, -n, dims=0)
         self.sums[-n:] = 0
         self.weights[-n:] = 0
         self.top += n
