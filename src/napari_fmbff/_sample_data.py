@@ -1,0 +1,25 @@
+"""napari sample data: procedural lesion images with their ground truth (see data.py)."""
+
+from __future__ import annotations
+
+
+def _sample(look: str):
+    from .data import make_sample
+
+    image, mask = make_sample(look, size=512, seed=2026, n_lesions=1)
+    return [
+        (image, {"name": f"{look} sample", "rgb": image.ndim == 3}, "image"),
+        (mask, {"name": f"{look} ground truth", "opacity": 0.4, "visible": False}, "labels"),
+    ]
+
+
+def endoscopy_sample():
+    return _sample("endoscopy")
+
+
+def dermoscopy_sample():
+    return _sample("dermoscopy")
+
+
+def ultrasound_sample():
+    return _sample("ultrasound")

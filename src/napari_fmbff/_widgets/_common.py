@@ -1,0 +1,55 @@
+"""Small pieces the dock widgets share: model choices, layer geometry, notifications."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.layers import Image
+from napari.utils.notifications import show_error
+from psygnal import Signal
+
+from ..models import list_models
+
+BROWSE = "Browse..."
+
+
+class _ModelEvents:
+    """Fired (in the main thread) when a model is saved, so every model list refreshes."""
+
+    saved = Signal(str)
+
+
+model_events = _ModelEvents()
+
+
+def model_choices(extra_paths: dict[str, Path]) -> list[str]:
+    try:
+        names = list(list_models())
+    except Exception as err:  # an unreadable models folder must not break the widget
+        show_error(f"napari-fmbff: cannot list models ({err})")
+        names = []
+    return names + [n for n in extra_paths if n not in names] + [BROWSE]
+
+
+def image_layers(viewer) -> list[tuple[str, Image]]:
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def geometry_of(layer) -> dict:
+    """The world placement of a layer, for output layers that must overlay it exactly."""
+    geo = {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine.affine_matrix,
+    }
+    for attr in ("units", "axis_labels"):  # napari >= 0.6
+        if hasattr(layer, attr):
+            geo[attr] = getattr(layer, attr)
+    return geo
+
+
+def finest_level(layer):
+    """The data to segment: the finest level of a multiscale layer, kept lazy."""
+    return layer.data[0] if layer.multiscale else layer.data

@@ -1,0 +1,290 @@
+"""The Segment dock widget: pick an image, click Segment, get a Labels layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..inference import labels_from_proba
+from ..models import models_dir
+from ..stacks import plane_indices, spatial_shape
+from ._common import BROWSE, finest_level, geometry_of, image_layers, model_choices, model_events
+
+SCOPES = ("current slice", "whole stack")
+#: Layer metadata key marking the layers this widget made.
+OUTPUT_TAG = "napari_fmbff_output"
+
+
+@thread_worker(ignore_errors=True)  # errors go to our own notification
+def _segment_planes(model_ref, data, rgb, planes, options):
+    """Worker: load the model, then yield ("device", name) and ("progress", plane, n, p)."""
+    from ..inference import Segmenter
+    from ..models import load_model
+    from ..stacks import iter_predict_planes
+
+    seg = Segmenter(load_model(model_ref), **options)
+    yield ("device", seg.device_label)
+    gen = iter_predict_planes(seg, data, rgb, planes)
+    while True:
+        try:
+            number, total, progress = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield ("progress", number, total, progress)
+
+
+class SegmentWidget(Container):
+    """Segment the selected image with an FM-BFF-Net model into a Labels layer."""
+
+    def __init__(self, napari_viewer) -> None:
+        self._viewer = napari_viewer
+        self._browsed: dict[str, Path] = {}
+        self._worker = None
+        self._closed = False
+        self._result = None  # the last run: labels layer, probabilities, prob layer
+        self.image = ComboBox(label="image", choices=lambda _w: image_layers(self._viewer),
+                              tooltip="Image layer to segment (follows the selected layer)")
+        self.model = ComboBox(label="model", choices=lambda _w: model_choices(self._browsed),
+                              tooltip=f"Models in {models_dir()} and bundled ones; "
+                                      "Browse... picks a .safetensors file")
+        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"], value="auto")
+        self.device_used = Label(label="device in use", value="(not run yet)")
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5,
+                                     tooltip="Changing it re-thresholds the last result at once")
+        self.tile_size = SpinBox(label="tile size", min=64, max=4096, step=32, value=512)
+        self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.5, step=0.05, value=0.25)
+        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=4)
+        self.min_size = SpinBox(label="min object size (px)", min=0, max=10**8, value=0)
+        self.fill_holes = CheckBox(text="fill holes")
+        self.split = CheckBox(text="split into separate objects", value=True)
+        self.add_probability = CheckBox(text="also add the probability map")
+        self.tta = CheckBox(text="test-time augmentation (flips, 4x slower)")
+        self.new_layer = CheckBox(text="new labels layer for each run")
+        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0],
+                              tooltip="For stacks: the displayed slice only, or every slice")
+        self.run_button = PushButton(text="Segment")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
+        self.status = Label(value="")
+        super().__init__(widgets=[
+            self.image, self.model, self.device, self.device_used, self.threshold,
+            self.tile_size, self.overlap, self.batch_size, self.min_size, self.fill_holes,
+            self.split, self.add_probability, self.tta, self.new_layer, self.scope,
+            self.run_button, self.cancel_button, self.progress, self.status,
+        ])
+        if "starter" in self.model.choices:
+            self.model.value = "starter"
+        self.model.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        for w in (self.threshold, self.min_size, self.fill_holes, self.split):
+            w.changed.connect(self._rethreshold)
+        layers = self._viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+            event.connect(self._refresh_layers)
+        layers.selection.events.active.connect(self._follow_active)
+        model_events.saved.connect(self._on_model_saved)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._follow_active()
+
+    # ---- choices -------------------------------------------------------------------------
+
+    def _refresh_layers(self, _event=None) -> None:
+        self.image.reset_choices()
+
+    def _follow_active(self, _event=None) -> None:
+        active = self._viewer.layers.selection.active
+        # Our own probability maps are Images too, but never what the user wants to segment.
+        if isinstance(active, Image) and not active.metadata.get(OUTPUT_TAG):
+            self._refresh_layers()
+            self.image.value = active
+
+    def refresh_models(self, select: str | None = None) -> None:
+        current = self.model.value
+        self.model.reset_choices()
+        target = select if select in self.model.choices else current
+        if target in self.model.choices:
+            self.model.value = target
+
+    def _on_model_saved(self, name: str) -> None:
+        self.refresh_models(select=name)
+
+    def _on_model_changed(self, value) -> None:
+        if value != BROWSE:
+            return
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Choose an FM-BFF-Net model",
+                                              str(models_dir()), "Models (*.safetensors *.pt *.pth)")
+        if path:
+            self.add_model_file(path)
+        else:
+            self.refresh_models()
+
+    def add_model_file(self, path) -> str:
+        """Add a model file to the list (what Browse... does) and select it."""
+        path = Path(path)
+        name = f"{path.stem} (file)"
+        self._browsed[name] = path
+        self.refresh_models(select=name)
+        return name
+
+    def _model_ref(self):
+        value = self.model.value
+        if value in (None, BROWSE):
+            return None
+        return self._browsed.get(value, value)
+
+    # ---- running -------------------------------------------------------------------------
+
+    def run(self, _=None):
+        """Start segmenting in a worker thread; returns the worker (None if nothing started)."""
+        if self._worker is not None:
+            return None
+        layer = self.image.value
+        if layer is None:
+            show_error("napari-fmbff: no image layer to segment. Open an image, or a sample "
+                       "from File > Open Sample > napari-fmbff.")
+            return None
+        model_ref = self._model_ref()
+        if model_ref is None:
+            show_error("napari-fmbff: no model chosen. Pick one in 'model', or Browse... for a "
+                       ".safetensors file, or fine-tune one in the Fine-tune widget.")
+            return None
+        data = finest_level(layer)
+        try:
+            planes = plane_indices(data.shape, layer.rgb, self._current_index(layer, data))
+        except ValueError as err:
+            show_error(f"napari-fmbff: {err}")
+            return None
+        if layer.multiscale:
+            show_info("napari-fmbff: multiscale image; segmenting its finest level.")
+        options = dict(device=self.device.value, tile_size=self.tile_size.value,
+                       overlap=self.overlap.value, batch_size=self.batch_size.value,
+                       tta=self.tta.value)
+        worker = _segment_planes(model_ref, data, layer.rgb, planes, options)
+        job = {"layer": layer, "shape": spatial_shape(data.shape, layer.rgb)}
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(lambda probs: self._on_returned(job, probs))
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value = 0
+        self._set_status(f"Segmenting {len(planes)} slice(s) of '{layer.name}'...")
+        worker.start()
+        return worker
+
+    def _current_index(self, layer, data):
+        """The displayed slice of a stack (None for 'whole stack' and 2D images)."""
+        lead = len(spatial_shape(data.shape, layer.rgb)) - 2
+        if lead == 0 or self.scope.value == SCOPES[1]:
+            return None
+        point = layer.world_to_data(self._viewer.dims.point)
+        shape = spatial_shape(data.shape, layer.rgb)
+        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], shape[:lead]))
+
+    def _on_destroyed(self, _=None) -> None:
+        """The dock (or the viewer) closed: stop the worker and ignore what it still sends."""
+        self._closed = True
+        self.cancel()
+
+    def cancel(self, _=None) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._set_status("Cancelling after the current batch...")
+
+    def _on_yielded(self, item) -> None:
+        if self._closed:
+            return
+        if item[0] == "device":
+            self.device_used.value = item[1]
+            return
+        _, number, total, progress = item
+        self.progress.value = int(1000 * (number + progress.fraction) / total)
+        self.progress.label = f"slice {number + 1}/{total}"
+
+    def _on_errored(self, err) -> None:
+        if self._closed:
+            return
+        show_error(f"napari-fmbff: segmentation failed: {err}")
+        self._set_status(f"Failed: {err}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if not self._closed:
+            self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _set_status(self, text: str) -> None:
+        if not self._closed:
+            self.status.value = text
+
+    # ---- results -------------------------------------------------------------------------
+
+    def _on_returned(self, job, probs: dict) -> None:
+        if self._closed:
+            return
+        layer = job["layer"]
+        if layer not in self._viewer.layers:
+            show_warning("napari-fmbff: the image layer was removed while segmenting; "
+                         "the result was dropped.")
+            return
+        labels_layer = self._labels_layer_for(layer, job["shape"])
+        prob_layer = None
+        if self.add_probability.value:
+            prob_layer = self._probability_layer_for(layer, job["shape"])
+            for index, prob in probs.items():
+                prob_layer.data[index] = prob
+            prob_layer.refresh()
+        self._result = {"labels": labels_layer, "probs": probs, "prob_layer": prob_layer}
+        self._rethreshold()
+        self.progress.value = 1000
+        n = sum(int(labels_layer.data[i].max() > 0) for i in probs)
+        self._set_status(f"Done: '{labels_layer.name}' ({n}/{len(probs)} slice(s) with objects).")
+
+    def _labels_layer_for(self, image, shape):
+        name = f"{image.name} fmbff"
+        existing = self._viewer.layers[name] if name in self._viewer.layers else None
+        if (existing is not None and not self.new_layer.value
+                and tuple(existing.data.shape) == tuple(shape)):
+            return existing
+        return self._viewer.add_labels(np.zeros(shape, np.int32), name=name,
+                                       metadata={OUTPUT_TAG: "labels"}, **geometry_of(image))
+
+    def _probability_layer_for(self, image, shape):
+        name = f"{image.name} fmbff probability"
+        existing = self._viewer.layers[name] if name in self._viewer.layers else None
+        if existing is not None and tuple(existing.data.shape) == tuple(shape):
+            return existing
+        return self._viewer.add_image(
+            np.zeros(shape, np.float32), name=name, colormap="magma", blending="additive",
+            contrast_limits=(0.0, 1.0), opacity=0.6, metadata={OUTPUT_TAG: "probability"},
+            **geometry_of(image))
+
+    def _rethreshold(self, _=None) -> None:
+        """Labels from the kept probabilities, with no new network call."""
+        result = self._result
+        if not result or result["labels"] not in self._viewer.layers:
+            return
+        layer = result["labels"]
+        for index, prob in result["probs"].items():
+            layer.data[index] = labels_from_proba(
+                prob, self.threshold.value, self.min_size.value, self.fill_holes.value,
+                self.split.value)
+        layer.refresh()

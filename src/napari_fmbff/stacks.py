@@ -1,0 +1,53 @@
+"""Which 2D planes of an n-D image to segment, and running a Segmenter over them.
+
+napari layers are (..., Y, X) or (..., Y, X, C) for RGB; we segment the last two spatial
+axes plane by plane. Free of napari so the CLI and tests share it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def spatial_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
+    """The shape without the colour axis: what a Labels layer for this image has."""
+    return tuple(shape[:-1]) if rgb else tuple(shape)
+
+
+def plane_indices(shape: tuple[int, ...], rgb: bool, current: tuple[int, ...] | None = None):
+    """Leading-axis indices of the planes to segment: all of them, or only ``current``."""
+    lead = spatial_shape(shape, rgb)[:-2]
+    if len(spatial_shape(shape, rgb)) < 2:
+        raise ValueError(f"an image needs at least 2 spatial axes, got shape {tuple(shape)}")
+    if current is not None:
+        current = tuple(int(i) for i in current)[: len(lead)]
+        if len(current) != len(lead) or any(not 0 <= i < n for i, n in zip(current, lead)):
+            raise ValueError(f"slice {current} is outside the stack's leading shape {lead}")
+        return [current]
+    return list(itertools.product(*(range(n) for n in lead)))
+
+
+def iter_predict_planes(segmenter, data, rgb: bool, planes):
+    """Generator over planes: yields (plane_number, n_planes, Progress); returns
+    {plane_index: probability map}. Each plane is read lazily (dask / zarr stay lazy)."""
+    probs = {}
+    for number, index in enumerate(planes):
+        plane = data[index] if index else data
+        gen = segmenter.iter_predict(plane)
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                probs[index] = stop.value
+                break
+            yield number, len(planes), progress
+    return probs
+
+
+def write_planes(target: np.ndarray, planes: dict) -> np.ndarray:
+    """Put per-plane 2D results into a full-shape array (in place)."""
+    for index, plane in planes.items():
+        target[index] = plane
+    return target
