@@ -74,6 +74,55 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--list", action="store_true", help="list registered models and exit")
     info.add_argument("--encoder", default=None,
                       help="describe a fresh (untrained) network with this timm encoder instead")
+    train = sub.add_parser(
+        "train", help="train or fine-tune a model on a data folder",
+        description="Train FM-BFF-Net on a folder in Kvasir-SEG, CVC-ClinicDB, ISIC or BUSI layout "
+                    "(or images/ + masks/). Writes the model, MODEL.log.csv and MODEL.loss.png.")
+    train.add_argument("data", help="data folder")
+    train.add_argument("--out", "-o", required=True, help="the new model file (.safetensors)")
+    train.add_argument("--init", default=None,
+                       help="start from this model (fine-tuning: lr 1e-4 unless --lr is given)")
+    train.add_argument("--encoder", default="tf_efficientnetv2_s", help="timm encoder (new models)")
+    train.add_argument("--encoder-weights", choices=["imagenet", "none"], default="none",
+                       help="start the encoder from ImageNet weights (needs them in timm's cache)")
+    train.add_argument("--epochs", type=_positive_int, default=100)
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--lr", type=float, default=None, help="1e-3 from scratch, 1e-4 with --init")
+    train.add_argument("--tile-size", type=_positive_int, default=352, help="training crop size (352)")
+    train.add_argument("--val-fraction", type=_fraction, default=0.2)
+    train.add_argument("--patience", type=_positive_int, default=15,
+                       help="stop after this many epochs without a better validation Dice")
+    train.add_argument("--steps-per-epoch", type=_positive_int, default=None)
+    train.add_argument("--freeze-encoder", action="store_true")
+    train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true",
+                       help="continue from MODEL.resume.pt, written after every epoch")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    for flag in ("fmcab", "vitm", "biffm", "aggregate-skips"):
+        train.add_argument(f"--no-{flag}", action="store_true",
+                           help=f"switch {flag} off (the paper's ablation)")
+
+    ev = sub.add_parser("evaluate", help="Dice, Jaccard, precision, recall, accuracy on a folder",
+                        description="Evaluate a model on a data folder (same layouts as train).")
+    ev.add_argument("data", help="data folder")
+    _add_model_arg(ev)
+    ev.add_argument("--csv", default=None, help="also write the per-image table here")
+    ev.add_argument("--threshold", type=_probability, default=0.5)
+    ev.add_argument("--tile-size", type=_positive_int, default=None)
+    ev.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+
+    make = sub.add_parser("make-data", help="write a procedural data set (Kvasir-SEG layout)",
+                          description="Generate seeded synthetic lesion images with exact masks.")
+    make.add_argument("--look", choices=["endoscopy", "dermoscopy", "ultrasound", "all"],
+                      default="endoscopy")
+    make.add_argument("-n", type=_positive_int, default=100, help="images per look")
+    make.add_argument("--size", default="256-512",
+                      help="edge in px, or a range MIN-MAX drawn per image (256-512)")
+    make.add_argument("--seed", type=int, default=0, help="first seed")
+    make.add_argument("--out", "-o", required=True, help="output folder (images/, masks/)")
     return parser
 
 
@@ -87,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"segment": cmd_segment, "info": cmd_info}[args.command](args)
+        return {"segment": cmd_segment, "info": cmd_info, "train": cmd_train,
+                "evaluate": cmd_evaluate, "make-data": cmd_make_data}[args.command](args)
     except KeyboardInterrupt:
         print("fmbff: interrupted", file=sys.stderr)
         return 130
@@ -177,6 +227,153 @@ def cmd_info(args) -> int:
         print(f"{key:18s} {value}")
     if source:
         print(f"{'source':18s} {source}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .datasets import find_pairs, load_pairs
+    from .inference import default_normalization
+    from .model import FMBFFNet, ModelConfig
+    from .models import load_model, save_model
+    from .training import TrainConfig, iter_train, make_items, recipe, split_items
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CliError(f"--out must end in .safetensors, got {out.name}")
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; choose another name or pass --overwrite")
+    found = find_pairs(args.data)
+    print(f"fmbff train: {found.describe()}", file=sys.stderr)
+    images, masks, names = load_pairs(found)
+    if args.init:
+        net = load_model(args.init)
+    else:
+        net = FMBFFNet(ModelConfig(
+            encoder=args.encoder,
+            encoder_weights=None if args.encoder_weights == "none" else "imagenet",
+            fmcab=not args.no_fmcab, vitm=not args.no_vitm, biffm=not args.no_biffm,
+            aggregate_skips=not args.no_aggregate_skips))
+    normalization = default_normalization(net)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else (1e-4 if args.init else 1e-3),
+        tile_size=args.tile_size, val_fraction=args.val_fraction, patience=args.patience,
+        steps_per_epoch=args.steps_per_epoch, freeze_encoder=args.freeze_encoder,
+        augment=not args.no_augment, resize=args.resize, device=args.device, seed=args.seed)
+    items = make_items(images, masks, normalization, names)
+    train_items, val_items = split_items(items, cfg.val_fraction, cfg.seed)
+    resume_path = out.with_suffix(".resume.pt")
+    state = None
+    if args.resume:
+        if not resume_path.exists():
+            raise CliError(f"--resume: {resume_path} not found (it is written after each epoch)")
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        print(f"fmbff train: resuming after epoch {state['epoch']}", file=sys.stderr)
+
+    def checkpoint(s):
+        tmp = resume_path.with_suffix(".pt.tmp")
+        torch.save(s, tmp)
+        tmp.replace(resume_path)
+
+    gen = iter_train(net, train_items, val_items, cfg, normalization, state, checkpoint)
+    bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if event.kind == "start":
+            bar.set_postfix_str(f"val Dice {event.val_dice:.3f} (before training)")
+        elif event.kind == "epoch":
+            bar.update(1)
+            bar.set_postfix_str(f"loss {event.loss:.3f} val Dice {event.val_dice:.3f} "
+                                f"best {event.best_dice:.3f}")
+    bar.close()
+    history = result.history
+    metadata = {
+        "training_data": str(Path(args.data).resolve()), "layout": found.layout,
+        "n_train": len(train_items), "n_val": len(val_items),
+        "recipe": recipe(cfg), "init": str(args.init) if args.init else None,
+        "best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
+        "initial_val_dice": result.initial_dice, "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early, "device": str(args.device),
+        "train_seconds": round(result.seconds, 1),
+    }
+    save_model(result.net, out, metadata=metadata, overwrite=args.overwrite)
+    write_history(history, out)
+    resume_path.unlink(missing_ok=True)
+    print(f"fmbff train: best validation Dice {result.best_dice:.4f} at epoch "
+          f"{result.best_epoch} (before: {result.initial_dice:.4f}); saved {out}", file=sys.stderr)
+    return 0
+
+
+def write_history(history, model_path: Path) -> None:
+    """MODEL.log.csv and MODEL.loss.png next to the model."""
+    import csv
+
+    stem = model_path.with_suffix("")
+    if history:
+        with open(f"{stem}.log.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    try:
+        from .plots import training_curve_png
+
+        training_curve_png(history, f"{stem}.loss.png")
+    except ImportError:
+        print("fmbff train: matplotlib not installed; no loss-curve PNG", file=sys.stderr)
+
+
+def cmd_evaluate(args) -> int:
+    from .datasets import find_pairs, load_pairs
+    from .evaluation import evaluate, format_table
+    from .inference import Segmenter
+
+    found = find_pairs(args.data)
+    print(f"fmbff evaluate: {found.describe()}", file=sys.stderr)
+    images, masks, names = load_pairs(found)
+    seg = Segmenter(_load(args.model), device=args.device, tile_size=args.tile_size)
+    rows, summary = evaluate(seg, [_squeeze_to_2d(i, n) for i, n in zip(images, names)],
+                             masks, names, args.threshold)
+    print(format_table(rows, summary))
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+def cmd_make_data(args) -> int:
+    import numpy as np
+
+    from .data import LOOKS, make_sample
+    from .datasets import write_dataset
+
+    out = Path(args.out)
+    if (out / "images").exists() and any((out / "images").iterdir()):
+        raise CliError(f"{out}/images is not empty; choose a new folder")
+    try:
+        lo, hi = (int(v) for v in args.size.split("-")) if "-" in args.size else (int(args.size),) * 2
+    except ValueError:
+        raise CliError(f"--size must be N or MIN-MAX, got {args.size!r}") from None
+    looks = LOOKS if args.look == "all" else (args.look,)
+    samples, names = [], []
+    for look in looks:
+        for k in range(args.n):
+            seed = args.seed + k
+            size = int(np.random.default_rng([seed, 7]).integers(lo, hi + 1)) // 32 * 32 or lo
+            samples.append(make_sample(look, size=size, seed=seed))
+            names.append(f"{look}_{seed:05d}")
+    write_dataset(out, samples, names)
+    print(f"fmbff make-data: wrote {len(samples)} pairs to {out}", file=sys.stderr)
     return 0
 
 

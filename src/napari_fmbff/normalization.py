@@ -86,16 +86,23 @@ class Normalization:
         """(B, H, W, 3) raw tiles (a torch tensor, any dtype, on any device) -> (B, 3, H, W)
         float32 network input. Runs where the tensor is, so on a GPU the host only ships
         raw pixels (a quarter of the bytes for uint8)."""
+        return self.standardize(self.to_unit(tiles, intensity_range).permute(0, 3, 1, 2))
+
+    def to_unit(self, x, intensity_range: tuple[float, float]):
+        """Raw intensities -> float32, ``low`` -> 0 and ``high`` -> 1 (not clipped)."""
         import torch
 
         lo, hi = intensity_range
-        x = tiles.to(torch.float32)
-        x = (x - lo) * (1.0 / (hi - lo))
-        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
-        x = (x - mean) / std
-        return x.permute(0, 3, 1, 2)
+        x = (x.to(torch.float32) - lo) * (1.0 / (hi - lo))
+        return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+
+    def standardize(self, x):
+        """(..., 3, H, W) unit-range tensor -> the encoder's mean/std."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)[:, None, None]
+        return (x - mean) / std
 
 
 #: Pixel types torch can take as they are; others become float32 on the host.
