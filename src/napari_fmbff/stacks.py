@@ -51,3 +51,20 @@ def write_planes(target: np.ndarray, planes: dict) -> np.ndarray:
     for index, plane in planes.items():
         target[index] = plane
     return target
+
+
+TRAIN_SLICES = ("current slice", "all slices with labels", "all slices")
+
+
+def training_planes(shape, rgb: bool, labels, mode: str, current=None):
+    """Plane indices to fine-tune on: the current one, those with any label, or all."""
+    if mode not in TRAIN_SLICES:
+        raise ValueError(f"slices must be one of {TRAIN_SLICES}, got {mode!r}")
+    if mode == TRAIN_SLICES[0]:
+        return plane_indices(shape, rgb, current)
+    planes = plane_indices(shape, rgb)
+    if mode == TRAIN_SLICES[1]:
+        planes = [i for i in planes if np.asarray(labels[i] if i else labels).any()]
+        if not planes:
+            raise ValueError("no slice has any labels; paint the lesions first")
+    return planes

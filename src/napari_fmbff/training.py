@@ -82,6 +82,7 @@ class TrainResult:
     epochs_run: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    cancelled: bool = False
 
 
 def make_items(images, masks, normalization: Normalization, names=None) -> list[Item]:
@@ -232,12 +233,11 @@ def _same_size_batches(xs, ys):
 
 
 def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Normalization,
-               resume_state: dict | None = None, checkpoint_fn=None):
+               resume_state: dict | None = None, checkpoint_fn=None, should_stop=None):
     """Generator: yields ``TrainEvent`` (start, every step, every epoch); returns TrainResult.
 
-    Stopping the generator stops training after the current step; ``net`` then holds the
-    weights of the last step (the caller decides whether to keep the best so far, which the
-    last epoch event reports). ``checkpoint_fn(state)`` is called after each epoch with a
+    ``should_stop()`` is asked after every step: when true, training ends there and the result
+    (best weights so far, ``cancelled=True``) is returned as usual. ``checkpoint_fn(state)`` is called after each epoch with a
     resumable state (tensors and plain values only: loadable with weights_only=True).
     """
     import torch
@@ -282,7 +282,7 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
     yield TrainEvent("start", first_epoch - 1, val_dice=initial, best_dice=best_dice,
                      lr=opt.param_groups[0]["lr"])
     since_best = (first_epoch - 1) - best_epoch
-    stopped_early = False
+    stopped_early = cancelled = False
     epoch = first_epoch - 1
     for epoch in range(first_epoch, cfg.epochs + 1):
         net.train()
@@ -305,6 +305,12 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
             losses.append(loss.item())
             yield TrainEvent("step", epoch, step, steps, loss=losses[-1], best_dice=best_dice,
                              lr=opt.param_groups[0]["lr"])
+            if should_stop is not None and should_stop():
+                break
+        cancelled = should_stop is not None and should_stop()
+        if cancelled and len(losses) < steps:
+            epoch -= 1  # this epoch did not finish: it is not validated or counted
+            break
         val = validate()
         sched.step(val)
         if val > best_dice:
@@ -322,6 +328,8 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
                            "scheduler": sched.state_dict(), "history": history,
                            "best_model": best_state, "best_dice": best_dice,
                            "best_epoch": best_epoch, "initial_dice": initial, "epoch": epoch})
+        if cancelled:
+            break
         if since_best >= cfg.patience:
             stopped_early = True
             break
@@ -330,7 +338,7 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
         for p in net.encoder.parameters():
             p.requires_grad_(True)
     return TrainResult(net.eval(), history, initial, best_dice, best_epoch, epoch,
-                       stopped_early, time.time() - started)
+                       stopped_early, time.time() - started, cancelled)
 
 
 def run_training(*args, **kwargs) -> TrainResult:
