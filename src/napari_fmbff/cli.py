@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", "-o", required=True, help="the new model file (.safetensors)")
     train.add_argument("--init", default=None,
                        help="start from this model (fine-tuning: lr 1e-4 unless --lr is given)")
+    train.add_argument("--config", default=None,
+                       help="JSON file of ModelConfig fields for a new model (overrides --encoder)")
     train.add_argument("--encoder", default="tf_efficientnetv2_s", help="timm encoder (new models)")
+    train.add_argument("--encoder-init", default=None,
+                       help="initialise the encoder from a timm state dict (.safetensors)")
     train.add_argument("--encoder-weights", choices=["imagenet", "none"], default="none",
                        help="start the encoder from ImageNet weights (needs them in timm's cache)")
     train.add_argument("--epochs", type=_positive_int, default=100)
@@ -101,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from MODEL.resume.pt, written after every epoch")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    train.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    train.add_argument("--workers", type=int, default=0, help="data-loading processes (0)")
+    train.add_argument("--time-limit", type=float, default=None,
+                       help="stop after this many minutes, keeping the best epoch")
     for flag in ("fmcab", "vitm", "biffm", "aggregate-skips"):
         train.add_argument(f"--no-{flag}", action="store_true",
                            help=f"switch {flag} off (the paper's ablation)")
@@ -123,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="edge in px, or a range MIN-MAX drawn per image (256-512)")
     make.add_argument("--seed", type=int, default=0, help="first seed")
     make.add_argument("--out", "-o", required=True, help="output folder (images/, masks/)")
+    make.add_argument("--workers", type=_positive_int, default=1, help="processes (1)")
     return parser
 
 
@@ -251,18 +260,33 @@ def cmd_train(args) -> int:
     if args.init:
         net = load_model(args.init)
     else:
-        net = FMBFFNet(ModelConfig(
-            encoder=args.encoder,
-            encoder_weights=None if args.encoder_weights == "none" else "imagenet",
-            fmcab=not args.no_fmcab, vitm=not args.no_vitm, biffm=not args.no_biffm,
-            aggregate_skips=not args.no_aggregate_skips))
+        fields = {"encoder": args.encoder}
+        if args.config:
+            import json
+
+            try:
+                fields = json.loads(Path(args.config).read_text())
+            except (OSError, ValueError) as err:
+                raise CliError(f"--config {args.config}: {err}") from None
+        fields.update(encoder_weights=None if args.encoder_weights == "none" else "imagenet")
+        for flag in ("fmcab", "vitm", "biffm", "aggregate_skips"):
+            if getattr(args, f"no_{flag}"):
+                fields[flag] = False
+        net = FMBFFNet(ModelConfig.from_dict(fields))
+        if args.encoder_init:
+            from .models import load_encoder_weights
+
+            n = load_encoder_weights(net, args.encoder_init)
+            print(f"fmbff train: encoder initialised from {args.encoder_init} ({n} tensors)",
+                  file=sys.stderr)
     normalization = default_normalization(net)
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (1e-4 if args.init else 1e-3),
         tile_size=args.tile_size, val_fraction=args.val_fraction, patience=args.patience,
         steps_per_epoch=args.steps_per_epoch, freeze_encoder=args.freeze_encoder,
-        augment=not args.no_augment, resize=args.resize, device=args.device, seed=args.seed)
+        augment=not args.no_augment, resize=args.resize, device=args.device, seed=args.seed,
+        num_workers=args.workers)
     items = make_items(images, masks, normalization, names)
     train_items, val_items = split_items(items, cfg.val_fraction, cfg.seed)
     resume_path = out.with_suffix(".resume.pt")
@@ -278,7 +302,11 @@ def cmd_train(args) -> int:
         torch.save(s, tmp)
         tmp.replace(resume_path)
 
-    gen = iter_train(net, train_items, val_items, cfg, normalization, state, checkpoint)
+    import time
+
+    deadline = time.time() + 60 * args.time_limit if args.time_limit else None
+    gen = iter_train(net, train_items, val_items, cfg, normalization, state, checkpoint,
+                     should_stop=(lambda: time.time() > deadline) if deadline else None)
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0)
     while True:
         try:
@@ -301,14 +329,26 @@ def cmd_train(args) -> int:
         "best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
         "initial_val_dice": result.initial_dice, "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early, "device": str(args.device),
-        "train_seconds": round(result.seconds, 1),
+        "train_seconds": round(result.seconds, 1), "encoder_init": args.encoder_init,
+        "device_name": _device_name(args.device),
     }
-    save_model(result.net, out, metadata=metadata, overwrite=args.overwrite)
+    save_model(result.net, out, metadata=metadata, overwrite=args.overwrite, half=args.half)
     write_history(history, out)
     resume_path.unlink(missing_ok=True)
     print(f"fmbff train: best validation Dice {result.best_dice:.4f} at epoch "
           f"{result.best_epoch} (before: {result.initial_dice:.4f}); saved {out}", file=sys.stderr)
     return 0
+
+
+def _device_name(device: str) -> str:
+    from .inference import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(dev)
+    return dev.type
 
 
 def write_history(history, model_path: Path) -> None:
@@ -354,8 +394,7 @@ def cmd_evaluate(args) -> int:
 def cmd_make_data(args) -> int:
     import numpy as np
 
-    from .data import LOOKS, make_sample
-    from .datasets import write_dataset
+    from .data import LOOKS
 
     out = Path(args.out)
     if (out / "images").exists() and any((out / "images").iterdir()):
@@ -365,16 +404,30 @@ def cmd_make_data(args) -> int:
     except ValueError:
         raise CliError(f"--size must be N or MIN-MAX, got {args.size!r}") from None
     looks = LOOKS if args.look == "all" else (args.look,)
-    samples, names = [], []
+    jobs = []
     for look in looks:
         for k in range(args.n):
             seed = args.seed + k
             size = int(np.random.default_rng([seed, 7]).integers(lo, hi + 1)) // 32 * 32 or lo
-            samples.append(make_sample(look, size=size, seed=seed))
-            names.append(f"{look}_{seed:05d}")
-    write_dataset(out, samples, names)
-    print(f"fmbff make-data: wrote {len(samples)} pairs to {out}", file=sys.stderr)
+            jobs.append((out, look, size, seed))
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.workers) as pool:
+            list(pool.map(_write_sample, jobs, chunksize=8))
+    else:
+        for job in jobs:
+            _write_sample(job)
+    print(f"fmbff make-data: wrote {len(jobs)} pairs to {out}", file=sys.stderr)
     return 0
+
+
+def _write_sample(job) -> None:
+    from .data import make_sample
+    from .datasets import write_dataset
+
+    out, look, size, seed = job
+    write_dataset(out, [make_sample(look, size=size, seed=seed)], [f"{look}_{seed:05d}"])
 
 
 def describe(net, size: int = 512) -> dict:

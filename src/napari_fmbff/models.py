@@ -260,3 +260,23 @@ def default_model_name() -> str:
         + (f" and several user models ({', '.join(models)}); " if models else "; ")
         + "name one with --model NAME or --model PATH.safetensors"
     )
+
+
+def load_encoder_weights(net, path) -> int:
+    """Initialise ``net.encoder`` from a timm state dict (.safetensors, e.g. ImageNet weights
+    mapped by scripts/lite0_imagenet_weights.py). Every encoder tensor must be covered."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as err:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({err})") from err
+    own = net.encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        raise ModelLoadError(
+            f"{path}: does not fit encoder {net.config.encoder!r} ({len(missing)} tensors "
+            f"missing, e.g. {missing[:2]}; {len(wrong)} of another shape, e.g. {wrong[:2]})")
+    net.encoder.load_state_dict({k: state[k] for k in own})
+    return len(own)

@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    num_workers: int = 0        # DataLoader processes preparing crops
 
     def __post_init__(self):
         if self.tile_size % 32 or self.tile_size < 32:
@@ -137,7 +138,6 @@ class CropDataset:
 
         self.items, self.cfg, self.norm, self.length = items, cfg, normalization, length
         self.augment = Augment() if cfg.augment else None
-        self.rng = np.random.default_rng(cfg.seed)
 
     def __len__(self):
         return self.length
@@ -154,19 +154,23 @@ class CropDataset:
         return self.norm.standardize(x), (y > 0.5).float()
 
     def _sample(self, item: Item):
+        # torch's generator: seeded by manual_seed, and differently in each loader worker.
+        import torch
+
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
         t = self.cfg.tile_size
         if self.cfg.resize:
             return resize_pair(item.image, item.mask, t)
         h, w = item.mask.shape
         grid = TileGrid(h, w, t, t, (0,), (0,), 0)
         lesion = np.flatnonzero(item.mask)
-        if lesion.size and self.rng.random() < self.cfg.lesion_crop_fraction:
-            cy, cx = np.unravel_index(lesion[self.rng.integers(lesion.size)], (h, w))
-            y0 = int(np.clip(cy - t // 2 + self.rng.integers(-t // 4, t // 4 + 1), 0, max(h - t, 0)))
-            x0 = int(np.clip(cx - t // 2 + self.rng.integers(-t // 4, t // 4 + 1), 0, max(w - t, 0)))
+        if lesion.size and rng.random() < self.cfg.lesion_crop_fraction:
+            cy, cx = np.unravel_index(lesion[rng.integers(lesion.size)], (h, w))
+            y0 = int(np.clip(cy - t // 2 + rng.integers(-t // 4, t // 4 + 1), 0, max(h - t, 0)))
+            x0 = int(np.clip(cx - t // 2 + rng.integers(-t // 4, t // 4 + 1), 0, max(w - t, 0)))
         else:
-            y0 = int(self.rng.integers(0, max(h - t, 0) + 1))
-            x0 = int(self.rng.integers(0, max(w - t, 0) + 1))
+            y0 = int(rng.integers(0, max(h - t, 0) + 1))
+            x0 = int(rng.integers(0, max(w - t, 0) + 1))
         return grid.read(item.image, y0, x0), grid.read(item.mask, y0, x0)
 
 
@@ -260,7 +264,9 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_items) / cfg.batch_size))
     dataset = CropDataset(train_items, cfg, normalization, steps * cfg.batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                         drop_last=False)
+                                         drop_last=False, num_workers=cfg.num_workers,
+                                         persistent_workers=cfg.num_workers > 0,
+                                         pin_memory=device.type == "cuda")
     val_x, val_y = validation_tiles(val_items, cfg, normalization)
     bce = torch.nn.BCEWithLogitsLoss()
 
