@@ -107,8 +107,6 @@ class Segmenter:
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-            # Tiles have one shape per image: let cuDNN pick its fastest kernels once.
-            torch.backends.cudnn.benchmark = True
         self.model = model
 
     @property
@@ -208,7 +206,7 @@ class Segmenter:
 
         x = torch.from_numpy(raw)
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True)
         else:
             x = x.to(self.device)
         x = self.normalization.apply(x, intensity_range)

@@ -201,7 +201,8 @@ def validation_tiles(items, cfg: TrainConfig, normalization: Normalization, limi
             for k, (y0, x0) in enumerate(coords[::step]):
                 valid = np.zeros(pairs[k][1].shape, bool)
                 valid[: h - y0, : w - x0] = True
-                pairs[k] = (pairs[k][0], np.where(valid, pairs[k][1], -1).astype(np.int8))
+                pairs[k] = (pairs[k][0],
+                            np.where(valid, pairs[k][1].astype(np.int8), np.int8(-1)))
         for image, mask in pairs:
             xs.append(normalization.standardize(_unit_tensor(item, normalization, image)))
             ys.append(torch.from_numpy(np.asarray(mask, np.int8)))
