@@ -5,8 +5,9 @@ from __future__ import annotations
 
 def _sample(look: str):
     from .data import make_sample
+    from .demo import DEMO_SEED
 
-    image, mask = make_sample(look, size=512, seed=2026, n_lesions=1)
+    image, mask = make_sample(look, size=512, seed=DEMO_SEED, n_lesions=1)
     return [
         (image, {"name": f"{look} sample", "rgb": image.ndim == 3}, "image"),
         (mask, {"name": f"{look} ground truth", "opacity": 0.4, "visible": False}, "labels"),

@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tile-size", type=_positive_int, default=None)
     ev.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
 
+    demo = sub.add_parser("demo", help="segment the bundled sample with the bundled model",
+                          description="Open napari on a sample image with the Segment and "
+                                      "Fine-tune widgets and Segment's result; --headless writes "
+                                      "the mask, an overlay PNG and the Dice instead.")
+    demo.add_argument("--look", choices=["endoscopy", "dermoscopy", "ultrasound"],
+                      default="endoscopy")
+    _add_model_arg(demo)
+    demo.add_argument("--headless", action="store_true", help="no window; write files to --out")
+    demo.add_argument("--out", "-o", default="fmbff-demo", help="output folder (headless)")
+    demo.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    demo.add_argument("--screenshot", default=None,
+                      help="save the window as this PNG once segmented, then close")
+    demo.add_argument("--overwrite", action="store_true")
+
     make = sub.add_parser("make-data", help="write a procedural data set (Kvasir-SEG layout)",
                           description="Generate seeded synthetic lesion images with exact masks.")
     make.add_argument("--look", choices=["endoscopy", "dermoscopy", "ultrasound", "all"],
@@ -146,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"segment": cmd_segment, "info": cmd_info, "train": cmd_train,
-                "evaluate": cmd_evaluate, "make-data": cmd_make_data}[args.command](args)
+                "evaluate": cmd_evaluate, "make-data": cmd_make_data,
+                "demo": cmd_demo}[args.command](args)
     except KeyboardInterrupt:
         print("fmbff: interrupted", file=sys.stderr)
         return 130
@@ -419,6 +434,25 @@ def cmd_make_data(args) -> int:
         for job in jobs:
             _write_sample(job)
     print(f"fmbff make-data: wrote {len(jobs)} pairs to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    model = None if args.model == "default" else args.model
+    if args.headless:
+        from .demo import run_headless
+
+        r = run_headless(args.out, args.look, model, args.device, args.overwrite)
+        print(f"fmbff demo: {r['look']} sample, model '{r['model']}' on {r['device']}: "
+              f"Dice {r['dice']:.3f}, Jaccard {r['jaccard']:.3f} against the ground truth")
+        print(f"fmbff demo: overlay (green = prediction, yellow = truth) in {r['overlay']}")
+        return 0
+    try:
+        from ._widgets._demo import open_demo
+    except ImportError as err:
+        raise CliError(f"the demo window needs napari ({err}); pip install 'napari-fmbff[napari]' "
+                       "or use --headless") from None
+    open_demo(args.look, model, args.screenshot)
     return 0
 
 

@@ -53,3 +53,38 @@ def geometry_of(layer) -> dict:
 def finest_level(layer):
     """The data to segment: the finest level of a multiscale layer, kept lazy."""
     return layer.data[0] if layer.multiscale else layer.data
+
+
+def import_engine() -> None:
+    """Import torch and timm in the main thread, at first use rather than at napari's start.
+
+    Their first import inside a worker thread can crash the process (native extensions
+    initialise on import), so widgets call this just before starting a worker.
+    """
+    _avoid_triton_llvm_clash()
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
+    from .. import inference, models  # noqa: F401
+    from ..model import network  # noqa: F401
+
+
+def _avoid_triton_llvm_clash() -> None:
+    """Keep triton out of a process whose OpenGL already loaded Mesa's libLLVM.
+
+    With software OpenGL (Mesa llvmpipe: VMs, remote desktops, Xvfb) napari's canvas maps
+    libLLVM; triton's own LLVM then segfaults on import (torch imports triton through
+    torchvision/timm). Inference in napari never needs triton (it is only for
+    torch.compile), so it is marked unavailable there; torch then runs without it.
+    """
+    import sys
+
+    if "triton" in sys.modules or not sys.platform.startswith("linux"):
+        return
+    try:
+        with open("/proc/self/maps") as maps:
+            llvm_loaded = any("libLLVM" in line for line in maps)
+    except OSError:
+        return
+    if llvm_loaded:
+        sys.modules["triton"] = None  # "import triton" now raises ImportError

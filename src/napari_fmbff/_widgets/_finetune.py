@@ -21,7 +21,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..stacks import TRAIN_SLICES, spatial_shape, training_planes
-from ._common import BROWSE, finest_level, image_layers, model_choices, model_events
+from ._common import import_engine, BROWSE, finest_level, image_layers, model_choices, model_events
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
@@ -142,6 +142,7 @@ class FineTuneWidget(Container):
     def run(self, _=None):
         if self._worker is not None:
             return None
+        import_engine()
         from ..training import TrainConfig
 
         try:

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..inference import labels_from_proba
 from ..models import models_dir
 from ..stacks import plane_indices, spatial_shape
-from ._common import BROWSE, finest_level, geometry_of, image_layers, model_choices, model_events
+from ._common import import_engine, BROWSE, finest_level, geometry_of, image_layers, model_choices, model_events
 
 SCOPES = ("current slice", "whole stack")
 #: Layer metadata key marking the layers this widget made.
@@ -177,6 +177,7 @@ class SegmentWidget(Container):
         options = dict(device=self.device.value, tile_size=self.tile_size.value,
                        overlap=self.overlap.value, batch_size=self.batch_size.value,
                        tta=self.tta.value)
+        import_engine()
         worker = _segment_planes(model_ref, data, layer.rgb, planes, options)
         job = {"layer": layer, "shape": spatial_shape(data.shape, layer.rgb)}
         worker.yielded.connect(self._on_yielded)
