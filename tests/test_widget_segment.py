@@ -194,3 +194,12 @@ def test_manifest_is_valid_and_samples_load():
     assert mask.shape == (512, 512) and mask_kind == "labels" and mask.max() == 1
     (us, us_meta, _), _ = ultrasound_sample()
     assert us.ndim == 2 and not us_meta["rgb"]
+
+
+def test_models_copied_into_the_folder_appear(make_napari_viewer, qtbot, tiny_model, tiny_net,
+                                              models_dir):
+    viewer = make_napari_viewer()
+    widget = make_widget(viewer)
+    save_model(tiny_net, models_dir / "dropped-in.safetensors")
+    qtbot.waitUntil(lambda: "dropped-in" in widget.model.choices, timeout=10_000)
+    assert widget.model.value == "tiny"  # the selection is kept

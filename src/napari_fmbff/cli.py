@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="save the window as this PNG once segmented, then close")
     demo.add_argument("--overwrite", action="store_true")
 
-    make = sub.add_parser("make-data", help="write a procedural data set (Kvasir-SEG layout)",
+    make = sub.add_parser("make-data", help="write a procedural data set (Kvasir-SEG layout; all = the starter's three looks)",
                           description="Generate seeded synthetic lesion images with exact masks.")
-    make.add_argument("--look", choices=["endoscopy", "dermoscopy", "ultrasound", "all"],
+    make.add_argument("--look", choices=["endoscopy", "dermoscopy", "ultrasound", "ct", "all"],
                       default="endoscopy")
     make.add_argument("-n", type=_positive_int, default=100, help="images per look")
     make.add_argument("--size", default="256-512",

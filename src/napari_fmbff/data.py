@@ -11,6 +11,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 LOOKS = ("endoscopy", "dermoscopy", "ultrasound")
+#: Looks kept out of the starter model's training, to measure what fine-tuning adds.
+HELD_OUT_LOOKS = ("ct",)
 
 
 def smooth_noise(rng, shape, sigma: float) -> np.ndarray:
@@ -155,13 +157,44 @@ def ultrasound(rng, size: int, n_lesions=None):
     return np.clip(img * 140, 0, 255).astype(np.uint8), mask & fan
 
 
+def ct(rng, size: int, n_lesions=None):
+    """An abdominal CT slice (int16 Hounsfield units): body ellipse of soft tissue with fat
+    rim, a liver-like organ, spine; hypodense lesions inside the organ. Returns (Y, X) int16."""
+    h = w = size
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    cy, cx = h / 2, w / 2
+    body = ((yy - cy) / (0.38 * h)) ** 2 + ((xx - cx) / (0.46 * w)) ** 2 <= 1
+    inner = ((yy - cy) / (0.34 * h)) ** 2 + ((xx - cx) / (0.42 * w)) ** 2 <= 1
+    hu = np.full((h, w), -1000.0, np.float32)
+    hu[body] = -100                      # subcutaneous fat
+    hu[inner] = 40                       # soft tissue
+    organ = blob_mask(rng, (h, w), (cy - 0.05 * h, cx - 0.12 * w), 0.22 * size, 0.15) & inner
+    hu[organ] = 60 + 8 * smooth_noise(rng, (h, w), size / 40)[organ]
+    spine = np.hypot(yy - (cy + 0.25 * h), xx - cx) < 0.05 * size
+    hu[spine] = 700
+    mask = np.zeros((h, w), bool)
+    ys, xs = np.nonzero(organ & ~spine)
+    for _ in range(_lesion_count(rng, n_lesions)):
+        if ys.size == 0:
+            break
+        k = rng.integers(ys.size)
+        blob = blob_mask(rng, (h, w), (ys[k], xs[k]), rng.uniform(0.03, 0.07) * size, 0.2) & organ
+        mask |= blob
+        soft = ndi.gaussian_filter(blob.astype(np.float32), 1.5)
+        hu = hu * (1 - soft) + soft * rng.uniform(5, 25)
+    hu += rng.normal(0, 12, (h, w))       # quantum noise
+    return np.clip(hu, -1024, 3071).astype(np.int16), mask
+
+
 def make_sample(look: str = "endoscopy", size: int = 512, seed: int = 0, n_lesions=None):
-    """One (image, mask) pair: image uint8 (Y, X, 3) or (Y, X) for ultrasound; mask uint8 0/1."""
-    if look not in LOOKS:
-        raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
+    """One (image, mask) pair: image uint8 (Y, X, 3), or (Y, X) for ultrasound (uint8) and ct
+    (int16 Hounsfield units); mask uint8 0/1."""
+    known = LOOKS + HELD_OUT_LOOKS
+    if look not in known:
+        raise ValueError(f"look must be one of {known}, got {look!r}")
     if size < 64:
         raise ValueError(f"size must be at least 64 px, got {size}")
-    rng = np.random.default_rng([LOOKS.index(look), seed])
+    rng = np.random.default_rng([known.index(look), seed])
     image, mask = {"endoscopy": endoscopy, "dermoscopy": dermoscopy,
-                   "ultrasound": ultrasound}[look](rng, size, n_lesions)
+                   "ultrasound": ultrasound, "ct": ct}[look](rng, size, n_lesions)
     return image, mask.astype(np.uint8)

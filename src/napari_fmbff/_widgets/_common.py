@@ -50,6 +50,17 @@ def geometry_of(layer) -> dict:
     return geo
 
 
+def displayed_plane(viewer, layer, spatial: tuple[int, ...]):
+    """Leading indices of the slice the viewer shows for ``layer`` (() for a 2D image)."""
+    import numpy as np
+
+    lead = len(spatial) - 2
+    if lead <= 0:
+        return ()
+    point = layer.world_to_data(viewer.dims.point)
+    return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], spatial[:lead]))
+
+
 def finest_level(layer):
     """The data to segment: the finest level of a multiscale layer, kept lazy."""
     return layer.data[0] if layer.multiscale else layer.data

@@ -21,7 +21,15 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..stacks import TRAIN_SLICES, spatial_shape, training_planes
-from ._common import import_engine, BROWSE, finest_level, image_layers, model_choices, model_events
+from ._common import (
+    BROWSE,
+    displayed_plane,
+    finest_level,
+    image_layers,
+    import_engine,
+    model_choices,
+    model_events,
+)
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
@@ -130,10 +138,7 @@ class FineTuneWidget(Container):
         if tuple(labels.data.shape) != shape:
             raise ValueError(f"labels '{labels.name}' have shape {tuple(labels.data.shape)} but "
                              f"image '{image.name}' has {shape} (without colour)")
-        current = None
-        if len(shape) > 2:
-            point = image.world_to_data(self._viewer.dims.point)
-            current = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, shape[:-2]))
+        current = displayed_plane(self._viewer, image, shape) if len(shape) > 2 else None
         planes = training_planes(data.shape, image.rgb, labels.data, self.slices.value, current)
         images = [np.asarray(data[i] if i else data) for i in planes]
         masks = [np.asarray(labels.data[i] if i else labels.data) > 0 for i in planes]

@@ -23,7 +23,16 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..inference import labels_from_proba
 from ..models import models_dir
 from ..stacks import plane_indices, spatial_shape
-from ._common import import_engine, BROWSE, finest_level, geometry_of, image_layers, model_choices, model_events
+from ._common import (
+    BROWSE,
+    displayed_plane,
+    finest_level,
+    geometry_of,
+    image_layers,
+    import_engine,
+    model_choices,
+    model_events,
+)
 
 SCOPES = ("current slice", "whole stack")
 #: Layer metadata key marking the layers this widget made.
@@ -99,6 +108,7 @@ class SegmentWidget(Container):
             event.connect(self._refresh_layers)
         layers.selection.events.active.connect(self._follow_active)
         model_events.saved.connect(self._on_model_saved)
+        self._watch_models_folder()
         self.native.destroyed.connect(self._on_destroyed)
         self._follow_active()
 
@@ -120,6 +130,17 @@ class SegmentWidget(Container):
         target = select if select in self.model.choices else current
         if target in self.model.choices:
             self.model.value = target
+
+    def _watch_models_folder(self) -> None:
+        """Models copied into the folder by other programs show up without a restart."""
+        from qtpy.QtCore import QFileSystemWatcher
+
+        try:
+            folder = models_dir(create=True)
+        except OSError:
+            return
+        self._watcher = QFileSystemWatcher([str(folder)], self.native)
+        self._watcher.directoryChanged.connect(lambda _path: self.refresh_models())
 
     def _on_model_saved(self, name: str) -> None:
         self.refresh_models(select=name)
@@ -194,12 +215,10 @@ class SegmentWidget(Container):
 
     def _current_index(self, layer, data):
         """The displayed slice of a stack (None for 'whole stack' and 2D images)."""
-        lead = len(spatial_shape(data.shape, layer.rgb)) - 2
-        if lead == 0 or self.scope.value == SCOPES[1]:
-            return None
-        point = layer.world_to_data(self._viewer.dims.point)
         shape = spatial_shape(data.shape, layer.rgb)
-        return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point[:lead], shape[:lead]))
+        if len(shape) == 2 or self.scope.value == SCOPES[1]:
+            return None
+        return displayed_plane(self._viewer, layer, shape)
 
     def _on_destroyed(self, _=None) -> None:
         """The dock (or the viewer) closed: stop the worker and ignore what it still sends."""
