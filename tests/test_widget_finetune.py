@@ -78,22 +78,23 @@ def test_finetune_saves_registers_and_beats_the_base(make_napari_viewer, qtbot, 
     assert (models_dir / "my_tuned-2.safetensors").exists()
 
 
+def cancel_after_first_step(widget, qtbot):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+
+
 def test_cancel_keeps_best_only_when_asked(make_napari_viewer, qtbot, base_model, models_dir):
     viewer = make_napari_viewer()
     setup(viewer)
     widget = make_widget(viewer, epochs=500, keep_on_cancel=False, new_name="never")
-    widget.run()
-    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
-    widget.cancel()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    cancel_after_first_step(widget, qtbot)
     assert not list(models_dir.glob("never*"))
     assert "no model saved" in widget.status.value
     widget.keep_on_cancel.value = True
     widget.new_name.value = "kept"
-    widget.run()
-    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
-    widget.cancel()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    cancel_after_first_step(widget, qtbot)
     assert (models_dir / "kept.safetensors").exists()
 
 

@@ -366,16 +366,22 @@ def _device_name(device: str) -> str:
     return dev.type
 
 
+def write_csv(rows: list[dict], path) -> None:
+    """A list of same-keyed dicts as a CSV table with a header."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_history(history, model_path: Path) -> None:
     """MODEL.log.csv and MODEL.loss.png next to the model."""
-    import csv
 
     stem = model_path.with_suffix("")
     if history:
-        with open(f"{stem}.log.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        write_csv(history, f"{stem}.log.csv")
     try:
         from .plots import training_curve_png
 
@@ -397,12 +403,7 @@ def cmd_evaluate(args) -> int:
                              masks, names, args.threshold)
     print(format_table(rows, summary))
     if args.csv:
-        import csv
-
-        with open(args.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.csv)
     return 0
 
 

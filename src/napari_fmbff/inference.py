@@ -31,6 +31,15 @@ class Progress:
         return self.done / self.total if self.total else 1.0
 
 
+def drain(gen):
+    """Run a progress-yielding generator to its end and return what it returns."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 def resolve_device(device: str = "auto"):
     """"auto" -> CUDA, else Apple MPS, else CPU; an explicit choice must exist."""
     import torch
@@ -122,12 +131,7 @@ class Segmenter:
 
     def predict_proba(self, image, out=None) -> np.ndarray:
         """Foreground probability, float32 (Y, X) in [0, 1]. ``out`` may be a zarr array."""
-        gen = self.iter_predict(image, out=out)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return stop.value
+        return drain(self.iter_predict(image, out=out))
 
     def segment(self, image, threshold: float = 0.5, min_size: int = 0,
                 fill_holes: bool = False, split: bool = True) -> np.ndarray:

@@ -29,13 +29,18 @@ def plane_indices(shape: tuple[int, ...], rgb: bool, current: tuple[int, ...] | 
     return list(itertools.product(*(range(n) for n in lead)))
 
 
+def plane_of(data, index: tuple[int, ...]):
+    """One 2D plane of ``data`` (``data`` itself for a 2D image). ``data[()]`` is avoided
+    because zarr answers it by reading the whole array, and planes must stay lazy."""
+    return data[index] if index else data
+
+
 def iter_predict_planes(segmenter, data, rgb: bool, planes):
     """Generator over planes: yields (plane_number, n_planes, Progress); returns
     {plane_index: probability map}. Each plane is read lazily (dask / zarr stay lazy)."""
     probs = {}
     for number, index in enumerate(planes):
-        plane = data[index] if index else data
-        gen = segmenter.iter_predict(plane)
+        gen = segmenter.iter_predict(plane_of(data, index))
         while True:
             try:
                 progress = next(gen)
@@ -64,7 +69,7 @@ def training_planes(shape, rgb: bool, labels, mode: str, current=None):
         return plane_indices(shape, rgb, current)
     planes = plane_indices(shape, rgb)
     if mode == TRAIN_SLICES[1]:
-        planes = [i for i in planes if np.asarray(labels[i] if i else labels).any()]
+        planes = [i for i in planes if np.asarray(plane_of(labels, i)).any()]
         if not planes:
             raise ValueError("no slice has any labels; paint the lesions first")
     return planes

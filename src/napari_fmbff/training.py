@@ -350,12 +350,9 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
 
 def run_training(*args, **kwargs) -> TrainResult:
     """``iter_train`` run to the end (scripts and tests)."""
-    gen = iter_train(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .inference import drain
+
+    return drain(iter_train(*args, **kwargs))
 
 
 def recipe(cfg: TrainConfig) -> dict:

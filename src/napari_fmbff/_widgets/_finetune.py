@@ -20,7 +20,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..stacks import TRAIN_SLICES, spatial_shape, training_planes
+from ..stacks import TRAIN_SLICES, plane_of, spatial_shape, training_planes
 from ._common import (
     BROWSE,
     displayed_plane,
@@ -43,14 +43,7 @@ def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threadi
     net = load_model(base_ref)
     norm = default_normalization(net)
     train, val = split_items(make_items(images, masks, norm), cfg.val_fraction, cfg.seed)
-    gen = iter_train(net, train, val, cfg, norm, should_stop=stop.is_set)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
-        yield event
+    result = yield from iter_train(net, train, val, cfg, norm, should_stop=stop.is_set)
     if result.cancelled and not keep_on_cancel:
         return {"path": None, "result": result}
     path = unique_model_path(name)
@@ -140,8 +133,8 @@ class FineTuneWidget(Container):
                              f"image '{image.name}' has {shape} (without colour)")
         current = displayed_plane(self._viewer, image, shape) if len(shape) > 2 else None
         planes = training_planes(data.shape, image.rgb, labels.data, self.slices.value, current)
-        images = [np.asarray(data[i] if i else data) for i in planes]
-        masks = [np.asarray(labels.data[i] if i else labels.data) > 0 for i in planes]
+        images = [np.asarray(plane_of(data, i)) for i in planes]
+        masks = [np.asarray(plane_of(labels.data, i)) > 0 for i in planes]
         return images, masks
 
     def run(self, _=None):

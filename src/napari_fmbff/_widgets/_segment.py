@@ -22,7 +22,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..inference import labels_from_proba
 from ..models import models_dir
-from ..stacks import plane_indices, spatial_shape
+from ..stacks import plane_indices, spatial_shape, write_planes
 from ._common import (
     BROWSE,
     displayed_plane,
@@ -269,8 +269,7 @@ class SegmentWidget(Container):
         prob_layer = None
         if self.add_probability.value:
             prob_layer = self._probability_layer_for(layer, job["shape"])
-            for index, prob in probs.items():
-                prob_layer.data[index] = prob
+            write_planes(prob_layer.data, probs)
             prob_layer.refresh()
         self._result = {"labels": labels_layer, "probs": probs, "prob_layer": prob_layer}
         self._rethreshold()
