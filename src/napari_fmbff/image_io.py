@@ -1,15 +1,23 @@
-"""Reading and writing image files for the command line (png, jpg, bmp, tif)."""
+"""Reading and writing image files for the command line.
+
+Ordinary files (png, jpg, bmp, tif) are read whole. Zarr / OME-Zarr folders and TIFFs larger
+than ``LARGE_IMAGE_PIXELS`` are opened lazily as (Y, X[, C]) views that read only the region
+asked for, and results for them go to zarr folders written chunk by chunk.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zarr")
+#: TIFFs with more pixels than this (8k x 8k) are read lazily, region by region.
+LARGE_IMAGE_PIXELS = 8192 * 8192
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -17,7 +25,9 @@ def expand_inputs(items: list[str]) -> list[Path]:
     files: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
-        if path.is_dir():
+        if path.is_dir() and is_zarr(path):
+            files.append(path)
+        elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise FileNotFoundError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -72,3 +82,154 @@ def write_image(path, array: np.ndarray, overwrite: bool = False) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+# ---- large images: lazy (Y, X[, C]) views of zarr, OME-Zarr and TIFF --------------------------
+
+
+def is_zarr(path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path.suffix == ".zarr" or any(
+        (path / marker).exists() for marker in ("zarr.json", ".zarray", ".zgroup")))
+
+
+def is_large(path) -> bool:
+    """Whether ``path`` should be read lazily: zarr, or a TIFF above LARGE_IMAGE_PIXELS."""
+    path = Path(path)
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                series = tif.series[0]
+                return _spatial_pixels(series.shape, series.axes) > LARGE_IMAGE_PIXELS
+        except Exception as err:
+            raise ValueError(f"{path}: cannot read TIFF header ({type(err).__name__}: {err})") from err
+    return False
+
+
+def _spatial_pixels(shape, axes: str) -> int:
+    sizes = dict(zip(axes.upper(), shape))
+    return int(sizes.get("Y", 1)) * int(sizes.get("X", 1))
+
+
+class AxesView:
+    """A read-only (Y, X) or (Y, X, C) view of an n-D array with named axes.
+
+    Axes other than Y, X and the channel axis must have length 1. Slicing with two slices
+    (rows, columns) reads only that region from the underlying (zarr) array.
+    """
+
+    def __init__(self, array, axes: str, source: str = "") -> None:
+        axes = axes.lower().replace("s", "c")  # TIFF's "S" (samples) is a channel axis
+        if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
+            raise ValueError(f"{source}: cannot tell the Y and X axes apart (axes {axes!r}, "
+                             f"shape {tuple(array.shape)})")
+        extra = {a: n for a, n in zip(axes, array.shape) if a not in "yxc" and n != 1}
+        if extra:
+            what = ", ".join(f"{n} along {a}" for a, n in extra.items())
+            raise ValueError(f"{source}: holds more than one 2D image ({what}); "
+                             "save the plane to segment as its own zarr/TIFF, or segment "
+                             "the stack in napari")
+        self.array, self.axes = array, axes
+        sizes = dict(zip(axes, array.shape))
+        self.shape = (sizes["y"], sizes["x"]) + ((sizes["c"],) if "c" in sizes else ())
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) > 2 or not all(isinstance(k, slice) for k in key):
+            raise IndexError("AxesView takes up to two slices (rows, columns)")
+        rows, cols = (tuple(key) + (slice(None),) * 2)[:2]
+        index = tuple(rows if a == "y" else cols if a == "x" else slice(None) if a == "c" else 0
+                      for a in self.axes)
+        block = np.asarray(self.array[index])
+        kept = [a for a in self.axes if a in "yxc"]
+        order = [kept.index(a) for a in "yxc" if a in kept]
+        return block.transpose(order)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:, :]
+        return whole.astype(dtype) if dtype is not None else whole
+
+
+def open_large(path) -> AxesView:
+    """A zarr array, an OME-Zarr image (its full-resolution level) or a TIFF, opened lazily."""
+    import zarr
+
+    path = Path(path)
+    source = str(path)
+    try:
+        if is_zarr(path):
+            node = zarr.open(str(path), mode="r")
+            axes = None
+            if not hasattr(node, "shape"):  # a group: OME-Zarr multiscales, or one array "0"
+                attrs = dict(node.attrs)
+                multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+                if multiscales:
+                    level0 = multiscales[0]["datasets"][0]["path"]
+                    axes = "".join(a["name"] if isinstance(a, dict) else a
+                                   for a in multiscales[0].get("axes", []))
+                    node = node[level0]
+                elif "0" in node:
+                    node = node["0"]
+                else:
+                    raise ValueError("a zarr group without OME-Zarr 'multiscales' metadata or "
+                                     "an array named '0'")
+            return AxesView(node, axes or _guess_axes(node.shape), source)
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            axes = tif.series[0].axes
+        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+        return AxesView(zarr.open(store, mode="r"), axes, source)
+    except ValueError as err:
+        if str(err).startswith(source):
+            raise
+        raise ValueError(f"{source}: cannot open as a large image ({err})") from err
+    except Exception as err:
+        raise ValueError(f"{source}: cannot open as a large image "
+                         f"({type(err).__name__}: {err})") from err
+
+
+def _guess_axes(shape) -> str:
+    """Plain arrays: (Y, X), (Y, X, C) with C <= 4, or (C, Y, X) with C <= 4."""
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3:
+        return "yxc" if shape[-1] <= 4 else "cyx" if shape[0] <= 4 else "zyx"
+    return "tczyx"[-len(shape):] if len(shape) <= 5 else "?" * len(shape)
+
+
+class ZarrOutput:
+    """A zarr array written under a hidden temporary name and renamed into place only when
+    complete, so a crash or Ctrl-C never leaves a half-written result under the real name,
+    and an existing result is only replaced when ``overwrite`` is true."""
+
+    def __init__(self, path, shape, dtype, chunks, overwrite: bool = False) -> None:
+        import zarr
+
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}-", dir=self.path.parent))
+        chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
+        self.array = zarr.create_array(store=str(self.tmp), shape=tuple(shape), dtype=dtype,
+                                       chunks=chunks, fill_value=0, overwrite=True)
+        self.overwrite = overwrite
+
+    def commit(self) -> Path:
+        if self.path.exists():
+            if not self.overwrite:
+                raise FileExistsError(f"{self.path} appeared while writing; not replaced")
+            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .normalization import Normalization, as_three_channels, torch_ready
-from .tiling import RowBandAccumulator, TileGrid
+from .tiling import RegionAccumulator, RowBandAccumulator, TileGrid
 
 DEFAULT_TILE_SIZE = 512
 
@@ -147,41 +147,71 @@ class Segmenter:
         check_dtype(image.dtype)
         image_layout(tuple(image.shape))
         height, width = int(image.shape[0]), int(image.shape[1])
-        grid = TileGrid.plan(height, width, self.tile_size, self.overlap)
+        grid = self.plan(height, width)
         if out is None:
             out = np.empty((height, width), np.float32)
         elif tuple(out.shape) != (height, width):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {(height, width)}")
         intensity_range = self.normalization.intensity_range(image)
         acc = RowBandAccumulator(grid, out, self.device)
-        coords = list(grid)
-        total = len(coords)
+        total = len(grid)
         yield Progress(0, total)
+        done = 0
+        for batch, probs in self.iter_tile_batches(image, grid, list(grid), intensity_range):
+            for (y0, x0), p in zip(batch, probs):
+                acc.add(y0, x0, p)
+            done += len(batch)
+            yield Progress(done, total)
+        return acc.finish()
+
+    def plan(self, height: int, width: int) -> TileGrid:
+        """The tile grid this segmenter uses for an image of this size."""
+        return TileGrid.plan(height, width, self.tile_size, self.overlap)
+
+    def predict_region(self, image, rows: tuple[int, int], cols: tuple[int, int],
+                       intensity_range=None) -> np.ndarray:
+        """Probabilities of the region [rows) x [cols) only, equal to the same pixels of a
+        whole-image ``predict_proba``: the tiles of the whole-image grid that touch the
+        region are run (its halo). ``intensity_range``: the whole image's, computed once
+        by the caller when the image is split into chunks (else computed here)."""
+        check_dtype(image.dtype)
+        image_layout(tuple(image.shape))
+        grid = self.plan(int(image.shape[0]), int(image.shape[1]))
+        if not (0 <= rows[0] < rows[1] <= grid.height and 0 <= cols[0] < cols[1] <= grid.width):
+            raise ValueError(f"region rows {rows} cols {cols} is outside the image "
+                             f"{grid.height} x {grid.width}")
+        if intensity_range is None:
+            intensity_range = self.normalization.intensity_range(image)
+        acc = RegionAccumulator(grid, rows, cols, self.device)
+        coords = grid.touching(rows, cols)
+        for batch, probs in self.iter_tile_batches(image, grid, coords, intensity_range):
+            for (y0, x0), p in zip(batch, probs):
+                acc.add(y0, x0, p)
+        return acc.result().cpu().numpy()
+
+    def iter_tile_batches(self, image, grid: TileGrid, coords, intensity_range):
+        """Yields (batch of (y0, x0), (B, tile_h, tile_w) probabilities on the device).
+
+        One reader thread fetches the next batch from the host while the device runs this one.
+        """
 
         def read(batch):
             # Host work only: read and pad raw pixels; normalising happens on the device.
             return np.stack([torch_ready(as_three_channels(grid.read(image, y0, x0)))
                              for y0, x0 in batch])
 
-        done = 0
-        # One reader thread fetches the next batch while the device runs this one.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             start = 0
             batch = coords[start:start + self.batch_size]
-            pending = pool.submit(read, batch)
+            pending = pool.submit(read, batch) if batch else None
             while batch:
                 raw = pending.result()
                 nxt_start = start + len(batch)
                 nxt = coords[nxt_start:nxt_start + self.batch_size]
                 if nxt:
                     pending = pool.submit(read, nxt)
-                probs = self._run(raw, intensity_range)
-                for (y0, x0), p in zip(batch, probs):
-                    acc.add(y0, x0, p)
-                done += len(batch)
+                yield batch, self._run(raw, intensity_range)
                 start, batch = nxt_start, nxt
-                yield Progress(done, total)
-        return acc.finish()
 
     # ---- the device side --------------------------------------------------------------------
 

@@ -56,6 +56,13 @@ class TileGrid:
             for x0 in self.xs:
                 yield y0, x0
 
+    def touching(self, rows: tuple[int, int], cols: tuple[int, int]) -> list[tuple[int, int]]:
+        """The tiles (row-major) that cover any pixel of the region [rows) x [cols): exactly
+        the tiles a whole-image run blends there, so a region alone gives the same values."""
+        ys = [y for y in self.ys if y < rows[1] and y + self.tile_h > rows[0]]
+        xs = [x for x in self.xs if x < cols[1] and x + self.tile_w > cols[0]]
+        return [(y, x) for y in ys for x in xs]
+
     def read(self, image, y0: int, x0: int) -> np.ndarray:
         """The tile at (y0, x0) as numpy, reflect-padded where the image ends."""
         tile = np.asarray(image[y0:y0 + self.tile_h, x0:x0 + self.tile_w])
@@ -128,3 +135,40 @@ class RowBandAccumulator:
     def finish(self):
         self._flush(self.grid.height - self.top)
         return self.out
+
+
+class RegionAccumulator:
+    """Weighted average of the tiles over one region [rows) x [cols) of the image.
+
+    Fed every tile ``TileGrid.touching`` the region, it holds exactly the whole-image result
+    there, so chunks of a huge image can be computed apart (on different workers) and still
+    agree where they meet. Holds only the region, on ``device``.
+    """
+
+    def __init__(self, grid: TileGrid, rows: tuple[int, int], cols: tuple[int, int],
+                 device="cpu") -> None:
+        import torch
+
+        self.grid, self.rows, self.cols = grid, rows, cols
+        self.window = torch.from_numpy(grid.window()).to(device)
+        shape = (rows[1] - rows[0], cols[1] - cols[0])
+        self.sums = torch.zeros(shape, dtype=torch.float32, device=device)
+        self.weights = torch.zeros_like(self.sums)
+
+    def add(self, y0: int, x0: int, tile) -> None:
+        # The part of the tile inside both the image and the region, in tile coordinates.
+        ty0, tx0 = max(self.rows[0] - y0, 0), max(self.cols[0] - x0, 0)
+        ty1 = min(self.grid.tile_h, self.grid.height - y0, self.rows[1] - y0)
+        tx1 = min(self.grid.tile_w, self.grid.width - x0, self.cols[1] - x0)
+        if ty1 <= ty0 or tx1 <= tx0:
+            return
+        ry, rx = y0 + ty0 - self.rows[0], x0 + tx0 - self.cols[0]
+        win = self.window[ty0:ty1, tx0:tx1]
+        self.sums[ry:ry + ty1 - ty0, rx:rx + tx1 - tx0] += tile[ty0:ty1, tx0:tx1] * win
+        self.weights[ry:ry + ty1 - ty0, rx:rx + tx1 - tx0] += win
+
+    def result(self):
+        """The blended region as a float32 tensor on the accumulator's device."""
+        if not bool((self.weights > 0).all()):
+            raise ValueError("some pixels of the region were covered by no tile")
+        return self.sums / self.weights
