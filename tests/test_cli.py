@@ -97,3 +97,62 @@ def test_help_for_every_command(command):
     proc = subprocess.run([sys.executable, "-m", "napari_fmbff.cli", command, "--help"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: fmbff" in proc.stdout
+
+
+@pytest.fixture
+def big_tiff(tmp_path, rng, monkeypatch):
+    """A tiled TIFF over the 'large' pixel count (lowered for the test)."""
+    monkeypatch.setattr("napari_fmbff.image_io.LARGE_IMAGE_PIXELS", 100 * 100)
+    image = rng.integers(0, 255, (150, 230, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64))
+    return path, image
+
+
+def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_image(registered, big_tiff,
+                                                                       tmp_path):
+    import zarr
+
+    from napari_fmbff import Segmenter
+
+    path, image = big_tiff
+    out = tmp_path / "out"
+    assert main(["segment", str(path), "-m", registered, "-o", str(out), "--tile-size", "64",
+                 "--chunk", "64", "--probabilities"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
+    mask = zarr.open_array(str(out / "slide.zarr"), mode="r")
+    prob = zarr.open_array(str(out / "slide_prob.zarr"), mode="r")
+    assert mask.shape == (150, 230) and mask.dtype == np.uint8 and mask.chunks == (64, 64)
+    whole = Segmenter(registered, device="cpu", tile_size=64).predict_proba(image)
+    np.testing.assert_allclose(prob[:], whole, atol=1e-5)
+    np.testing.assert_array_equal(mask[:], whole >= 0.5)
+
+
+def test_large_input_refuses_whole_image_postprocessing(registered, big_tiff, tmp_path, capsys):
+    path, _ = big_tiff
+    assert main(["segment", str(path), "-m", registered, "-o", str(tmp_path / "o"),
+                 "--labels"]) == 2
+    err = capsys.readouterr().err
+    assert "chunk by chunk" in err and "--labels" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_zarr_input_and_existing_zarr_output_is_kept(registered, tmp_path, rng, capsys):
+    import zarr
+
+    src = zarr.create_array(store=str(tmp_path / "scan.zarr"), shape=(80, 96), dtype="uint16",
+                            chunks=(32, 32))
+    src[:] = rng.integers(0, 4000, (80, 96), dtype=np.uint16)
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "scan.zarr"), "-m", registered, "-o", str(out),
+            "--chunk", "64"]
+    assert main(args) == 0
+    first = zarr.open_array(str(out / "scan.zarr"), mode="r")[:]
+    assert first.shape == (80, 96) and set(np.unique(first)) <= {0, 1}
+    zarr.open_array(str(out / "scan.zarr"), mode="r+")[:] = 9  # the user's edits
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (zarr.open_array(str(out / "scan.zarr"), mode="r")[:] == 9).all()
+    assert main(args + ["--overwrite"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out / "scan.zarr"), mode="r")[:], first)
+    assert [p.name for p in out.iterdir()] == ["scan.zarr"]  # no temporary leftovers

@@ -20,6 +20,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _chunk_size(text: str) -> int:
+    value = int(text)
+    if value < 32 or value % 32:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 32, got {value}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -66,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the probability map as STEM_prob.tif (float32)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    big = seg.add_argument_group(
+        "large images and clusters",
+        "zarr / OME-Zarr folders and TIFFs over 8k x 8k px are read region by region and "
+        "written as STEM.zarr (0/1 uint8; STEM_prob.zarr with --probabilities), chunk by chunk")
+    big.add_argument("--zarr", action="store_true",
+                     help="write zarr chunk by chunk for every input, not only large ones")
+    big.add_argument("--chunk", type=_chunk_size, default=4096,
+                     help="work unit edge in px for zarr output, a multiple of 32 (4096)")
+    big.add_argument("--workers", type=_positive_int, default=None,
+                     help="spread images / chunks over a local dask cluster of N processes")
+    big.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="spread them over the dask.distributed cluster at ADDRESS "
+                          "(e.g. tcp://10.0.0.5:8786); inputs and --out must be on storage "
+                          "every worker can read")
 
     info = sub.add_parser("info", help="describe a model (parameters, FLOPs, modules)",
                           description="Describe a model, or list the registered models.")
@@ -171,62 +192,107 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(name: str):
-    from .models import default_model_name, load_model
+    from .models import load_model
 
-    return load_model(default_model_name() if name == "default" else name)
+    return load_model(_model_name(name))
 
 
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from .image_io import expand_inputs, read_image, write_image
-    from .inference import Segmenter, labels_from_proba
+    from .batch import FileJob, Postprocess, SegmenterSpec
+    from .image_io import expand_inputs
+    from .models import resolve_model_path
 
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {out_dir} is a file, not a folder")
-    suffix = ".tif" if args.labels else ".png"
-    stems = [f.stem for f in files]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if args.workers is not None and args.scheduler:
+        raise CliError("give either --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels)
+    jobs = [FileJob.plan(f, out_dir, post, args.probabilities, force_zarr=args.zarr) for f in files]
+    targets = [t for job in jobs for t in job.outputs]
+    dupes = sorted({Path(t).name for t in targets if targets.count(t) > 1})
     if dupes:
-        raise CliError(f"several inputs share the stem(s) {', '.join(dupes)}; their masks would collide")
-    targets = [out_dir / f"{f.stem}{suffix}" for f in files]
+        raise CliError(f"several inputs share the output name(s) {', '.join(dupes)}; "
+                       "their masks would collide")
     if not args.overwrite:
-        clash = [str(t) for t in targets if t.exists()]
+        clash = [t for t in targets if Path(t).exists()]
         if clash:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
-    seg = Segmenter(_load(args.model), device=args.device, tile_size=args.tile_size,
-                    overlap=args.overlap, batch_size=args.batch_size, tta=args.tta)
-    print(f"fmbff: {len(files)} image(s) on {seg.device_label}, tile {seg.tile_size}", file=sys.stderr)
-    for path, target in tqdm(list(zip(files, targets)), desc="images", unit="img"):
-        image = read_image(path)
-        image = _squeeze_to_2d(image, path)
-        prob = seg.predict_proba(image)
-        labels = labels_from_proba(prob, args.threshold, args.min_size, args.fill_holes,
-                                   split=args.labels)
-        if args.labels:
-            write_image(target, labels.astype("uint16"), overwrite=args.overwrite)
+    large = [job for job in jobs if job.large]
+    if large and post.whole_image:
+        raise CliError(
+            f"{large[0].source} is segmented chunk by chunk into zarr, and --labels, --min-size "
+            "and --fill-holes need the whole mask at once; leave them out (label the zarr mask "
+            "afterwards, e.g. with dask-image) or convert the image to an ordinary file")
+    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), args.device,
+                         args.tile_size, args.overlap, args.batch_size, args.tta)
+    if args.workers is not None or args.scheduler:
+        return _segment_on_cluster(args, spec, jobs, post)
+    seg = spec.build()
+    print(f"fmbff: {len(jobs)} image(s) on {seg.device_label}, tile {seg.tile_size}"
+          + (f", {len(large)} large (zarr, chunk {args.chunk})" if large else ""), file=sys.stderr)
+    from .batch import iter_segment_large, segment_file
+    from .inference import drain
+
+    for job in tqdm(jobs, desc="images", unit="img"):
+        if job.large:
+            drain(_chunk_bar(iter_segment_large(seg, job, post, args.chunk, args.overwrite),
+                             Path(job.source).name))
         else:
-            write_image(target, ((labels > 0) * 255).astype("uint8"), overwrite=args.overwrite)
-        if args.probabilities:
-            write_image(out_dir / f"{path.stem}_prob.tif", prob, overwrite=args.overwrite)
-    print(f"fmbff: wrote {len(files)} mask(s) to {out_dir}", file=sys.stderr)
+            segment_file(seg, job, post, overwrite=args.overwrite)
+    print(f"fmbff: wrote {len(jobs)} mask(s) to {out_dir}", file=sys.stderr)
     return 0
 
 
-def _squeeze_to_2d(image, path):
-    """Drop singleton axes; the CLI segments 2D images (grey or RGB/RGBA)."""
-    import numpy as np
+def _chunk_bar(gen, name: str):
+    """Pass a Progress generator through, showing a chunks bar for one large image."""
+    from tqdm import tqdm
 
-    image = np.squeeze(image) if image.ndim > 3 else image
-    from .inference import image_layout
+    with tqdm(desc=f"{name} chunks", unit="chunk", leave=False) as bar:
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.refresh()
+            yield progress
 
-    try:
-        image_layout(image.shape)
-    except ValueError as err:
-        raise CliError(f"{path}: {err}") from None
-    return image
+
+def _segment_on_cluster(args, spec, jobs, post) -> int:
+    from tqdm import tqdm
+
+    from .cluster import cpu_threads_per_worker, iter_run_jobs, start_client
+    from .inference import default_normalization
+
+    if args.workers is not None:
+        spec = type(spec)(**{**spec.__dict__, "threads": cpu_threads_per_worker(args.workers)})
+    normalization = default_normalization(_load(spec.model_path))
+    with start_client(args.scheduler, args.workers) as client:
+        n_workers = len(client.scheduler_info()["workers"])
+        print(f"fmbff: {len(jobs)} image(s) on a dask cluster of {n_workers} worker(s) "
+              f"({args.scheduler or 'local'})", file=sys.stderr)
+        gen = iter_run_jobs(client, spec, jobs, post, normalization, args.chunk, args.overwrite)
+        with tqdm(desc="tasks", unit="task") as bar:
+            while True:
+                try:
+                    done, total = next(gen)
+                except StopIteration:
+                    break
+                bar.total, bar.n = total, done
+                bar.refresh()
+    print(f"fmbff: wrote {len(jobs)} mask(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _model_name(name: str) -> str:
+    from .models import default_model_name
+
+    return default_model_name() if name == "default" else name
 
 
 def cmd_info(args) -> int:
@@ -391,6 +457,7 @@ def write_history(history, model_path: Path) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    from .batch import as_2d
     from .datasets import find_pairs, load_pairs
     from .evaluation import evaluate, format_table
     from .inference import Segmenter
@@ -399,7 +466,7 @@ def cmd_evaluate(args) -> int:
     print(f"fmbff evaluate: {found.describe()}", file=sys.stderr)
     images, masks, names = load_pairs(found)
     seg = Segmenter(_load(args.model), device=args.device, tile_size=args.tile_size)
-    rows, summary = evaluate(seg, [_squeeze_to_2d(i, n) for i, n in zip(images, names)],
+    rows, summary = evaluate(seg, [as_2d(i, n) for i, n in zip(images, names)],
                              masks, names, args.threshold)
     print(format_table(rows, summary))
     if args.csv:

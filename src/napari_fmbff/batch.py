@@ -1,0 +1,176 @@
+"""Segmenting files: what one ``fmbff segment`` job is, and running one file or one chunk of it.
+
+The command line runs these in its own process; ``cluster.py`` runs the very same functions on
+dask workers. Ordinary images are read whole and written as png / tif; large images (zarr,
+OME-Zarr, TIFFs above ``image_io.LARGE_IMAGE_PIXELS``, or any image with ``zarr=True``) are
+read lazily and written as zarr, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chunked import Chunk, segment_chunk
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """Everything needed to build the same Segmenter in another process."""
+
+    model_path: str
+    device: str = "auto"
+    tile_size: int | None = None
+    overlap: float = 0.25
+    batch_size: int = 8
+    tta: bool = False
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+    def build(self, device: str | None = None):
+        from .inference import Segmenter
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return Segmenter(self.model_path, device=device or self.device, tile_size=self.tile_size,
+                         overlap=self.overlap, batch_size=self.batch_size, tta=self.tta)
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    threshold: float = 0.5
+    min_size: int = 0
+    fill_holes: bool = False
+    labels: bool = False        # connected-component labels (uint16 tif) instead of 0/255 png
+
+    @property
+    def whole_image(self) -> bool:
+        """Whether this needs the whole mask at once (so no chunked zarr output)."""
+        return self.labels or self.min_size > 0 or self.fill_holes
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input and where its results go."""
+
+    source: str
+    target: str
+    prob_target: str | None
+    large: bool                 # lazy input, chunked zarr output
+
+    @classmethod
+    def plan(cls, source: Path, out_dir: Path, post: Postprocess, probabilities: bool,
+             force_zarr: bool = False) -> "FileJob":
+        from .image_io import is_large
+
+        large = force_zarr or is_large(source)
+        stem = source.name[: -len(".ome.zarr")] if source.name.endswith(".ome.zarr") else source.stem
+        if large:
+            suffix, prob_suffix = ".zarr", "_prob.zarr"
+        else:
+            suffix, prob_suffix = (".tif" if post.labels else ".png"), "_prob.tif"
+        return cls(str(source), str(out_dir / f"{stem}{suffix}"),
+                   str(out_dir / f"{stem}{prob_suffix}") if probabilities else None, large)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.target] + ([self.prob_target] if self.prob_target else [])
+
+
+def as_2d(image: np.ndarray, name) -> np.ndarray:
+    """Singleton axes dropped, checked to be 2D (+ channels); errors name the image."""
+    from .inference import image_layout
+
+    image = np.squeeze(image) if image.ndim > 3 else image
+    try:
+        image_layout(image.shape)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    return image
+
+
+def read_2d(path) -> np.ndarray:
+    """An ordinary image file as a checked 2D (+ channels) array."""
+    from .image_io import read_image
+
+    return as_2d(read_image(path), path)
+
+
+def open_source(job: FileJob):
+    """The job's input: a lazy view for zarr / TIFF in large jobs, numpy otherwise."""
+    from .image_io import is_zarr, open_large
+
+    path = Path(job.source)
+    if job.large and (is_zarr(path) or path.suffix.lower() in (".tif", ".tiff")):
+        return open_large(path)
+    return read_2d(path)
+
+
+def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = False) -> int:
+    """An ordinary image -> its mask file (and probability tif); returns foreground pixels."""
+    from .image_io import write_image
+    from .inference import labels_from_proba
+
+    prob = segmenter.predict_proba(read_2d(job.source))
+    labels = labels_from_proba(prob, post.threshold, post.min_size, post.fill_holes,
+                               split=post.labels)
+    if post.labels:
+        write_image(job.target, labels.astype("uint16"), overwrite=overwrite)
+    else:
+        write_image(job.target, ((labels > 0) * 255).astype("uint8"), overwrite=overwrite)
+    if job.prob_target:
+        write_image(job.prob_target, prob, overwrite=overwrite)
+    return int((labels > 0).sum())
+
+
+def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
+                       threshold: float, mask_store: str, prob_store: str | None) -> int:
+    """One chunk of a large job, written into the (temporary) zarr stores by path: what a dask
+    worker runs. Returns the chunk's foreground pixels."""
+    import zarr
+
+    mask_out = zarr.open_array(mask_store, mode="r+")
+    prob_out = zarr.open_array(prob_store, mode="r+") if prob_store else None
+    return segment_chunk(segmenter, open_source(job), chunk, intensity_range, threshold,
+                         mask_out, prob_out)
+
+
+def create_outputs(job: FileJob, shape, chunk: int, overwrite: bool = False) -> list:
+    """The job's zarr outputs (mask, then probabilities), under temporary names until
+    committed; their zarr chunks tile the work chunks exactly."""
+    from .chunked import store_chunk
+    from .image_io import ZarrOutput
+
+    edge = store_chunk(chunk)
+    outs = [ZarrOutput(job.target, shape, "uint8", (edge, edge), overwrite)]
+    if job.prob_target:
+        try:
+            outs.append(ZarrOutput(job.prob_target, shape, "float32", (edge, edge), overwrite))
+        except BaseException:
+            outs[0].discard()
+            raise
+    return outs
+
+
+def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
+                       overwrite: bool = False):
+    """Generator over the chunks of one large job in this process (yields Progress); returns
+    the foreground pixel count. Outputs appear under their names only when complete."""
+    from .chunked import iter_segment_chunked
+
+    image = open_source(job)
+    outs = create_outputs(job, tuple(image.shape[:2]), chunk, overwrite)
+    try:
+        foreground = yield from iter_segment_chunked(
+            segmenter, image, outs[0].array, outs[1].array if len(outs) > 1 else None,
+            chunk, post.threshold)
+    except BaseException:
+        for out in outs:
+            out.discard()
+        raise
+    for out in outs:
+        out.commit()
+    return foreground

@@ -1,0 +1,63 @@
+"""`fmbff segment` spread over dask.distributed workers (a LocalCluster of 2 CPU processes)."""
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_fmbff import save_model
+from napari_fmbff.cli import main
+from napari_fmbff.image_io import read_image, write_image
+
+pytest.importorskip("distributed")
+
+
+@pytest.fixture
+def inputs(tmp_path, rng, tiny_net, models_dir):
+    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        write_image(folder / f"img{k}.png", rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    # A "large" image: zarr inputs are always segmented chunk by chunk.
+    scan = zarr.create_array(store=str(folder / "scan.zarr"), shape=(150, 200),
+                             dtype="uint16", chunks=(64, 64))
+    scan[:] = rng.integers(0, 4000, (150, 200), dtype=np.uint16)
+    return folder
+
+
+def _outputs(folder):
+    return {p.name: (zarr.open_array(str(p), mode="r")[:] if p.suffix == ".zarr" else read_image(p))
+            for p in sorted(folder.iterdir())}
+
+
+def test_two_local_workers_write_what_one_process_writes(inputs, tmp_path):
+    common = [str(inputs), "-m", "tiny", "--chunk", "64", "--tile-size", "64", "--probabilities"]
+    assert main(["segment", *common, "-o", str(tmp_path / "local")]) == 0
+    assert main(["segment", *common, "-o", str(tmp_path / "dask"), "--workers", "2"]) == 0
+    local, dask = _outputs(tmp_path / "local"), _outputs(tmp_path / "dask")
+    assert sorted(dask) == ["img0.png", "img0_prob.tif", "img1.png", "img1_prob.tif",
+                            "img2.png", "img2_prob.tif", "scan.zarr", "scan_prob.zarr"]
+    for name in local:
+        np.testing.assert_allclose(dask[name], local[name], atol=1e-5, err_msg=name)
+    assert (dask["scan.zarr"] == (dask["scan_prob.zarr"] >= 0.5)).all()
+
+
+def test_scheduler_address_and_a_failing_input(inputs, tmp_path, capsys):
+    from distributed import LocalCluster
+
+    (inputs / "broken.png").write_bytes(b"not a png")  # fails on a worker
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        rc = main(["segment", str(inputs), "-m", "tiny", "-o", str(out), "--chunk", "64",
+                   "--scheduler", cluster.scheduler_address])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "cannot read image" in err and "Traceback" not in err
+    # Completed ordinary masks may stay; no half-written zarr is left behind.
+    assert not any(p.suffix == ".zarr" or p.name.startswith(".") for p in out.glob("*"))
+
+
+def test_workers_and_scheduler_together_are_refused(inputs, tmp_path, capsys):
+    assert main(["segment", str(inputs), "-m", "tiny", "-o", str(tmp_path / "o"),
+                 "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "not both" in capsys.readouterr().err
