@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train or fine-tune a model on a data folder",
         description="Train FM-BFF-Net on a folder in Kvasir-SEG, CVC-ClinicDB, ISIC or BUSI layout "
-                    "(or images/ + masks/). Writes the model, MODEL.log.csv and MODEL.loss.png.")
+                    "(or images/ + masks/). Writes the model, MODEL.log.csv and MODEL.loss.png. "
+                    "On several GPUs: torchrun --nproc_per_node N -m napari_fmbff.cli train ... "
+                    "(DDP; --batch-size is per process).")
     train.add_argument("data", help="data folder")
     train.add_argument("--out", "-o", required=True, help="the new model file (.safetensors)")
     train.add_argument("--init", default=None,
@@ -321,6 +323,16 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .ddp import init_from_env, shutdown
+
+    ddp = init_from_env(args.device)  # None unless started by torchrun
+    try:
+        return _train(args, ddp)
+    finally:
+        shutdown()
+
+
+def _train(args, ddp) -> int:
     import torch
     from tqdm import tqdm
 
@@ -330,13 +342,23 @@ def cmd_train(args) -> int:
     from .models import load_model, save_model
     from .training import TrainConfig, iter_train, make_items, recipe, split_items
 
+    is_main = ddp is None or ddp.is_main
+
+    def say(text):
+        if is_main:
+            print(f"fmbff train: {text}", file=sys.stderr)
+
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out must end in .safetensors, got {out.name}")
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; choose another name or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch resume file goes there too
     found = find_pairs(args.data)
-    print(f"fmbff train: {found.describe()}", file=sys.stderr)
+    say(found.describe())
+    if ddp is not None:
+        say(f"DDP over {ddp.world_size} processes, batch {args.batch_size} each "
+            f"({args.batch_size * ddp.world_size} per step in all)")
     images, masks, names = load_pairs(found)
     if args.init:
         net = load_model(args.init)
@@ -358,8 +380,7 @@ def cmd_train(args) -> int:
             from .models import load_encoder_weights
 
             n = load_encoder_weights(net, args.encoder_init)
-            print(f"fmbff train: encoder initialised from {args.encoder_init} ({n} tensors)",
-                  file=sys.stderr)
+            say(f"encoder initialised from {args.encoder_init} ({n} tensors)")
     normalization = default_normalization(net)
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size,
@@ -376,7 +397,7 @@ def cmd_train(args) -> int:
         if not resume_path.exists():
             raise CliError(f"--resume: {resume_path} not found (it is written after each epoch)")
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        print(f"fmbff train: resuming after epoch {state['epoch']}", file=sys.stderr)
+        say(f"resuming after epoch {state['epoch']}")
 
     def checkpoint(s):
         tmp = resume_path.with_suffix(".pt.tmp")
@@ -387,8 +408,9 @@ def cmd_train(args) -> int:
 
     deadline = time.time() + 60 * args.time_limit if args.time_limit else None
     gen = iter_train(net, train_items, val_items, cfg, normalization, state, checkpoint,
-                     should_stop=(lambda: time.time() > deadline) if deadline else None)
-    bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0)
+                     should_stop=(lambda: time.time() > deadline) if deadline else None, ddp=ddp)
+    bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
+               disable=not is_main)
     while True:
         try:
             event = next(gen)
@@ -412,12 +434,15 @@ def cmd_train(args) -> int:
         "stopped_early": result.stopped_early, "device": str(args.device),
         "train_seconds": round(result.seconds, 1), "encoder_init": args.encoder_init,
         "device_name": _device_name(args.device),
+        "processes": ddp.world_size if ddp else 1,
     }
+    if not is_main:
+        return 0
     save_model(result.net, out, metadata=metadata, overwrite=args.overwrite, half=args.half)
     write_history(history, out)
     resume_path.unlink(missing_ok=True)
-    print(f"fmbff train: best validation Dice {result.best_dice:.4f} at epoch "
-          f"{result.best_epoch} (before: {result.initial_dice:.4f}); saved {out}", file=sys.stderr)
+    say(f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
+        f"(before: {result.initial_dice:.4f}); saved {out}")
     return 0
 
 

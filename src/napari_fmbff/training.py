@@ -209,8 +209,8 @@ def validation_tiles(items, cfg: TrainConfig, normalization: Normalization, limi
     return xs, ys
 
 
-def _validate(net, xs, ys, device, batch_size: int) -> float:
-    """Pooled Dice over the held-out tiles at threshold 0.5."""
+def _validation_counts(net, xs, ys, device, batch_size: int) -> Counts:
+    """Pixel counts over the held-out tiles at threshold 0.5 (pooled Dice comes from these)."""
     import torch
 
     net.eval()
@@ -223,7 +223,7 @@ def _validate(net, xs, ys, device, batch_size: int) -> float:
                 for p, t in zip(pred, y.numpy()):
                     valid = t >= 0
                     total = total + confusion(p[valid], t[valid])
-    return total.scores()["dice"]
+    return total
 
 
 def _same_size_batches(xs, ys):
@@ -238,24 +238,37 @@ def _same_size_batches(xs, ys):
 
 
 def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Normalization,
-               resume_state: dict | None = None, checkpoint_fn=None, should_stop=None):
+               resume_state: dict | None = None, checkpoint_fn=None, should_stop=None,
+               ddp=None):
     """Generator: yields ``TrainEvent`` (start, every step, every epoch); returns TrainResult.
 
     ``should_stop()`` is asked after every step: when true, training ends there and the result
     (best weights so far, ``cancelled=True``) is returned as usual. ``checkpoint_fn(state)`` is called after each epoch with a
     resumable state (tensors and plain values only: loadable with weights_only=True).
+    ``ddp`` (``ddp.Ddp``, under torchrun): this process trains on its share of the crops
+    and validation tiles; gradients, validation counts and stop decisions are shared, and
+    only rank 0 calls ``checkpoint_fn``.
     """
     import torch
 
     from .inference import _amp_dtype, resolve_device
 
     started = time.time()
+    from . import ddp as _ddp
+
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(_ddp.device_for(ddp, cfg.device))
     net = net.to(device)
     if cfg.freeze_encoder:
         for p in net.encoder.parameters():
             p.requires_grad_(False)
+    model = net  # what the steps run: net itself, or its DDP wrapper
+    if ddp is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                        else None)  # starts from rank 0's weights
+        torch.manual_seed(cfg.seed + ddp.rank)  # each process draws its own crops
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5,
@@ -264,15 +277,35 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_items) / cfg.batch_size))
     dataset = CropDataset(train_items, cfg, normalization, steps * cfg.batch_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+    sampler = None
+    if ddp is not None:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, ddp.world_size, ddp.rank, shuffle=True, seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size,
+                                         shuffle=sampler is None, sampler=sampler,
                                          drop_last=False, num_workers=cfg.num_workers,
                                          persistent_workers=cfg.num_workers > 0,
                                          pin_memory=device.type == "cuda")
+    steps = len(loader)  # this process's share of the epoch under DDP
     val_x, val_y = validation_tiles(val_items, cfg, normalization)
+    if ddp is not None:
+        val_x, val_y = val_x[ddp.rank::ddp.world_size], val_y[ddp.rank::ddp.world_size]
     bce = torch.nn.BCEWithLogitsLoss()
 
     def validate():
-        return _validate(net, val_x, val_y, device, cfg.batch_size)
+        counts = _validation_counts(net, val_x, val_y, device, cfg.batch_size)
+        if ddp is not None:
+            counts = Counts(*(int(v) for v in _ddp.all_sum(
+                [counts.tp, counts.fp, counts.fn, counts.tn], device)))
+        return counts.scores()["dice"]
+
+    def stop_requested():
+        if should_stop is None:
+            return False
+        # Under DDP every process must stop at the same step, or the others wait forever.
+        return _ddp.any_process(should_stop(), device) if ddp is not None else should_stop()
+
+    is_main = ddp is None or ddp.is_main
 
     if resume_state:
         net.load_state_dict(resume_state["model"])
@@ -292,17 +325,20 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
     stopped_early = cancelled = False
     epoch = first_epoch - 1
     for epoch in range(first_epoch, cfg.epochs + 1):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         net.train()
         if cfg.freeze_encoder:
             net.encoder.eval()  # frozen BatchNorm statistics too
         losses = []
+        cancelled = False
         for step, (x, y) in enumerate(loader, 1):
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             ctx = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                    else torch.autocast(device.type, enabled=False))
             with ctx:
-                logits = net(x)
+                logits = model(x)
             logits = logits.float()
             loss = (cfg.bce_weight * bce(logits, y)
                     + cfg.dice_weight * (1 - soft_dice(torch.sigmoid(logits), y)))
@@ -312,9 +348,9 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
             losses.append(loss.item())
             yield TrainEvent("step", epoch, step, steps, loss=losses[-1], best_dice=best_dice,
                              lr=opt.param_groups[0]["lr"])
-            if should_stop is not None and should_stop():
+            cancelled = stop_requested()
+            if cancelled:
                 break
-        cancelled = should_stop is not None and should_stop()
         if cancelled and len(losses) < steps:
             epoch -= 1  # this epoch did not finish: it is not validated or counted
             break
@@ -325,12 +361,15 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
             best_state = copy.deepcopy(net.state_dict())
         else:
             since_best += 1
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": val,
+        loss_sum, loss_n = float(np.sum(losses)), float(len(losses))
+        if ddp is not None:
+            loss_sum, loss_n = _ddp.all_sum([loss_sum, loss_n], device)
+        row = {"epoch": epoch, "train_loss": loss_sum / loss_n, "val_dice": val,
                "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
         history.append(row)
         yield TrainEvent("epoch", epoch, steps, steps, loss=row["train_loss"], val_dice=val,
                          best_dice=best_dice, lr=row["lr"])
-        if checkpoint_fn is not None:
+        if checkpoint_fn is not None and is_main:
             checkpoint_fn({"model": net.state_dict(), "optimizer": opt.state_dict(),
                            "scheduler": sched.state_dict(), "history": history,
                            "best_model": best_state, "best_dice": best_dice,
@@ -340,6 +379,8 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
         if since_best >= cfg.patience:
             stopped_early = True
             break
+    if ddp is not None:
+        _ddp.check_replicas_agree(net, device)
     net.load_state_dict(best_state)
     if cfg.freeze_encoder:
         for p in net.encoder.parameters():
