@@ -178,3 +178,48 @@ def test_cuda_matches_cpu(tiny_net, rng):
     assert np.abs(gpu - cpu).max() < 0.05
     fp32 = Segmenter(tiny_net, device="cuda", tile_size=128, precision="fp32").predict_proba(image)
     assert np.abs(fp32 - cpu).max() < 1e-3
+
+
+def test_gaussian_blend_is_seamless_and_centre_weighted(rng):
+    image = rng.integers(0, 255, size=(300, 410, 3), dtype=np.uint8)
+    seg = Segmenter(PerPixel(), device="cpu", tile_size=64, overlap=0.25, blend="gaussian")
+    np.testing.assert_allclose(seg.predict_proba(image), untiled(image), atol=1e-6)
+    w = seg.plan(300, 410).window()
+    assert w[32, 32] == pytest.approx(w.max()) and w[0, 0] < 0.01 * w.max()
+    with pytest.raises(ValueError, match="blend must be one of"):
+        Segmenter(PerPixel(), device="cpu", blend="linear")
+
+
+def test_compile_is_opt_in_and_keeps_one_batch_shape(rng, monkeypatch):
+    # torch.compile itself is exercised on the GPU machine (benchmarks/gpu_check.sh); here:
+    # that it is asked for the right mode and that every batch then has one shape.
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    net = PerPixel()
+    image = rng.integers(0, 255, size=(200, 190, 3), dtype=np.uint8)  # 4 x 4 tiles
+    plain = Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=4).predict_proba(image)
+    seg = Segmenter(net, device="cpu", tile_size=64, batch_size=4, compile=True)
+    assert calls == [{"mode": "default", "dynamic": False}]
+    np.testing.assert_allclose(seg.predict_proba(image), plain, atol=1e-6)
+    assert len(seg.plan(200, 190)) == 16 and net.batch_sizes == [4] * 4
+    seg.batch_size = 6  # 16 tiles = 6 + 6 + 4: the last batch is padded to 6
+    net.batch_sizes.clear()
+    np.testing.assert_allclose(seg.predict_proba(image), plain, atol=1e-6)
+    assert net.batch_sizes == [6] * 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_cuda_graphs_match_eager(tiny_net, rng):
+    image = rng.integers(0, 255, size=(300, 260, 3), dtype=np.uint8)
+    eager = Segmenter(tiny_net, device="cuda", tile_size=128, batch_size=4, precision="fp32")
+    compiled = Segmenter(tiny_net, device="cuda", tile_size=128, batch_size=4, precision="fp32",
+                         compile=True)
+    expected = eager.predict_proba(image)
+    for _ in range(2):  # the second run replays the recorded graphs
+        assert np.abs(compiled.predict_proba(image) - expected).max() < 1e-3

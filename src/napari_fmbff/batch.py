@@ -27,6 +27,7 @@ class SegmenterSpec:
     batch_size: int = 8
     tta: bool = False
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    compile: bool = False
 
     def build(self, device: str | None = None):
         from .inference import Segmenter
@@ -36,7 +37,8 @@ class SegmenterSpec:
 
             torch.set_num_threads(self.threads)
         return Segmenter(self.model_path, device=device or self.device, tile_size=self.tile_size,
-                         overlap=self.overlap, batch_size=self.batch_size, tta=self.tta)
+                         overlap=self.overlap, batch_size=self.batch_size, tta=self.tta,
+                         compile=self.compile)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--probabilities", action="store_true",
                      help="also write the probability map as STEM_prob.tif (float32)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
+    seg.add_argument("--compile", action="store_true",
+                     help="torch.compile the network (CUDA graphs on GPU): faster for many "
+                          "or large images, the first batch waits for the compiler")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     big = seg.add_argument_group(
         "large images and clusters",
@@ -230,7 +233,8 @@ def cmd_segment(args) -> int:
             "and --fill-holes need the whole mask at once; leave them out (label the zarr mask "
             "afterwards, e.g. with dask-image) or convert the image to an ordinary file")
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), args.device,
-                         args.tile_size, args.overlap, args.batch_size, args.tta)
+                         args.tile_size, args.overlap, args.batch_size, args.tta,
+                         compile=args.compile)
     if args.workers is not None or args.scheduler:
         return _segment_on_cluster(args, spec, jobs, post)
     seg = spec.build()

@@ -31,21 +31,24 @@ class TileGrid:
     ys: tuple[int, ...]
     xs: tuple[int, ...]
     overlap_px: int
+    blend: str = "cosine"
 
     @classmethod
     def plan(cls, height: int, width: int, tile_size: int, overlap: float,
-             multiple: int = 32) -> "TileGrid":
+             multiple: int = 32, blend: str = "cosine") -> "TileGrid":
         if tile_size < multiple or tile_size % multiple:
             raise ValueError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
+        if blend not in BLENDS:
+            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
         # Images smaller than a tile get one tile, padded up to the network's multiple.
         tile_h = min(tile_size, round_up(height, multiple))
         tile_w = min(tile_size, round_up(width, multiple))
         overlap_px = int(round(overlap * min(tile_h, tile_w)))
         ys = tile_starts(height, tile_h, max(tile_h - overlap_px, 1))
         xs = tile_starts(width, tile_w, max(tile_w - overlap_px, 1))
-        return cls(height, width, tile_h, tile_w, tuple(ys), tuple(xs), overlap_px)
+        return cls(height, width, tile_h, tile_w, tuple(ys), tuple(xs), overlap_px, blend)
 
     def __len__(self) -> int:
         return len(self.ys) * len(self.xs)
@@ -74,8 +77,20 @@ class TileGrid:
         return tile
 
     def window(self) -> np.ndarray:
-        """Blending weights: a raised-cosine taper over the overlap, never exactly 0."""
+        """Blending weights, never exactly 0. "cosine": flat centre, a raised-cosine taper over
+        the overlap only. "gaussian": centre-weighted over the whole tile (sigma = 1/8 of the
+        tile, as nnU-Net and MONAI use), for comparing with those tools."""
+        if self.blend == "gaussian":
+            return np.maximum(np.outer(_gaussian(self.tile_h), _gaussian(self.tile_w)), 1e-3)
         return np.outer(_taper(self.tile_h, self.overlap_px), _taper(self.tile_w, self.overlap_px))
+
+
+BLENDS = ("cosine", "gaussian")
+
+
+def _gaussian(n: int, sigma_fraction: float = 0.125) -> np.ndarray:
+    d = np.arange(n) - (n - 1) / 2
+    return np.exp(-0.5 * (d / (sigma_fraction * n)) ** 2).astype(np.float32)
 
 
 def _taper(n: int, ramp: int) -> np.ndarray:
