@@ -55,6 +55,7 @@ def build_models(encoder: str) -> dict:
 
     return {
         "FM-BFF-Net": FMBFFNet(ModelConfig(encoder=encoder)).eval(),
+        "FM-BFF-Net refine_convs=1": FMBFFNet(ModelConfig(encoder=encoder, refine_convs=1)).eval(),
         f"smp.Unet(tu-{encoder})": smp.Unet(f"tu-{encoder}", encoder_weights=None,
                                             classes=1).eval(),
         "bare encoder": BareEncoder(encoder).eval(),
@@ -95,7 +96,7 @@ def whole_image_table(models, device, size, repeats):
     image = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)
     times = {}
     for name, model in models.items():
-        if name == "bare encoder":
+        if name == "bare encoder" or "refine" in name:
             continue
         seg = Segmenter(model, device=str(device), tile_size=size, overlap=0.0, batch_size=1)
         seg.predict_proba(image)  # warm-up
@@ -111,7 +112,7 @@ def whole_image_table(models, device, size, repeats):
         print(f"| {name} | {t:.3f} | {t / peer:.2f} |")
 
 
-def tiled_table(net, device, edge, batch, seconds):
+def tiled_table(net, device, edge, batch, seconds, compile_too=False):
     from monai.inferers import sliding_window_inference
 
     from napari_fmbff import Segmenter
@@ -149,8 +150,13 @@ def tiled_table(net, device, edge, batch, seconds):
     # The raw rate is taken before and after the tiled runs; the higher one is used, so a
     # noisy machine can only make our fraction look worse, never better.
     raw_before = time_network(seg.model, device, 512, batch, seg.amp_dtype, seconds)
+    runs = [("ours", ours), ("MONAI", monai)]
+    if compile_too:
+        compiled = Segmenter(net, device=str(device), tile_size=512, overlap=0.25,
+                             batch_size=batch, blend="gaussian", compile=True)
+        runs.insert(1, ("ours + compile", lambda: compiled.predict_proba(image)))
     results, times = {}, {}
-    for name, fn in (("ours", ours), ("MONAI", monai)):
+    for name, fn in runs:
         fn()  # warm-up: one-time CUDA and allocator costs
         sync(device)
         start = time.perf_counter()
@@ -159,6 +165,9 @@ def tiled_table(net, device, edge, batch, seconds):
         times[name] = time.perf_counter() - start
     raw = max(raw_before, time_network(seg.model, device, 512, batch, seg.amp_dtype, seconds))
     diff = float(np.abs(results["ours"] - results["MONAI"]).max())
+    if compile_too:
+        diff_c = float(np.abs(results["ours + compile"] - results["ours"]).max())
+        print(f"max abs difference compiled vs eager: {diff_c:.2e}")
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
     print("| tiler | tiles | seconds | tiles/s | fraction of raw net rate | vs MONAI |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -182,6 +191,7 @@ def main(argv=None):
     p.add_argument("--whole", type=int, default=1024, help="edge of the whole-image test")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--parts", default="1,2,3", help="which tables, e.g. 1,3")
+    p.add_argument("--compile", action="store_true", help="add a torch.compile row to table 3")
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -205,7 +215,8 @@ def main(argv=None):
     if "2" in parts:
         whole_image_table(models, device, args.whole, repeats=3)
     if "3" in parts:
-        tiled_table(models["FM-BFF-Net"], device, 512 + k * 384, batch, args.seconds)
+        tiled_table(models["FM-BFF-Net"], device, 512 + k * 384, batch, args.seconds,
+                    compile_too=args.compile)
     return 0
 
 

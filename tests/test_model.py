@@ -99,3 +99,13 @@ def test_config_round_trips_through_json():
     assert ModelConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({"encoder": "x", "bogus": 1})
+
+
+def test_one_refine_conv_is_a_lighter_decoder_and_old_configs_keep_two():
+    two, one = FMBFFNet(tiny_config()), FMBFFNet(tiny_config(refine_convs=1))
+    assert sum(p.numel() for p in one.parameters()) < sum(p.numel() for p in two.parameters())
+    assert one(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    old = {k: v for k, v in tiny_config().to_dict().items() if k != "refine_convs"}
+    assert ModelConfig.from_dict(old).refine_convs == 2  # checkpoints from before the field
+    with pytest.raises(ValueError, match="refine_convs"):
+        tiny_config(refine_convs=3)

@@ -169,10 +169,11 @@ class FRM(nn.Module):
     residual so the block refines rather than replaces.
     """
 
-    def __init__(self, c_in: int, c_out: int, upsample: bool) -> None:
+    def __init__(self, c_in: int, c_out: int, upsample: bool, convs: int = 2) -> None:
         super().__init__()
         self.upsample = upsample
-        self.body = nn.Sequential(conv_bn_act(c_in, c_out), conv_bn_act(c_out, c_out))
+        self.body = nn.Sequential(conv_bn_act(c_in, c_out),
+                                  *(conv_bn_act(c_out, c_out) for _ in range(convs - 1)))
         self.shortcut = (
             nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
         )

@@ -24,6 +24,9 @@ class ModelConfig:
     biffm: bool = True
     # Channels of the 4 decoder stages, from stride 16 back to stride 2.
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    # 3x3 convs in each stage's second (non-upsampling) FRM; 1 makes the decoder about a third
+    # cheaper (docs/performance.md), 2 is what every checkpoint so far was trained with.
+    refine_convs: int = 2
     transformer_dim: int = 256
     transformer_depth: int = 2
     transformer_heads: int = 8
@@ -39,6 +42,8 @@ class ModelConfig:
             raise ValueError(
                 f"decoder_channels needs 4 values (one per decoder stage), got {self.decoder_channels}"
             )
+        if self.refine_convs not in (1, 2):
+            raise ValueError(f"refine_convs must be 1 or 2, got {self.refine_convs}")
         if self.transformer_dim % self.transformer_heads:
             raise ValueError(
                 f"transformer_dim ({self.transformer_dim}) must be divisible by "

@@ -79,7 +79,7 @@ class Decoder(nn.Module):
         for c_out, c_skip in zip(cfg.decoder_channels, reversed(skip_channels)):
             self.up.append(FRM(c_in, c_out, upsample=True))
             self.fusion.append(fusion(c_out, c_skip, c_out))
-            self.refine.append(FRM(c_out, c_out, upsample=False))
+            self.refine.append(FRM(c_out, c_out, upsample=False, convs=cfg.refine_convs))
             c_in = c_out
         self.out_channels = c_in
 
