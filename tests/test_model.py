@@ -109,3 +109,36 @@ def test_one_refine_conv_is_a_lighter_decoder_and_old_configs_keep_two():
     assert ModelConfig.from_dict(old).refine_convs == 2  # checkpoints from before the field
     with pytest.raises(ValueError, match="refine_convs"):
         tiny_config(refine_convs=3)
+
+
+def test_fused_biffm_equals_eq15_as_written():
+    # forward folds the 1x3 / 3x1 paths into one depthwise 3x3 conv and the channel shuffle
+    # into the fuse conv's weights; reference_forward is the formula step by step.
+    from napari_fmbff.model.blocks import BiFFM
+
+    torch.manual_seed(0)
+    block = BiFFM(24, 16, 32)
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    for p in block.parameters():
+        p.data.normal_()
+    dec, skip = torch.randn(2, 24, 20, 12), torch.randn(2, 16, 20, 12)
+    for mode in (False, True):
+        block.train(mode)
+        np_fast, np_ref = block(dec, skip), block.reference_forward(dec, skip)
+        assert torch.allclose(np_fast, np_ref, atol=1e-4), (np_fast - np_ref).abs().max()
+    assert "unshuffle" not in block.state_dict()  # checkpoints keep their layout
+
+
+def test_head_runs_before_the_last_upsample_with_the_same_logits(tiny_net):
+    import torch.nn.functional as F
+
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        feats = tiny_net.encoder(x)
+        feats = [feats[i] for i in tiny_net.feature_indices]
+        y = tiny_net.decoder(tiny_net.vitm(feats[4]), tiny_net.skip_features(feats[:4]))
+        upsample_then_head = tiny_net.head(F.interpolate(y, scale_factor=2.0, mode="bilinear"))
+        assert torch.allclose(tiny_net(x), upsample_then_head, atol=1e-5)

@@ -276,7 +276,9 @@ def _segment_on_cluster(args, spec, jobs, post) -> int:
     from .inference import default_normalization
 
     if args.workers is not None:
-        spec = type(spec)(**{**spec.__dict__, "threads": cpu_threads_per_worker(args.workers)})
+        import dataclasses
+
+        spec = dataclasses.replace(spec, threads=cpu_threads_per_worker(args.workers))
     normalization = default_normalization(_load(spec.model_path))
     with start_client(args.scheduler, args.workers) as client:
         n_workers = len(client.scheduler_info()["workers"])

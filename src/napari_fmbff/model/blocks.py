@@ -216,8 +216,30 @@ class BiFFM(nn.Module):
         self.path_1x3 = nn.Conv2d(two, two, (1, 3), padding=(0, 1), groups=two, bias=False)
         self.path_3x1 = nn.Conv2d(two, two, (3, 1), padding=(1, 0), groups=two, bias=False)
         self.fuse = conv_bn_act(two, c_out, kernel=1)
+        # Shuffling channels right before a 1x1 conv equals permuting that conv's input
+        # weights: the (small) weight is permuted instead of the (large) activation.
+        order = channel_shuffle(torch.arange(two).view(1, two, 1, 1), 2).flatten()
+        self.register_buffer("unshuffle", torch.argsort(order), persistent=False)
 
     def forward(self, dec: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        i1 = self.proj_dec(dec)
+        i2 = self.proj_skip(skip)
+        x1 = torch.sigmoid(self.gate_dec(F.adaptive_avg_pool2d(i1, 1)))
+        x2 = torch.sigmoid(self.gate_skip(F.adaptive_avg_pool2d(i2, 1)))
+        gates = x1 * x2
+        both = torch.cat([i1 * gates, i2 * gates], dim=1)
+        # both + 1x3(both) + 3x1(both) as one depthwise 3x3 conv: identical result, one pass
+        # over the activation instead of four.
+        kernel = F.pad(self.path_1x3.weight, (0, 0, 1, 1)) + F.pad(self.path_3x1.weight,
+                                                                   (1, 1, 0, 0))
+        kernel = kernel + F.pad(torch.ones_like(kernel[..., :1, :1]), (1, 1, 1, 1))
+        both = F.conv2d(both, kernel.to(both.dtype), padding=1, groups=both.shape[1])
+        conv = self.fuse[0]
+        weight = conv.weight[:, self.unshuffle].to(both.dtype)
+        return self.fuse[2](self.fuse[1](F.conv2d(both, weight)))
+
+    def reference_forward(self, dec: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Eq. 15 as written (separate paths, explicit shuffle): what ``forward`` computes."""
         i1 = self.proj_dec(dec)
         i2 = self.proj_skip(skip)
         x1 = torch.sigmoid(self.gate_dec(F.adaptive_avg_pool2d(i1, 1)))

@@ -147,5 +147,8 @@ class FMBFFNet(nn.Module):
         skips = self.skip_features(feats[:4])
         deep = self.vitm(feats[4]) if self.vitm is not None else feats[4]
         y = self.decoder(deep, skips)
-        y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.head(self.dropout(y))
+        # The 1x1 head commutes with bilinear upsampling (both linear, weights sum to 1), so it
+        # runs at stride 2 and only its one output channel is upsampled: the same logits,
+        # without a full-resolution decoder-wide tensor.
+        logits = self.head(self.dropout(y))
+        return F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
