@@ -61,3 +61,20 @@ def test_workers_and_scheduler_together_are_refused(inputs, tmp_path, capsys):
     assert main(["segment", str(inputs), "-m", "tiny", "-o", str(tmp_path / "o"),
                  "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_each_worker_takes_its_own_gpu(monkeypatch):
+    import torch
+
+    from napari_fmbff import cluster
+
+    class Worker:
+        name = 5
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr("distributed.get_worker", lambda: Worker)
+    assert cluster._worker_device("auto") == "cuda:1"
+    assert cluster._worker_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cluster._worker_device("auto") == "auto"  # one GPU: every worker shares it
+    assert cluster.cpu_threads_per_worker(64) == 1
