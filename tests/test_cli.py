@@ -128,13 +128,32 @@ def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_image(registered, 
     np.testing.assert_array_equal(mask[:], whole >= 0.5)
 
 
-def test_large_input_refuses_whole_image_postprocessing(registered, big_tiff, tmp_path, capsys):
-    path, _ = big_tiff
-    assert main(["segment", str(path), "-m", registered, "-o", str(tmp_path / "o"),
-                 "--labels"]) == 2
-    err = capsys.readouterr().err
-    assert "chunk by chunk" in err and "--labels" in err
-    assert not (tmp_path / "o").exists()
+@pytest.mark.parametrize("labels", [True, False])
+def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
+        registered, big_tiff, tmp_path, monkeypatch, labels):
+    import zarr
+
+    from test_components import same_partition
+
+    from napari_fmbff import Segmenter
+
+    path, image = big_tiff
+    # An untrained network: cut where its map holds many objects of many sizes.
+    prob = Segmenter(registered, device="cpu", tile_size=64).predict_proba(image)
+    threshold = f"{np.quantile(prob, 0.6):.6f}"
+    opts = ["-m", registered, "--tile-size", "64", "--threshold", threshold, "--min-size", "15",
+            "--fill-holes"] + (["--labels"] if labels else [])
+    assert main(["segment", str(path), "-o", str(tmp_path / "big"), "--chunk", "64", *opts]) == 0
+    monkeypatch.setattr("napari_fmbff.image_io.LARGE_IMAGE_PIXELS", 10**9)  # ordinary path
+    assert main(["segment", str(path), "-o", str(tmp_path / "small"), *opts]) == 0
+    big = zarr.open_array(str(tmp_path / "big" / "slide.zarr"), mode="r")[:]
+    small = read_image(tmp_path / "small" / ("slide.tif" if labels else "slide.png"))
+    assert big.dtype == (np.uint32 if labels else np.uint8)
+    if labels:
+        assert big.max() == small.max() > 1 and same_partition(big, small)
+    else:
+        np.testing.assert_array_equal(big, small > 0)
+    assert [p.name for p in (tmp_path / "big").iterdir()] == ["slide.zarr"]  # no scratch left
 
 
 def test_zarr_input_and_existing_zarr_output_is_kept(registered, tmp_path, rng, capsys):

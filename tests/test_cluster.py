@@ -78,3 +78,25 @@ def test_each_worker_takes_its_own_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert cluster._worker_device("auto") == "auto"  # one GPU: every worker shares it
     assert cluster.cpu_threads_per_worker(64) == 1
+
+
+def test_labels_of_a_large_image_on_a_cluster(inputs, tmp_path):
+    from distributed import LocalCluster
+
+    from test_components import same_partition
+
+    from napari_fmbff import Segmenter
+
+    scan = inputs / "scan.zarr"
+    # An untrained network: cut where its map holds many objects.
+    prob = Segmenter("tiny", device="cpu", tile_size=64).predict_proba(zarr.open_array(str(scan))[:])
+    common = [str(scan), "-m", "tiny", "--chunk", "64", "--tile-size", "64", "--labels",
+              "--min-size", "3", "--threshold", f"{np.quantile(prob, 0.6):.6f}"]
+    assert main(["segment", *common, "-o", str(tmp_path / "local")]) == 0
+    with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster:
+        assert main(["segment", *common, "-o", str(tmp_path / "dask"),
+                     "--scheduler", cluster.scheduler_address]) == 0
+    local = zarr.open_array(str(tmp_path / "local" / "scan.zarr"), mode="r")[:]
+    dask = zarr.open_array(str(tmp_path / "dask" / "scan.zarr"), mode="r")[:]
+    assert dask.dtype == np.uint32 and local.max() > 1 and same_partition(dask, local)
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["scan.zarr"]

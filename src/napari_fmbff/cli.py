@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this (px)")
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
     seg.add_argument("--labels", action="store_true",
-                     help="write connected-component labels (uint16 .tif) instead of a 0/255 png")
+                     help="write connected-component labels (uint16 .tif; uint32 for zarr "
+                          "outputs) instead of a 0/255 png")
     seg.add_argument("--probabilities", action="store_true",
                      help="also write the probability map as STEM_prob.tif (float32)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
@@ -227,11 +228,6 @@ def cmd_segment(args) -> int:
         if clash:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
     large = [job for job in jobs if job.large]
-    if large and post.whole_image:
-        raise CliError(
-            f"{large[0].source} is segmented chunk by chunk into zarr, and --labels, --min-size "
-            "and --fill-holes need the whole mask at once; leave them out (label the zarr mask "
-            "afterwards, e.g. with dask-image) or convert the image to an ordinary file")
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), args.device,
                          args.tile_size, args.overlap, args.batch_size, args.tta,
                          compile=args.compile)

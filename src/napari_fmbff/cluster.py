@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .batch import FileJob, Postprocess, SegmenterSpec, create_outputs, open_source, \
+from .batch import FileJob, LargeOutputs, Postprocess, SegmenterSpec, open_source, \
     segment_chunk_into, segment_file
 from .chunked import plan_chunks
 
@@ -87,15 +87,14 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 tasks[fut] = job
                 continue
             image = open_source(job)  # lazy: the shape and an intensity sample only
-            outs = outputs[job.source] = create_outputs(job, tuple(image.shape[:2]), chunk,
-                                                        overwrite)
+            outs = outputs[job.source] = LargeOutputs(job, post, tuple(image.shape[:2]), chunk,
+                                                      overwrite)
             intensity_range = normalization.intensity_range(image)
             chunks = plan_chunks(int(image.shape[0]), int(image.shape[1]), chunk)
             remaining[job.source] = len(chunks)
             for c in chunks:
                 fut = client.submit(run_chunk, spec, job, c, intensity_range, post.threshold,
-                                    str(outs[0].tmp), str(outs[1].tmp) if len(outs) > 1 else None,
-                                    pure=False)
+                                    outs.mask_store, outs.prob_store, pure=False)
                 tasks[fut] = job
         yield 0, len(tasks)
         for done, fut in enumerate(as_completed(list(tasks)), 1):
@@ -106,15 +105,13 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 raise ValueError(f"{job.source}: {type(err).__name__}: {err}") from err
             if job.source in remaining:
                 remaining[job.source] -= 1
-                if remaining[job.source] == 0:
-                    for out in outputs.pop(job.source):
-                        out.commit()
+                if remaining[job.source] == 0:  # labels / holes need every chunk: here
+                    outputs.pop(job.source).finish()
             yield done, len(tasks)
     finally:
         unfinished = [f for f in tasks if not f.done()]
         if unfinished:
             client.cancel(unfinished)
         for outs in outputs.values():
-            for out in outs:
-                out.discard()
+            outs.discard()
     return foreground
