@@ -7,7 +7,7 @@ import zarr
 
 from napari_fmbff import Segmenter
 from napari_fmbff.chunked import iter_segment_chunked, plan_chunks, segment_chunk, store_chunk
-from napari_fmbff.image_io import ZarrOutput, is_large, open_large
+from napari_fmbff.image_io import is_large, open_large
 from napari_fmbff.inference import drain
 
 
@@ -103,19 +103,33 @@ def test_stacks_and_unknown_groups_are_clear_errors(tmp_path):
         open_large(tmp_path / "g.zarr")
 
 
-def test_zarr_output_appears_only_when_complete_and_never_overwrites(tmp_path):
-    target = tmp_path / "out.zarr"
-    out = ZarrOutput(target, (10, 10), "uint8", (4, 4))
-    out.array[:] = 7
-    assert not target.exists()  # half-written results live under a hidden name
-    out.commit()
-    assert zarr.open_array(str(target), mode="r")[3, 3] == 7
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        ZarrOutput(target, (10, 10), "uint8", (4, 4))
-    again = ZarrOutput(target, (10, 10), "uint8", (4, 4), overwrite=True)
-    again.discard()
-    assert zarr.open_array(str(target), mode="r")[3, 3] == 7  # discarded: old result kept
+def test_large_outputs_appear_only_when_complete_and_never_overwrite(tmp_path):
+    from napari_fmbff.batch import FileJob, Postprocess
+    from napari_fmbff.large_outputs import LargeOutputs
+
+    job = FileJob(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), None, large=True)
+    outs = LargeOutputs(job, Postprocess(), (10, 10), 32)
+    zarr.open_array(outs.mask_store, mode="r+")[:] = 7
+    with pytest.raises(RuntimeError, match="not done"):
+        outs.finish()
+    assert not (tmp_path / "out.zarr").exists()  # half-written results live under a hidden name
+    outs.mark_done(plan_chunks(10, 10, 32)[0])
+    outs.finish()
+    assert zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[3, 3] == 7
     assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        LargeOutputs(job, Postprocess(), (10, 10), 32)
+    again = LargeOutputs(job, Postprocess(), (10, 10), 32, overwrite=True)
+    again.discard()
+    assert zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[3, 3] == 7  # old result kept
+    other = FileJob(str(tmp_path / "in.zarr"), str(tmp_path / "new.zarr"), None, large=True)
+    LargeOutputs(other, Postprocess(), (10, 10), 32)  # started, never finished
+    with pytest.raises(FileExistsError, match="--resume"):
+        LargeOutputs(other, Postprocess(), (10, 10), 32)
+    resumed = LargeOutputs(other, Postprocess(), (10, 10), 32, resume=True)
+    assert len(resumed.missing()) == 1
+    with pytest.raises(ValueError, match="other settings"):
+        LargeOutputs(other, Postprocess(threshold=0.9), (10, 10), 32, resume=True)
 
 
 def test_drain_of_chunked_run_on_a_lazy_view(seg, tmp_path, rng):

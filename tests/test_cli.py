@@ -175,3 +175,40 @@ def test_zarr_input_and_existing_zarr_output_is_kept(registered, tmp_path, rng, 
     assert main(args + ["--overwrite"]) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out / "scan.zarr"), mode="r")[:], first)
     assert [p.name for p in out.iterdir()] == ["scan.zarr"]  # no temporary leftovers
+
+
+def test_interrupted_large_run_resumes_where_it_stopped(registered, big_tiff, tmp_path,
+                                                        monkeypatch, capsys):
+    import zarr
+
+    import napari_fmbff.chunked as chunked
+
+    path, _ = big_tiff
+    out = tmp_path / "out"
+    args = ["segment", str(path), "-m", registered, "-o", str(out), "--chunk", "64",
+            "--tile-size", "64", "--probabilities"]
+    assert main(args[:5] + [str(tmp_path / "ref")] + args[6:]) == 0  # uninterrupted reference
+    real, calls, crash = chunked.segment_chunk, [], [True]
+
+    def flaky(*a, **kw):  # 3 x 4 = 12 chunks; the run "crashes" during the 6th
+        calls.append(1)
+        if crash[0] and len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(chunked, "segment_chunk", flaky)
+    assert main(args) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / "slide.zarr").exists() and (out / ".slide.zarr.partial").is_dir()
+    assert main(args) == 2  # neither resumed nor overwritten: refused, partial kept
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume", "--threshold", "0.7"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    calls.clear()
+    crash[0] = False
+    assert main(args + ["--resume"]) == 0
+    assert len(calls) == 12 - 5  # only the chunks not done before
+    for name in ("slide.zarr", "slide_prob.zarr"):
+        np.testing.assert_array_equal(zarr.open_array(str(out / name), mode="r")[:],
+                                      zarr.open_array(str(tmp_path / "ref" / name), mode="r")[:])
+    assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]

@@ -53,8 +53,10 @@ def test_scheduler_address_and_a_failing_input(inputs, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "cannot read image" in err and "Traceback" not in err
-    # Completed ordinary masks may stay; no half-written zarr is left behind.
-    assert not any(p.suffix == ".zarr" or p.name.startswith(".") for p in out.glob("*"))
+    # Completed ordinary masks may stay; a half-done zarr stays hidden (for --resume) and
+    # nothing appears under its real name.
+    assert not (out / "scan.zarr").exists()
+    assert {p.name for p in out.glob(".*")} <= {".scan.zarr.partial"}
 
 
 def test_workers_and_scheduler_together_are_refused(inputs, tmp_path, capsys):
@@ -100,3 +102,33 @@ def test_labels_of_a_large_image_on_a_cluster(inputs, tmp_path):
     dask = zarr.open_array(str(tmp_path / "dask" / "scan.zarr"), mode="r")[:]
     assert dask.dtype == np.uint32 and local.max() > 1 and same_partition(dask, local)
     assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["scan.zarr"]
+
+
+def test_a_run_interrupted_here_resumes_on_a_cluster(inputs, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    import napari_fmbff.chunked as chunked
+
+    scan = str(inputs / "scan.zarr")
+    args = ["segment", scan, "-m", "tiny", "--chunk", "64", "--tile-size", "64"]
+    assert main([*args, "-o", str(tmp_path / "ref")]) == 0
+    real, calls = chunked.segment_chunk, []
+
+    def flaky(*a, **kw):  # 3 x 4 chunks; stop during the 4th
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(chunked, "segment_chunk", flaky)
+    out = tmp_path / "out"
+    assert main([*args, "-o", str(out)]) == 130
+    monkeypatch.setattr(chunked, "segment_chunk", real)
+    done = len(list((out / ".scan.zarr.partial" / "done").iterdir()))
+    assert done == 3
+    with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster:
+        assert main([*args, "-o", str(out), "--resume", "--scheduler",
+                     cluster.scheduler_address]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out / "scan.zarr"), mode="r")[:],
+                                  zarr.open_array(str(tmp_path / "ref" / "scan.zarr"), mode="r")[:])
+    assert [p.name for p in out.iterdir()] == ["scan.zarr"]

@@ -129,130 +129,44 @@ def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = F
 
 
 def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
-                       threshold: float, mask_store: str, prob_store: str | None) -> int:
-    """One chunk of a large job, written into the (temporary) zarr stores by path: what a dask
-    worker runs. Returns the chunk's foreground pixels."""
+                       threshold: float, mask_store: str, prob_store: str | None,
+                       done_dir: str | None = None) -> int:
+    """One chunk of a large job, written into the job's working zarr stores by path (what a
+    dask worker runs), then marked done for ``--resume``. Returns its foreground pixels."""
     import zarr
+
+    from .large_outputs import mark_done
 
     mask_out = zarr.open_array(mask_store, mode="r+")
     prob_out = zarr.open_array(prob_store, mode="r+") if prob_store else None
-    return segment_chunk(segmenter, open_source(job), chunk, intensity_range, threshold,
-                         mask_out, prob_out)
-
-
-class LargeOutputs:
-    """The zarr outputs of one large job while it runs.
-
-    Chunk tasks write the thresholded mask into ``mask_store`` (a path, so dask workers can
-    open it): the output itself, or, when the job has whole-mask post-processing (labels,
-    min size, hole filling), a scratch array that ``finish`` post-processes chunk by chunk
-    into the output. Outputs live under temporary names until ``finish`` renames them.
-    """
-
-    def __init__(self, job: FileJob, post: Postprocess, shape, chunk: int,
-                 overwrite: bool = False) -> None:
-        import tempfile
-
-        import zarr
-
-        from .chunked import store_chunk
-        from .image_io import ZarrOutput
-
-        self.job, self.post, self.shape, self.chunk = job, post, tuple(shape), chunk
-        edge = store_chunk(chunk)
-        self.outs, self.scratch = [], None
-        try:
-            self.outs.append(ZarrOutput(job.target, self.shape,
-                                        "uint32" if post.labels else "uint8", (edge, edge),
-                                        overwrite))
-            if job.prob_target:
-                self.outs.append(ZarrOutput(job.prob_target, self.shape, "float32",
-                                            (edge, edge), overwrite))
-            if post.whole_image:
-                self.scratch = Path(tempfile.mkdtemp(prefix=".fmbff-scratch-",
-                                                     dir=Path(job.target).parent))
-                zarr.create_array(store=str(self.scratch / "mask.zarr"), shape=self.shape,
-                                  dtype="uint8", chunks=(edge, edge), fill_value=0)
-        except BaseException:
-            self.discard()
-            raise
-
-    @property
-    def mask_store(self) -> str:
-        return str(self.scratch / "mask.zarr") if self.scratch else str(self.outs[0].tmp)
-
-    @property
-    def prob_store(self) -> str | None:
-        return str(self.outs[1].tmp) if len(self.outs) > 1 else None
-
-    def finish(self) -> None:
-        """Post-process (if asked) and rename every output into place."""
-        if self.scratch is not None:
-            self._postprocess()
-        for out in self.outs:
-            out.commit()
-        self.discard()
-
-    def discard(self) -> None:
-        import shutil
-
-        for out in self.outs:
-            if out.tmp.exists():
-                out.discard()
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-
-    def _postprocess(self) -> None:
-        import zarr
-
-        from . import components
-        from .chunked import plan_chunks
-
-        chunks = plan_chunks(*self.shape, self.chunk)
-        edge = self.outs[0].array.chunks
-        ids = zarr.create_array(store=str(self.scratch / "ids.zarr"), shape=self.shape,
-                                dtype="uint32", chunks=edge, fill_value=0)
-        target, post = self.outs[0].array, self.post
-
-        def reader(array):
-            return lambda c: array[slice(*c.rows), slice(*c.cols)]
-
-        def writer(array):
-            def write(c, values):
-                array[slice(*c.rows), slice(*c.cols)] = values
-            return write
-
-        source = zarr.open_array(self.mask_store, mode="r+")
-        relabel = post.labels or post.min_size > 0
-        if post.fill_holes:
-            filled = target if not relabel else zarr.create_array(
-                store=str(self.scratch / "filled.zarr"), shape=self.shape, dtype="uint8",
-                chunks=edge, fill_value=0)
-            components.fill_holes(reader(source), writer(filled), ids, chunks, self.shape)
-            source = filled
-        if relabel:
-            components.label(reader(source), writer(target), ids, chunks, self.shape,
-                             post.min_size, split=post.labels)
+    foreground = segment_chunk(segmenter, open_source(job), chunk, intensity_range, threshold,
+                               mask_out, prob_out)
+    if done_dir:
+        mark_done(done_dir, chunk)
+    return foreground
 
 
 def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
-                       overwrite: bool = False):
+                       overwrite: bool = False, resume: bool = False,
+                       settings: dict | None = None):
     """Generator over the chunks of one large job in this process (yields Progress); returns
-    the foreground pixel count before post-processing. Outputs appear under their names only
-    when complete."""
+    the foreground pixel count of the chunks run now (before post-processing).
+
+    Outputs appear under their names only when complete. If the run stops part-way, the
+    finished chunks stay in the job's hidden working folder and ``resume=True`` (with the
+    same ``settings``) runs only the rest.
+    """
     import zarr
 
     from .chunked import iter_segment_chunked
+    from .large_outputs import LargeOutputs
 
     image = open_source(job)
-    outputs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite)
-    try:
-        prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
-        foreground = yield from iter_segment_chunked(
-            segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,
-            chunk, post.threshold)
-        outputs.finish()
-    except BaseException:
-        outputs.discard()
-        raise
+    outputs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite, resume,
+                           settings)
+    prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
+    foreground = yield from iter_segment_chunked(
+        segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,
+        chunk, post.threshold, skip=outputs.is_done, after=outputs.mark_done)
+    outputs.finish()
     return foreground

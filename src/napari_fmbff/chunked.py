@@ -64,15 +64,23 @@ def segment_chunk(segmenter, image, chunk: Chunk, intensity_range, threshold: fl
 
 
 def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
-                         chunk: int = DEFAULT_CHUNK, threshold: float = 0.5):
-    """Generator: yields ``Progress`` in chunks; returns the foreground pixel count."""
+                         chunk: int = DEFAULT_CHUNK, threshold: float = 0.5,
+                         skip=None, after=None):
+    """Generator: yields ``Progress`` in chunks; returns the foreground pixel count of the
+    chunks it ran. ``skip(chunk)``: true for chunks already done (a resumed run);
+    ``after(chunk)``: called once a chunk is written."""
     height, width = int(image.shape[0]), int(image.shape[1])
     chunks = plan_chunks(height, width, chunk)
+    todo = [c for c in chunks if skip is None or not skip(c)]
     intensity_range = segmenter.normalization.intensity_range(image)
-    yield Progress(0, len(chunks))
+    done = len(chunks) - len(todo)
+    yield Progress(done, len(chunks))
     foreground = 0
-    for done, c in enumerate(chunks, 1):
+    for c in todo:
         foreground += segment_chunk(segmenter, image, c, intensity_range, threshold,
                                     mask_out, prob_out)
+        if after is not None:
+            after(c)
+        done += 1
         yield Progress(done, len(chunks))
     return foreground

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "written as STEM.zarr (0/1 uint8; STEM_prob.zarr with --probabilities), chunk by chunk")
     big.add_argument("--zarr", action="store_true",
                      help="write zarr chunk by chunk for every input, not only large ones")
+    big.add_argument("--resume", action="store_true",
+                     help="continue large images an interrupted run left unfinished "
+                          "(same command otherwise)")
     big.add_argument("--chunk", type=_chunk_size, default=4096,
                      help="work unit edge in px for zarr output, a multiple of 32 (4096)")
     big.add_argument("--workers", type=_positive_int, default=None,
@@ -204,8 +207,6 @@ def _load(name: str):
 
 
 def cmd_segment(args) -> int:
-    from tqdm import tqdm
-
     from .batch import FileJob, Postprocess, SegmenterSpec
     from .image_io import expand_inputs
     from .models import resolve_model_path
@@ -231,21 +232,38 @@ def cmd_segment(args) -> int:
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), args.device,
                          args.tile_size, args.overlap, args.batch_size, args.tta,
                          compile=args.compile)
-    if args.workers is not None or args.scheduler:
-        return _segment_on_cluster(args, spec, jobs, post)
-    seg = spec.build()
-    print(f"fmbff: {len(jobs)} image(s) on {seg.device_label}, tile {seg.tile_size}"
-          + (f", {len(large)} large (zarr, chunk {args.chunk})" if large else ""), file=sys.stderr)
+    # What a resumed large job must share with the run that started it.
+    settings = {"model": spec.model_path, "tile_size": spec.tile_size, "overlap": spec.overlap,
+                "tta": spec.tta}
+    try:
+        if args.workers is not None or args.scheduler:
+            return _segment_on_cluster(args, spec, jobs, post, settings)
+        return _segment_here(args, spec, jobs, post, settings)
+    except BaseException:
+        if large and any(Path(j.target).parent.glob(".*.partial") for j in large):
+            print("fmbff: finished chunks of large images are kept; run the same command with "
+                  "--resume to continue", file=sys.stderr)
+        raise
+
+
+def _segment_here(args, spec, jobs, post, settings) -> int:
+    from tqdm import tqdm
+
     from .batch import iter_segment_large, segment_file
     from .inference import drain
 
+    large = [job for job in jobs if job.large]
+    seg = spec.build()
+    print(f"fmbff: {len(jobs)} image(s) on {seg.device_label}, tile {seg.tile_size}"
+          + (f", {len(large)} large (zarr, chunk {args.chunk})" if large else ""), file=sys.stderr)
     for job in tqdm(jobs, desc="images", unit="img"):
         if job.large:
-            drain(_chunk_bar(iter_segment_large(seg, job, post, args.chunk, args.overwrite),
+            drain(_chunk_bar(iter_segment_large(seg, job, post, args.chunk, args.overwrite,
+                                                args.resume, settings),
                              Path(job.source).name))
         else:
             segment_file(seg, job, post, overwrite=args.overwrite)
-    print(f"fmbff: wrote {len(jobs)} mask(s) to {out_dir}", file=sys.stderr)
+    print(f"fmbff: wrote {len(jobs)} mask(s) to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -265,7 +283,7 @@ def _chunk_bar(gen, name: str):
             yield progress
 
 
-def _segment_on_cluster(args, spec, jobs, post) -> int:
+def _segment_on_cluster(args, spec, jobs, post, settings) -> int:
     from tqdm import tqdm
 
     from .cluster import cpu_threads_per_worker, iter_run_jobs, start_client
@@ -280,7 +298,8 @@ def _segment_on_cluster(args, spec, jobs, post) -> int:
         n_workers = len(client.scheduler_info()["workers"])
         print(f"fmbff: {len(jobs)} image(s) on a dask cluster of {n_workers} worker(s) "
               f"({args.scheduler or 'local'})", file=sys.stderr)
-        gen = iter_run_jobs(client, spec, jobs, post, normalization, args.chunk, args.overwrite)
+        gen = iter_run_jobs(client, spec, jobs, post, normalization, args.chunk, args.overwrite,
+                            args.resume, settings)
         with tqdm(desc="tasks", unit="task") as bar:
             while True:
                 try:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 
-from .batch import FileJob, LargeOutputs, Postprocess, SegmenterSpec, open_source, \
-    segment_chunk_into, segment_file
-from .chunked import plan_chunks
+from .batch import FileJob, Postprocess, SegmenterSpec, open_source, segment_chunk_into, \
+    segment_file
+from .large_outputs import LargeOutputs
 
 #: Segmenters built in this worker process, by spec: the model is loaded once per worker.
 _BUILT: dict = {}
@@ -66,16 +66,17 @@ def run_file(spec: SegmenterSpec, job: FileJob, post: Postprocess, overwrite: bo
 
 
 def run_chunk(spec: SegmenterSpec, job: FileJob, chunk, intensity_range, threshold: float,
-              mask_store: str, prob_store: str | None) -> int:
+              mask_store: str, prob_store: str | None, done_dir: str) -> int:
     return segment_chunk_into(_worker_segmenter(spec), job, chunk, intensity_range, threshold,
-                              mask_store, prob_store)
+                              mask_store, prob_store, done_dir)
 
 
 def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postprocess,
-                  normalization, chunk: int, overwrite: bool = False):
-    """Submit every job (large ones as chunks); yields (tasks done, tasks in all) as they
-    finish; returns {source: foreground pixels}. On the first failure everything is
-    cancelled, temporary outputs are removed, and a ValueError names the input."""
+                  normalization, chunk: int, overwrite: bool = False, resume: bool = False,
+                  settings: dict | None = None):
+    """Submit every job (large ones as their missing chunks); yields (tasks done, tasks in
+    all) as they finish; returns {source: foreground pixels}. On the first failure the rest
+    is cancelled and a ValueError names the input; finished chunks stay for ``resume``."""
     from distributed import as_completed
 
     tasks, outputs, remaining, foreground = {}, {}, {}, {}
@@ -87,14 +88,18 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 tasks[fut] = job
                 continue
             image = open_source(job)  # lazy: the shape and an intensity sample only
-            outs = outputs[job.source] = LargeOutputs(job, post, tuple(image.shape[:2]), chunk,
-                                                      overwrite)
+            outs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite, resume,
+                                settings)
+            chunks = outs.missing()
+            if not chunks:  # a resumed job whose chunks were all done
+                outs.finish()
+                continue
+            outputs[job.source], remaining[job.source] = outs, len(chunks)
             intensity_range = normalization.intensity_range(image)
-            chunks = plan_chunks(int(image.shape[0]), int(image.shape[1]), chunk)
-            remaining[job.source] = len(chunks)
             for c in chunks:
                 fut = client.submit(run_chunk, spec, job, c, intensity_range, post.threshold,
-                                    outs.mask_store, outs.prob_store, pure=False)
+                                    outs.mask_store, outs.prob_store, outs.done_dir,
+                                    pure=False)
                 tasks[fut] = job
         yield 0, len(tasks)
         for done, fut in enumerate(as_completed(list(tasks)), 1):
@@ -112,6 +117,4 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
         unfinished = [f for f in tasks if not f.done()]
         if unfinished:
             client.cancel(unfinished)
-        for outs in outputs.values():
-            outs.discard()
     return foreground

@@ -2,14 +2,13 @@
 
 Ordinary files (png, jpg, bmp, tif) are read whole. Zarr / OME-Zarr folders and TIFFs larger
 than ``LARGE_IMAGE_PIXELS`` are opened lazily as (Y, X[, C]) views that read only the region
-asked for, and results for them go to zarr folders written chunk by chunk.
+asked for (their zarr outputs: ``large_outputs.py``).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -203,33 +202,3 @@ def _guess_axes(shape) -> str:
     if len(shape) == 3:
         return "yxc" if shape[-1] <= 4 else "cyx" if shape[0] <= 4 else "zyx"
     return "tczyx"[-len(shape):] if len(shape) <= 5 else "?" * len(shape)
-
-
-class ZarrOutput:
-    """A zarr array written under a hidden temporary name and renamed into place only when
-    complete, so a crash or Ctrl-C never leaves a half-written result under the real name,
-    and an existing result is only replaced when ``overwrite`` is true."""
-
-    def __init__(self, path, shape, dtype, chunks, overwrite: bool = False) -> None:
-        import zarr
-
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}-", dir=self.path.parent))
-        chunks = tuple(min(c, n) for c, n in zip(chunks, shape))
-        self.array = zarr.create_array(store=str(self.tmp), shape=tuple(shape), dtype=dtype,
-                                       chunks=chunks, fill_value=0, overwrite=True)
-        self.overwrite = overwrite
-
-    def commit(self) -> Path:
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.path} appeared while writing; not replaced")
-            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
