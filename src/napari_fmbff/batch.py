@@ -163,7 +163,7 @@ def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
 
     image = open_source(job)
     outputs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite, resume,
-                           settings)
+                           settings, getattr(image, "scale", None))
     prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
     foreground = yield from iter_segment_chunked(
         segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,

@@ -89,7 +89,7 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 continue
             image = open_source(job)  # lazy: the shape and an intensity sample only
             outs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite, resume,
-                                settings)
+                                settings, getattr(image, "scale", None))
             chunks = outs.missing()
             if not chunks:  # a resumed job whose chunks were all done
                 outs.finish()

@@ -137,6 +137,8 @@ class AxesView:
         self.shape = (sizes["y"], sizes["x"]) + ((sizes["c"],) if "c" in sizes else ())
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
+        #: Physical pixel size (y, x) where the file says it (OME-Zarr), else None.
+        self.scale: tuple[float, float] | None = None
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
@@ -165,7 +167,7 @@ def open_large(path) -> AxesView:
     try:
         if is_zarr(path):
             node = zarr.open(str(path), mode="r")
-            axes = None
+            axes, scale = None, None
             if not hasattr(node, "shape"):  # a group: OME-Zarr multiscales, or one array "0"
                 attrs = dict(node.attrs)
                 multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
@@ -173,13 +175,16 @@ def open_large(path) -> AxesView:
                     level0 = multiscales[0]["datasets"][0]["path"]
                     axes = "".join(a["name"] if isinstance(a, dict) else a
                                    for a in multiscales[0].get("axes", []))
+                    scale = _ome_scale(multiscales[0], axes)
                     node = node[level0]
                 elif "0" in node:
                     node = node["0"]
                 else:
                     raise ValueError("a zarr group without OME-Zarr 'multiscales' metadata or "
                                      "an array named '0'")
-            return AxesView(node, axes or _guess_axes(node.shape), source)
+            view = AxesView(node, axes or _guess_axes(node.shape), source)
+            view.scale = scale
+            return view
         import tifffile
 
         with tifffile.TiffFile(str(path)) as tif:
@@ -193,6 +198,21 @@ def open_large(path) -> AxesView:
     except Exception as err:
         raise ValueError(f"{source}: cannot open as a large image "
                          f"({type(err).__name__}: {err})") from err
+
+
+def _ome_scale(multiscale: dict, axes: str) -> tuple[float, float] | None:
+    """(y, x) pixel size of the full-resolution level, from OME-NGFF coordinateTransformations."""
+    try:
+        sizes = [1.0] * len(axes)
+        for level in (multiscale["datasets"][0], multiscale):
+            for t in level.get("coordinateTransformations", []):
+                if t.get("type") == "scale":
+                    sizes = [a * b for a, b in zip(sizes, t["scale"])]
+        if "y" not in axes or "x" not in axes or sizes == [1.0] * len(axes):
+            return None
+        return float(sizes[axes.index("y")]), float(sizes[axes.index("x")])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _guess_axes(shape) -> str:

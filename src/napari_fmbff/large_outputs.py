@@ -36,10 +36,12 @@ class LargeOutputs:
     """
 
     def __init__(self, job, post, shape, chunk: int, overwrite: bool = False,
-                 resume: bool = False, settings: dict | None = None) -> None:
+                 resume: bool = False, settings: dict | None = None,
+                 scale: tuple[float, float] | None = None) -> None:
         import zarr
 
         self.job, self.post, self.shape, self.chunk = job, post, tuple(shape), chunk
+        self.settings, self.scale = dict(settings or {}), scale
         self.overwrite = overwrite
         target = Path(job.target)
         self.work = target.parent / f".{target.name}.partial"
@@ -110,6 +112,7 @@ class LargeOutputs:
         moves = [(final, Path(self.job.target))]
         if self.job.prob_target:
             moves.append((self.work / "prob.zarr", Path(self.job.prob_target)))
+        self._describe(moves)
         for src, dst in moves:
             if dst.exists():
                 if not self.overwrite:
@@ -117,6 +120,20 @@ class LargeOutputs:
                 shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
             os.replace(src, dst)
         shutil.rmtree(self.work)
+
+    def _describe(self, moves) -> None:
+        """Provenance (and the input's pixel size) in each output's attributes."""
+        import zarr
+
+        from . import __version__
+
+        kinds = ["labels" if self.post.labels else "mask", "probability"]
+        for (src, _), kind in zip(moves, kinds):
+            info = {"kind": kind, "source": self.job.source, "package_version": __version__,
+                    "threshold": self.post.threshold, **self.settings}
+            if self.scale:
+                info["scale_yx"] = list(self.scale)
+            zarr.open_array(str(src), mode="r+").attrs["napari_fmbff"] = info
 
     def discard(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
