@@ -12,9 +12,11 @@ export PYTHONPATH=$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERE
 export FMBFF_MODELS_DIR=/tmp/fmbff-models HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, timm, numpy; print('torch', torch.__version__, 'timm', timm.__version__, 'numpy', numpy.__version__)" | tee -a "$OUT/gpu.txt"
-# 1. CUDA tests (eager and compiled), the tiler and the chunked path.
-python3 -m pytest -q -p no:cacheprovider tests/test_model.py tests/test_inference.py \
-  tests/test_chunked.py 2>&1 | tail -n 15 | tee "$OUT/pytest.log"
+# 1. CUDA tests (eager and compiled), then the tiler and the chunked path (CPU-side, fast).
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_inference.py 2>&1 | tail -n 15 \
+  | tee "$OUT/pytest.log"
+python3 -m pytest -q -p no:cacheprovider tests/test_chunked.py tests/test_components.py 2>&1 \
+  | tail -n 5 | tee -a "$OUT/pytest.log"
 # 2. Peers: network vs smp.Unet and the bare encoder; 16k tiled vs MONAI (+ compile row).
 python3 benchmarks/peers.py --device cuda --compile --seconds "${SECONDS_PER:-3}" 2>&1 \
   | tee "$OUT/peers.log"
