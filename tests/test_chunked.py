@@ -138,3 +138,28 @@ def test_drain_of_chunked_run_on_a_lazy_view(seg, tmp_path, rng):
     out = np.zeros(image.shape[:2], np.float32)
     drain(iter_segment_chunked(seg, open_large(tmp_path / "a.tif"), prob_out=out, chunk=64))
     np.testing.assert_allclose(out, seg.predict_proba(image), atol=1e-5)
+
+
+def test_intensity_range_of_a_lazy_image_reads_only_a_few_chunks(rng, monkeypatch):
+    from napari_fmbff import Normalization
+    from napari_fmbff.normalization import PERCENTILE_SAMPLE_PIXELS
+
+    monkeypatch.setattr("napari_fmbff.normalization.PERCENTILE_SAMPLE_PIXELS", 2**20)
+    yy, xx = np.mgrid[:4096, :4096]
+    data = (yy * 7 + xx * 3 + rng.integers(0, 500, (4096, 4096))).astype(np.uint16)
+
+    class Lazy:  # counts what is read, like a zarr array would decode it
+        shape, dtype, read = data.shape, data.dtype, 0
+
+        def __getitem__(self, key):
+            block = data[key]
+            Lazy.read += block.size
+            return block
+
+    norm = Normalization()
+    lo, hi = norm.intensity_range(Lazy())
+    exact = np.percentile(data, [norm.low, norm.high])
+    assert Lazy.read == 16 * 256 * 256 == data.size / 16  # 16 blocks of the 256 there are
+    assert abs(lo - exact[0]) < 0.05 * exact[1] and abs(hi - exact[1]) < 0.05 * exact[1]
+    assert (lo, hi) == norm.intensity_range(Lazy())  # seeded: every process agrees
+    assert PERCENTILE_SAMPLE_PIXELS > 2**20  # the default samples more

@@ -59,7 +59,8 @@ class Normalization:
     def intensity_range(self, image) -> tuple[float, float]:
         """The (low, high) intensities that map to 0 and 1, for a whole image.
 
-        ``image`` may be numpy, dask or zarr: only a strided subsample is read.
+        ``image`` may be numpy, dask or zarr: only a subsample is read (strided for
+        numpy, random 256 px blocks for lazy images, so only their chunks are decoded).
         """
         dtype = np.dtype(image.dtype)
         if self.mode == "none":
@@ -115,10 +116,26 @@ def torch_ready(array: np.ndarray) -> np.ndarray:
     return array if array.dtype in TORCH_NATIVE else array.astype(np.float32)
 
 
+#: Lazy images (zarr, dask, ...) are sampled in blocks of this edge, so only the chunks under
+#: the blocks are read: a strided sample would decode every chunk of the image.
+SAMPLE_BLOCK = 256
+
+
 def _subsample(image):
     h, w = image.shape[:2]
-    step = max(1, math.ceil(math.sqrt(h * w / PERCENTILE_SAMPLE_PIXELS)))
-    return image[::step, ::step]
+    if (isinstance(image, np.ndarray) or h * w <= 4 * PERCENTILE_SAMPLE_PIXELS
+            or min(h, w) < SAMPLE_BLOCK):
+        step = max(1, math.ceil(math.sqrt(h * w / PERCENTILE_SAMPLE_PIXELS)))
+        return image[::step, ::step]
+    # Seeded, so every process (a CLI run, each dask worker) computes the same range.
+    rng = np.random.default_rng(0)
+    rows, cols = h // SAMPLE_BLOCK, w // SAMPLE_BLOCK
+    n = min(rows * cols, PERCENTILE_SAMPLE_PIXELS // SAMPLE_BLOCK**2)
+    picks = rng.choice(rows * cols, size=n, replace=False)
+    blocks = [np.asarray(image[r * SAMPLE_BLOCK:(r + 1) * SAMPLE_BLOCK,
+                               c * SAMPLE_BLOCK:(c + 1) * SAMPLE_BLOCK])
+              for r, c in (divmod(int(k), cols) for k in sorted(picks))]
+    return np.concatenate([b.reshape(-1, *b.shape[2:]) for b in blocks])
 
 
 def as_three_channels(tile: np.ndarray) -> np.ndarray:
