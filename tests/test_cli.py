@@ -231,3 +231,24 @@ def test_ome_zarr_output_records_pixel_size_and_provenance(registered, tmp_path,
     info = result.attrs["napari_fmbff"]
     assert result.shape == (90, 120) and info["kind"] == "labels"
     assert info["scale_yx"] == [0.5, 0.25] and info["model"].endswith("tiny.safetensors")
+
+
+def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(registered, tmp_path, rng):
+    from napari_fmbff import Segmenter
+
+    stack = rng.integers(0, 4000, (4, 70, 90), dtype=np.uint16)  # a small CT series
+    tifffile.imwrite(tmp_path / "ct.tif", stack, photometric="minisblack")
+    colour = rng.integers(0, 255, (3, 60, 80), dtype=np.uint8)  # CYX: one RGB image
+    tifffile.imwrite(tmp_path / "rgb.tif", colour, photometric="rgb", planarconfig="separate",
+                     metadata={"axes": "CYX"})
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "ct.tif"), str(tmp_path / "rgb.tif"), "-m",
+                 registered, "-o", str(out), "--probabilities"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ct.tif", "ct_prob.tif", "rgb.png",
+                                                     "rgb_prob.tif"]
+    masks, probs = read_image(out / "ct.tif"), read_image(out / "ct_prob.tif")
+    assert masks.shape == probs.shape == (4, 70, 90)
+    seg = Segmenter(registered, device="cpu")
+    np.testing.assert_allclose(probs[2], seg.predict_proba(stack[2]), atol=1e-6)
+    np.testing.assert_array_equal(masks > 0, probs >= 0.5)
+    assert read_image(out / "rgb.png").shape == (60, 80)

@@ -66,14 +66,15 @@ class FileJob:
     @classmethod
     def plan(cls, source: Path, out_dir: Path, post: Postprocess, probabilities: bool,
              force_zarr: bool = False) -> "FileJob":
-        from .image_io import is_large
+        from .image_io import is_large, is_stack
 
         large = force_zarr or is_large(source)
         stem = source.name[: -len(".ome.zarr")] if source.name.endswith(".ome.zarr") else source.stem
         if large:
             suffix, prob_suffix = ".zarr", "_prob.zarr"
-        else:
-            suffix, prob_suffix = (".tif" if post.labels else ".png"), "_prob.tif"
+        else:  # a stack's masks are a multi-page TIFF: PNG holds one plane
+            tif = post.labels or is_stack(source)
+            suffix, prob_suffix = (".tif" if tif else ".png"), "_prob.tif"
         return cls(str(source), str(out_dir / f"{stem}{suffix}"),
                    str(out_dir / f"{stem}{prob_suffix}") if probabilities else None, large)
 
@@ -111,21 +112,44 @@ def open_source(job: FileJob):
     return read_2d(path)
 
 
-def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = False) -> int:
-    """An ordinary image -> its mask file (and probability tif); returns foreground pixels."""
-    from .image_io import write_image
-    from .inference import labels_from_proba
+def as_planes(image: np.ndarray, name):
+    """(image, rgb): a 2D image (Y, X[, C]), or a stack (..., Y, X[, C]) of them (a CT or
+    MR series, a time lapse); ``rgb`` says whether the last axis holds colour channels."""
+    from .inference import image_layout
 
-    prob = segmenter.predict_proba(read_2d(job.source))
-    labels = labels_from_proba(prob, post.threshold, post.min_size, post.fill_holes,
-                               split=post.labels)
-    if post.labels:
-        write_image(job.target, labels.astype("uint16"), overwrite=overwrite)
-    else:
-        write_image(job.target, ((labels > 0) * 255).astype("uint8"), overwrite=overwrite)
-    if job.prob_target:
-        write_image(job.prob_target, prob, overwrite=overwrite)
-    return int((labels > 0).sum())
+    image = np.squeeze(image) if image.ndim > 3 else image
+    try:
+        image_layout(image.shape)
+        return image, image.ndim == 3
+    except ValueError as err:
+        rgb = image.ndim >= 4 and image.shape[-1] in (3, 4)
+        if image.ndim - int(rgb) < 3:
+            raise ValueError(f"{name}: {err}") from None
+        return image, rgb
+
+
+def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = False) -> int:
+    """An ordinary image, or a stack plane by plane, -> its mask file (and probability tif);
+    returns foreground pixels. Labels of a stack are numbered per plane."""
+    from .image_io import read_image, write_image
+    from .inference import labels_from_proba
+    from .stacks import plane_indices, plane_of, spatial_shape
+
+    image, rgb = as_planes(read_image(job.source), job.source)
+    shape = spatial_shape(image.shape, rgb)
+    masks = np.zeros(shape, np.uint16 if post.labels else np.uint8)
+    probs = np.zeros(shape, np.float32) if job.prob_target else None
+    for index in plane_indices(image.shape, rgb):
+        prob = segmenter.predict_proba(plane_of(image, index))
+        labels = labels_from_proba(prob, post.threshold, post.min_size, post.fill_holes,
+                                   split=post.labels)
+        masks[index] = labels if post.labels else (labels > 0) * 255
+        if probs is not None:
+            probs[index] = prob
+    write_image(job.target, masks, overwrite=overwrite)
+    if probs is not None:
+        write_image(job.prob_target, probs, overwrite=overwrite)
+    return int((masks > 0).sum())
 
 
 def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,

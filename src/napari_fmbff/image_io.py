@@ -51,7 +51,16 @@ def read_image(path) -> np.ndarray:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            return tifffile.imread(str(path))
+            with tifffile.TiffFile(str(path)) as tif:
+                series = tif.series[0]
+                data, axes = series.asarray(), series.axes.upper()
+            # Channels last, as everywhere here: a CYX TIFF becomes YXC.
+            for channel in "SC":
+                if channel in axes and axes.index(channel) != len(axes) - 1 and \
+                        data.shape[axes.index(channel)] in (3, 4):
+                    data = np.moveaxis(data, axes.index(channel), -1)
+                    axes = axes.replace(channel, "") + channel
+            return data
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(str(path)))
@@ -71,7 +80,10 @@ def write_image(path, array: np.ndarray, overwrite: bool = False) -> Path:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, array, compression="zlib")
+            # Planes stay planes: tifffile would store a 3- or 4-plane stack as colour.
+            colour = array.ndim == 3 and array.shape[-1] in (3, 4)
+            tifffile.imwrite(tmp, array, compression="zlib",
+                             photometric="rgb" if colour else "minisblack")
         else:
             import imageio.v3 as iio
 
@@ -107,6 +119,22 @@ def is_large(path) -> bool:
         except Exception as err:
             raise ValueError(f"{path}: cannot read TIFF header ({type(err).__name__}: {err})") from err
     return False
+
+
+def is_stack(path) -> bool:
+    """Whether a TIFF holds several planes (Z, T, ... beyond Y, X and channels)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            return any(n > 1 for a, n in zip(series.axes.upper(), series.shape)
+                       if a not in "YXSC")
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read TIFF header ({type(err).__name__}: {err})") from err
 
 
 def _spatial_pixels(shape, axes: str) -> int:
