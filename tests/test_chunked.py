@@ -19,7 +19,7 @@ def seg(tiny_net):
 
 @pytest.mark.parametrize("rows,cols", [((0, 37), (0, 300)), ((50, 51), (10, 11)),
                                        ((96, 180), (40, 200)), ((0, 180), (0, 300))])
-def test_region_equals_the_same_pixels_of_the_whole_image(seg, rng, rows, cols):
+def test_region_equals_the_same_pixels_of_the_whole_objects(seg, rng, rows, cols):
     image = rng.integers(0, 255, size=(180, 300, 3), dtype=np.uint8)
     whole = seg.predict_proba(image)
     region = seg.predict_region(image, rows, cols)
@@ -33,7 +33,7 @@ def test_region_outside_the_image_is_refused(seg, rng):
         seg.predict_region(image, (0, 65), (0, 10))
 
 
-def test_chunked_zarr_output_matches_whole_image_and_holds_only_chunks(seg, rng, tmp_path):
+def test_chunked_zarr_output_matches_whole_objects_and_holds_only_chunks(seg, rng, tmp_path):
     image = rng.integers(0, 65535, size=(230, 170), dtype=np.uint16)  # percentiles: one range
     whole = seg.predict_proba(image)
     mask = zarr.create_array(store=str(tmp_path / "m.zarr"), shape=image.shape, dtype="uint8",

@@ -109,7 +109,7 @@ def big_tiff(tmp_path, rng, monkeypatch):
     return path, image
 
 
-def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_image(registered, big_tiff,
+def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_objects(registered, big_tiff,
                                                                        tmp_path):
     import zarr
 

@@ -1,9 +1,9 @@
 """Segmenting files: what one ``fmbff segment`` job is, and running one file or one chunk of it.
 
 The command line runs these in its own process; ``cluster.py`` runs the very same functions on
-dask workers. Ordinary images are read whole and written as png / tif; large images (zarr,
-OME-Zarr, TIFFs above ``image_io.LARGE_IMAGE_PIXELS``, or any image with ``zarr=True``) are
-read lazily and written as zarr, chunk by chunk.
+dask workers. Ordinary images are read whole and written as png / tif (TIFF stacks plane by
+plane); large images (zarr, OME-Zarr, TIFFs above ``image_io.LARGE_IMAGE_PIXELS``, or any
+image with ``zarr=True``) are read lazily and written as zarr, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class Postprocess:
     labels: bool = False        # connected-component labels (uint16 tif) instead of 0/255 png
 
     @property
-    def whole_image(self) -> bool:
-        """Whether this looks at whole objects, across chunk borders (``components.py``)."""
+    def whole_objects(self) -> bool:
+        """Whether this needs whole objects, across chunk borders (``components.py``)."""
         return self.labels or self.min_size > 0 or self.fill_holes
 
 

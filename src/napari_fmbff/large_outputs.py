@@ -69,10 +69,10 @@ class LargeOutputs:
         edge = store_chunk(chunk)
         # The finished mask's type: labels need room for many objects.
         final = "uint32" if post.labels else "uint8"
-        arrays = {"mask.zarr": final if not post.whole_image else "uint8"}
+        arrays = {"mask.zarr": final if not post.whole_objects else "uint8"}
         if job.prob_target:
             arrays["prob.zarr"] = "float32"
-        if post.whole_image:
+        if post.whole_objects:
             arrays.update({"final.zarr": final, "ids.zarr": "uint32"})
             if post.fill_holes:
                 arrays["filled.zarr"] = "uint8"
@@ -106,7 +106,7 @@ class LargeOutputs:
         if missing:
             raise RuntimeError(f"{len(missing)} chunk(s) of {self.job.source} are not done")
         final = self.work / "mask.zarr"
-        if self.post.whole_image:
+        if self.post.whole_objects:
             self._postprocess()
             final = self.work / "final.zarr"
         moves = [(final, Path(self.job.target))]
