@@ -93,11 +93,16 @@ def test_ome_zarr_channels_first_is_viewed_as_yxc(tmp_path, rng):
     np.testing.assert_array_equal(view[::7, ::9], image[0, :, 0, ::7, ::9].transpose(1, 2, 0))
 
 
-def test_stacks_and_unknown_groups_are_clear_errors(tmp_path):
-    zarr.create_array(store=str(tmp_path / "stack.zarr"), shape=(5, 64, 64), dtype="uint8",
-                      chunks=(1, 64, 64))
-    with pytest.raises(ValueError, match="more than one 2D image"):
-        open_large(tmp_path / "stack.zarr")
+def test_stacks_open_as_lazy_planes_and_unknown_groups_are_clear_errors(tmp_path, rng):
+    data = rng.integers(0, 255, (5, 64, 80), dtype=np.uint8)
+    z = zarr.create_array(store=str(tmp_path / "stack.zarr"), shape=data.shape, dtype="uint8",
+                          chunks=(1, 32, 32))
+    z[:] = data
+    view = open_large(tmp_path / "stack.zarr")
+    assert view.shape == (5, 64, 80) and view[3].shape == (64, 80)
+    np.testing.assert_array_equal(view[3][10:20, 70:], data[3, 10:20, 70:])
+    with pytest.raises(IndexError, match="plane"):
+        view[10:20, 5:9]  # rows of which plane?
     zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     with pytest.raises(ValueError, match="multiscales"):
         open_large(tmp_path / "g.zarr")

@@ -252,3 +252,34 @@ def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(registered, t
     np.testing.assert_allclose(probs[2], seg.predict_proba(stack[2]), atol=1e-6)
     np.testing.assert_array_equal(masks > 0, probs >= 0.5)
     assert read_image(out / "rgb.png").shape == (60, 80)
+
+
+def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tmp_path, rng):
+    import zarr
+
+    from napari_fmbff import Segmenter
+    from napari_fmbff.inference import labels_from_proba
+    from test_components import same_partition
+
+    # z y x (5 planes: a plain array with 3 or 4 leading planes would read as colour), each
+    # plane normalised on its own.
+    data = rng.integers(0, 4000, (5, 100, 90), dtype=np.uint16)
+    data[1] //= 8
+    src = zarr.create_array(store=str(tmp_path / "ct.zarr"), shape=data.shape, dtype="uint16",
+                            chunks=(1, 64, 64))
+    src[:] = data
+    seg = Segmenter(registered, device="cpu", tile_size=64)
+    probs = [seg.predict_proba(plane) for plane in data]
+    threshold = f"{np.quantile(probs[0], 0.6):.6f}"
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "ct.zarr"), "-m", registered, "-o", str(out),
+                 "--tile-size", "64", "--chunk", "64", "--probabilities", "--labels",
+                 "--min-size", "4", "--threshold", threshold]) == 0
+    labels = zarr.open_array(str(out / "ct.zarr"), mode="r")
+    prob = zarr.open_array(str(out / "ct_prob.zarr"), mode="r")
+    assert labels.shape == prob.shape == (5, 100, 90) and labels.chunks[0] == 1
+    for k in range(5):
+        np.testing.assert_allclose(prob[k], probs[k], atol=1e-5)
+        expected = labels_from_proba(probs[k], float(threshold), min_size=4)
+        assert same_partition(labels[k], expected)
+    assert labels[0].max() > 1

@@ -132,3 +132,22 @@ def test_a_run_interrupted_here_resumes_on_a_cluster(inputs, tmp_path, monkeypat
     np.testing.assert_array_equal(zarr.open_array(str(out / "scan.zarr"), mode="r")[:],
                                   zarr.open_array(str(tmp_path / "ref" / "scan.zarr"), mode="r")[:])
     assert [p.name for p in out.iterdir()] == ["scan.zarr"]
+
+
+def test_a_zarr_stack_on_a_cluster_equals_the_local_run(inputs, tmp_path, rng):
+    from distributed import LocalCluster
+
+    stack = zarr.create_array(store=str(tmp_path / "ct.zarr"), shape=(5, 70, 80),
+                              dtype="uint16", chunks=(1, 64, 64))
+    stack[:] = rng.integers(0, 4000, (5, 70, 80), dtype=np.uint16)
+    common = [str(tmp_path / "ct.zarr"), "-m", "tiny", "--chunk", "64", "--tile-size", "64",
+              "--probabilities"]
+    assert main(["segment", *common, "-o", str(tmp_path / "local")]) == 0
+    with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster:
+        assert main(["segment", *common, "-o", str(tmp_path / "dask"), "--scheduler",
+                     cluster.scheduler_address]) == 0
+    for name in ("ct.zarr", "ct_prob.zarr"):
+        here = zarr.open_array(str(tmp_path / "local" / name), mode="r")[:]
+        there = zarr.open_array(str(tmp_path / "dask" / name), mode="r")[:]
+        assert here.shape[0] == 5
+        np.testing.assert_allclose(there, here, atol=1e-6)

@@ -185,8 +185,10 @@ def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
     from .chunked import iter_segment_chunked
     from .large_outputs import LargeOutputs
 
+    from .chunked import spatial_shape_of
+
     image = open_source(job)
-    outputs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite, resume,
+    outputs = LargeOutputs(job, post, spatial_shape_of(image), chunk, overwrite, resume,
                            settings, getattr(image, "scale", None))
     prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
     foreground = yield from iter_segment_chunked(

@@ -23,10 +23,17 @@ STORE_CHUNK = 1024
 
 @dataclass(frozen=True)
 class Chunk:
-    """The region [rows) x [cols) of the output one task computes and writes."""
+    """The region [rows) x [cols) of one plane of the output that one task computes and
+    writes; ``plane`` indexes the stack axes (empty for a 2D image)."""
 
     rows: tuple[int, int]
     cols: tuple[int, int]
+    plane: tuple[int, ...] = ()
+
+    @property
+    def region(self) -> tuple:
+        """The chunk's index into the full (stack) output."""
+        return self.plane + (slice(*self.rows), slice(*self.cols))
 
     @property
     def pixels(self) -> int:
@@ -46,6 +53,35 @@ def plan_chunks(height: int, width: int, chunk: int = DEFAULT_CHUNK) -> list[Chu
             for y in range(0, height, chunk) for x in range(0, width, chunk)]
 
 
+def spatial_shape_of(image) -> tuple[int, ...]:
+    """(stack axes..., Y, X) of a 2D numpy image or an ``image_io.AxesView`` (maybe a stack)."""
+    axes = getattr(image, "axes", None)
+    channels = ("c" in axes) if axes is not None else image.ndim == 3
+    return tuple(int(n) for n in (image.shape[:-1] if channels else image.shape))
+
+
+def plan_stack(shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK) -> list[Chunk]:
+    """Chunks of every plane of a (stack axes..., Y, X) output, plane after plane."""
+    import itertools
+
+    flat = plan_chunks(shape[-2], shape[-1], chunk)
+    return [Chunk(c.rows, c.cols, plane)
+            for plane in itertools.product(*(range(n) for n in shape[:-2])) for c in flat]
+
+
+class PlaneOf:
+    """One plane of a stored stack, read and written lazily with 2D keys."""
+
+    def __init__(self, array, plane: tuple[int, ...]) -> None:
+        self.array, self.plane = array, tuple(plane)
+
+    def __getitem__(self, key):
+        return self.array[self.plane + (key if isinstance(key, tuple) else (key,))]
+
+    def __setitem__(self, key, value):
+        self.array[self.plane + (key if isinstance(key, tuple) else (key,))] = value
+
+
 def segment_chunk(segmenter, image, chunk: Chunk, intensity_range, threshold: float,
                   mask_out=None, prob_out=None) -> int:
     """Compute one chunk and write it; returns its foreground pixel count.
@@ -53,31 +89,39 @@ def segment_chunk(segmenter, image, chunk: Chunk, intensity_range, threshold: fl
     mask_out gets 0/1 uint8 (label 1 = lesion, what a napari Labels layer shows);
     prob_out gets float32 probabilities.
     """
-    prob = segmenter.predict_region(image, chunk.rows, chunk.cols, intensity_range)
-    region = (slice(*chunk.rows), slice(*chunk.cols))
+    plane = image[chunk.plane] if chunk.plane else image
+    prob = segmenter.predict_region(plane, chunk.rows, chunk.cols, intensity_range)
     mask = (prob >= threshold).astype(np.uint8)
     if mask_out is not None:
-        mask_out[region] = mask
+        mask_out[chunk.region] = mask
     if prob_out is not None:
-        prob_out[region] = prob
+        prob_out[chunk.region] = prob
     return int(mask.sum())
+
+
+def plane_range(normalization, image, plane: tuple[int, ...]):
+    """The intensity range of one plane (each plane of a stack is normalised on its own, as
+    the napari widget does)."""
+    return normalization.intensity_range(image[plane] if plane else image)
 
 
 def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
                          chunk: int = DEFAULT_CHUNK, threshold: float = 0.5,
                          skip=None, after=None):
     """Generator: yields ``Progress`` in chunks; returns the foreground pixel count of the
-    chunks it ran. ``skip(chunk)``: true for chunks already done (a resumed run);
-    ``after(chunk)``: called once a chunk is written."""
-    height, width = int(image.shape[0]), int(image.shape[1])
-    chunks = plan_chunks(height, width, chunk)
+    chunks it ran. ``image`` may be a stack (an AxesView): every plane is done.
+    ``skip(chunk)``: true for chunks already done (a resumed run); ``after(chunk)``: called
+    once a chunk is written."""
+    chunks = plan_stack(spatial_shape_of(image), chunk)
     todo = [c for c in chunks if skip is None or not skip(c)]
-    intensity_range = segmenter.normalization.intensity_range(image)
+    ranges: dict = {}
     done = len(chunks) - len(todo)
     yield Progress(done, len(chunks))
     foreground = 0
     for c in todo:
-        foreground += segment_chunk(segmenter, image, c, intensity_range, threshold,
+        if c.plane not in ranges:
+            ranges[c.plane] = plane_range(segmenter.normalization, image, c.plane)
+        foreground += segment_chunk(segmenter, image, c, ranges[c.plane], threshold,
                                     mask_out, prob_out)
         if after is not None:
             after(c)

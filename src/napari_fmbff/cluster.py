@@ -14,6 +14,7 @@ import os
 
 from .batch import FileJob, Postprocess, SegmenterSpec, open_source, segment_chunk_into, \
     segment_file
+from .chunked import plane_range, spatial_shape_of
 from .large_outputs import LargeOutputs
 
 #: Segmenters built in this worker process, by spec: the model is loaded once per worker.
@@ -88,16 +89,18 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 tasks[fut] = job
                 continue
             image = open_source(job)  # lazy: the shape and an intensity sample only
-            outs = LargeOutputs(job, post, tuple(image.shape[:2]), chunk, overwrite, resume,
+            outs = LargeOutputs(job, post, spatial_shape_of(image), chunk, overwrite, resume,
                                 settings, getattr(image, "scale", None))
             chunks = outs.missing()
             if not chunks:  # a resumed job whose chunks were all done
                 outs.finish()
                 continue
             outputs[job.source], remaining[job.source] = outs, len(chunks)
-            intensity_range = normalization.intensity_range(image)
+            ranges = {}  # each plane of a stack is normalised on its own
             for c in chunks:
-                fut = client.submit(run_chunk, spec, job, c, intensity_range, post.threshold,
+                if c.plane not in ranges:
+                    ranges[c.plane] = plane_range(normalization, image, c.plane)
+                fut = client.submit(run_chunk, spec, job, c, ranges[c.plane], post.threshold,
                                     outs.mask_store, outs.prob_store, outs.done_dir,
                                     pure=False)
                 tasks[fut] = job

@@ -143,46 +143,60 @@ def _spatial_pixels(shape, axes: str) -> int:
 
 
 class AxesView:
-    """A read-only (Y, X) or (Y, X, C) view of an n-D array with named axes.
+    """A read-only (..., Y, X[, C]) view of an n-D array with named axes.
 
-    Axes other than Y, X and the channel axis must have length 1. Slicing with two slices
-    (rows, columns) reads only that region from the underlying (zarr) array.
+    Stack axes (z, t, ... with more than one plane) lead, in file order; length-1 axes are
+    dropped; the channel axis goes last. ``view[k]`` (one int per stack axis) is a lazy 2D
+    plane; a 2D view sliced with (rows, columns) reads only that region from the underlying
+    (zarr) array.
     """
 
-    def __init__(self, array, axes: str, source: str = "") -> None:
+    def __init__(self, array, axes: str, source: str = "", fixed: dict | None = None) -> None:
         axes = axes.lower().replace("s", "c")  # TIFF's "S" (samples) is a channel axis
         if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
             raise ValueError(f"{source}: cannot tell the Y and X axes apart (axes {axes!r}, "
                              f"shape {tuple(array.shape)})")
-        extra = {a: n for a, n in zip(axes, array.shape) if a not in "yxc" and n != 1}
-        if extra:
-            what = ", ".join(f"{n} along {a}" for a, n in extra.items())
-            raise ValueError(f"{source}: holds more than one 2D image ({what}); "
-                             "save the plane to segment as its own zarr/TIFF, or segment "
-                             "the stack in napari")
-        self.array, self.axes = array, axes
+        self.array, self.axes, self.source = array, axes, source
+        self.fixed = dict(fixed or {})  # stack axis -> the plane chosen
         sizes = dict(zip(axes, array.shape))
-        self.shape = (sizes["y"], sizes["x"]) + ((sizes["c"],) if "c" in sizes else ())
+        self.free = [a for a in axes if a not in "yxc" and sizes[a] > 1 and a not in self.fixed]
+        self.shape = (tuple(sizes[a] for a in self.free) + (sizes["y"], sizes["x"])
+                      + ((sizes["c"],) if "c" in sizes else ()))
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
         #: Physical pixel size (y, x) where the file says it (OME-Zarr), else None.
         self.scale: tuple[float, float] | None = None
 
     def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        if len(key) > 2 or not all(isinstance(k, slice) for k in key):
+        key = key if isinstance(key, tuple) else (key,)
+        n_int = len(key) - len([k for k in key if isinstance(k, slice)])
+        if n_int:
+            if n_int != len(self.free) or not all(isinstance(k, (int, np.integer))
+                                                  for k in key[:n_int]):
+                raise IndexError(f"give one index per stack axis ({''.join(self.free)}) "
+                                 "before the row and column slices")
+            plane = AxesView(self.array, self.axes, self.source,
+                             {**self.fixed, **{a: int(k) for a, k in zip(self.free, key)}})
+            plane.scale = self.scale
+            return plane[key[n_int:]] if key[n_int:] else plane
+        if self.free:
+            raise IndexError(f"pick a plane first: the stack axes are {''.join(self.free)}")
+        if len(key) > 2:
             raise IndexError("AxesView takes up to two slices (rows, columns)")
         rows, cols = (tuple(key) + (slice(None),) * 2)[:2]
-        index = tuple(rows if a == "y" else cols if a == "x" else slice(None) if a == "c" else 0
+        return self._read(rows, cols)
+
+    def _read(self, rows, cols) -> np.ndarray:
+        index = tuple(rows if a == "y" else cols if a == "x" else self.fixed[a]
+                      if a in self.fixed else slice(None) if a == "c" or a in self.free else 0
                       for a in self.axes)
         block = np.asarray(self.array[index])
-        kept = [a for a in self.axes if a in "yxc"]
-        order = [kept.index(a) for a in "yxc" if a in kept]
+        kept = [a for a in self.axes if a in "yxc" or a in self.free]
+        order = [kept.index(a) for a in self.free + ["y", "x", "c"] if a in kept]
         return block.transpose(order)
 
     def __array__(self, dtype=None, copy=None):
-        whole = self[:, :]
+        whole = self._read(slice(None), slice(None))
         return whole.astype(dtype) if dtype is not None else whole
 
 

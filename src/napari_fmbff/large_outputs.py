@@ -16,11 +16,11 @@ import os
 import shutil
 from pathlib import Path
 
-from .chunked import Chunk, plan_chunks, store_chunk
+from .chunked import Chunk, PlaneOf, plan_chunks, plan_stack, store_chunk
 
 
 def _marker(done_dir, chunk: Chunk) -> Path:
-    return Path(done_dir) / f"{chunk.rows[0]}_{chunk.cols[0]}"
+    return Path(done_dir) / "_".join(str(i) for i in chunk.plane + (chunk.rows[0], chunk.cols[0]))
 
 
 def mark_done(done_dir, chunk: Chunk) -> None:
@@ -77,10 +77,11 @@ class LargeOutputs:
             if post.fill_holes:
                 arrays["filled.zarr"] = "uint8"
         (self.work / "done").mkdir(parents=True)
+        layout = (1,) * (len(self.shape) - 2) + (min(edge, self.shape[-2]),
+                                                 min(edge, self.shape[-1]))
         for name, dtype in arrays.items():
             zarr.create_array(store=str(self.work / name), shape=self.shape, dtype=dtype,
-                              chunks=(min(edge, self.shape[0]), min(edge, self.shape[1])),
-                              fill_value=0)
+                              chunks=layout, fill_value=0)
         (self.work / "job.json").write_text(json.dumps(fingerprint, indent=1))
 
     @property
@@ -98,7 +99,7 @@ class LargeOutputs:
         mark_done(self.done_dir, chunk)
 
     def missing(self) -> list[Chunk]:
-        return [c for c in plan_chunks(*self.shape, self.chunk) if not self.is_done(c)]
+        return [c for c in plan_stack(self.shape, self.chunk) if not self.is_done(c)]
 
     def finish(self) -> None:
         """Post-process (if asked), rename the arrays into place, remove the folder."""
@@ -139,12 +140,17 @@ class LargeOutputs:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def _postprocess(self) -> None:
+        """Whole objects, plane by plane (labels of a stack are numbered per plane)."""
+        import itertools
+
         import zarr
 
         from . import components
 
-        chunks = plan_chunks(*self.shape, self.chunk)
-        open_ = lambda name: zarr.open_array(str(self.work / name), mode="r+")  # noqa: E731
+        chunks = plan_chunks(*self.shape[-2:], self.chunk)
+        stored = {name: zarr.open_array(str(self.work / name), mode="r+")
+                  for name in ("mask.zarr", "final.zarr", "ids.zarr", "filled.zarr")
+                  if (self.work / name).exists()}
 
         def reader(array):
             return lambda c: array[slice(*c.rows), slice(*c.cols)]
@@ -154,13 +160,15 @@ class LargeOutputs:
                 array[slice(*c.rows), slice(*c.cols)] = values
             return write
 
-        post, source, target = self.post, open_("mask.zarr"), open_("final.zarr")
-        relabel = post.labels or post.min_size > 0
-        if post.fill_holes:
-            filled = open_("filled.zarr") if relabel else target
-            components.fill_holes(reader(source), writer(filled), open_("ids.zarr"), chunks,
-                                  self.shape)
-            source = filled
-        if relabel:
-            components.label(reader(source), writer(target), open_("ids.zarr"), chunks,
-                             self.shape, post.min_size, split=post.labels)
+        post, relabel = self.post, self.post.labels or self.post.min_size > 0
+        for plane in itertools.product(*(range(n) for n in self.shape[:-2])):
+            view = {name: PlaneOf(a, plane) for name, a in stored.items()}
+            source, target = view["mask.zarr"], view["final.zarr"]
+            if post.fill_holes:
+                filled = view["filled.zarr"] if relabel else target
+                components.fill_holes(reader(source), writer(filled), view["ids.zarr"], chunks,
+                                      self.shape[-2:])
+                source = filled
+            if relabel:
+                components.label(reader(source), writer(target), view["ids.zarr"], chunks,
+                                 self.shape[-2:], post.min_size, split=post.labels)
