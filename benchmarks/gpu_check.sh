@@ -23,3 +23,5 @@ python3 benchmarks/peers.py --device cuda --compile --seconds "${SECONDS_PER:-3}
 # 3. Memory against image size (1k, 4k, 16k), default encoder.
 python3 benchmarks/memory.py --device cuda --encoder tf_efficientnetv2_s --batch 32 2>&1 \
   | tee "$OUT/memory.log"
+# 4. A folder of small images: one by one vs threaded file I/O.
+python3 benchmarks/folder.py --device cuda -n 200 2>&1 | tee "$OUT/folder.log"

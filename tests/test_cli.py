@@ -283,3 +283,27 @@ def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tm
         expected = labels_from_proba(probs[k], float(threshold), min_size=4)
         assert same_partition(labels[k], expected)
     assert labels[0].max() > 1
+
+
+def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp_path, rng):
+    from napari_fmbff import Segmenter
+    from napari_fmbff.batch import FileJob, Postprocess, iter_segment_files, segment_file
+
+    seg, post = Segmenter(registered, device="cpu"), Postprocess(labels=True)
+    sources = []
+    for k in range(5):
+        sources.append(tmp_path / f"in{k}.png")
+        write_image(sources[-1], rng.integers(0, 255, (60 + 7 * k, 50, 3), dtype=np.uint8))
+    jobs = {mode: [FileJob.plan(p, tmp_path / mode, post, True) for p in sources]
+            for mode in ("one", "piped")}
+    for job in jobs["one"]:
+        segment_file(seg, job, post)
+    assert len(list(iter_segment_files(seg, jobs["piped"], post))) == 5
+    for a, b in zip(jobs["one"], jobs["piped"]):
+        np.testing.assert_array_equal(read_image(a.target), read_image(b.target))
+        np.testing.assert_array_equal(read_image(a.prob_target), read_image(b.prob_target))
+    sources[2].write_bytes(b"broken")
+    again = [FileJob.plan(p, tmp_path / "again", post, False) for p in sources]
+    with pytest.raises(ValueError, match="in2.png"):
+        list(iter_segment_files(seg, again, post))
+    assert (tmp_path / "again" / "in1.tif").exists()

@@ -128,17 +128,22 @@ def as_planes(image: np.ndarray, name):
         return image, rgb
 
 
-def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = False) -> int:
-    """An ordinary image, or a stack plane by plane, -> its mask file (and probability tif);
-    returns foreground pixels. Labels of a stack are numbered per plane."""
-    from .image_io import read_image, write_image
+def read_job(job: FileJob):
+    """An ordinary job's input: (image, rgb), a 2D image or a stack (``as_planes``)."""
+    from .image_io import read_image
+
+    return as_planes(read_image(job.source), job.source)
+
+
+def predict_job(segmenter, image, rgb: bool, post: Postprocess, with_probs: bool):
+    """(masks, probabilities or None) for a 2D image or, plane by plane, a stack. Labels of a
+    stack are numbered per plane."""
     from .inference import labels_from_proba
     from .stacks import plane_indices, plane_of, spatial_shape
 
-    image, rgb = as_planes(read_image(job.source), job.source)
     shape = spatial_shape(image.shape, rgb)
     masks = np.zeros(shape, np.uint16 if post.labels else np.uint8)
-    probs = np.zeros(shape, np.float32) if job.prob_target else None
+    probs = np.zeros(shape, np.float32) if with_probs else None
     for index in plane_indices(image.shape, rgb):
         prob = segmenter.predict_proba(plane_of(image, index))
         labels = labels_from_proba(prob, post.threshold, post.min_size, post.fill_holes,
@@ -146,10 +151,50 @@ def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = F
         masks[index] = labels if post.labels else (labels > 0) * 255
         if probs is not None:
             probs[index] = prob
+    return masks, probs
+
+
+def write_job(job: FileJob, masks, probs, overwrite: bool = False) -> int:
+    """Write an ordinary job's results; returns its foreground pixels."""
+    from .image_io import write_image
+
     write_image(job.target, masks, overwrite=overwrite)
     if probs is not None:
         write_image(job.prob_target, probs, overwrite=overwrite)
     return int((masks > 0).sum())
+
+
+def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = False) -> int:
+    """An ordinary image, or a stack plane by plane, -> its mask file (and probability tif);
+    returns foreground pixels."""
+    image, rgb = read_job(job)
+    masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
+    return write_job(job, masks, probs, overwrite)
+
+
+def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
+                       overwrite: bool = False):
+    """Ordinary jobs in this process, decoding the next image and encoding the last results
+    in threads while the network runs (for folders of small images, file I/O is otherwise
+    most of the time on a GPU). Yields each job as it is written, in order."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as io:
+        reads = [io.submit(read_job, job) for job in jobs[:2]]
+        writes = []
+        for k, job in enumerate(jobs):
+            image, rgb = reads[k].result()
+            if k + 2 < len(jobs):
+                reads.append(io.submit(read_job, jobs[k + 2]))
+            masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
+            reads[k] = None  # the decoded image can go
+            writes.append(io.submit(write_job, job, masks, probs, overwrite))
+            while writes and writes[0].done():
+                writes.pop(0).result()  # raises a write error here, in order
+                yield
+        for w in writes:
+            w.result()
+            yield
 
 
 def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,

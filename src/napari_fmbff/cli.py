@@ -249,20 +249,22 @@ def cmd_segment(args) -> int:
 def _segment_here(args, spec, jobs, post, settings) -> int:
     from tqdm import tqdm
 
-    from .batch import iter_segment_large, segment_file
+    from .batch import iter_segment_files, iter_segment_large
     from .inference import drain
 
     large = [job for job in jobs if job.large]
+    small = [job for job in jobs if not job.large]
     seg = spec.build()
     print(f"fmbff: {len(jobs)} image(s) on {seg.device_label}, tile {seg.tile_size}"
           + (f", {len(large)} large (zarr, chunk {args.chunk})" if large else ""), file=sys.stderr)
-    for job in tqdm(jobs, desc="images", unit="img"):
-        if job.large:
+    with tqdm(total=len(jobs), desc="images", unit="img") as bar:
+        for _ in iter_segment_files(seg, small, post, args.overwrite):
+            bar.update(1)
+        for job in large:
             drain(_chunk_bar(iter_segment_large(seg, job, post, args.chunk, args.overwrite,
                                                 args.resume, settings),
                              Path(job.source).name))
-        else:
-            segment_file(seg, job, post, overwrite=args.overwrite)
+            bar.update(1)
     print(f"fmbff: wrote {len(jobs)} mask(s) to {args.out}", file=sys.stderr)
     return 0
 
