@@ -164,8 +164,15 @@ class AxesView:
                       + ((sizes["c"],) if "c" in sizes else ()))
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
-        #: Physical pixel size (y, x) where the file says it (OME-Zarr), else None.
-        self.scale: tuple[float, float] | None = None
+        #: Physical size per axis name where the file says it (OME-Zarr), else None.
+        self.pixel_size: dict[str, float] | None = None
+
+    @property
+    def scale(self) -> tuple[float, ...] | None:
+        """Physical pixel size of the view's spatial axes (stack axes..., y, x), or None."""
+        if not self.pixel_size:
+            return None
+        return tuple(float(self.pixel_size.get(a, 1.0)) for a in self.free + ["y", "x"])
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -177,7 +184,7 @@ class AxesView:
                                  "before the row and column slices")
             plane = AxesView(self.array, self.axes, self.source,
                              {**self.fixed, **{a: int(k) for a, k in zip(self.free, key)}})
-            plane.scale = self.scale
+            plane.pixel_size = self.pixel_size
             return plane[key[n_int:]] if key[n_int:] else plane
         if self.free:
             raise IndexError(f"pick a plane first: the stack axes are {''.join(self.free)}")
@@ -225,7 +232,7 @@ def open_large(path) -> AxesView:
                     raise ValueError("a zarr group without OME-Zarr 'multiscales' metadata or "
                                      "an array named '0'")
             view = AxesView(node, axes or _guess_axes(node.shape), source)
-            view.scale = scale
+            view.pixel_size = scale
             return view
         import tifffile
 
@@ -242,17 +249,17 @@ def open_large(path) -> AxesView:
                          f"({type(err).__name__}: {err})") from err
 
 
-def _ome_scale(multiscale: dict, axes: str) -> tuple[float, float] | None:
-    """(y, x) pixel size of the full-resolution level, from OME-NGFF coordinateTransformations."""
+def _ome_scale(multiscale: dict, axes: str) -> dict[str, float] | None:
+    """Pixel size per axis of the full-resolution level, from OME-NGFF coordinateTransformations."""
     try:
         sizes = [1.0] * len(axes)
         for level in (multiscale["datasets"][0], multiscale):
             for t in level.get("coordinateTransformations", []):
                 if t.get("type") == "scale":
                     sizes = [a * b for a, b in zip(sizes, t["scale"])]
-        if "y" not in axes or "x" not in axes or sizes == [1.0] * len(axes):
+        if sizes == [1.0] * len(axes):
             return None
-        return float(sizes[axes.index("y")]), float(sizes[axes.index("x")])
+        return {a: float(n) for a, n in zip(axes.lower(), sizes)}
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -37,7 +37,7 @@ class LargeOutputs:
 
     def __init__(self, job, post, shape, chunk: int, overwrite: bool = False,
                  resume: bool = False, settings: dict | None = None,
-                 scale: tuple[float, float] | None = None) -> None:
+                 scale: tuple[float, ...] | None = None) -> None:
         import zarr
 
         self.job, self.post, self.shape, self.chunk = job, post, tuple(shape), chunk
@@ -132,8 +132,8 @@ class LargeOutputs:
         for (src, _), kind in zip(moves, kinds):
             info = {"kind": kind, "source": self.job.source, "package_version": __version__,
                     "threshold": self.post.threshold, **self.settings}
-            if self.scale:
-                info["scale_yx"] = list(self.scale)
+            if self.scale:  # per axis of the output, and y, x alone
+                info["scale"], info["scale_yx"] = list(self.scale), list(self.scale[-2:])
             zarr.open_array(str(src), mode="r+").attrs["napari_fmbff"] = info
 
     def discard(self) -> None:
