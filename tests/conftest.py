@@ -37,3 +37,17 @@ def models_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def write_ome_zarr(path, data, axes="tczyx", scale=None):
+    """A minimal single-level OME-Zarr (0.4) image: group + array "0" + multiscales."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("0", data=data, chunks=tuple(1 if a in "tcz" else 32 for a in axes))
+    level = {"path": "0"}
+    if scale is not None:
+        level["coordinateTransformations"] = [{"type": "scale", "scale": list(scale)}]
+    root.attrs["multiscales"] = [{"version": "0.4", "datasets": [level],
+                                  "axes": [{"name": a} for a in axes]}]
+    return path

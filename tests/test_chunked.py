@@ -81,11 +81,10 @@ def test_tiff_is_large_by_pixel_count_and_reads_lazily(tmp_path, monkeypatch, rn
 
 
 def test_ome_zarr_channels_first_is_viewed_as_yxc(tmp_path, rng):
+    from conftest import write_ome_zarr
+
     image = rng.integers(0, 255, size=(1, 3, 1, 90, 120), dtype=np.uint8)  # t c z y x
-    root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
-    root.create_array("0", data=image, chunks=(1, 1, 1, 32, 32))
-    root.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}],
-                                  "axes": [{"name": a} for a in "tczyx"]}]
+    write_ome_zarr(tmp_path / "img.ome.zarr", image)
     assert is_large(tmp_path / "img.ome.zarr")
     view = open_large(tmp_path / "img.ome.zarr")
     assert view.shape == (90, 120, 3)

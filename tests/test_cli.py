@@ -217,13 +217,10 @@ def test_interrupted_large_run_resumes_where_it_stopped(registered, big_tiff, tm
 def test_ome_zarr_output_records_pixel_size_and_provenance(registered, tmp_path, rng):
     import zarr
 
+    from conftest import write_ome_zarr
+
     image = rng.integers(0, 255, (1, 3, 1, 90, 120), dtype=np.uint8)  # t c z y x
-    root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
-    root.create_array("0", data=image, chunks=(1, 1, 1, 32, 32))
-    root.attrs["multiscales"] = [{
-        "version": "0.4", "axes": [{"name": a} for a in "tczyx"],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1, 1, 1, 0.5, 0.25]}]}]}]
+    write_ome_zarr(tmp_path / "img.ome.zarr", image, scale=(1, 1, 1, 0.5, 0.25))
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "img.ome.zarr"), "-m", registered, "-o", str(out),
                  "--chunk", "64", "--labels"]) == 0

@@ -6,6 +6,7 @@ import zarr
 
 pytest.importorskip("napari")
 
+from conftest import write_ome_zarr  # noqa: E402
 from napari_fmbff import save_model  # noqa: E402
 from napari_fmbff._reader import get_reader  # noqa: E402
 from napari_fmbff.cli import main  # noqa: E402
@@ -15,12 +16,7 @@ from napari_fmbff.cli import main  # noqa: E402
 def results(tiny_net, models_dir, tmp_path, rng):
     save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
     data = rng.integers(0, 255, (1, 1, 5, 70, 90), dtype=np.uint8)  # t c z y x: a volume
-    root = zarr.open_group(str(tmp_path / "ct.ome.zarr"), mode="w")
-    root.create_array("0", data=data, chunks=(1, 1, 1, 64, 64))
-    root.attrs["multiscales"] = [{
-        "version": "0.4", "axes": [{"name": a} for a in "tczyx"],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [1, 1, 2.5, 0.5, 0.5]}]}]}]
+    write_ome_zarr(tmp_path / "ct.ome.zarr", data, scale=(1, 1, 2.5, 0.5, 0.5))
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "ct.ome.zarr"), "-m", "tiny", "-o", str(out),
                  "--labels", "--probabilities", "--chunk", "64"]) == 0
