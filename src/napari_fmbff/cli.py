@@ -398,6 +398,7 @@ def _train(args, ddp) -> int:
         for flag in ("fmcab", "vitm", "biffm", "aggregate_skips"):
             if getattr(args, f"no_{flag}"):
                 fields[flag] = False
+        torch.manual_seed(args.seed)  # --seed fixes the initial weights too
         net = FMBFFNet(ModelConfig.from_dict(fields))
         if args.encoder_init:
             from .models import load_encoder_weights
