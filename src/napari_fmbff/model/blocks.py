@@ -221,13 +221,17 @@ class BiFFM(nn.Module):
         order = channel_shuffle(torch.arange(two).view(1, two, 1, 1), 2).flatten()
         self.register_buffer("unshuffle", torch.argsort(order), persistent=False)
 
-    def forward(self, dec: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def _gated(self, dec: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """[i1 * x1 * x2] concat [i2 * x1 * x2]."""
         i1 = self.proj_dec(dec)
         i2 = self.proj_skip(skip)
         x1 = torch.sigmoid(self.gate_dec(F.adaptive_avg_pool2d(i1, 1)))
         x2 = torch.sigmoid(self.gate_skip(F.adaptive_avg_pool2d(i2, 1)))
         gates = x1 * x2
-        both = torch.cat([i1 * gates, i2 * gates], dim=1)
+        return torch.cat([i1 * gates, i2 * gates], dim=1)
+
+    def forward(self, dec: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        both = self._gated(dec, skip)
         # both + 1x3(both) + 3x1(both) as one depthwise 3x3 conv: identical result, one pass
         # over the activation instead of four.
         kernel = F.pad(self.path_1x3.weight, (0, 0, 1, 1)) + F.pad(self.path_3x1.weight,
@@ -240,12 +244,7 @@ class BiFFM(nn.Module):
 
     def reference_forward(self, dec: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Eq. 15 as written (separate paths, explicit shuffle): what ``forward`` computes."""
-        i1 = self.proj_dec(dec)
-        i2 = self.proj_skip(skip)
-        x1 = torch.sigmoid(self.gate_dec(F.adaptive_avg_pool2d(i1, 1)))
-        x2 = torch.sigmoid(self.gate_skip(F.adaptive_avg_pool2d(i2, 1)))
-        gates = x1 * x2
-        both = torch.cat([i1 * gates, i2 * gates], dim=1)
+        both = self._gated(dec, skip)
         both = both + self.path_1x3(both) + self.path_3x1(both)
         return self.fuse(channel_shuffle(both, 2))
 
