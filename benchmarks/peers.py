@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from throughput import peak_host_mb, sync, time_network
+from throughput import peak_host_mb, run_setup, sync, time_network
 
 
 def gflops(model, size: int) -> float:
@@ -179,8 +179,6 @@ def tiled_table(net, device, edge, batch, seconds, compile_too=False):
 
 
 def main(argv=None):
-    from napari_fmbff.inference import resolve_device
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--encoder", default=None,
@@ -194,16 +192,13 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="add a torch.compile row to table 3")
     args = p.parse_args(argv)
 
-    device = resolve_device(args.device)
+    device, encoder, batch, card = run_setup(args)
     gpu = device.type == "cuda"
-    encoder = args.encoder or ("tf_efficientnetv2_s" if gpu else "tf_efficientnetv2_b0")
-    batch = args.batch or (32 if gpu else 2)
     k = args.tiled_k if args.tiled_k is not None else (42 if gpu else 10)
     import monai
     import segmentation_models_pytorch as smp
     import timm
 
-    card = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# peers | {card} | torch {torch.__version__} | timm {timm.__version__} | "
           f"smp {smp.__version__} | monai {monai.__version__} | encoder {encoder} | "
           f"{time.strftime('%Y-%m-%d')}")

@@ -46,10 +46,22 @@ def time_network(net, device, size, batch, dtype, seconds=3.0):
     return n * batch / elapsed
 
 
+def run_setup(args):
+    """(device, encoder, batch, card) from --device / --encoder / --batch: the default encoder
+    and batch for that device, and the device's name for the table header."""
+    from napari_fmbff.inference import resolve_device
+
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    encoder = args.encoder or ("tf_efficientnetv2_s" if gpu else "tf_efficientnetv2_b0")
+    batch = args.batch or (32 if gpu else 2)
+    card = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    return device, encoder, batch, card
+
+
 def main(argv=None):
     from napari_fmbff import FMBFFNet, ModelConfig, Segmenter
     from napari_fmbff.cli import describe
-    from napari_fmbff.inference import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
@@ -62,12 +74,9 @@ def main(argv=None):
     p.add_argument("--only-tiled", action="store_true", help="skip the network table")
     args = p.parse_args(argv)
 
-    device = resolve_device(args.device)
+    device, encoder, batch, card = run_setup(args)
     gpu = device.type == "cuda"
-    encoder = args.encoder or ("tf_efficientnetv2_s" if gpu else "tf_efficientnetv2_b0")
-    batch = args.batch or (32 if gpu else 2)
     net = FMBFFNet(ModelConfig(encoder=encoder)).eval()
-    card = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# napari-fmbff throughput | {card} | torch {torch.__version__} | encoder {encoder}")
 
     print("\n| size | params (M) | GFLOPs/img | precision | batch | img/s |")
