@@ -85,13 +85,14 @@ class FileJob:
 
 def as_2d(image: np.ndarray, name) -> np.ndarray:
     """Singleton axes dropped, checked to be 2D (+ channels); errors name the image."""
-    from .inference import image_layout
+    image, rgb = as_planes(image, name)
+    if image.ndim - int(rgb) > 2:
+        from .inference import image_layout
 
-    image = np.squeeze(image) if image.ndim > 3 else image
-    try:
-        image_layout(image.shape)
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        try:
+            image_layout(image.shape)  # its message: one 2D slice at a time
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
     return image
 
 
@@ -215,6 +216,17 @@ def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
     return foreground
 
 
+def open_large_job(job: FileJob, post: Postprocess, chunk: int, overwrite: bool = False,
+                   resume: bool = False, settings: dict | None = None):
+    """(lazy source, LargeOutputs) of a large job: its working folder created or reopened."""
+    from .chunked import spatial_shape_of
+    from .large_outputs import LargeOutputs
+
+    image = open_source(job)
+    return image, LargeOutputs(job, post, spatial_shape_of(image), chunk, overwrite, resume,
+                               settings, getattr(image, "scale", None))
+
+
 def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
                        overwrite: bool = False, resume: bool = False,
                        settings: dict | None = None):
@@ -228,13 +240,8 @@ def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
     import zarr
 
     from .chunked import iter_segment_chunked
-    from .large_outputs import LargeOutputs
 
-    from .chunked import spatial_shape_of
-
-    image = open_source(job)
-    outputs = LargeOutputs(job, post, spatial_shape_of(image), chunk, overwrite, resume,
-                           settings, getattr(image, "scale", None))
+    image, outputs = open_large_job(job, post, chunk, overwrite, resume, settings)
     prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
     foreground = yield from iter_segment_chunked(
         segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,

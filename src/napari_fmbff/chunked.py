@@ -55,9 +55,11 @@ def plan_chunks(height: int, width: int, chunk: int = DEFAULT_CHUNK) -> list[Chu
 
 def spatial_shape_of(image) -> tuple[int, ...]:
     """(stack axes..., Y, X) of a 2D numpy image or an ``image_io.AxesView`` (maybe a stack)."""
+    from .stacks import spatial_shape
+
     axes = getattr(image, "axes", None)
     channels = ("c" in axes) if axes is not None else image.ndim == 3
-    return tuple(int(n) for n in (image.shape[:-1] if channels else image.shape))
+    return tuple(int(n) for n in spatial_shape(image.shape, channels))
 
 
 def plan_stack(shape: tuple[int, ...], chunk: int = DEFAULT_CHUNK) -> list[Chunk]:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import os
 
-from .batch import FileJob, Postprocess, SegmenterSpec, open_source, segment_chunk_into, \
+from .batch import FileJob, Postprocess, SegmenterSpec, open_large_job, segment_chunk_into, \
     segment_file
-from .chunked import plane_range, spatial_shape_of
-from .large_outputs import LargeOutputs
+from .chunked import plane_range
 
 #: Segmenters built in this worker process, by spec: the model is loaded once per worker.
 _BUILT: dict = {}
@@ -88,9 +87,8 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 fut = client.submit(run_file, spec, job, post, overwrite, pure=False)
                 tasks[fut] = job
                 continue
-            image = open_source(job)  # lazy: the shape and an intensity sample only
-            outs = LargeOutputs(job, post, spatial_shape_of(image), chunk, overwrite, resume,
-                                settings, getattr(image, "scale", None))
+            # Lazy: only the shape and intensity samples are read here.
+            image, outs = open_large_job(job, post, chunk, overwrite, resume, settings)
             chunks = outs.missing()
             if not chunks:  # a resumed job whose chunks were all done
                 outs.finish()

@@ -110,14 +110,9 @@ def is_large(path) -> bool:
     if is_zarr(path):
         return True
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(str(path)) as tif:
-                series = tif.series[0]
-                return _spatial_pixels(series.shape, series.axes) > LARGE_IMAGE_PIXELS
-        except Exception as err:
-            raise ValueError(f"{path}: cannot read TIFF header ({type(err).__name__}: {err})") from err
+        shape, axes = _tiff_series(path)
+        sizes = dict(zip(axes, shape))
+        return int(sizes.get("Y", 1)) * int(sizes.get("X", 1)) > LARGE_IMAGE_PIXELS
     return False
 
 
@@ -126,20 +121,19 @@ def is_stack(path) -> bool:
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
+    shape, axes = _tiff_series(path)
+    return any(n > 1 for a, n in zip(axes, shape) if a not in "YXSC")
+
+
+def _tiff_series(path) -> tuple[tuple[int, ...], str]:
+    """(shape, axes in upper case) of a TIFF's first series, from its header only."""
     import tifffile
 
     try:
         with tifffile.TiffFile(str(path)) as tif:
-            series = tif.series[0]
-            return any(n > 1 for a, n in zip(series.axes.upper(), series.shape)
-                       if a not in "YXSC")
+            return tuple(tif.series[0].shape), tif.series[0].axes.upper()
     except Exception as err:
         raise ValueError(f"{path}: cannot read TIFF header ({type(err).__name__}: {err})") from err
-
-
-def _spatial_pixels(shape, axes: str) -> int:
-    sizes = dict(zip(axes.upper(), shape))
-    return int(sizes.get("Y", 1)) * int(sizes.get("X", 1))
 
 
 class AxesView:
@@ -236,8 +230,7 @@ def open_large(path) -> AxesView:
             return view
         import tifffile
 
-        with tifffile.TiffFile(str(path)) as tif:
-            axes = tif.series[0].axes
+        _, axes = _tiff_series(path)
         store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
         return AxesView(zarr.open(store, mode="r"), axes, source)
     except ValueError as err:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .normalization import Normalization, as_three_channels, torch_ready
-from .tiling import RegionAccumulator, RowBandAccumulator, TileGrid
+from .tiling import RegionAccumulator, RowBandAccumulator, TileGrid, check_blend
 
 DEFAULT_TILE_SIZE = 512
 
@@ -114,7 +114,7 @@ class Segmenter:
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.blend = blend
-        TileGrid.plan(32, 32, 32, 0.0, blend=blend)  # checks the name now, not at first use
+        check_blend(blend)  # now, not at the first image
         self.normalization = normalization or default_normalization(model)
         self.amp_dtype = _amp_dtype(self.device, precision)
         model = model.eval().to(self.device)

@@ -48,7 +48,7 @@ class LargeOutputs:
         self.done_dir = str(self.work / "done")
         fingerprint = {"source": str(Path(job.source).resolve()), "shape": list(self.shape),
                        "chunk": chunk, "outputs": job.outputs, "post": vars(post).copy(),
-                       **(settings or {})}
+                       **self.settings}
         for out in job.outputs:
             if Path(out).exists() and not overwrite:
                 raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -67,13 +67,14 @@ class LargeOutputs:
                     "continue it or --overwrite to start again")
             shutil.rmtree(self.work)
         edge = store_chunk(chunk)
-        # The finished mask's type: labels need room for many objects.
-        final = "uint32" if post.labels else "uint8"
-        arrays = {"mask.zarr": final if not post.whole_objects else "uint8"}
+        # Chunks write a 0/1 mask; labels (room for many objects) exist only after
+        # whole-object post-processing, in final.zarr.
+        arrays = {"mask.zarr": "uint8"}
         if job.prob_target:
             arrays["prob.zarr"] = "float32"
         if post.whole_objects:
-            arrays.update({"final.zarr": final, "ids.zarr": "uint32"})
+            arrays.update({"final.zarr": "uint32" if post.labels else "uint8",
+                           "ids.zarr": "uint32"})
             if post.fill_holes:
                 arrays["filled.zarr"] = "uint8"
         (self.work / "done").mkdir(parents=True)

@@ -40,8 +40,7 @@ class TileGrid:
             raise ValueError(f"tile size must be a positive multiple of {multiple}, got {tile_size}")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
-        if blend not in BLENDS:
-            raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+        check_blend(blend)
         # Images smaller than a tile get one tile, padded up to the network's multiple.
         tile_h = min(tile_size, round_up(height, multiple))
         tile_w = min(tile_size, round_up(width, multiple))
@@ -86,6 +85,11 @@ class TileGrid:
 
 
 BLENDS = ("cosine", "gaussian")
+
+
+def check_blend(blend: str) -> None:
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
 def _gaussian(n: int, sigma_fraction: float = 0.125) -> np.ndarray:
