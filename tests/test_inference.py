@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_fmbff import Normalization, Segmenter, labels_from_proba
-from napari_fmbff.inference import Progress, resolve_device
+from napari_fmbff.inference import HostStaging, Progress, resolve_device
 from napari_fmbff.tiling import TileGrid
 
 
@@ -169,15 +169,57 @@ def test_device_resolution():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu(tiny_net, rng):
+@pytest.mark.parametrize("pinned", [True, False])
+def test_cuda_matches_cpu(tiny_net, rng, pinned):
     image = rng.integers(0, 255, size=(300, 300, 3), dtype=np.uint8)
     cpu = Segmenter(tiny_net, device="cpu", tile_size=128).predict_proba(image)
-    gpu_seg = Segmenter(tiny_net, device="cuda", tile_size=128)
+    gpu_seg = Segmenter(tiny_net, device="cuda", tile_size=128, pinned=pinned)
     assert gpu_seg.amp_dtype in (torch.bfloat16, torch.float16)
+    assert (gpu_seg.staging is not None) == pinned
     gpu = gpu_seg.predict_proba(image)
     assert np.abs(gpu - cpu).max() < 0.05
-    fp32 = Segmenter(tiny_net, device="cuda", tile_size=128, precision="fp32").predict_proba(image)
+    fp32 = Segmenter(tiny_net, device="cuda", tile_size=128, precision="fp32",
+                     pinned=pinned).predict_proba(image)
     assert np.abs(fp32 - cpu).max() < 1e-3
+
+
+class SlowPerPixel(torch.nn.Module):
+    """Per pixel (so tiling is exact) and without matrix units (so CUDA fp32 equals the CPU to
+    rounding); on CUDA each batch first spins the GPU, so the host runs far ahead of it and a
+    host buffer reused too early, or a row read before its copy finished, shows as wrong
+    pixels."""
+
+    def __init__(self, cycles: int = 0):
+        super().__init__()
+        self.cycles = cycles
+        self.register_buffer("w", torch.tensor([0.7, -1.3, 2.1]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        if x.is_cuda and self.cycles:
+            torch.cuda._sleep(self.cycles)
+        return (x * self.w).sum(1, keepdim=True) + 0.2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape,dtype", [((610, 700, 3), np.uint8), ((530, 470), np.uint16)])
+def test_pinned_copies_are_exact_while_the_gpu_lags(rng, shape, dtype):
+    high = 255 if dtype == np.uint8 else 60000
+    images = [rng.integers(0, high, size=shape, dtype=dtype) for _ in range(2)]
+    cpu = Segmenter(SlowPerPixel(), device="cpu", tile_size=64, batch_size=2)
+    pinned = Segmenter(SlowPerPixel(4_000_000), device="cuda", tile_size=64, batch_size=2,
+                       precision="fp32")
+    plain = Segmenter(SlowPerPixel(4_000_000), device="cuda", tile_size=64, batch_size=2,
+                      precision="fp32", pinned=False)
+    assert pinned.staging is not None and plain.staging is None
+    for image in images:  # the second image reuses the first one's host buffers
+        expected = cpu.predict_proba(image)
+        got = pinned.predict_proba(image)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_array_equal(got, plain.predict_proba(image))
+        region = pinned.predict_region(image, (100, 300), (50, 260))
+        np.testing.assert_allclose(region, expected[100:300, 50:260], atol=1e-5)
+    assert all(buf.data.is_pinned() for buf in pinned.staging._free)
 
 
 def test_gaussian_blend_is_seamless_and_centre_weighted(rng):
@@ -223,3 +265,80 @@ def test_compiled_cuda_graphs_match_eager(tiny_net, rng):
     expected = eager.predict_proba(image)
     for _ in range(2):  # the second run replays the recorded graphs
         assert np.abs(compiled.predict_proba(image) - expected).max() < 1e-3
+
+
+def staged(seg, staging_cls=HostStaging):
+    """The pinned path's bookkeeping (buffer ring, deferred row writes) on the CPU."""
+    seg.staging = staging_cls(torch.device("cpu"))
+    return seg
+
+
+class LaggingStaging(HostStaging):
+    """Copies never report done on their own: rows are written only when the limit of rows
+    in flight forces a wait, or at the end."""
+
+    def ready(self, buf):
+        return False
+
+
+@pytest.mark.parametrize("shape,dtype", [((333, 517, 3), np.uint8), ((170, 229), np.uint16),
+                                         ((96, 150, 4), np.uint8), ((70, 90), bool),
+                                         ((130, 65), np.float32)])
+@pytest.mark.parametrize("staging_cls", [HostStaging, LaggingStaging])
+def test_staged_path_equals_the_plain_path(rng, shape, dtype, staging_cls):
+    image = (rng.random(shape) * 1000).astype(dtype)
+    plain = Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=3).predict_proba(image)
+    seg = staged(Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=3), staging_cls)
+    np.testing.assert_array_equal(seg.predict_proba(image), plain)
+    np.testing.assert_array_equal(seg.predict_proba(image), plain)  # buffers reused
+    np.testing.assert_array_equal(seg.predict_region(image, (10, 60), (5, 50)), plain[10:60, 5:50])
+
+
+def test_staged_path_reuses_buffers_across_sizes_and_after_a_cancel(rng):
+    seg = staged(Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=4), LaggingStaging)
+    plain = Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=4)
+    big = rng.integers(0, 255, size=(400, 900, 3), dtype=np.uint8)
+    gen = seg.iter_predict(big)  # 19 tiles a row: 12 batches of 4 finish 2 rows
+    for _ in range(13):
+        next(gen)
+    gen.close()  # cancelled with rows in flight: its buffers go back to the pool
+    assert len(seg.staging._free) == 4  # 2 upload buffers + 2 row buffers
+    for shape in [(100, 120, 3), (400, 900, 3), (300, 2000, 3), (50, 50, 3)]:
+        image = rng.integers(0, 255, size=shape, dtype=np.uint8)
+        np.testing.assert_array_equal(seg.predict_proba(image), plain.predict_proba(image))
+    assert len(seg.staging._free) <= 8
+
+
+def test_staged_path_pads_compiled_batches_and_halves_on_oom(rng, monkeypatch):
+    class Picky(PerPixel):
+        def forward(self, x):
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("simulated")
+            return super().forward(x)
+
+    image = rng.integers(0, 255, size=(200, 190, 3), dtype=np.uint8)
+    plain = Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=4).predict_proba(image)
+    seg = staged(Segmenter(Picky(), device="cpu", tile_size=64, batch_size=8))
+    np.testing.assert_array_equal(seg.predict_proba(image), plain)
+    assert seg.batch_size == 2
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    net = PerPixel()
+    seg = staged(Segmenter(net, device="cpu", tile_size=64, batch_size=6, compile=True))
+    np.testing.assert_array_equal(seg.predict_proba(image), plain)
+    assert net.batch_sizes == [6] * 3
+
+
+@pytest.mark.parametrize("norm", [Normalization(), Normalization(mode="percentile"),
+                                  Normalization(mode="fixed", low=10, high=3000,
+                                                mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))])
+def test_staged_normalisation_is_the_normalisation(rng, norm):
+    seg = staged(Segmenter(PerPixel(), device="cpu", normalization=norm))
+    raw = torch.from_numpy(rng.integers(0, 4000, size=(2, 32, 32, 3)).astype(np.int32))
+    ir = norm.intensity_range(raw.numpy())
+    torch.testing.assert_close(seg._normalize_staged(raw, ir), norm.apply(raw, ir),
+                               rtol=0, atol=0)
+
+
+def test_pinned_is_cuda_only():
+    assert Segmenter(PerPixel(), device="cpu").staging is None
+    assert Segmenter(PerPixel(), device="cpu", pinned=False).staging is None

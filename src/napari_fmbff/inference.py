@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,14 +91,17 @@ class Segmenter:
     model: an ``FMBFFNet`` (or any module (B, 3, H, W) -> (B, 1, H, W) logits), a registered
     model name, or a checkpoint path. tile_size / normalization default to what the
     checkpoint recorded. blend: "cosine" (default) or "gaussian" tile weights. compile:
-    run the network through torch.compile (CUDA graphs on GPU). On CUDA: autocast (bf16 where supported, else fp16), channels_last,
-    and a CUDA out-of-memory error halves the batch and carries on.
+    run the network through torch.compile (CUDA graphs on GPU). On CUDA: autocast (bf16 where
+    supported, else fp16), channels_last, and a CUDA out-of-memory error halves the batch and
+    carries on. pinned (CUDA only): tiles go up and finished rows come down through reused
+    page-locked host buffers on a side copy stream, so copies run while the network computes
+    and the host never waits for the GPU between batches (False: plain synchronous copies).
     """
 
     def __init__(self, model, device: str = "auto", tile_size: int | None = None,
                  overlap: float = 0.25, batch_size: int = 8, tta: bool = False,
                  normalization: Normalization | None = None, precision: str = "auto",
-                 blend: str = "cosine", compile: bool = False) -> None:
+                 blend: str = "cosine", compile: bool = False, pinned: bool = True) -> None:
         import torch
 
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -128,6 +133,9 @@ class Segmenter:
         if self.compiled:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self.model = torch.compile(model, mode=mode, dynamic=False)
+        # Pinned buffers and the copy stream (None: the plain path, always so off CUDA).
+        self.staging = HostStaging(self.device) if pinned and self.device.type == "cuda" else None
+        self._stats = None  # (normalization, mean, std) cached on the device for the staged path
 
     @property
     def device_label(self) -> str:
@@ -164,16 +172,25 @@ class Segmenter:
         elif tuple(out.shape) != (height, width):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {(height, width)}")
         intensity_range = self.normalization.intensity_range(image)
-        acc = RowBandAccumulator(grid, out, self.device)
+        acc = RowBandAccumulator(grid, out, self.device, staging=self.staging,
+                                 max_pending=self._pending_rows(grid))
         total = len(grid)
-        yield Progress(0, total)
-        done = 0
-        for batch, probs in self.iter_tile_batches(image, grid, list(grid), intensity_range):
-            for (y0, x0), p in zip(batch, probs):
-                acc.add(y0, x0, p)
-            done += len(batch)
-            yield Progress(done, total)
-        return acc.finish()
+        try:
+            yield Progress(0, total)
+            done = 0
+            for batch, probs in self.iter_tile_batches(image, grid, list(grid), intensity_range):
+                for (y0, x0), p in zip(batch, probs):
+                    acc.add(y0, x0, p)
+                done += len(batch)
+                yield Progress(done, total)
+            return acc.finish()
+        finally:
+            acc.close()
+
+    def _pending_rows(self, grid: TileGrid) -> int:
+        """Downloads of finished rows that may be in flight at once: about two batches' worth,
+        so the host waits for a row only once the GPU has more work queued behind it."""
+        return max(2, min(16, math.ceil(2 * self.batch_size / len(grid.xs)) + 1))
 
     def plan(self, height: int, width: int) -> TileGrid:
         """The tile grid this segmenter uses for an image of this size."""
@@ -205,6 +222,9 @@ class Segmenter:
 
         One reader thread fetches the next batch from the host while the device runs this one.
         """
+        if self.staging is not None:
+            yield from self._iter_staged(image, grid, coords, intensity_range)
+            return
 
         def read(batch):
             # Host work only: read and pad raw pixels; normalising happens on the device.
@@ -223,6 +243,57 @@ class Segmenter:
                     pending = pool.submit(read, nxt)
                 yield batch, self._run(raw, intensity_range)
                 start, batch = nxt_start, nxt
+
+    def _iter_staged(self, image, grid: TileGrid, coords, intensity_range):
+        """``iter_tile_batches`` through two reused host buffers and the copy stream.
+
+        The reader thread writes batch k straight into host buffer k % 2, after waiting for
+        the upload that last read that buffer (batch k - 2); the main thread queues the upload
+        of batch k on the copy stream, then the reading of batch k + 1, then batch k's network
+        on the compute stream, which waits for the upload's event. Nothing here waits for the
+        GPU, so the host stays a batch or two ahead and the upload overlaps the network.
+        """
+        import torch
+
+        staging = self.staging
+        buffers = [None, None]
+
+        def read(k, batch):
+            tiles = [torch_ready(as_three_channels(grid.read(image, y0, x0))) for y0, x0 in batch]
+            shape = (len(tiles),) + tiles[0].shape
+            dtype = torch.from_numpy(np.empty(0, tiles[0].dtype)).dtype
+            full = self.batch_size * math.prod(shape[1:]) * tiles[0].itemsize
+            need = max(full, math.prod(shape) * tiles[0].itemsize)
+            buf = buffers[k % 2]
+            if buf is None or buf.nbytes < need:
+                if buf is not None:
+                    staging.give(buf)
+                buf = buffers[k % 2] = staging.take(need)
+            buf.sync()  # the upload that last read this buffer has finished
+            host = buf.view(shape, dtype)
+            array = host.numpy()
+            for i, tile in enumerate(tiles):
+                array[i] = tile
+            return host
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                k, start = 0, 0
+                batch = coords[start:start + self.batch_size]
+                pending = pool.submit(read, 0, batch) if batch else None
+                while batch:
+                    host = pending.result()
+                    raw = staging.upload(buffers[k % 2], host)
+                    nxt_start = start + len(batch)
+                    nxt = coords[nxt_start:nxt_start + self.batch_size]
+                    if nxt:
+                        pending = pool.submit(read, k + 1, nxt)
+                    yield batch, self._run(raw, intensity_range)
+                    k, start, batch = k + 1, nxt_start, nxt
+        finally:
+            for buf in buffers:
+                if buf is not None:
+                    staging.give(buf)
 
     # ---- the device side --------------------------------------------------------------------
 
@@ -246,19 +317,24 @@ class Segmenter:
             self.batch_size = max(1, self.batch_size // 2)
             return self._run(raw, intensity_range)
 
-    def _forward(self, raw: np.ndarray, intensity_range):
+    def _forward(self, raw, intensity_range):
+        """(B, H, W, 3) raw tiles, numpy on the host or (staged path) a tensor already on the
+        device -> (B, H, W) probabilities on the device."""
         import torch
 
         n = len(raw)
+        x = raw if isinstance(raw, torch.Tensor) else torch.from_numpy(raw)
         if self.compiled and n < self.batch_size:
             # One shape for every batch: a compiled graph is reused, never rebuilt.
-            raw = np.concatenate([raw, np.repeat(raw[-1:], self.batch_size - n, axis=0)])
-        x = torch.from_numpy(raw)
-        if self.device.type == "cuda":
-            x = x.to(self.device, non_blocking=True)
+            x = torch.cat([x, x[-1:].expand(self.batch_size - n, *x.shape[1:])])
+        if self.staging is not None:
+            x = self._normalize_staged(x, intensity_range)
         else:
-            x = x.to(self.device)
-        x = self.normalization.apply(x, intensity_range)
+            if self.device.type == "cuda":
+                x = x.to(self.device, non_blocking=True)
+            else:
+                x = x.to(self.device)
+            x = self.normalization.apply(x, intensity_range)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         else:
@@ -274,6 +350,128 @@ class Segmenter:
                     prob += torch.sigmoid(self.model(x.flip(dims)).float()).flip(dims)
                 prob /= 4
         return prob[:n, 0]
+
+    def _normalize_staged(self, x, intensity_range):
+        """``Normalization.apply`` with its mean and std kept on the device: building them per
+        batch (what ``standardize`` does) is a blocking host-to-device copy, which would make
+        the host wait for the GPU to finish every batch. Same operations, same result."""
+        import torch
+
+        norm = self.normalization
+        if self._stats is None or self._stats[0] is not norm or self._stats[1].device != x.device:
+            mean = torch.tensor(norm.mean, dtype=torch.float32, device=x.device)[:, None, None]
+            std = torch.tensor(norm.std, dtype=torch.float32, device=x.device)[:, None, None]
+            self._stats = (norm, mean, std)
+        _, mean, std = self._stats
+        return (norm.to_unit(x, intensity_range).permute(0, 3, 1, 2) - mean) / std
+
+
+class _HostBuffer:
+    """Flat host memory (page-locked on CUDA) and the event of the last copy that used it."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.event = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def view(self, shape, dtype):
+        """The first bytes of the buffer as a tensor of ``shape`` and ``dtype``."""
+        import torch
+
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        return self.data[:n].view(dtype).view(shape)
+
+    def sync(self) -> None:
+        """Wait for the last copy into or out of this buffer."""
+        if self.event is not None:
+            self.event.synchronize()
+            self.event = None
+
+
+class HostStaging:
+    """Reused host buffers (page-locked on CUDA) and a side stream for the copies through them.
+
+    Upload: the copy stream copies a filled host buffer to a new device tensor and records an
+    event; the compute stream waits for that event (not the host), and the buffer is written
+    again only after it (``_HostBuffer.sync``). Download: the copy stream waits for the
+    compute stream, copies a device tensor into a host buffer and records an event; the host
+    reads the buffer once that event has passed. Device tensors that cross streams are
+    registered with ``record_stream``, so the caching allocator never hands their memory out
+    while the other stream still uses it.
+
+    Off CUDA the same bookkeeping runs with ordinary memory and plain copies (the tests check
+    the logic on a CPU that way).
+    """
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self._free: list[_HostBuffer] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> _HostBuffer:
+        """A host buffer of at least ``nbytes``: a free one if any is big enough, else new."""
+        import torch
+
+        with self._lock:
+            fits = [b for b in self._free if b.nbytes >= nbytes]
+            if fits:
+                buf = min(fits, key=lambda b: b.nbytes)
+                self._free.remove(buf)
+                return buf
+        return _HostBuffer(torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=self.cuda))
+
+    def give(self, buf: _HostBuffer) -> None:
+        """Return a buffer for reuse (after its last copy has finished); keeps the 8 largest."""
+        buf.sync()
+        with self._lock:
+            self._free.append(buf)
+            self._free.sort(key=lambda b: b.nbytes, reverse=True)
+            del self._free[8:]
+
+    def upload(self, buf: _HostBuffer, host):
+        """Queue the copy of ``host`` (a view of ``buf``) to the device; the returned tensor
+        may be used on the current (compute) stream at once."""
+        import torch
+
+        if not self.cuda:
+            return host.clone()
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            dev = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+            dev.copy_(host, non_blocking=True)
+        buf.event = torch.cuda.Event()
+        buf.event.record(self.stream)
+        compute.wait_event(buf.event)
+        dev.record_stream(compute)
+        return dev
+
+    def download(self, buf: _HostBuffer, tensor):
+        """Queue the copy of a device tensor (computed on the current stream) into ``buf``;
+        returns the host view, valid once ``ready(buf)`` (``buf.sync()`` waits for it)."""
+        import torch
+
+        host = buf.view(tuple(tensor.shape), tensor.dtype)
+        if not self.cuda:
+            host.copy_(tensor)
+            return host
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            host.copy_(tensor, non_blocking=True)
+        buf.event = torch.cuda.Event()
+        buf.event.record(self.stream)
+        tensor.record_stream(self.stream)
+        return host
+
+    def ready(self, buf: _HostBuffer) -> bool:
+        """True when the last copy through ``buf`` has finished (never waits)."""
+        return buf.event is None or buf.event.query()
 
 
 def _amp_dtype(device, precision: str):

@@ -113,9 +113,16 @@ class RowBandAccumulator:
     weights is held, on ``device`` (blending runs on the GPU when there is one); rows above the
     current band are final and go to ``out`` (numpy, zarr, or anything with 2D slice
     assignment), so the output is never held twice.
+
+    ``staging`` (an ``inference.HostStaging``): finished rows come down through reused host
+    buffers on its copy stream and are written to ``out`` later, once their copy has finished
+    (at most ``max_pending`` in flight), so the host does not wait for the GPU at every row.
+    Without it each row is copied and written at once. ``finish`` writes everything.
     """
 
-    def __init__(self, grid: TileGrid, out, device="cpu") -> None:
+    def __init__(self, grid: TileGrid, out, device="cpu", staging=None, max_pending: int = 2) -> None:
+        import collections
+
         import torch
 
         self.grid = grid
@@ -124,6 +131,10 @@ class RowBandAccumulator:
         self.top = 0
         self.sums = torch.zeros((grid.tile_h, grid.width), dtype=torch.float32, device=device)
         self.weights = torch.zeros_like(self.sums)
+        self.staging = staging
+        self.max_pending = max(1, int(max_pending))
+        self.pending = collections.deque()  # (top, rows, host buffer, host view), oldest first
+        self.spare = []  # host buffers of written rows, reused for the next downloads
 
     def add(self, y0: int, x0: int, tile) -> None:
         """Add one (tile_h, tile_w) float tensor whose top-left corner is (y0, x0)."""
@@ -143,7 +154,16 @@ class RowBandAccumulator:
         n = min(n, self.grid.height - self.top)
         if n <= 0:
             return
-        self.out[self.top:self.top + n] = (self.sums[:n] / self.weights[:n]).cpu().numpy()
+        band = self.sums[:n] / self.weights[:n]
+        if self.staging is None:
+            self.out[self.top:self.top + n] = band.cpu().numpy()
+        else:
+            self._write(wait=False)
+            while len(self.pending) >= self.max_pending:
+                self._write_oldest()
+            buf = self.spare.pop() if self.spare else self.staging.take(
+                self.grid.tile_h * self.grid.width * 4)
+            self.pending.append((self.top, n, buf, self.staging.download(buf, band)))
         # Shift the band up; the freed rows start empty.
         self.sums = torch.roll(self.sums, -n, dims=0)
         self.weights = torch.roll(self.weights, -n, dims=0)
@@ -151,9 +171,32 @@ class RowBandAccumulator:
         self.weights[-n:] = 0
         self.top += n
 
+    def _write_oldest(self) -> None:
+        top, n, buf, host = self.pending.popleft()
+        buf.sync()
+        self.out[top:top + n] = host.numpy()
+        self.spare.append(buf)
+
+    def _write(self, wait: bool) -> None:
+        """Write the downloaded rows to ``out``, oldest first: all of them (``wait``), or
+        those whose copy has already finished."""
+        while self.pending and (wait or self.staging.ready(self.pending[0][2])):
+            self._write_oldest()
+
     def finish(self):
         self._flush(self.grid.height - self.top)
+        if self.staging is not None:
+            self._write(wait=True)
         return self.out
+
+    def close(self) -> None:
+        """Give the host buffers back to the staging (rows not written are dropped)."""
+        if self.staging is None:
+            return
+        for buf in [p[2] for p in self.pending] + self.spare:
+            self.staging.give(buf)
+        self.pending.clear()
+        self.spare.clear()
 
 
 class RegionAccumulator:
