@@ -94,6 +94,7 @@ def main(argv=None) -> int:
           f"batch {args.batch} | {time.strftime('%Y-%m-%d')}\n")
     print("| image | mode | seconds | peak host MB | peak GPU MB | image bytes MB |")
     print("|---|---|---:|---:|---:|---:|")
+    gpu_mb: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for edge in (int(s) for s in args.sizes.split(",")):
             src = Path(tmp) / f"in{edge}.zarr"
@@ -110,8 +111,12 @@ def main(argv=None) -> int:
                     return 1
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 gpu = f"{r['gpu_mb']:.0f}" if r["gpu_mb"] is not None else "-"
+                gpu_mb.setdefault(mode, []).append((edge, gpu))
                 print(f"| {edge}x{edge} RGB | {mode} | {r['seconds']:.1f} | {r['host_mb']:.0f} "
                       f"| {gpu} | {edge * edge * 3 / 2**20:.0f} |", flush=True)
+    for mode, rows in gpu_mb.items():
+        print(f"SUMMARY | peak GPU MB at {' / '.join(str(e) for e, _ in rows)} px, {mode} "
+              f"| {' / '.join(g for _, g in rows)} | flat |")
     return 0
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Wheels the GPU machine lacks (it has torch, timm, numpy, tifffile, pyyaml...), for
-# benchmarks/gpu_check.sh: its package list is in /work/.library/device/KINDS.md.
-# Run here, in the repo root; .whl is git-ignored and travels with `carry: [".whl"]`.
+# Wheels the GPU machine lacks (it has torch, timm, numpy, tifffile, pyyaml, scipy...), for
+# benchmarks/gpu_check.sh. Run here, in the repo root; .whl is git-ignored and has to be
+# copied to the GPU machine beside the working tree.
 set -euo pipefail
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+if ! git check-ignore -q .whl/x.whl 2>/dev/null; then
+  mkdir -p .git/info && echo /.whl/ >> .git/info/exclude
+fi
 mkdir -p .whl
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --platform any)

@@ -19,6 +19,8 @@ from .normalization import Normalization, as_three_channels, torch_ready
 from .tiling import RegionAccumulator, RowBandAccumulator, TileGrid, check_blend
 
 DEFAULT_TILE_SIZE = 512
+#: Staged path: batches the host may queue ahead of the GPU (each holds its tiles on the GPU).
+LEAD_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -255,8 +257,11 @@ class Segmenter:
         """
         import torch
 
+        import collections
+
         staging = self.staging
         buffers = [None, None]
+        queued = collections.deque()  # compute-stream events, one per batch queued
 
         def read(k, batch):
             tiles = [torch_ready(as_three_channels(grid.read(image, y0, x0))) for y0, x0 in batch]
@@ -289,6 +294,13 @@ class Segmenter:
                     if nxt:
                         pending = pool.submit(read, k + 1, nxt)
                     yield batch, self._run(raw, intensity_range)
+                    # Never more than LEAD batches queued ahead of the GPU: each holds its
+                    # uploaded tiles in device memory until the network has read them.
+                    queued.append(staging.mark())
+                    if len(queued) > LEAD_BATCHES:
+                        event = queued.popleft()
+                        if event is not None:
+                            event.synchronize()
                     k, start, batch = k + 1, nxt_start, nxt
         finally:
             for buf in buffers:
@@ -392,13 +404,14 @@ class _HostBuffer:
 
 
 class HostStaging:
-    """Reused host buffers (page-locked on CUDA) and a side stream for the copies through them.
+    """Reused host buffers (page-locked on CUDA) and side streams for the copies through them.
 
-    Upload: the copy stream copies a filled host buffer to a new device tensor and records an
-    event; the compute stream waits for that event (not the host), and the buffer is written
-    again only after it (``_HostBuffer.sync``). Download: the copy stream waits for the
+    Upload: the upload stream copies a filled host buffer to a new device tensor and records
+    an event; the compute stream waits for that event (not the host), and the buffer is written
+    again only after it (``_HostBuffer.sync``). Download: the download stream waits for the
     compute stream, copies a device tensor into a host buffer and records an event; the host
-    reads the buffer once that event has passed. Device tensors that cross streams are
+    reads the buffer once that event has passed. Two copy streams, so an upload never queues
+    behind a download that waits for the network. Device tensors that cross streams are
     registered with ``record_stream``, so the caching allocator never hands their memory out
     while the other stream still uses it.
 
@@ -411,7 +424,8 @@ class HostStaging:
 
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.up = torch.cuda.Stream(self.device) if self.cuda else None
+        self.down = torch.cuda.Stream(self.device) if self.cuda else None
         self._free: list[_HostBuffer] = []
         self._lock = threading.Lock()
 
@@ -443,11 +457,11 @@ class HostStaging:
         if not self.cuda:
             return host.clone()
         compute = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(self.up):
             dev = torch.empty(host.shape, dtype=host.dtype, device=self.device)
             dev.copy_(host, non_blocking=True)
         buf.event = torch.cuda.Event()
-        buf.event.record(self.stream)
+        buf.event.record(self.up)
         compute.wait_event(buf.event)
         dev.record_stream(compute)
         return dev
@@ -461,13 +475,23 @@ class HostStaging:
         if not self.cuda:
             host.copy_(tensor)
             return host
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
+        self.down.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.down):
             host.copy_(tensor, non_blocking=True)
         buf.event = torch.cuda.Event()
-        buf.event.record(self.stream)
-        tensor.record_stream(self.stream)
+        buf.event.record(self.down)
+        tensor.record_stream(self.down)
         return host
+
+    def mark(self):
+        """An event at the current end of the compute stream (None off CUDA)."""
+        import torch
+
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
 
     def ready(self, buf: _HostBuffer) -> bool:
         """True when the last copy through ``buf`` has finished (never waits)."""
