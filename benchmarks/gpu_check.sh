@@ -3,9 +3,10 @@
 # most important first, each given what is left of one time budget; ends with a summary table.
 #   bash benchmarks/gpu_check.sh                 # GPU_CHECK_SECONDS=500 in all by default
 #   DEVICE=cpu QUICK=1 bash benchmarks/gpu_check.sh   # the script's logic, tiny sizes, on a CPU
-# Logs go to $OUT (or ./gpu-logs), at most 8 files. Uses the machine's own torch/timm and the
-# repo via PYTHONPATH; packages that machine lacks travel as wheels in .whl
-# (scripts/gpu_wheels.sh makes them). Pinned copies are measured on and off in the same run.
+# Logs go to $OUT (or ./gpu-logs): 8 files, so keep the console output elsewhere. Uses the
+# machine's own torch/timm and the repo via PYTHONPATH; packages that machine lacks travel as
+# wheels in .whl (scripts/gpu_wheels.sh makes them). Pinned copies are measured on and off in
+# the same run.
 set -uo pipefail
 T0=$SECONDS
 BUDGET=${GPU_CHECK_SECONDS:-500}

@@ -255,9 +255,9 @@ class Segmenter:
         on the compute stream, which waits for the upload's event. Nothing here waits for the
         GPU, so the host stays a batch or two ahead and the upload overlaps the network.
         """
-        import torch
-
         import collections
+
+        import torch
 
         staging = self.staging
         buffers = [None, None]
