@@ -152,15 +152,32 @@ def resolve_model_path(path_or_name) -> Path:
     )
 
 
-def read_metadata(path) -> dict:
-    """The decoded metadata of a checkpoint, without building the network."""
-    from safetensors import safe_open
+def _header_metadata(path: Path) -> dict:
+    """The ``__metadata__`` of a safetensors file, read from its JSON header (no torch)."""
+    import struct
 
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) != 8:
+            raise ValueError("file too short")
+        (size,) = struct.unpack("<Q", head)
+        if size > 100_000_000:
+            raise ValueError("implausible header size")
+        header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
+    return meta
+
+
+def read_metadata(path) -> dict:
+    """The decoded metadata of a checkpoint, without building the network (nor importing torch)."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception as err:
+        raw = _header_metadata(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise ModelLoadError(f"{path}: not a readable safetensors file ({err})") from err
     if raw.get("format") != FORMAT:
         raise ModelLoadError(
@@ -178,6 +195,42 @@ def read_metadata(path) -> dict:
         }
     except (KeyError, ValueError) as err:
         raise ModelLoadError(f"{path}: damaged metadata ({err})") from err
+
+
+def model_card(path_or_name) -> str:
+    """One line for a model: what it was trained on and how well it scored (from its metadata)."""
+    try:
+        path = resolve_model_path(path_or_name)
+        if path.suffix != SUFFIX:
+            return f"{path.name}: imported weights; no training record"
+        prov = read_metadata(path)["provenance"]
+    except ModelLoadError as err:
+        return f"cannot read this model ({err})"
+    parts = []
+    base = prov.get("finetuned_from") or prov.get("init")
+    data = prov.get("training_data")
+    n_train = prov.get("n_train")
+    if base:
+        parts.append(f"fine-tuned from {Path(str(base)).stem}"
+                     + (f" on {n_train} image(s)/slice(s)" if n_train else ""))
+        if data:
+            parts.append(f"data: {data}")
+    elif data:
+        parts.append(f"trained on {data}" + (f" ({n_train} images)" if n_train else ""))
+    else:
+        parts.append("no record of its training data")
+    held = prov.get("held_out_dice")
+    if isinstance(held, dict) and held:
+        parts.append("held-out Dice " + ", ".join(f"{v:.3f} ({k})" for k, v in held.items()))
+    elif prov.get("validated", True) and prov.get("best_val_dice") is not None:
+        before, after = prov.get("initial_val_dice"), prov["best_val_dice"]
+        parts.append(f"held-out Dice {after:.3f}"
+                     + (f" (base: {before:.3f})" if base and before is not None else ""))
+    else:
+        parts.append("no held-out score (too few images to hold any out)")
+        if prov.get("fit_after") is not None:
+            parts.append(f"Dice on its training corrections {prov['fit_after']:.3f}")
+    return "; ".join(parts)
 
 
 def load_model(path_or_name, map_location: str = "cpu"):
