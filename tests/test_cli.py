@@ -304,3 +304,17 @@ def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp
     with pytest.raises(ValueError, match="in2.png"):
         list(iter_segment_files(seg, again, post))
     assert (tmp_path / "again" / "in1.tif").exists()
+
+
+def test_train_init_that_learns_nothing_saves_nothing(registered, tmp_path, capsys):
+    """A fine-tune no epoch of which beats the base on held-out images: no file, exit 1."""
+    from napari_fmbff.datasets import write_dataset
+    from test_training import disks
+
+    data = write_dataset(tmp_path / "data", disks(12))
+    out = tmp_path / "same.safetensors"
+    rc = main(["train", str(data), "--init", "tiny", "--out", str(out), "--epochs", "1",
+               "--lr", "1e-12", "--tile-size", "64", "--batch-size", "4", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists() and not (tmp_path / "same.log.csv").exists()
+    assert "did not change the model" in err and "Nothing was saved" in err

@@ -72,7 +72,6 @@ def test_finetune_saves_registers_and_beats_the_base(make_napari_viewer, qtbot, 
                         for s, m in zip(stack, labels)])
     assert dice("my_tuned") > dice("base") + 0.2
     # A second run never overwrites the first model.
-    widget.epochs.value = 1
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
     assert (models_dir / "my_tuned-2.safetensors").exists()
@@ -81,6 +80,13 @@ def test_finetune_saves_registers_and_beats_the_base(make_napari_viewer, qtbot, 
 def cancel_after_first_step(widget, qtbot):
     widget.run()
     qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+
+
+def cancel_after_first_epoch(widget, qtbot):
+    widget.run()
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=WAIT_MS)
     widget.cancel()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
 
@@ -94,8 +100,12 @@ def test_cancel_keeps_best_only_when_asked(make_napari_viewer, qtbot, base_model
     assert "no model saved" in widget.status.value
     widget.keep_on_cancel.value = True
     widget.new_name.value = "kept"
-    cancel_after_first_step(widget, qtbot)
+    widget.slices.value = "current slice"  # one image: nothing held out, every epoch counts
+    cancel_after_first_epoch(widget, qtbot)
+    outcome = widget.last_outcome
+    assert outcome.result.cancelled and outcome.result.changed
     assert (models_dir / "kept.safetensors").exists()
+    assert "best weights so far" in widget.status.value
 
 
 def test_bad_training_input_notifies(make_napari_viewer, qtbot, base_model, errors):
@@ -113,3 +123,42 @@ def test_bad_training_input_notifies(make_napari_viewer, qtbot, base_model, erro
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
     assert "no lesion pixels" in errors[-1]
     assert worker is not None and widget.run_button.enabled
+
+
+def test_one_painted_image_with_the_widget_defaults_teaches_the_missed_lesion(
+        make_napari_viewer, qtbot, models_dir):
+    """The loop on one image: starter misses a lesion of a look it never saw (procedural CT);
+    the user paints it; Fine-tune with the widget's defaults; the next Segment finds it."""
+    from napari_fmbff.data import make_sample
+
+    image, truth = make_sample("ct", 256, seed=1, n_lesions=1)
+    lesion = truth > 0
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="patient")
+    seg_widget = SegmentWidget(viewer)
+    seg_widget.model.value = "starter"
+    seg_widget.device.value = "cpu"
+    seg_widget.run()
+    qtbot.waitUntil(lambda: seg_widget._worker is None, timeout=WAIT_MS)
+    proposal = viewer.layers["patient fmbff"]
+    assert (proposal.data[lesion] > 0).mean() < 0.2  # starter misses it
+    # The user paints the lesion and erases whatever else was proposed (one undo step each).
+    proposal.data_setitem(np.nonzero(lesion), 1)
+    proposal.data_setitem(np.nonzero(~lesion & (proposal.data > 0)), 0)
+    widget = FineTuneWidget(viewer)
+    assert widget.labels_layer.value is proposal  # the layer the user corrected
+    widget.device.value = "cpu"  # everything else: the widget's defaults
+    widget.new_name.value = "patient-tuned"
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    outcome = widget.last_outcome
+    assert outcome is not None and outcome.saved, widget.status.value
+    assert not outcome.result.validated and "no held-out score" in widget.status.value
+    assert outcome.result.fit_after > outcome.result.fit_before
+    assert seg_widget.model.value == "patient-tuned"
+    seg_widget.new_layer.value = True  # a fresh proposal, not the protected corrections
+    seg_widget.run()
+    qtbot.waitUntil(lambda: seg_widget._worker is None, timeout=WAIT_MS)
+    fresh = seg_widget._result["labels"]
+    assert fresh is not proposal
+    assert (fresh.data[lesion] > 0).mean() > 0.5  # covers most of the painted lesion

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: Layer metadata key of a bundled sample image (its look), so widgets know a sample.
+SAMPLE_TAG = "napari_fmbff_sample"
+
 
 def _sample(look: str):
     from .data import make_sample
@@ -9,7 +12,8 @@ def _sample(look: str):
 
     image, mask = make_sample(look, size=512, seed=DEMO_SEED, n_lesions=1)
     return [
-        (image, {"name": f"{look} sample", "rgb": image.ndim == 3}, "image"),
+        (image, {"name": f"{look} sample", "rgb": image.ndim == 3,
+                 "metadata": {SAMPLE_TAG: look}}, "image"),
         (mask, {"name": f"{look} ground truth", "opacity": 0.4, "visible": False}, "labels"),
     ]
 

@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data", help="data folder")
     train.add_argument("--out", "-o", required=True, help="the new model file (.safetensors)")
     train.add_argument("--init", default=None,
-                       help="start from this model (fine-tuning: lr 1e-4 unless --lr is given)")
+                       help="start from this model: fine-tuning, with the measured fine-tuning "
+                            "recipe (docs/models.md) for every option not given")
     train.add_argument("--config", default=None,
                        help="JSON file of ModelConfig fields for a new model (overrides --encoder)")
     train.add_argument("--encoder", default="tf_efficientnetv2_s", help="timm encoder (new models)")
@@ -119,13 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="initialise the encoder from a timm state dict (.safetensors)")
     train.add_argument("--encoder-weights", choices=["imagenet", "none"], default="none",
                        help="start the encoder from ImageNet weights (needs them in timm's cache)")
-    train.add_argument("--epochs", type=_positive_int, default=100)
-    train.add_argument("--batch-size", type=_positive_int, default=8)
-    train.add_argument("--lr", type=float, default=None, help="1e-3 from scratch, 1e-4 with --init")
-    train.add_argument("--tile-size", type=_positive_int, default=352, help="training crop size (352)")
-    train.add_argument("--val-fraction", type=_fraction, default=0.2)
-    train.add_argument("--patience", type=_positive_int, default=15,
-                       help="stop after this many epochs without a better validation Dice")
+    new = "from scratch; with --init the fine-tuning recipe's"
+    train.add_argument("--epochs", type=_positive_int, default=None, help=f"100 {new}")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help=f"8 {new}")
+    train.add_argument("--lr", type=float, default=None, help=f"1e-3 {new}")
+    train.add_argument("--tile-size", type=_positive_int, default=None,
+                       help=f"training crop size: 352 {new}")
+    train.add_argument("--val-fraction", type=_fraction, default=None, help=f"0.2 {new}")
+    train.add_argument("--patience", type=_positive_int, default=None,
+                       help=f"stop after this many epochs without a better validation Dice: 15 {new}")
     train.add_argument("--steps-per-epoch", type=_positive_int, default=None)
     train.add_argument("--freeze-encoder", action="store_true")
     train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
@@ -362,8 +365,9 @@ def _train(args, ddp) -> int:
     from .datasets import find_pairs, load_pairs
     from .inference import default_normalization
     from .model import FMBFFNet, ModelConfig
-    from .models import load_model, save_model
-    from .training import TrainConfig, iter_train, make_items, recipe, split_items
+    from .models import load_model
+    from .train_run import score_summary, train_and_save
+    from .training import TrainConfig, finetune_config, make_items
 
     is_main = ddp is None or ddp.is_main
 
@@ -406,15 +410,17 @@ def _train(args, ddp) -> int:
             n = load_encoder_weights(net, args.encoder_init)
             say(f"encoder initialised from {args.encoder_init} ({n} tensors)")
     normalization = default_normalization(net)
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else (1e-4 if args.init else 1e-3),
-        tile_size=args.tile_size, val_fraction=args.val_fraction, patience=args.patience,
-        steps_per_epoch=args.steps_per_epoch, freeze_encoder=args.freeze_encoder,
-        augment=not args.no_augment, resize=args.resize, device=args.device, seed=args.seed,
-        num_workers=args.workers)
+    given = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "tile_size",
+                                                  "val_fraction", "patience", "steps_per_epoch")
+             if getattr(args, key) is not None}
+    if args.freeze_encoder:
+        given["freeze_encoder"] = True
+    if args.no_augment:
+        given["augment"] = False
+    given.update(resize=args.resize, device=args.device, seed=args.seed, num_workers=args.workers)
+    # Fine-tuning: the measured recipe; from scratch: the paper's (TrainConfig's defaults).
+    cfg = finetune_config(**given) if args.init else TrainConfig(**given)
     items = make_items(images, masks, normalization, names)
-    train_items, val_items = split_items(items, cfg.val_fraction, cfg.seed)
     resume_path = out.with_suffix(".resume.pt")
     state = None
     if args.resume:
@@ -431,78 +437,41 @@ def _train(args, ddp) -> int:
     import time
 
     deadline = time.time() + 60 * args.time_limit if args.time_limit else None
-    gen = iter_train(net, train_items, val_items, cfg, normalization, state, checkpoint,
-                     should_stop=(lambda: time.time() > deadline) if deadline else None, ddp=ddp)
+    gen = train_and_save(
+        net, items, cfg, normalization, out, training_data=str(Path(args.data).resolve()),
+        base=args.init, overwrite=args.overwrite, half=args.half,
+        should_stop=(lambda: time.time() > deadline) if deadline else None,
+        resume_state=state, checkpoint_fn=checkpoint, ddp=ddp,
+        extra={"layout": found.layout, "encoder_init": args.encoder_init})
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
                disable=not is_main)
     while True:
         try:
-            event = next(gen)
+            _show_epoch(bar, next(gen))
         except StopIteration as stop:
-            result = stop.value
+            outcome = stop.value
             break
-        if event.kind == "start":
-            bar.set_postfix_str(f"val Dice {event.val_dice:.3f} (before training)")
-        elif event.kind == "epoch":
-            bar.update(1)
-            bar.set_postfix_str(f"loss {event.loss:.3f} val Dice {event.val_dice:.3f} "
-                                f"best {event.best_dice:.3f}")
     bar.close()
-    history = result.history
-    metadata = {
-        "training_data": str(Path(args.data).resolve()), "layout": found.layout,
-        "n_train": len(train_items), "n_val": len(val_items),
-        "recipe": recipe(cfg), "init": str(args.init) if args.init else None,
-        "best_val_dice": result.best_dice, "best_epoch": result.best_epoch,
-        "initial_val_dice": result.initial_dice, "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early, "device": str(args.device),
-        "train_seconds": round(result.seconds, 1), "encoder_init": args.encoder_init,
-        "device_name": _device_name(args.device),
-        "processes": ddp.world_size if ddp else 1,
-    }
     if not is_main:
         return 0
-    save_model(result.net, out, metadata=metadata, overwrite=args.overwrite, half=args.half)
-    write_history(history, out)
+    for note in outcome.notes:
+        say(note)
+    counts = f"{outcome.n_train} training / {outcome.n_val} held-out images"
+    if not outcome.saved:  # nothing learned (or cancelled): no file, and a status to test
+        say(f"{outcome.message} ({counts})")
+        return 1
     resume_path.unlink(missing_ok=True)
-    say(f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch} "
-        f"(before: {result.initial_dice:.4f}); saved {out}")
+    say(f"{score_summary(outcome.result)} ({counts}); saved {outcome.path}")
     return 0
 
 
-def _device_name(device: str) -> str:
-    from .inference import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(dev)
-    return dev.type
-
-
-def write_csv(rows: list[dict], path) -> None:
-    """A list of same-keyed dicts as a CSV table with a header."""
-    import csv
-
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_history(history, model_path: Path) -> None:
-    """MODEL.log.csv and MODEL.loss.png next to the model."""
-
-    stem = model_path.with_suffix("")
-    if history:
-        write_csv(history, f"{stem}.log.csv")
-    try:
-        from .plots import training_curve_png
-
-        training_curve_png(history, f"{stem}.loss.png")
-    except ImportError:
-        print("fmbff train: matplotlib not installed; no loss-curve PNG", file=sys.stderr)
+def _show_epoch(bar, event) -> None:
+    if event.kind == "start":
+        bar.set_postfix_str(f"val Dice {event.val_dice:.3f} (before training)")
+    elif event.kind == "epoch":
+        bar.update(1)
+        bar.set_postfix_str(f"loss {event.loss:.3f} val Dice {event.val_dice:.3f} "
+                            f"best {event.best_dice:.3f}")
 
 
 def cmd_evaluate(args) -> int:
@@ -519,6 +488,8 @@ def cmd_evaluate(args) -> int:
                              masks, names, args.threshold)
     print(format_table(rows, summary))
     if args.csv:
+        from .reports import write_csv
+
         write_csv(rows, args.csv)
     return 0
 

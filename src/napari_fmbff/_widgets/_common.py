@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from psygnal import Signal
 
+from .._sample_data import SAMPLE_TAG  # noqa: F401  (re-exported for the widgets)
 from ..models import list_models
 
 BROWSE = "Browse..."
+#: Layer metadata key marking the layers our widgets made ("labels", "probability", "region").
+OUTPUT_TAG = "napari_fmbff_output"
+#: Layer metadata key naming the image an output layer belongs to.
+IMAGE_TAG = "napari_fmbff_image"
 
 
 class _ModelEvents:
@@ -33,6 +38,36 @@ def model_choices(extra_paths: dict[str, Path]) -> list[str]:
 
 def image_layers(viewer) -> list[tuple[str, Image]]:
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def output_layer(viewer, image, kind: str = "labels", layer_type=Labels, shape=None):
+    """The newest layer our widgets made of ``kind`` for ``image`` (never a user's layer)."""
+    if image is None:
+        return None
+    for layer in reversed(list(viewer.layers)):
+        meta = layer.metadata
+        if (isinstance(layer, layer_type) and meta.get(OUTPUT_TAG) == kind
+                and meta.get(IMAGE_TAG) == image.name
+                and (shape is None or tuple(layer.data.shape) == tuple(shape))):
+            return layer
+    return None
+
+
+def wrap(label) -> None:
+    """Let a status Label wrap its text instead of widening the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.native.setMinimumWidth(0)
+
+
+def say_now(label, text: str) -> None:
+    """Show ``text`` at once (before a blocking step in the main thread)."""
+    from qtpy.QtWidgets import QApplication
+
+    label.value = text
+    QApplication.processEvents()
 
 
 def geometry_of(layer) -> dict:
@@ -66,12 +101,17 @@ def finest_level(layer):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def import_engine() -> None:
+def import_engine(status=None) -> None:
     """Import torch and timm in the main thread, at first use rather than at napari's start.
 
     Their first import inside a worker thread can crash the process (native extensions
-    initialise on import), so widgets call this just before starting a worker.
+    initialise on import), so widgets call this just before starting a worker. The first
+    time, ``status`` (a Label) says so before the UI waits for the import.
     """
+    import sys
+
+    if status is not None and "torch" not in sys.modules:
+        say_now(status, "Loading PyTorch (first run only, a few seconds)...")
     _avoid_triton_llvm_clash()
     import timm  # noqa: F401
     import torch  # noqa: F401
@@ -99,3 +139,31 @@ def _avoid_triton_llvm_clash() -> None:
         return
     if llvm_loaded:
         sys.modules["triton"] = None  # "import triton" now raises ImportError
+
+
+def tab_with_our_other_dock(widget) -> None:
+    """Once napari has docked ``widget``: put it in a tab beside our other dock, if shown.
+
+    Segment and Fine-tune opened one after the other from the Plugins menu would otherwise
+    stack vertically and grow the window past a 1000 px screen.
+    """
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QDockWidget
+
+    def tab() -> None:
+        dock = widget.native.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        if dock is None:  # not docked (scripts, tests)
+            return
+        window = dock.parent()
+        for other in window.findChildren(QDockWidget):
+            if (other is not dock and other.property("napari_fmbff") and other.isVisible()
+                    and window.dockWidgetArea(other) == window.dockWidgetArea(dock)):
+                window.tabifyDockWidget(other, dock)
+                dock.show()
+                dock.raise_()
+                break
+        dock.setProperty("napari_fmbff", True)
+
+    QTimer.singleShot(0, tab)

@@ -16,70 +16,93 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..stacks import TRAIN_SLICES, plane_of, spatial_shape, training_planes
+from ..stacks import (
+    TRAIN_SLICES,
+    plane_indices,
+    plane_of,
+    spatial_shape,
+    training_planes,
+)
 from ._common import (
     BROWSE,
+    OUTPUT_TAG,
     displayed_plane,
     finest_level,
     image_layers,
     import_engine,
     model_choices,
     model_events,
+    output_layer,
+    tab_with_our_other_dock,
+    wrap,
 )
+from ._proposal import proposal_of
+
+#: Which slices Fine-tune learns from; the first is the default.
+SLICE_CHOICES = ("slices you corrected",) + TRAIN_SLICES
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threading.Event):
-    """Worker: yields TrainEvents; returns {"path", "result"} (path None if nothing saved)."""
-    from ..cli import write_history
+def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threading.Event,
+               source: str):
+    """Worker: yields TrainEvents; returns a train_run.Outcome (path None if nothing saved)."""
     from ..inference import default_normalization
-    from ..models import load_model, save_model, unique_model_path
-    from ..training import iter_train, make_items, recipe, split_items
+    from ..models import load_model, unique_model_path
+    from ..train_run import train_and_save
+    from ..training import make_items
 
     net = load_model(base_ref)
     norm = default_normalization(net)
-    train, val = split_items(make_items(images, masks, norm), cfg.val_fraction, cfg.seed)
-    result = yield from iter_train(net, train, val, cfg, norm, should_stop=stop.is_set)
-    if result.cancelled and not keep_on_cancel:
-        return {"path": None, "result": result}
-    path = unique_model_path(name)
-    save_model(result.net, path, metadata={
-        "finetuned_from": str(base_ref), "training_data": "napari layers (user corrections)",
-        "n_train": len(train), "n_val": len(val), "recipe": recipe(cfg),
-        "initial_val_dice": result.initial_dice, "best_val_dice": result.best_dice,
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-        "cancelled": result.cancelled})
-    write_history(result.history, path)
-    return {"path": path, "result": result}
+    items = make_items(images, masks, norm)
+    return (yield from train_and_save(
+        net, items, cfg, norm, lambda: unique_model_path(name), base=base_ref,
+        training_data=f"napari layers {source} (user corrections)",
+        keep_on_cancel=keep_on_cancel, should_stop=stop.is_set,
+        extra={"layout": "napari layers", "encoder_init": None}))
 
 
 class FineTuneWidget(Container):
     """Fine-tune a model on an image and its corrected Labels layer."""
 
     def __init__(self, napari_viewer) -> None:
+        from ..training import FINETUNE_DEFAULTS as d
+
         self._viewer = napari_viewer
         self._worker = None
         self._stop = threading.Event()
         self._closed = False
+        self._labels_chosen = False  # the user picked the labels layer themselves
+        self._following = False
         self.history: list[dict] = []
+        self.last_outcome = None
         self.image = ComboBox(label="image", choices=lambda _w: image_layers(self._viewer))
-        self.labels_layer = ComboBox(label="labels (corrected)", choices=lambda _w: [
-            (layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)])
+        self.labels_layer = ComboBox(
+            label="labels (corrected)", nullable=True, value=None,
+            choices=lambda _w: [(layer.name, layer) for layer in self._viewer.layers
+                                if isinstance(layer, Labels)],
+            tooltip="Your corrected labels; by default Segment's output layer for this image")
         self.model = ComboBox(label="base model",
                               choices=lambda _w: [c for c in model_choices({}) if c != BROWSE])
-        self.slices = ComboBox(label="slices", choices=list(TRAIN_SLICES), value=TRAIN_SLICES[1])
-        self.epochs = SpinBox(label="epochs", min=1, max=1000, value=20)
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1e-1, step=1e-5, value=1e-4)
+        self.slices = ComboBox(
+            label="slices", choices=list(SLICE_CHOICES), value=SLICE_CHOICES[0],
+            tooltip="'slices you corrected': in Segment's output layer, the slices where you "
+                    "painted, filled or erased (in another Labels layer: slices with labels)")
+        self.epochs = SpinBox(label="epochs", min=1, max=1000, value=d["epochs"])
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1e-1, step=1e-5,
+                               value=d["lr"])
         self.lr.native.setDecimals(6)
-        self.freeze_encoder = CheckBox(text="freeze encoder")
-        self.val_fraction = FloatSpinBox(label="validation fraction", min=0.05, max=0.5,
-                                         step=0.05, value=0.2)
-        self.tile_size = SpinBox(label="tile size", min=64, max=1024, step=32, value=256)
-        self.batch_size = SpinBox(label="batch size", min=1, max=64, value=4)
+        self.freeze_encoder = CheckBox(text="freeze encoder", value=d["freeze_encoder"])
+        self.val_fraction = FloatSpinBox(
+            label="validation fraction", min=0.05, max=0.5, step=0.05, value=d["val_fraction"],
+            tooltip="Held-out share of whole slices; with too few slices nothing is held out "
+                    "and every correction is trained on")
+        self.tile_size = SpinBox(label="tile size", min=64, max=1024, step=32,
+                                 value=d["tile_size"])
+        self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
         self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"], value="auto")
         self.new_name = LineEdit(label="new model name", value="finetuned")
         self.keep_on_cancel = CheckBox(text="on Cancel, keep the best model so far", value=True)
@@ -87,6 +110,7 @@ class FineTuneWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        wrap(self.status)
         super().__init__(widgets=[
             self.image, self.labels_layer, self.model, self.slices, self.epochs, self.lr,
             self.freeze_encoder, self.val_fraction, self.tile_size, self.batch_size, self.device,
@@ -100,20 +124,59 @@ class FineTuneWidget(Container):
             self.model.value = "starter"
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.image.changed.connect(self._on_image_changed)
+        self.labels_layer.changed.connect(self._on_labels_changed)
         layers = self._viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(lambda _e: (self.image.reset_choices(), self.labels_layer.reset_choices()))
-        model_events.saved.connect(lambda _n: self.model.reset_choices())
+            event.connect(self._refresh_layers)
+        model_events.saved.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
+        tab_with_our_other_dock(self)
+        self._follow_output()
+
+    # ---- the labels to learn from ----------------------------------------------------------
+
+    def _refresh_layers(self, _event=None) -> None:
+        if self._closed:
+            return
+        self._following = True
+        try:
+            self.image.reset_choices()
+            self.labels_layer.reset_choices()
+        finally:
+            self._following = False
+        self._follow_output()
+
+    def _on_model_saved(self, _name: str) -> None:
+        if not self._closed:
+            self.model.reset_choices()
+
+    def _on_image_changed(self, _value=None) -> None:
+        self._labels_chosen = False  # a choice made for another image does not carry over
+        self._follow_output()
+
+    def _on_labels_changed(self, _value=None) -> None:
+        if not self._following:
+            self._labels_chosen = True
+
+    def _follow_output(self) -> None:
+        """Default the labels to Segment's output layer for the chosen image (else none)."""
+        if self._labels_chosen and self.labels_layer.value in self._viewer.layers:
+            return
+        self._following = True
+        try:
+            self.labels_layer.value = output_layer(self._viewer, self.image.value, "labels")
+        finally:
+            self._following = False
 
     def _make_plot(self):
         """A live loss / validation-Dice plot (matplotlib's Qt canvas)."""
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(4, 2.6), dpi=90, tight_layout=True)
+        fig = Figure(figsize=(3.6, 2.4), dpi=90, layout="constrained")
         canvas = FigureCanvasQTAgg(fig)
-        canvas.setMinimumHeight(200)
+        canvas.setMinimumHeight(180)
         return canvas, fig.add_subplot(111)
 
     def _on_destroyed(self, _=None) -> None:
@@ -132,26 +195,43 @@ class FineTuneWidget(Container):
             raise ValueError(f"labels '{labels.name}' have shape {tuple(labels.data.shape)} but "
                              f"image '{image.name}' has {shape} (without colour)")
         current = displayed_plane(self._viewer, image, shape) if len(shape) > 2 else None
-        planes = training_planes(data.shape, image.rgb, labels.data, self.slices.value, current)
+        mode = self.slices.value
+        if mode == SLICE_CHOICES[0]:
+            if labels.metadata.get(OUTPUT_TAG) != "labels":
+                mode = TRAIN_SLICES[1]  # the user's own layer: every slice with labels
+            else:
+                return self._corrected_planes(data, image.rgb, labels)
+        planes = training_planes(data.shape, image.rgb, labels.data, mode, current)
         images = [np.asarray(plane_of(data, i)) for i in planes]
         masks = [np.asarray(plane_of(labels.data, i)) > 0 for i in planes]
         return images, masks
 
+    def _corrected_planes(self, data, rgb, labels):
+        """The slices of Segment's output layer that the user corrected (any edited pixel)."""
+        edited = proposal_of(labels).edited
+        planes = [i for i in plane_indices(data.shape, rgb) if edited[i].any()]
+        if not planes:
+            raise ValueError(
+                f"you have not corrected '{labels.name}' yet: paint, fill or erase in it first "
+                "(or choose 'all slices with labels' to train on it as it is)")
+        return ([np.asarray(plane_of(data, i)) for i in planes],
+                [np.asarray(plane_of(labels.data, i)) > 0 for i in planes])
+
     def run(self, _=None):
         if self._worker is not None:
             return None
-        import_engine()
-        from ..training import TrainConfig
+        import_engine(self.status)
+        from ..training import finetune_config
 
         try:
             images, masks = self._training_data()
             if self.model.value is None:
                 raise ValueError("no base model; add one to the models folder or Browse... in Segment")
-            cfg = TrainConfig(epochs=self.epochs.value, batch_size=self.batch_size.value,
-                              lr=self.lr.value, tile_size=self.tile_size.value,
-                              val_fraction=self.val_fraction.value,
-                              freeze_encoder=self.freeze_encoder.value, device=self.device.value,
-                              patience=max(self.epochs.value, 1))
+            cfg = finetune_config(epochs=self.epochs.value, batch_size=self.batch_size.value,
+                                  lr=self.lr.value, tile_size=self.tile_size.value,
+                                  val_fraction=self.val_fraction.value,
+                                  freeze_encoder=self.freeze_encoder.value,
+                                  device=self.device.value)
         except ValueError as err:
             show_error(f"napari-fmbff: cannot fine-tune: {err}")
             return None
@@ -164,8 +244,9 @@ class FineTuneWidget(Container):
             return None
         self._stop.clear()
         self.history = []
+        source = f"'{self.image.value.name}' + '{self.labels_layer.value.name}'"
         worker = _fine_tune(self.model.value, images, masks, cfg, name,
-                            self.keep_on_cancel.value, self._stop)
+                            self.keep_on_cancel.value, self._stop, source)
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -187,14 +268,18 @@ class FineTuneWidget(Container):
             return
         total = self.epochs.value
         if event.kind == "start":
-            self.status.value = f"Held-out Dice before: {event.val_dice:.3f}"
+            self.status.value = (f"Held-out Dice before: {event.val_dice:.3f}"
+                                 if event.val_dice == event.val_dice else
+                                 "Too few slices to hold any out: training on every "
+                                 "correction for a fixed number of epochs.")
         elif event.kind == "step":
             self.progress.value = int(1000 * ((event.epoch - 1) + event.step / event.steps) / total)
         elif event.kind == "epoch":
             self.history.append({"epoch": event.epoch, "train_loss": event.loss,
                                  "val_dice": event.val_dice})
-            self.status.value = (f"epoch {event.epoch}/{total}: loss {event.loss:.3f}, "
-                                 f"held-out Dice {event.val_dice:.3f}")
+            self.status.value = (f"epoch {event.epoch}/{total}: loss {event.loss:.3f}"
+                                 + (f", held-out Dice {event.val_dice:.3f}"
+                                    if event.val_dice == event.val_dice else ""))
             from ..plots import draw_training_curve
 
             draw_training_curve(self._axes, self.history)
@@ -203,19 +288,16 @@ class FineTuneWidget(Container):
     def _on_returned(self, outcome) -> None:
         if self._closed:
             return
-        result, path = outcome["result"], outcome["path"]
+        self.last_outcome = outcome
         self.progress.value = 1000
-        before, after = result.initial_dice, result.best_dice
-        if path is None:
-            self.status.value = "Cancelled; no model saved."
+        self.status.value = outcome.message
+        if outcome.path is None:
+            if not outcome.result.cancelled:
+                show_info(f"napari-fmbff: {outcome.message}")
             return
-        self.status.value = (f"Saved '{path.stem}'. Held-out Dice {before:.3f} -> {after:.3f}"
-                             + (" (no epoch beat the base model: its weights were kept)"
-                                if result.best_epoch == 0 else ""))
-        self.last_saved = path
-        show_info(f"napari-fmbff: saved model '{path.stem}' ({path}); held-out Dice "
-                  f"{before:.3f} -> {after:.3f}")
-        model_events.saved.emit(path.stem)
+        self.last_saved = outcome.path
+        show_info(f"napari-fmbff: {outcome.message} ({outcome.path})")
+        model_events.saved.emit(outcome.path.stem)
 
     def _on_errored(self, err) -> None:
         if not self._closed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +18,18 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.layers import Image
+from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..inference import labels_from_proba
-from ..models import models_dir
+from ..models import model_card, models_dir
 from ..stacks import plane_indices, spatial_shape, write_planes
 from ._common import (
     BROWSE,
+    IMAGE_TAG,
+    OUTPUT_TAG,
+    SAMPLE_TAG,
     displayed_plane,
     finest_level,
     geometry_of,
@@ -32,11 +37,18 @@ from ._common import (
     import_engine,
     model_choices,
     model_events,
+    output_layer,
+    tab_with_our_other_dock,
+    wrap,
 )
+from ._proposal import proposal_of
 
 SCOPES = ("current slice", "whole stack")
-#: Layer metadata key marking the layers this widget made.
-OUTPUT_TAG = "napari_fmbff_output"
+#: What a click on an object of the output layer does (in napari's pan/zoom mode).
+CLICK_MODES = ("nothing (paint as usual)", "removes it", "marks it to keep")
+#: Layer metadata key of the settings and model a result came from.
+PROVENANCE_TAG = "napari_fmbff"
+_starter_warned = False  # the "starter has never seen a patient" note, once per session
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
@@ -71,6 +83,7 @@ class SegmentWidget(Container):
         self.model = ComboBox(label="model", choices=lambda _w: model_choices(self._browsed),
                               tooltip=f"Models in {models_dir()} and bundled ones; "
                                       "Browse... picks a .safetensors file")
+        self.model_card = Label(label="trained on", value="")
         self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"], value="auto")
         self.device_used = Label(label="device in use", value="(not run yet)")
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5,
@@ -90,17 +103,33 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        self.click_mode = ComboBox(
+            label="click on an object", choices=list(CLICK_MODES), value=CLICK_MODES[0],
+            tooltip="Quick corrections in the output layer (pan/zoom mode): a click removes "
+                    "an object, or marks it to keep; each is one Ctrl-Z")
+        self.keep_button = PushButton(text="Keep only marked objects")
+        self.region_button = PushButton(text="Keep only inside rectangles")
+        self.edits = Label(value="")
+        for label in (self.status, self.model_card, self.edits, self.device_used):
+            wrap(label)
         super().__init__(widgets=[
-            self.image, self.model, self.device, self.device_used, self.threshold,
-            self.tile_size, self.overlap, self.batch_size, self.min_size, self.fill_holes,
-            self.split, self.add_probability, self.tta, self.new_layer, self.scope,
-            self.run_button, self.cancel_button, self.progress, self.status,
+            self.image, self.model, self.model_card, self.device, self.device_used,
+            self.threshold, self.tile_size, self.overlap, self.batch_size, self.min_size,
+            self.fill_holes, self.split, self.add_probability, self.tta, self.new_layer,
+            self.scope, self.run_button, self.cancel_button, self.progress, self.status,
+            self.click_mode, self.keep_button, self.region_button, self.edits,
         ])
+        self._marked: dict = {}  # plane index -> mask of objects marked to keep
+        self._click_callback = _weak_callback(self, "_on_click")  # layers must not keep us
         if "starter" in self.model.choices:
             self.model.value = "starter"
         self.model.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.click_mode.changed.connect(self._on_click_mode)
+        self.keep_button.changed.connect(self.keep_marked)
+        self.region_button.changed.connect(self.restrict_to_rectangles)
+        self._show_card()
         for w in (self.threshold, self.min_size, self.fill_holes, self.split):
             w.changed.connect(self._rethreshold)
         layers = self._viewer.layers
@@ -110,6 +139,7 @@ class SegmentWidget(Container):
         model_events.saved.connect(self._on_model_saved)
         self._watch_models_folder()
         self.native.destroyed.connect(self._on_destroyed)
+        tab_with_our_other_dock(self)
         self._follow_active()
 
     # ---- choices -------------------------------------------------------------------------
@@ -143,10 +173,16 @@ class SegmentWidget(Container):
         self._watcher.directoryChanged.connect(lambda _path: self.refresh_models())
 
     def _on_model_saved(self, name: str) -> None:
-        self.refresh_models(select=name)
+        if not self._closed:
+            self.refresh_models(select=name)
+
+    def _show_card(self) -> None:
+        ref = self._model_ref()
+        self.model_card.value = "" if ref is None else model_card(ref)
 
     def _on_model_changed(self, value) -> None:
         if value != BROWSE:
+            self._show_card()
             return
         from qtpy.QtWidgets import QFileDialog
 
@@ -198,9 +234,11 @@ class SegmentWidget(Container):
         options = dict(device=self.device.value, tile_size=self.tile_size.value,
                        overlap=self.overlap.value, batch_size=self.batch_size.value,
                        tta=self.tta.value)
-        import_engine()
+        import_engine(self.status)
+        self._note_starter(model_ref, layer)
         worker = _segment_planes(model_ref, data, layer.rgb, planes, options)
-        job = {"layer": layer, "shape": spatial_shape(data.shape, layer.rgb)}
+        job = {"layer": layer, "shape": spatial_shape(data.shape, layer.rgb),
+               "model": str(model_ref), "options": options}
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(lambda probs: self._on_returned(job, probs))
         worker.errored.connect(self._on_errored)
@@ -212,6 +250,17 @@ class SegmentWidget(Container):
         self._set_status(f"Segmenting {len(planes)} slice(s) of '{layer.name}'...")
         worker.start()
         return worker
+
+    def _note_starter(self, model_ref, layer) -> None:
+        """Once per session: the bundled starter on a real image is only a first draft."""
+        global _starter_warned
+        if _starter_warned or str(model_ref) != "starter" or layer.metadata.get(SAMPLE_TAG):
+            return
+        _starter_warned = True
+        show_info("napari-fmbff: 'starter' has never seen a patient (it was trained on "
+                  "procedural images only), so expect a poor first answer on real scans. "
+                  "Correct the result with the brush, then use Fine-tune: a few corrected "
+                  "slices make a model for your images.")
 
     def _current_index(self, layer, data):
         """The displayed slice of a stack (None for 'whole stack' and 2D images)."""
@@ -266,6 +315,7 @@ class SegmentWidget(Container):
                          "the result was dropped.")
             return
         labels_layer = self._labels_layer_for(layer, job["shape"])
+        labels_layer.metadata[PROVENANCE_TAG] = self._provenance(job)
         prob_layer = None
         if self.add_probability.value:
             prob_layer = self._probability_layer_for(layer, job["shape"])
@@ -275,35 +325,143 @@ class SegmentWidget(Container):
         self._rethreshold()
         self.progress.value = 1000
         n = sum(int(labels_layer.data[i].max() > 0) for i in probs)
-        self._set_status(f"Done: '{labels_layer.name}' ({n}/{len(probs)} slice(s) with objects).")
+        kept = proposal_of(labels_layer).n_edited
+        self._set_status(f"Done: '{labels_layer.name}' ({n}/{len(probs)} slice(s) with objects)."
+                         + (f" {kept} pixel(s) you edited were kept as you left them."
+                            if kept else ""))
+
+    def _provenance(self, job) -> dict:
+        from .. import __version__
+
+        return {"model": job["model"], "threshold": self.threshold.value,
+                "min_size": self.min_size.value, "fill_holes": self.fill_holes.value,
+                "split": self.split.value, **job["options"], "package_version": __version__,
+                "image": job["layer"].name,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     def _labels_layer_for(self, image, shape):
-        name = f"{image.name} fmbff"
-        existing = self._viewer.layers[name] if name in self._viewer.layers else None
-        if (existing is not None and not self.new_layer.value
-                and tuple(existing.data.shape) == tuple(shape)):
-            return existing
-        return self._viewer.add_labels(np.zeros(shape, np.int32), name=name,
-                                       metadata={OUTPUT_TAG: "labels"}, **geometry_of(image))
+        layer = output_layer(self._viewer, image, "labels", shape=shape)
+        if layer is None or self.new_layer.value:
+            layer = self._viewer.add_labels(
+                np.zeros(shape, np.int32), name=f"{image.name} fmbff",
+                metadata={OUTPUT_TAG: "labels", IMAGE_TAG: image.name}, **geometry_of(image))
+        if self._click_callback not in layer.mouse_drag_callbacks:  # a layer of an earlier dock
+            layer.mouse_drag_callbacks.append(self._click_callback)
+        return layer
 
     def _probability_layer_for(self, image, shape):
-        name = f"{image.name} fmbff probability"
-        existing = self._viewer.layers[name] if name in self._viewer.layers else None
-        if existing is not None and tuple(existing.data.shape) == tuple(shape):
+        existing = output_layer(self._viewer, image, "probability", Image, shape)
+        if existing is not None:
             return existing
         return self._viewer.add_image(
-            np.zeros(shape, np.float32), name=name, colormap="magma", blending="additive",
-            contrast_limits=(0.0, 1.0), opacity=0.6, metadata={OUTPUT_TAG: "probability"},
-            **geometry_of(image))
+            np.zeros(shape, np.float32), name=f"{image.name} fmbff probability",
+            colormap="magma", blending="additive", contrast_limits=(0.0, 1.0), opacity=0.6,
+            metadata={OUTPUT_TAG: "probability", IMAGE_TAG: image.name}, **geometry_of(image))
 
     def _rethreshold(self, _=None) -> None:
-        """Labels from the kept probabilities, with no new network call."""
+        """Labels from the kept probabilities, with no new network call (one undo step).
+
+        Pixels the user painted, filled or erased keep their values; removed objects stay
+        removed; rectangles keep restricting (see ``_proposal``).
+        """
         result = self._result
         if not result or result["labels"] not in self._viewer.layers:
             return
-        layer = result["labels"]
-        for index, prob in result["probs"].items():
-            layer.data[index] = labels_from_proba(
-                prob, self.threshold.value, self.min_size.value, self.fill_holes.value,
-                self.split.value)
-        layer.refresh()
+        proposals = {index: labels_from_proba(prob, self.threshold.value, self.min_size.value,
+                                              self.fill_holes.value, self.split.value)
+                     for index, prob in result["probs"].items()}
+        proposal_of(result["labels"]).show(proposals)
+
+    # ---- quick corrections ---------------------------------------------------------------
+
+    def _current_labels(self):
+        """The output labels layer of the chosen image (None if it has none)."""
+        return output_layer(self._viewer, self.image.value, "labels")
+
+    def _on_click_mode(self, mode) -> None:
+        labels = self._current_labels()
+        if labels is not None and mode != CLICK_MODES[0]:
+            labels.mode = "pan_zoom"  # painting keeps its own mode; clicks need pan/zoom
+            self._viewer.layers.selection.active = labels
+        self._marked = {}
+
+    def _on_click(self, layer, event):
+        """Mouse callback of our output layers: a click (not a drag) on an object."""
+        if self._closed or self.click_mode.value == CLICK_MODES[0] or layer.mode != "pan_zoom":
+            return
+        start = layer.world_to_data(event.position)
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        if not dragged:
+            self.click_object(layer, start)
+
+    def click_object(self, layer, point) -> None:
+        """What a click at data ``point`` of an output layer does, by ``click_mode``."""
+        proposal = proposal_of(layer)
+        found = proposal.object_at(point)
+        if found is None:
+            return
+        index, mask = found
+        if self.click_mode.value == CLICK_MODES[1]:
+            n = proposal.remove(index, mask)
+            self.edits.value = f"Removed an object ({n} px); Ctrl-Z brings it back."
+        elif self.click_mode.value == CLICK_MODES[2]:
+            self._marked[index] = self._marked.get(index, np.zeros_like(mask)) | mask
+            n = sum(int(_count_objects(m)) for m in self._marked.values())
+            self.edits.value = f"{n} object(s) marked; 'Keep only marked objects' removes the rest."
+
+    def keep_marked(self, _=None) -> None:
+        labels = self._current_labels()
+        if labels is None or not self._marked:
+            show_info("napari-fmbff: choose 'click on an object: marks it to keep', click the "
+                      "objects to keep, then this button.")
+            return
+        proposal = proposal_of(labels)
+        removed = sum(proposal.keep_only(index, mask) for index, mask in self._marked.items())
+        self._marked = {}
+        self.edits.value = f"Kept the marked objects; removed {removed} px (one Ctrl-Z each slice)."
+
+    def restrict_to_rectangles(self, _=None) -> None:
+        """First click: a rectangles layer to draw in. Next: keep proposals inside them."""
+        image, labels = self.image.value, self._current_labels()
+        if labels is None:
+            show_info("napari-fmbff: segment first; then draw rectangles to keep.")
+            return
+        shapes = output_layer(self._viewer, image, "region", Shapes)
+        if shapes is None or not len(shapes.data):
+            if shapes is None:
+                shapes = self._viewer.add_shapes(
+                    name=f"{image.name} fmbff region", ndim=labels.ndim, edge_color="yellow",
+                    face_color="transparent", edge_width=2,
+                    metadata={OUTPUT_TAG: "region", IMAGE_TAG: image.name}, **geometry_of(labels))
+            shapes.mode = "add_rectangle"
+            self._viewer.layers.selection.active = shapes
+            self.edits.value = (f"Draw rectangles on '{shapes.name}', then click "
+                                "'Keep only inside rectangles' again.")
+            return
+        region = shapes.to_masks(labels.data.shape).any(axis=0)
+        n = proposal_of(labels).restrict(region)
+        shapes.data = []
+        self._viewer.layers.selection.active = labels
+        self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
+
+
+def _weak_callback(widget, method: str):
+    """A layer mouse callback that calls ``widget.method`` while the widget lives."""
+    ref = weakref.ref(widget)
+
+    def callback(layer, event):
+        target = ref()
+        if target is not None:
+            yield from getattr(target, method)(layer, event)
+
+    return callback
+
+
+def _count_objects(mask) -> int:
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask)[1]
