@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .chunked import Chunk, segment_chunk
+from .inference import SegmentSettings
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,8 @@ class SegmenterSpec:
     """Everything needed to build the same Segmenter in another process."""
 
     model_path: str
-    device: str = "auto"
-    tile_size: int | None = None
-    overlap: float = 0.25
-    batch_size: int = 8
-    tta: bool = False
+    settings: SegmentSettings = SegmentSettings()
     threads: int | None = None  # torch CPU threads; None leaves torch's default
-    compile: bool = False
 
     def build(self, device: str | None = None):
         from .inference import Segmenter
@@ -36,9 +32,7 @@ class SegmenterSpec:
             import torch
 
             torch.set_num_threads(self.threads)
-        return Segmenter(self.model_path, device=device or self.device, tile_size=self.tile_size,
-                         overlap=self.overlap, batch_size=self.batch_size, tta=self.tta,
-                         compile=self.compile)
+        return Segmenter(self.model_path, self.settings, device=device or self.settings.device)
 
 
 @dataclass(frozen=True)

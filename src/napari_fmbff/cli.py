@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from .inference import DEVICES, PRECISIONS, SegmentSettings
+from .tiling import BLENDS
+
 EXIT_USAGE = 2
 
 
@@ -59,11 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     _add_model_arg(seg)
     seg.add_argument("--out", "-o", required=True, help="output folder")
-    seg.add_argument("--tile-size", type=_positive_int, default=None,
+    run = SegmentSettings.defaults()
+    seg.add_argument("--tile-size", type=_positive_int, default=run["tile_size"],
                      help="tile edge in px, a multiple of 32 (default: the model's)")
-    seg.add_argument("--overlap", type=_fraction, default=0.25, help="tile overlap fraction (0.25)")
-    seg.add_argument("--batch-size", type=_positive_int, default=8, help="tiles per batch (8)")
-    seg.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    seg.add_argument("--overlap", type=_fraction, default=run["overlap"],
+                     help=f"tile overlap fraction ({run['overlap']})")
+    seg.add_argument("--batch-size", type=_positive_int, default=run["batch_size"],
+                     help=f"tiles per batch ({run['batch_size']})")
+    seg.add_argument("--device", default=run["device"], choices=DEVICES)
+    seg.add_argument("--precision", default=run["precision"], choices=PRECISIONS,
+                     help="CUDA arithmetic (auto: bf16 where supported, else fp16)")
+    seg.add_argument("--blend", default=run["blend"], choices=BLENDS,
+                     help=f"tile weights ({run['blend']}; gaussian as MONAI / nnU-Net)")
+    seg.add_argument("--no-pinned", dest="pinned", action="store_false",
+                     help="CUDA: plain synchronous copies instead of pinned buffers")
     seg.add_argument("--threshold", type=_probability, default=0.5, help="probability cut (0.5)")
     seg.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this (px)")
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
@@ -133,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze-encoder", action="store_true")
     train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
     train.add_argument("--no-augment", action="store_true")
-    train.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    train.add_argument("--device", default="auto", choices=DEVICES)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true",
                        help="continue from MODEL.resume.pt, written after every epoch")
@@ -153,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--csv", default=None, help="also write the per-image table here")
     ev.add_argument("--threshold", type=_probability, default=0.5)
     ev.add_argument("--tile-size", type=_positive_int, default=None)
-    ev.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    ev.add_argument("--device", default="auto", choices=DEVICES)
 
     demo = sub.add_parser("demo", help="segment the bundled sample with the bundled model",
                           description="Open napari on a sample image with the Segment and "
@@ -164,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arg(demo)
     demo.add_argument("--headless", action="store_true", help="no window; write files to --out")
     demo.add_argument("--out", "-o", default="fmbff-demo", help="output folder (headless)")
-    demo.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    demo.add_argument("--device", default="auto", choices=DEVICES)
     demo.add_argument("--screenshot", default=None,
                       help="save the window as this PNG once segmented, then close")
     demo.add_argument("--overwrite", action="store_true")
@@ -232,12 +244,11 @@ def cmd_segment(args) -> int:
         if clash:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
     large = [job for job in jobs if job.large]
-    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), args.device,
-                         args.tile_size, args.overlap, args.batch_size, args.tta,
-                         compile=args.compile)
+    run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
+    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run)
     # What a resumed large job must share with the run that started it.
-    settings = {"model": spec.model_path, "tile_size": spec.tile_size, "overlap": spec.overlap,
-                "tta": spec.tta}
+    settings = {"model": spec.model_path, "tile_size": run.tile_size, "overlap": run.overlap,
+                "tta": run.tta}
     try:
         if args.workers is not None or args.scheduler:
             return _segment_on_cluster(args, spec, jobs, post, settings)

@@ -43,7 +43,7 @@ def cpu_threads_per_worker(workers: int) -> int:
 def _worker_segmenter(spec: SegmenterSpec):
     seg = _BUILT.get(spec)
     if seg is None:
-        seg = _BUILT[spec] = spec.build(device=_worker_device(spec.device))
+        seg = _BUILT[spec] = spec.build(device=_worker_device(spec.settings.device))
     return seg
 
 

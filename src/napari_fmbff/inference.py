@@ -11,14 +11,23 @@ import concurrent.futures
 import contextlib
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from .normalization import Normalization, as_three_channels, torch_ready
+from .normalization import (
+    Normalization,
+    as_three_channels,
+    default_normalization,
+    torch_ready,
+)
 from .tiling import RegionAccumulator, RowBandAccumulator, TileGrid, check_blend
 
 DEFAULT_TILE_SIZE = 512
+#: Where the network can run; "auto" picks CUDA, then Apple MPS, then the CPU.
+DEVICES = ("auto", "cuda", "mps", "cpu")
+#: Arithmetic on CUDA; "auto" is bf16 where the card supports it, else fp16 (CPU: always fp32).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Staged path: batches the host may queue ahead of the GPU (each holds its tiles on the GPU).
 LEAD_BATCHES = 3
 
@@ -33,6 +42,62 @@ class Progress:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 1.0
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How a Segmenter runs: the one set of defaults that the API, ``fmbff segment``'s flags,
+    the Segment widget's fields and the dask workers all use.
+
+    Args:
+        device: one of ``DEVICES``; "auto" picks CUDA, then MPS, then the CPU.
+        tile_size: tile edge in pixels, a multiple of 32; None uses what the checkpoint
+            recorded (else 512).
+        overlap: tile overlap as a fraction of the tile, in [0, 1).
+        batch_size: tiles per network call (CUDA out-of-memory halves it and carries on).
+        tta: average over flips (4x slower).
+        precision: one of ``PRECISIONS`` (CUDA only; the CPU computes in fp32).
+        blend: tile weights, "cosine" (raised-cosine taper) or "gaussian" (as MONAI/nnU-Net).
+        compile: run the network through torch.compile (CUDA graphs on GPU).
+        pinned: CUDA only: reused page-locked buffers and side copy streams.
+    """
+
+    device: str = "auto"
+    tile_size: int | None = None
+    overlap: float = 0.25
+    batch_size: int = 8
+    tta: bool = False
+    precision: str = "auto"
+    blend: str = "cosine"
+    compile: bool = False
+    pinned: bool = True
+
+    def __post_init__(self) -> None:
+        from .model.network import INPUT_MULTIPLE
+
+        if str(self.device).lower().split(":")[0] not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; use {', '.join(DEVICES)}")
+        if self.tile_size is not None and (self.tile_size < INPUT_MULTIPLE
+                                           or self.tile_size % INPUT_MULTIPLE):
+            raise ValueError(f"tile size must be a multiple of {INPUT_MULTIPLE}, "
+                             f"got {self.tile_size}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+        check_blend(self.blend)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Field -> default, without building (or importing torch), for CLI and widget fields."""
+        return {f.name: f.default for f in fields(cls)}
 
 
 def drain(gen):
@@ -91,39 +156,37 @@ class Segmenter:
     """Tiled, batched inference of a binary segmentation network.
 
     model: an ``FMBFFNet`` (or any module (B, 3, H, W) -> (B, 1, H, W) logits), a registered
-    model name, or a checkpoint path. tile_size / normalization default to what the
-    checkpoint recorded. blend: "cosine" (default) or "gaussian" tile weights. compile:
-    run the network through torch.compile (CUDA graphs on GPU). On CUDA: autocast (bf16 where
-    supported, else fp16), channels_last, and a CUDA out-of-memory error halves the batch and
-    carries on. pinned (CUDA only): tiles go up and finished rows come down through reused
-    page-locked host buffers on a side copy stream, so copies run while the network computes
-    and the host never waits for the GPU between batches (False: plain synchronous copies).
+    model name, or a checkpoint path. How it runs: ``SegmentSettings`` (its fields may also be
+    given as keywords). tile_size / normalization default to what the checkpoint recorded.
+    On CUDA: autocast (bf16 where supported, else fp16), channels_last, and a CUDA
+    out-of-memory error halves the batch and carries on. pinned (CUDA only): tiles go up and
+    finished rows come down through reused page-locked host buffers on side copy streams, so
+    copies run while the network computes and the host never waits for the GPU between
+    batches (False: plain synchronous copies).
     """
 
-    def __init__(self, model, device: str = "auto", tile_size: int | None = None,
-                 overlap: float = 0.25, batch_size: int = 8, tta: bool = False,
-                 normalization: Normalization | None = None, precision: str = "auto",
-                 blend: str = "cosine", compile: bool = False, pinned: bool = True) -> None:
+    def __init__(self, model, settings: SegmentSettings | None = None,
+                 normalization: Normalization | None = None, **overrides) -> None:
+        """``settings`` (default ``SegmentSettings()``) with ``overrides`` of its fields, e.g.
+        ``Segmenter(net, device="cpu", tile_size=256)``; ``normalization`` defaults to the
+        checkpoint's."""
         import torch
 
+        settings = replace(settings or SegmentSettings(), **overrides)  # validates too
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from .models import load_model
 
             model = load_model(model)
-        self.device = resolve_device(device)
+        self.settings = settings
+        self.device = resolve_device(settings.device)
         meta = getattr(model, "metadata", {}) or {}
-        self.tile_size = int(tile_size or meta.get("tile_size") or DEFAULT_TILE_SIZE)
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
-        self.overlap = float(overlap)
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.tta = bool(tta)
-        self.blend = blend
-        check_blend(blend)  # now, not at the first image
+        self.tile_size = int(settings.tile_size or meta.get("tile_size") or DEFAULT_TILE_SIZE)
+        self.overlap = float(settings.overlap)
+        self.batch_size = int(settings.batch_size)
+        self.tta = bool(settings.tta)
+        self.blend = settings.blend
         self.normalization = normalization or default_normalization(model)
-        self.amp_dtype = _amp_dtype(self.device, precision)
+        self.amp_dtype = amp_dtype(self.device, settings.precision)
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -131,12 +194,13 @@ class Segmenter:
         # torch.compile (opt-in: the first batch waits for the compiler; later processes reuse
         # its on-disk cache). On CUDA "reduce-overhead" also replays the batch as a CUDA graph,
         # so every batch is padded to the same shape and nothing recompiles.
-        self.compiled = bool(compile)
+        self.compiled = bool(settings.compile)
         if self.compiled:
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
             self.model = torch.compile(model, mode=mode, dynamic=False)
         # Pinned buffers and the copy stream (None: the plain path, always so off CUDA).
-        self.staging = HostStaging(self.device) if pinned and self.device.type == "cuda" else None
+        self.staging = (HostStaging(self.device) if settings.pinned and self.device.type == "cuda"
+                        else None)
         self._stats = None  # (normalization, mean, std) cached on the device for the staged path
 
     @property
@@ -498,25 +562,17 @@ class HostStaging:
         return buf.event is None or buf.event.query()
 
 
-def _amp_dtype(device, precision: str):
+def amp_dtype(device, precision: str = "auto"):
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
     import torch
 
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def default_normalization(model) -> Normalization:
-    """What the checkpoint recorded, else "auto" with the encoder's own mean and std."""
-    meta = getattr(model, "metadata", {}) or {}
-    if meta.get("normalization"):
-        return Normalization.from_dict(meta["normalization"])
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return Normalization(mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)))
 
 
 def labels_from_proba(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0,

@@ -90,7 +90,7 @@ def save_model(net, path, metadata: dict | None = None, overwrite: bool = False,
     from safetensors.torch import save_file
 
     from . import __version__
-    from .inference import default_normalization
+    from .normalization import default_normalization
 
     path = Path(path)
     if path.suffix != SUFFIX:

@@ -148,3 +148,12 @@ def as_three_channels(tile: np.ndarray) -> np.ndarray:
     if c in (3, 4):
         return tile[..., :3]
     raise ValueError(f"expected 1, 3 or 4 channels, got {c}")
+
+
+def default_normalization(model) -> Normalization:
+    """What the checkpoint recorded, else "auto" with the encoder's own mean and std."""
+    meta = getattr(model, "metadata", {}) or {}
+    if meta.get("normalization"):
+        return Normalization.from_dict(meta["normalization"])
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return Normalization(mean=tuple(cfg.get("mean", (0.5,) * 3)), std=tuple(cfg.get("std", (0.5,) * 3)))

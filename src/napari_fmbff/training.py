@@ -394,7 +394,8 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
     """
     import torch
 
-    from .inference import _amp_dtype, resolve_device
+    from .inference import amp_dtype as autocast_dtype
+    from .inference import resolve_device
 
     started = time.time()
     from . import ddp as _ddp
@@ -432,7 +433,7 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
                                                            patience=cfg.lr_patience)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _e: 1.0)
-    amp_dtype = _amp_dtype(device, "auto") if cfg.amp else None
+    amp_dtype = autocast_dtype(device, "auto") if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     steps = cfg.steps_per_epoch or max(cfg.min_steps_per_epoch,
                                        math.ceil(len(train_items) / cfg.batch_size))
