@@ -546,6 +546,10 @@ def cmd_demo(args) -> int:
               f"Dice {r['dice']:.3f}, Jaccard {r['jaccard']:.3f} against the ground truth")
         print(f"fmbff demo: overlay (green = prediction, yellow = truth) in {r['overlay']}")
         return 0
+    if not _has_display():  # before Qt, which would abort the process without one
+        print("fmbff demo: no display (DISPLAY / WAYLAND_DISPLAY unset); run `fmbff demo "
+              "--headless` to write the result as image files instead", file=sys.stderr)
+        return EXIT_USAGE
     try:
         from ._widgets._demo import open_demo
     except ImportError as err:
@@ -553,6 +557,16 @@ def cmd_demo(args) -> int:
                        "or use --headless") from None
     open_demo(args.look, model, args.screenshot)
     return 0
+
+
+def _has_display() -> bool:
+    """Whether a window can open: on Linux (and other X11 systems) a display must be named."""
+    import os
+
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal", "vnc"))
 
 
 def _write_sample(job) -> None:

@@ -23,7 +23,11 @@ _BUILT: dict = {}
 def start_client(scheduler: str | None = None, workers: int | None = None):
     """A client of the cluster at ``scheduler`` (host:port), or of a new local cluster of
     ``workers`` processes with one thread each (closed with the client)."""
-    from distributed import Client
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError('--workers / --scheduler need dask.distributed: '
+                         'pip install "napari-fmbff[cluster]"') from None
 
     if scheduler:
         try:

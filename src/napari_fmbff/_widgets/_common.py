@@ -19,9 +19,11 @@ IMAGE_TAG = "napari_fmbff_image"
 
 
 class _ModelEvents:
-    """Fired (in the main thread) when a model is saved, so every model list refreshes."""
+    """Fired (in the main thread) when a model is saved or the models folder changes, so
+    every model list refreshes."""
 
     saved = Signal(str)
+    folder_changed = Signal(str)
 
 
 model_events = _ModelEvents()

@@ -41,9 +41,30 @@ from ._common import (
     wrap,
 )
 from ._proposal import proposal_of
+from ._settings import PersistedSettings
 
 #: Which slices Fine-tune learns from; the first is the default.
 SLICE_CHOICES = ("slices you corrected",) + TRAIN_SLICES
+
+
+def finetune_widget_defaults() -> dict:
+    """Every remembered field of the widget and its default; the training values are
+    napari_fmbff.training.FINETUNE_DEFAULTS (what `fmbff train --init` uses too)."""
+    from ..training import FINETUNE_DEFAULTS as d
+
+    return {
+        "model": "starter",
+        "slices": SLICE_CHOICES[0],
+        "epochs": d["epochs"],
+        "lr": d["lr"],
+        "freeze_encoder": d["freeze_encoder"],
+        "val_fraction": d["val_fraction"],
+        "tile_size": d["tile_size"],
+        "batch_size": d["batch_size"],
+        "device": "auto",
+        "new_name": "finetuned",
+        "keep_on_cancel": True,
+    }
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
@@ -59,7 +80,7 @@ def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threadi
     norm = default_normalization(net)
     items = make_items(images, masks, norm)
     return (yield from train_and_save(
-        net, items, cfg, norm, lambda: unique_model_path(name), base=base_ref,
+        net, items, cfg, norm, unique_model_path(name), base=base_ref,
         training_data=f"napari layers {source} (user corrections)",
         keep_on_cancel=keep_on_cancel, should_stop=stop.is_set,
         extra={"layout": "napari layers", "encoder_init": None}))
@@ -69,8 +90,7 @@ class FineTuneWidget(Container):
     """Fine-tune a model on an image and its corrected Labels layer."""
 
     def __init__(self, napari_viewer) -> None:
-        from ..training import FINETUNE_DEFAULTS as d
-
+        d = finetune_widget_defaults()
         self._viewer = napari_viewer
         self._worker = None
         self._stop = threading.Event()
@@ -88,7 +108,7 @@ class FineTuneWidget(Container):
         self.model = ComboBox(label="base model",
                               choices=lambda _w: [c for c in model_choices({}) if c != BROWSE])
         self.slices = ComboBox(
-            label="slices", choices=list(SLICE_CHOICES), value=SLICE_CHOICES[0],
+            label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
             tooltip="'slices you corrected': in Segment's output layer, the slices where you "
                     "painted, filled or erased (in another Labels layer: slices with labels)")
         self.epochs = SpinBox(label="epochs", min=1, max=1000, value=d["epochs"])
@@ -103,25 +123,34 @@ class FineTuneWidget(Container):
         self.tile_size = SpinBox(label="tile size", min=64, max=1024, step=32,
                                  value=d["tile_size"])
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
-        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"], value="auto")
-        self.new_name = LineEdit(label="new model name", value="finetuned")
-        self.keep_on_cancel = CheckBox(text="on Cancel, keep the best model so far", value=True)
+        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"],
+                               value=d["device"])
+        self.new_name = LineEdit(label="new model name", value=d["new_name"])
+        self.keep_on_cancel = CheckBox(text="on Cancel, keep the best model so far",
+                                       value=d["keep_on_cancel"])
         self.run_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(value="")
+        self.restore_button = PushButton(text="Restore defaults",
+                                         tooltip="Every setting above back to its default")
         wrap(self.status)
         super().__init__(widgets=[
             self.image, self.labels_layer, self.model, self.slices, self.epochs, self.lr,
             self.freeze_encoder, self.val_fraction, self.tile_size, self.batch_size, self.device,
             self.new_name, self.keep_on_cancel, self.run_button, self.cancel_button, self.progress,
-            self.status,
+            self.status, self.restore_button,
         ])
         self._canvas, self._axes = self._make_plot()
         if self._canvas is not None:
             self.native.layout().addWidget(self._canvas)
-        if "starter" in self.model.choices:
-            self.model.value = "starter"
+        if d["model"] in self.model.choices:
+            self.model.value = d["model"]
+        self.settings = PersistedSettings(
+            "finetune", {name: getattr(self, name) for name in d}, d)
+        self.settings.load()
+        self.settings.connect()
+        self.restore_button.changed.connect(self.settings.restore_defaults)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image_changed)
@@ -130,6 +159,7 @@ class FineTuneWidget(Container):
         for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
             event.connect(self._refresh_layers)
         model_events.saved.connect(self._on_model_saved)
+        model_events.folder_changed.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
         tab_with_our_other_dock(self)
         self._follow_output()

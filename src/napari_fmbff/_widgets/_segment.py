@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import weakref
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
+    FileEdit,
     FloatSlider,
     FloatSpinBox,
     Label,
@@ -23,7 +25,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..inference import labels_from_proba
-from ..models import model_card, models_dir
+from ..models import MODELS_DIR_ENV, model_card, models_dir
 from ..stacks import plane_indices, spatial_shape, write_planes
 from ._common import (
     BROWSE,
@@ -42,12 +44,31 @@ from ._common import (
     wrap,
 )
 from ._proposal import proposal_of
+from ._settings import MODELS_FOLDER_KEY, PersistedSettings, read_all, write_key
 
 SCOPES = ("current slice", "whole stack")
 #: What a click on an object of the output layer does (in napari's pan/zoom mode).
 CLICK_MODES = ("nothing (paint as usual)", "removes it", "marks it to keep")
 #: Layer metadata key of the settings and model a result came from.
 PROVENANCE_TAG = "napari_fmbff"
+#: Keyboard shortcut for Segment (napari key syntax), active while the canvas has focus.
+SEGMENT_SHORTCUT = "Shift-S"
+#: Every remembered field of the widget and its default ("Restore defaults" goes back here).
+SEGMENT_DEFAULTS = {
+    "model": "starter",
+    "device": "auto",
+    "threshold": 0.5,
+    "tile_size": 512,
+    "overlap": 0.25,
+    "batch_size": 4,
+    "min_size": 0,
+    "fill_holes": False,
+    "split": True,
+    "add_probability": False,
+    "tta": False,
+    "new_layer": False,
+    "scope": SCOPES[0],
+}
 _starter_warned = False  # the "starter has never seen a patient" note, once per session
 
 
@@ -73,8 +94,10 @@ class SegmentWidget(Container):
     """Segment the selected image with an FM-BFF-Net model into a Labels layer."""
 
     def __init__(self, napari_viewer) -> None:
+        d = SEGMENT_DEFAULTS
         self._viewer = napari_viewer
         self._browsed: dict[str, Path] = {}
+        _apply_saved_models_folder()
         self._worker = None
         self._closed = False
         self._result = None  # the last run: labels layer, probabilities, prob layer
@@ -84,22 +107,33 @@ class SegmentWidget(Container):
                               tooltip=f"Models in {models_dir()} and bundled ones; "
                                       "Browse... picks a .safetensors file")
         self.model_card = Label(label="trained on", value="")
-        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"], value="auto")
+        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"],
+                               value=d["device"])
         self.device_used = Label(label="device in use", value="(not run yet)")
-        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5,
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01,
+                                     value=d["threshold"],
                                      tooltip="Changing it re-thresholds the last result at once")
-        self.tile_size = SpinBox(label="tile size", min=64, max=4096, step=32, value=512)
-        self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.5, step=0.05, value=0.25)
-        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=4)
-        self.min_size = SpinBox(label="min object size (px)", min=0, max=10**8, value=0)
-        self.fill_holes = CheckBox(text="fill holes")
-        self.split = CheckBox(text="split into separate objects", value=True)
-        self.add_probability = CheckBox(text="also add the probability map")
-        self.tta = CheckBox(text="test-time augmentation (flips, 4x slower)")
-        self.new_layer = CheckBox(text="new labels layer for each run")
-        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0],
+        self.tile_size = SpinBox(label="tile size", min=64, max=4096, step=32, value=d["tile_size"])
+        self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.5, step=0.05,
+                                    value=d["overlap"])
+        self.batch_size = SpinBox(label="batch size", min=1, max=256, value=d["batch_size"])
+        self.min_size = SpinBox(label="min object size (px)", min=0, max=10**8,
+                                value=d["min_size"])
+        self.fill_holes = CheckBox(text="fill holes", value=d["fill_holes"])
+        self.split = CheckBox(text="split into separate objects", value=d["split"])
+        self.add_probability = CheckBox(text="also add the probability map",
+                                        value=d["add_probability"])
+        self.tta = CheckBox(text="test-time augmentation (flips, 4x slower)", value=d["tta"])
+        self.new_layer = CheckBox(text="new labels layer for each run", value=d["new_layer"])
+        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=d["scope"],
                               tooltip="For stacks: the displayed slice only, or every slice")
-        self.run_button = PushButton(text="Segment")
+        self.models_folder = FileEdit(
+            label="models folder", mode="d", value=models_dir(),
+            tooltip="Where fine-tuned models are saved and looked for (remembered; the "
+                    f"{MODELS_DIR_ENV} environment variable, when set, is used instead)")
+        self.run_button = PushButton(
+            text="Segment", tooltip=f"Segment the image ({SEGMENT_SHORTCUT.replace('-', '+')} "
+                                    "on the canvas)")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(value="")
@@ -110,6 +144,9 @@ class SegmentWidget(Container):
         self.keep_button = PushButton(text="Keep only marked objects")
         self.region_button = PushButton(text="Keep only inside rectangles")
         self.edits = Label(value="")
+        self.restore_button = PushButton(text="Restore defaults",
+                                         tooltip="Every setting above back to its default "
+                                                 "(the models folder stays)")
         for label in (self.status, self.model_card, self.edits, self.device_used):
             wrap(label)
         super().__init__(widgets=[
@@ -118,11 +155,21 @@ class SegmentWidget(Container):
             self.fill_holes, self.split, self.add_probability, self.tta, self.new_layer,
             self.scope, self.run_button, self.cancel_button, self.progress, self.status,
             self.click_mode, self.keep_button, self.region_button, self.edits,
+            self.models_folder, self.restore_button,
         ])
         self._marked: dict = {}  # plane index -> mask of objects marked to keep
         self._click_callback = _weak_callback(self, "_on_click")  # layers must not keep us
-        if "starter" in self.model.choices:
-            self.model.value = "starter"
+        if d["model"] in self.model.choices:
+            self.model.value = d["model"]
+        self.settings = PersistedSettings(
+            "segment", {name: getattr(self, name) for name in SEGMENT_DEFAULTS}, SEGMENT_DEFAULTS,
+            skip=lambda name, value: name == "model" and (value == BROWSE or value in self._browsed))
+        self.settings.load()
+        self.settings.connect()
+        self.restore_button.changed.connect(self.restore_defaults)
+        self.models_folder.changed.connect(self._on_models_folder)
+        self.models_folder.line_edit.native.editingFinished.connect(
+            lambda: self._on_models_folder(self.models_folder.value, typed=True))
         self.model.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -137,10 +184,58 @@ class SegmentWidget(Container):
             event.connect(self._refresh_layers)
         layers.selection.events.active.connect(self._follow_active)
         model_events.saved.connect(self._on_model_saved)
+        model_events.folder_changed.connect(self._on_folder_changed)
         self._watch_models_folder()
+        self._bind_shortcut()
         self.native.destroyed.connect(self._on_destroyed)
         tab_with_our_other_dock(self)
         self._follow_active()
+
+    # ---- settings ------------------------------------------------------------------------
+
+    def restore_defaults(self, _=None) -> None:
+        """Every remembered field back to SEGMENT_DEFAULTS (the models folder stays)."""
+        self.settings.restore_defaults()
+        self._show_card()
+        self._rethreshold()
+
+    def _on_models_folder(self, value, typed: bool = False) -> None:
+        """A folder chosen in the widget: remembered, and used by the engine from now on.
+
+        Typed paths count once editing ends (Enter or leaving the field), not per key.
+        """
+        if not typed and self.models_folder.line_edit.native.hasFocus():
+            return
+        folder = Path(value).expanduser()
+        if not str(value) or folder == models_dir():
+            return
+        if not folder.is_dir():
+            self.edits.value = f"Models folder {folder} does not exist; choose an existing folder."
+            return
+        set_models_folder(folder)
+        model_events.folder_changed.emit(str(folder))
+        self.edits.value = f"Models folder: {folder} (fine-tuned models are saved here)."
+
+    def _on_folder_changed(self, folder: str) -> None:
+        """Any Segment widget changed the models folder: list and watch the new one."""
+        if self._closed:
+            return
+        if Path(self.models_folder.value) != Path(folder):
+            self.models_folder.value = folder
+        self._watch_models_folder()
+        self.refresh_models()
+
+    def _bind_shortcut(self) -> None:
+        """SEGMENT_SHORTCUT on this viewer runs Segment while this widget lives."""
+        ref = weakref.ref(self)
+
+        def segment_shortcut(_viewer):
+            widget = ref()
+            if widget is not None and not widget._closed:
+                widget.run()
+
+        self._viewer.bind_key(SEGMENT_SHORTCUT, segment_shortcut, overwrite=True)
+        self._shortcut = segment_shortcut
 
     # ---- choices -------------------------------------------------------------------------
 
@@ -169,6 +264,9 @@ class SegmentWidget(Container):
             folder = models_dir(create=True)
         except OSError:
             return
+        old = getattr(self, "_watcher", None)
+        if old is not None:
+            old.deleteLater()
         self._watcher = QFileSystemWatcher([str(folder)], self.native)
         self._watcher.directoryChanged.connect(lambda _path: self.refresh_models())
 
@@ -273,6 +371,13 @@ class SegmentWidget(Container):
         """The dock (or the viewer) closed: stop the worker and ignore what it still sends."""
         self._closed = True
         self.cancel()
+        try:  # give the key back, unless a newer Segment widget took it
+            from napari.utils.key_bindings import coerce_keybinding
+
+            if self._viewer.keymap.get(coerce_keybinding(SEGMENT_SHORTCUT)) is self._shortcut:
+                self._viewer.bind_key(SEGMENT_SHORTCUT, None)
+        except Exception:  # the viewer may already be gone
+            pass
 
     def cancel(self, _=None) -> None:
         if self._worker is not None:
@@ -447,6 +552,21 @@ class SegmentWidget(Container):
         shapes.data = []
         self._viewer.layers.selection.active = labels
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
+
+
+def set_models_folder(folder) -> None:
+    """Use ``folder`` for models from now on (this process) and remember it."""
+    os.environ[MODELS_DIR_ENV] = str(folder)
+    write_key(MODELS_FOLDER_KEY, str(folder))
+
+
+def _apply_saved_models_folder() -> None:
+    """The folder chosen in an earlier session, unless the environment names one."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return
+    saved = read_all().get(MODELS_FOLDER_KEY)
+    if isinstance(saved, str) and saved and Path(saved).expanduser().is_dir():
+        os.environ[MODELS_DIR_ENV] = saved
 
 
 def _weak_callback(widget, method: str):
