@@ -93,8 +93,11 @@ def test_models_folder_is_shown_changed_and_remembered(make_napari_viewer, qtbot
     widget.models_folder.value = tmp_path / "missing"  # no such folder: nothing changes
     assert os.environ["FMBFF_MODELS_DIR"] == str(other)
 
-    # Next session, without the environment variable: the remembered folder is used.
+    # Next session, without the environment variable: the remembered folder is used, also
+    # when Fine-tune is opened first (it saves its models there).
     monkeypatch.delenv("FMBFF_MODELS_DIR")
+    alone = FineTuneWidget(make_napari_viewer())
+    assert os.environ["FMBFF_MODELS_DIR"] == str(other) and "elsewhere" in alone.model.choices
     again = SegmentWidget(make_napari_viewer())
     assert str(again.models_folder.value) == str(other)
     assert "elsewhere" in again.model.choices

@@ -41,7 +41,7 @@ from ._common import (
     wrap,
 )
 from ._proposal import proposal_of
-from ._settings import PersistedSettings
+from ._settings import PersistedSettings, apply_saved_models_folder
 
 #: Which slices Fine-tune learns from; the first is the default.
 SLICE_CHOICES = ("slices you corrected",) + TRAIN_SLICES
@@ -91,6 +91,7 @@ class FineTuneWidget(Container):
 
     def __init__(self, napari_viewer) -> None:
         d = finetune_widget_defaults()
+        apply_saved_models_folder()  # where models are listed and saved (see Segment)
         self._viewer = napari_viewer
         self._worker = None
         self._stop = threading.Event()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import weakref
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from ._common import (
     wrap,
 )
 from ._proposal import proposal_of
-from ._settings import MODELS_FOLDER_KEY, PersistedSettings, read_all, write_key
+from ._settings import PersistedSettings, apply_saved_models_folder, set_models_folder
 
 SCOPES = ("current slice", "whole stack")
 #: What a click on an object of the output layer does (in napari's pan/zoom mode).
@@ -97,7 +96,7 @@ class SegmentWidget(Container):
         d = SEGMENT_DEFAULTS
         self._viewer = napari_viewer
         self._browsed: dict[str, Path] = {}
-        _apply_saved_models_folder()
+        apply_saved_models_folder()
         self._worker = None
         self._closed = False
         self._result = None  # the last run: labels layer, probabilities, prob layer
@@ -552,21 +551,6 @@ class SegmentWidget(Container):
         shapes.data = []
         self._viewer.layers.selection.active = labels
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
-
-
-def set_models_folder(folder) -> None:
-    """Use ``folder`` for models from now on (this process) and remember it."""
-    os.environ[MODELS_DIR_ENV] = str(folder)
-    write_key(MODELS_FOLDER_KEY, str(folder))
-
-
-def _apply_saved_models_folder() -> None:
-    """The folder chosen in an earlier session, unless the environment names one."""
-    if os.environ.get(MODELS_DIR_ENV):
-        return
-    saved = read_all().get(MODELS_FOLDER_KEY)
-    if isinstance(saved, str) and saved and Path(saved).expanduser().is_dir():
-        os.environ[MODELS_DIR_ENV] = saved
 
 
 def _weak_callback(widget, method: str):

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from ..models import MODELS_DIR_ENV
+
 FILE_NAME = "widgets.json"
 #: The models folder chosen in the Segment widget (section of the settings file).
 MODELS_FOLDER_KEY = "models_folder"
@@ -50,6 +52,22 @@ def write_key(key: str, value) -> None:
         os.replace(tmp, path)
     except OSError:  # a read-only home must not break the widget; settings are a comfort
         pass
+
+
+def set_models_folder(folder) -> None:
+    """Use ``folder`` for models from now on (this process: the engine reads
+    FMBFF_MODELS_DIR) and remember it for the next session."""
+    os.environ[MODELS_DIR_ENV] = str(folder)
+    write_key(MODELS_FOLDER_KEY, str(folder))
+
+
+def apply_saved_models_folder() -> None:
+    """The folder chosen in an earlier session, unless the environment already names one."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return
+    saved = read_all().get(MODELS_FOLDER_KEY)
+    if isinstance(saved, str) and saved and Path(saved).expanduser().is_dir():
+        os.environ[MODELS_DIR_ENV] = saved
 
 
 class PersistedSettings:
