@@ -113,6 +113,10 @@ def as_planes(image: np.ndarray, name):
     from .inference import image_layout
 
     image = np.squeeze(image) if image.ndim > 3 else image
+    if image.ndim == 3 and image.shape[-1] == 2:
+        # Grey + alpha (a PNG in "LA" mode): the alpha is dropped, as for RGBA. Never a stack
+        # of planes 2 px wide.
+        image = image[..., 0]
     try:
         image_layout(image.shape)
         return image, image.ndim == 3

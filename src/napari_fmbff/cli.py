@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import warnings
 from pathlib import Path
 
+from ._files import refuse_existing
 from .inference import DEVICES, PRECISIONS, SegmentSettings
 from .tiling import BLENDS
 
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data", help="data folder")
     _add_model_arg(ev)
     ev.add_argument("--csv", default=None, help="also write the per-image table here")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     ev.add_argument("--threshold", type=_probability, default=0.5)
     ev.add_argument("--tile-size", type=_positive_int, default=None)
     ev.add_argument("--device", default="auto", choices=DEVICES)
@@ -191,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0, help="first seed")
     make.add_argument("--out", "-o", required=True, help="output folder (images/, masks/)")
     make.add_argument("--workers", type=_positive_int, default=1, help="processes (1)")
+    parser.subcommands = dict(sub.choices)  # for errors in the sub-command's own usage
     return parser
 
 
@@ -202,17 +208,42 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return {"segment": cmd_segment, "info": cmd_info, "train": cmd_train,
-                "evaluate": cmd_evaluate, "make-data": cmd_make_data,
-                "demo": cmd_demo}[args.command](args)
-    except KeyboardInterrupt:
-        print("fmbff: interrupted", file=sys.stderr)
-        return 130
-    except (CliError, FileNotFoundError, FileExistsError, ValueError, MemoryError) as err:
-        print(f"fmbff {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a misspelled option: the sub-command's own usage, not the top-level one
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    command = {"segment": cmd_segment, "info": cmd_info, "train": cmd_train,
+               "evaluate": cmd_evaluate, "make-data": cmd_make_data, "demo": cmd_demo}
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return command[args.command](args)
+        except KeyboardInterrupt:
+            print("fmbff: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # noqa: BLE001 - every error is one line, never a traceback
+            if os.environ.get("FMBFF_DEBUG"):
+                raise
+            print(f"fmbff {args.command}: error: {one_line(err)}", file=sys.stderr)
+            return EXIT_USAGE
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line a user can act on (the path of an OSError included)."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        hint = {errno.ENOSPC: " (free some space or write elsewhere)",
+                errno.EACCES: " (no permission: write elsewhere or ask for access)",
+                errno.EROFS: " (read-only: write elsewhere)"}.get(err.errno, "")
+        return f"{where}{err.strerror}{hint}"
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if not isinstance(err, (CliError, ValueError, OSError, MemoryError)):
+        text = f"{type(err).__name__}: {text} (FMBFF_DEBUG=1 shows the traceback)"
+    return text
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"fmbff: warning: {message}", file=sys.stderr)
 
 
 def _load(name: str):
@@ -235,6 +266,11 @@ def cmd_segment(args) -> int:
     post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels)
     jobs = [FileJob.plan(f, out_dir, post, args.probabilities, force_zarr=args.zarr) for f in files]
     targets = [t for job in jobs for t in job.outputs]
+    sources = {Path(f).resolve() for f in files}
+    onto = [t for t in targets if Path(t).resolve() in sources]
+    if onto:
+        raise CliError(f"{onto[0]} is one of the inputs: its mask would replace it; "
+                       "choose another --out folder")
     dupes = sorted({Path(t).name for t in targets if targets.count(t) > 1})
     if dupes:
         raise CliError(f"several inputs share the output name(s) {', '.join(dupes)}; "
@@ -245,6 +281,9 @@ def cmd_segment(args) -> int:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
     large = [job for job in jobs if job.large]
     run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
+    from .inference import resolve_device
+
+    resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run)
     # What a resumed large job must share with the run that started it.
     settings = {"model": spec.model_path, "tile_size": run.tile_size, "overlap": run.overlap,
@@ -377,6 +416,7 @@ def _train(args, ddp) -> int:
     from .inference import default_normalization
     from .model import FMBFFNet, ModelConfig
     from .models import load_model
+    from .reports import check_history_free
     from .train_run import score_summary, train_and_save
     from .training import TrainConfig, finetune_config, make_items
 
@@ -389,8 +429,8 @@ def _train(args, ddp) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CliError(f"--out must end in .safetensors, got {out.name}")
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{out} exists; choose another name or pass --overwrite")
+    refuse_existing(out, args.overwrite, "choose another name or pass --overwrite")
+    check_history_free(out, args.overwrite or args.resume)
     out.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch resume file goes there too
     found = find_pairs(args.data)
     say(found.describe())
@@ -491,6 +531,10 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate, format_table
     from .inference import Segmenter
 
+    if args.csv:  # before the evaluation, not after it
+        if Path(args.csv).is_dir():
+            raise CliError(f"--csv {args.csv} is a folder; give a file name ending in .csv")
+        refuse_existing(args.csv, args.overwrite)
     found = find_pairs(args.data)
     print(f"fmbff evaluate: {found.describe()}", file=sys.stderr)
     images, masks, names = load_pairs(found)
@@ -501,7 +545,7 @@ def cmd_evaluate(args) -> int:
     if args.csv:
         from .reports import write_csv
 
-        write_csv(rows, args.csv)
+        write_csv(rows, args.csv, args.overwrite)
     return 0
 
 

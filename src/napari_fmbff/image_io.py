@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._files import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zarr")
 #: TIFFs with more pixels than this (8k x 8k) are read lazily, region by region.
@@ -20,28 +21,48 @@ LARGE_IMAGE_PIXELS = 8192 * 8192
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> a list of image files."""
+    """Files, folders (their images, sorted) and glob patterns -> a list of image files.
+
+    Only regular files (and zarr folders) are taken: a named pipe or a device called
+    ``x.png`` in a folder is skipped with a warning (reading it could block for ever).
+    """
     files: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir() and is_zarr(path):
             files.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = _regular_images(sorted(path.iterdir()))
             if not found:
                 raise FileNotFoundError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise ValueError(f"{item}: not a regular file (a pipe or a device?); give an image file")
         elif any(ch in item for ch in "*?["):
-            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True)
-                           if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            found = _regular_images(sorted(Path(p) for p in glob.glob(os.path.expanduser(item),
+                                                                      recursive=True)))
             if not found:
                 raise FileNotFoundError(f"{item}: pattern matches no images")
             files += found
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     return files
+
+
+def _regular_images(paths) -> list[Path]:
+    import warnings
+
+    found = []
+    for p in paths:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file() or (p.is_dir() and is_zarr(p)):
+            found.append(p)
+        else:
+            warnings.warn(f"{p}: skipped, not a regular file", stacklevel=3)
+    return found
 
 
 def read_image(path) -> np.ndarray:
@@ -65,18 +86,16 @@ def read_image(path) -> np.ndarray:
 
         return np.asarray(iio.imread(str(path)))
     except Exception as err:
-        raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+        first = (str(err).strip().splitlines() or [""])[0].strip()
+        raise ValueError(f"{path}: cannot read image ({type(err).__name__}"
+                         + (f": {first}" if first else "") + "); is it a valid "
+                         f"{path.suffix.lstrip('.') or 'image'} file?") from err
 
 
 def write_image(path, array: np.ndarray, overwrite: bool = False) -> Path:
     """Write atomically; refuse to replace an existing file unless asked."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, overwrite) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -88,10 +107,6 @@ def write_image(path, array: np.ndarray, overwrite: bool = False) -> Path:
             import imageio.v3 as iio
 
             iio.imwrite(tmp, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

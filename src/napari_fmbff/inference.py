@@ -237,6 +237,9 @@ class Segmenter:
             out = np.empty((height, width), np.float32)
         elif tuple(out.shape) != (height, width):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {(height, width)}")
+        elif not np.issubdtype(out.dtype, np.floating):
+            raise ValueError(f"out must be a float array (probabilities in [0, 1]), "
+                             f"got {out.dtype}")
         intensity_range = self.normalization.intensity_range(image)
         acc = RowBandAccumulator(grid, out, self.device, staging=self.staging,
                                  max_pending=self._pending_rows(grid))

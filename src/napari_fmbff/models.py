@@ -13,8 +13,9 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from ._files import atomic_path, refuse_existing
 
 FORMAT = "napari-fmbff/1"
 SUFFIX = ".safetensors"
@@ -68,13 +69,20 @@ def list_models() -> dict[str, Path]:
     return found
 
 
+def companions(model_path) -> tuple[Path, Path]:
+    """The files that go with a model: MODEL.log.csv (training history) and MODEL.loss.png."""
+    stem = Path(model_path).with_suffix("")
+    return Path(f"{stem}.log.csv"), Path(f"{stem}.loss.png")
+
+
 def unique_model_path(name: str, folder: Path | None = None) -> Path:
-    """A path in the models folder for ``name`` that does not exist yet (name-2, name-3, ...)."""
+    """A path in the models folder for ``name`` that is free, with its companions
+    (name-2, name-3, ...)."""
     folder = Path(folder) if folder is not None else models_dir(create=True)
     folder.mkdir(parents=True, exist_ok=True)
     stem = sanitize_name(name)
     path, n = folder / f"{stem}{SUFFIX}", 2
-    while path.exists():
+    while path.exists() or any(p.exists() for p in companions(path)):
         path, n = folder / f"{stem}-{n}{SUFFIX}", n + 1
     return path
 
@@ -95,8 +103,7 @@ def save_model(net, path, metadata: dict | None = None, overwrite: bool = False,
     path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"model files end in {SUFFIX}, got {path.name}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
+    refuse_existing(path, overwrite, "choose another name or pass overwrite=True")
     metadata = dict(metadata or {})
     previous = dict(getattr(net, "metadata", {}) or {})
     special = ("normalization", "tile_size", "provenance")
@@ -122,17 +129,8 @@ def save_model(net, path, metadata: dict | None = None, overwrite: bool = False,
         if half and v.is_floating_point():
             v = v.half()
         tensors[k] = v.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        if path.exists() and not overwrite:  # someone wrote it meanwhile
-            raise FileExistsError(f"{path} appeared while saving; not replaced")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, overwrite, "choose another name or pass overwrite=True") as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -44,6 +44,18 @@ class Normalization:
             )
         if self.mode == "fixed" and not self.low < self.high:
             raise ValueError(f"fixed range needs low < high, got {self.low}, {self.high}")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not np.isfinite(value):
+                raise ValueError(f"normalisation {name} must be a finite number, got {value!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and np.isfinite(v)
+                                           for v in values):
+                raise ValueError(f"normalisation {name} needs 3 finite numbers, got {values!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"normalisation std must be > 0 (it divides), got {self.std}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

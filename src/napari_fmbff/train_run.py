@@ -57,15 +57,22 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
                    extra: dict | None = None):
     """Generator: yields ``TrainEvent``; returns an ``Outcome``.
 
-    ``out``: the model path, or a callable giving one at save time (the widget picks a free
-    name in the models folder only when there is something to save). ``training_data``
+    ``out``: the model path; it and its log / plot are checked before training starts, so a
+    run never ends in a refusal to write (nothing is replaced unless ``overwrite``). ``training_data``
     says what the model learned from (a folder, or the napari layers); ``base`` is the model
     it started from (None: new weights). ``extra`` adds provenance keys.
     """
+    from ._files import refuse_existing
     from .models import save_model
-    from .reports import write_history
+    from .reports import check_history_free, write_history
     from .training import iter_train, recipe, split_items
 
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"model files end in .safetensors, got {out.name}")
+    if resume_state is None:  # a resumed run's files are its own
+        refuse_existing(out, overwrite, "choose another name or pass --overwrite")
+        check_history_free(out, overwrite)
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
     result = yield from iter_train(net, train, val, cfg, normalization, resume_state,
                                    checkpoint_fn, should_stop=should_stop, ddp=ddp)
@@ -99,8 +106,8 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
     result.net.metadata = inherited
     if base_record.get("training_data"):
         metadata["base_training_data"] = base_record["training_data"]
-    path = Path(out() if callable(out) else out)
+    path = out
     save_model(result.net, path, metadata=metadata, overwrite=overwrite, half=half)
-    notes = write_history(result.history, path)
+    notes = write_history(result.history, path, overwrite=overwrite or resume_state is not None)
     kept = (" (cancelled: the best weights so far were kept)" if result.cancelled else "")
     return Outcome(result, path, f"Saved '{path.stem}'{kept}: {scores}.", notes=notes, **counts)

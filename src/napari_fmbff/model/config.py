@@ -37,7 +37,25 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        if not isinstance(self.encoder, str) or not self.encoder:
+            raise ValueError(f"encoder must be a timm model name, got {self.encoder!r}")
+        for flag in ("fmcab", "aggregate_skips", "vitm", "biffm"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if isinstance(self.decoder_channels, (str, bytes)) or not hasattr(
+                self.decoder_channels, "__len__"):
+            raise ValueError(f"decoder_channels must be 4 numbers, got {self.decoder_channels!r}")
+        self.decoder_channels = tuple(_whole(c, "decoder_channels", 1) for c in self.decoder_channels)
+        for name in ("transformer_dim", "transformer_depth", "transformer_heads"):
+            setattr(self, name, _whole(getattr(self, name), name, 1))
+        if not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.fm_gamma_init, (int, float)):
+            raise ValueError(f"fm_gamma_init must be a number, got {self.fm_gamma_init!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a mapping, got {self.extra!r}")
         if len(self.decoder_channels) != 4:
             raise ValueError(
                 f"decoder_channels needs 4 values (one per decoder stage), got {self.decoder_channels}"
@@ -64,6 +82,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config is a JSON object of ModelConfig fields, got "
+                             f"{type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -73,3 +94,11 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
+
+
+def _whole(value, name: str, minimum: int) -> int:
+    """A whole number >= minimum (bools and fractions refused), for config fields."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or value < minimum:
+        raise ValueError(f"{name} must be whole numbers >= {minimum}, got {value!r}")
+    return int(value)
