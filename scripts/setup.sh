@@ -4,8 +4,8 @@
 # already there is kept.
 #
 # torch: on a machine without an NVIDIA GPU (no nvidia-smi, no /proc/driver/nvidia) on Linux,
-# the CPU-only wheels from https://download.pytorch.org/whl/cpu are tried first (about 1 GB
-# in all instead of about 7 GB with the CUDA libraries); when that index cannot be reached
+# the CPU-only wheels from https://download.pytorch.org/whl/cpu are tried first (about 2 GB
+# in all instead of about 6.4 GB with the CUDA libraries); when that index cannot be reached
 # within a few seconds, torch comes from the ordinary package index instead.
 # Environment: PYTHON (default python3), FMBFF_TORCH_INDEX (another wheel index for torch,
 # or "default" to skip the CPU index).
@@ -53,7 +53,7 @@ if .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 elif [ "$(uname -s)" != Linux ]; then
   echo "macOS / Windows: the ordinary torch wheels (MPS on Apple silicon; CPU otherwise)"
 elif has_nvidia; then
-  echo "NVIDIA GPU found: torch with CUDA from the package index (about 7 GB with its libraries)"
+  echo "NVIDIA GPU found: torch with CUDA from the package index (about 6.4 GB with its libraries)"
 elif [ "$CPU_INDEX" = default ]; then
   echo "no NVIDIA GPU; FMBFF_TORCH_INDEX=default: torch from the package index"
 elif .venv/bin/python - "$CPU_INDEX" <<'EOF'
@@ -72,12 +72,12 @@ then
   fi
 else
   echo "no NVIDIA GPU, but the CPU wheel index is unreachable: torch comes from the package"
-  echo "index (on Linux that is the CUDA build, about 7 GB with its libraries; it runs on CPU)"
+  echo "index (on Linux that is the CUDA build, about 6.4 GB with its libraries; it runs on CPU)"
 fi
 
 say "[4/4] napari-fmbff (editable) with napari, PyQt6 and the test tools"
-echo "about 1.6 GB with CPU-only torch, about 7 GB with the CUDA build; pip lists each package"
+echo "about 2 GB in all with CPU-only torch, about 6.4 GB with the CUDA build; pip lists each package"
 "${PIP[@]}" install --progress-bar on -e ".[testing]"
 
 say "done: $(du -sh .venv 2>/dev/null | cut -f1) in .venv/, torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
-echo "run:   .venv/bin/fmbff demo --headless --out demo-out    (or .venv/bin/napari)"
+echo "next:  .venv/bin/fmbff demo --headless --out demo-out --overwrite   (or .venv/bin/napari)"
