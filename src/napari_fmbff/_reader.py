@@ -1,5 +1,6 @@
-"""napari reader for the zarr results of `fmbff segment`: drag `masks/slide.zarr` into napari
-and get a lazy Labels layer (or a probability Image layer) at the source's pixel size.
+"""napari readers: the zarr results of `fmbff segment` (drag `masks/slide.zarr` into napari and
+get a lazy Labels layer, or a probability Image layer, at the source's pixel size), and CT / MR
+volumes (a DICOM file opens its whole series; NIfTI files) at their voxel spacing in mm.
 
 Only zarr arrays carrying our ``napari_fmbff`` attributes are claimed; for any other zarr the
 reader says no and napari asks the next plugin.
@@ -39,3 +40,34 @@ def read_result(path):
         return [(array, {**meta, "colormap": "magma", "contrast_limits": (0.0, 1.0),
                          "blending": "additive"}, "image")]
     return [(array, {**meta, "opacity": 0.5}, "labels")]
+
+
+# ---- CT / MR volumes: DICOM series and NIfTI --------------------------------------------------
+
+MEDICAL_PATTERNS = (".dcm", ".nii", ".nii.gz")
+
+
+def get_medical_reader(path):
+    """A DICOM file (its whole series is gathered from its folder) or a NIfTI file."""
+    if not isinstance(path, str) or not path.lower().endswith(MEDICAL_PATTERNS):
+        return None
+    return read_medical if Path(path).is_file() else None
+
+
+def read_medical(path):
+    """One Image layer in the scanner's units (CT in HU) at the voxel spacing in mm; the
+    affine and the series' facts ride along in the layer metadata (labels written back as
+    NIfTI use them)."""
+    from .medical import read_volume, series_name, window_range
+
+    volume = read_volume(path)
+    data, scale = volume.data, volume.spacing
+    if data.shape[0] == 1:  # one slice: a 2D image
+        data, scale = data[0], scale[1:]
+    source = {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
+              "affine": volume.affine.tolist()}
+    meta = {"name": series_name(volume), "scale": scale,
+            "metadata": {"napari_fmbff_source": source}}
+    if volume.metadata.get("units") == "HU":
+        meta["contrast_limits"] = window_range("soft-tissue")
+    return [(data, meta, "image")]
