@@ -6,6 +6,13 @@ import numpy as np
 import pytest
 
 
+def pytest_configure(config):
+    """torch and timm (which loads triton) before any napari canvas: with software OpenGL,
+    Mesa's libLLVM loaded first makes triton's LLVM crash on import, whatever the test order
+    (the widgets avoid it at run time: _widgets/_common._avoid_triton_llvm_clash)."""
+    import timm  # noqa: F401
+
+
 def tiny_config(**overrides):
     from napari_fmbff import ModelConfig
 
