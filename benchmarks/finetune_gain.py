@@ -1,10 +1,11 @@
 """What the starter model is worth as a starting point: fine-tune it on 20 corrected images of a
 look it never saw (procedural CT, int16 HU), against the same fine-tune from random weights.
 
-    python benchmarks/finetune_gain.py [--epochs 30] [--device auto]
+    python benchmarks/finetune_gain.py [--epochs N] [--device auto]
 
 Prints held-out Dice (50 unseen images of the same look) for: the starter as is, the starter
-fine-tuned, and the same architecture trained from random weights with the same budget.
+fine-tuned with the fine-tuning recipe (``finetune_config()``), and the same architecture
+trained from random weights with the same recipe. Real lesions: benchmarks/few_shot.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
-import numpy as np
 
 
 def main(argv=None) -> int:
@@ -23,14 +22,19 @@ def main(argv=None) -> int:
     from napari_fmbff.data import make_sample
     from napari_fmbff.inference import default_normalization
     from napari_fmbff.metrics import confusion, summarize
-    from napari_fmbff.training import TrainConfig, make_items, run_training, split_items
+    from napari_fmbff.training import (
+        finetune_config,
+        make_items,
+        run_training,
+        split_items,
+    )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--look", default="ct")
     p.add_argument("--n-train", type=int, default=20)
     p.add_argument("--n-test", type=int, default=50)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
@@ -42,27 +46,28 @@ def main(argv=None) -> int:
         counts = [confusion(seg.predict_proba(img) >= 0.5, m) for img, m in test]
         return summarize(counts)
 
-    def tune(net, lr):
+    extra = {"epochs": args.epochs} if args.epochs else {}
+    cfg = finetune_config(device=args.device, seed=0, **extra)
+
+    def tune(net):
         torch.manual_seed(0)
         norm = default_normalization(net)
-        tr, va = split_items(make_items(*zip(*train), norm), 0.2)
-        cfg = TrainConfig(epochs=args.epochs, batch_size=8, lr=lr, tile_size=args.size,
-                          patience=args.epochs, device=args.device, seed=0)
+        tr, va = split_items(make_items(*zip(*train), norm), cfg.val_fraction, cfg.seed)
         start = time.time()
         result = run_training(net, tr, va, cfg, norm)
         return result.net, time.time() - start
 
     starter = load_model("starter")
     rows = [("starter, no fine-tuning", held_out_dice(starter), 0.0)]
-    tuned, secs = tune(load_model("starter"), 3e-4)
-    rows.append((f"starter + fine-tune (lr 3e-4, {args.epochs} epochs)", held_out_dice(tuned), secs))
+    tuned, secs = tune(load_model("starter"))
+    label = f"lr {cfg.lr:g}, {cfg.epochs} epochs"
+    rows.append((f"starter + fine-tune ({label})", held_out_dice(tuned), secs))
     torch.manual_seed(0)
-    scratch, secs = tune(FMBFFNet(starter.config), 1e-3)
-    rows.append((f"random init, same budget (lr 1e-3, {args.epochs} epochs)",
-                 held_out_dice(scratch), secs))
+    scratch, secs = tune(FMBFFNet(starter.config))
+    rows.append((f"random init, same recipe ({label})", held_out_dice(scratch), secs))
 
     print(f"# fine-tune gain | look {args.look} (never in the starter's data) | "
-          f"{args.n_train} training images ({args.size} px, 80:20 inside) | "
+          f"{args.n_train} training images ({args.size} px) | "
           f"{args.n_test} held-out images | device {Segmenter(starter, device=args.device).device_label}")
     print("\n| model | Dice mean ± std | Dice pooled | Jaccard pooled | train s |")
     print("|---|---|---:|---:|---:|")
