@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Make the README's pictures from real napari windows under Xvfb (needs scripts/setup.sh first).
+# The README's pictures from real napari windows at 1600 x 1000 under Xvfb (after
+# scripts/setup.sh). Extra arguments go to scripts/screenshots.py (e.g. --only finetune,
+# --volume scan.nii.gz --volume-model my-model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-mkdir -p docs/images
-xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" -m napari_fmbff.cli demo --look endoscopy \
-  --screenshot docs/images/segment_widget.png
-xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" scripts/finetune_screenshot.py docs/images/finetune_widget.png
+xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" scripts/screenshots.py docs/images "$@"

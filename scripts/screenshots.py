@@ -1,0 +1,140 @@
+"""The README's pictures, from real napari windows (run under Xvfb: scripts/screenshots.sh).
+
+    python scripts/screenshots.py docs/images [--volume scan.nii.gz] [--volume-model NAME]
+
+1. segment_widget.png: the endoscopy sample, Segment's result, both docks in one tabbed dock.
+2. finetune_widget.png: the loop on a look starter never saw (procedural CT): starter's
+   proposal, the user's corrections on 6 slices, Fine-tune with the widget's defaults running.
+3. medical_volume.png: a NIfTI / DICOM volume opened with the plugin's reader and segmented
+   (default: nibabel's own test MR volume).
+Every window is 1600 x 1000, as the task's screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def wait(ms: int) -> None:
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec_()
+
+
+def until(predicate, timeout_s: float = 600) -> None:
+    import time
+
+    end = time.time() + timeout_s
+    while not predicate() and time.time() < end:
+        wait(100)
+
+
+def viewer_with_docks(title: str):
+    import napari
+
+    viewer = napari.Viewer(title=title)
+    viewer.window._qt_window.resize(1600, 1000)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
+    _, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
+    wait(300)
+    return viewer, segment, tune
+
+
+def shoot(viewer, path) -> None:
+    viewer.window._qt_window.resize(1600, 1000)
+    wait(300)
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"wrote {path}")
+
+
+def segment_picture(out: Path) -> None:
+    from napari_fmbff._sample_data import endoscopy_sample
+
+    viewer, segment, _ = viewer_with_docks("napari-fmbff: Segment")
+    for data, meta, kind in endoscopy_sample():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    segment.image.value = viewer.layers["endoscopy sample"]
+    segment.model.value = "starter"
+    segment.run()
+    until(lambda: segment._worker is None)
+    segment.native.parentWidget().raise_()
+    shoot(viewer, out / "segment_widget.png")
+    viewer.close()
+
+
+def finetune_picture(out: Path) -> None:
+    from napari_fmbff.data import make_sample
+
+    pairs = [make_sample("ct", size=256, seed=100 + s, n_lesions=1) for s in range(6)]
+    viewer, segment, tune = viewer_with_docks("napari-fmbff: correct, then fine-tune")
+    viewer.add_image(np.stack([p[0] for p in pairs]), name="ct (never seen by starter)")
+    segment.image.value = viewer.layers[0]
+    segment.model.value = "starter"
+    segment.scope.value = "whole stack"
+    segment.run()
+    until(lambda: segment._worker is None)
+    labels = viewer.layers["ct (never seen by starter) fmbff"]
+    truth = np.stack([p[1] for p in pairs]) > 0
+    labels.data_setitem(np.nonzero(truth), 1)  # the user's corrections: paint each lesion
+    labels.data_setitem(np.nonzero(~truth & (labels.data > 0)), 0)
+    tune.image.value = viewer.layers[0]
+    tune.new_name.value = "ct-tuned"
+    tune.run()
+    until(lambda: len(tune.history) >= 4 or tune._worker is None)
+    tune.native.parentWidget().raise_()
+    shoot(viewer, out / "finetune_widget.png")
+    tune.cancel()
+    until(lambda: tune._worker is None)
+    viewer.close()
+
+
+def volume_picture(out: Path, volume: str | None, model: str | None) -> None:
+    if volume is None:
+        import nibabel
+
+        volume = str(Path(nibabel.__file__).parent / "tests" / "data" / "anatomical.nii")
+    viewer, segment, _ = viewer_with_docks("napari-fmbff: a NIfTI volume")
+    [layer] = viewer.open(volume, plugin="napari-fmbff")
+    segment.image.value = layer
+    if model:
+        segment.model.value = model
+    segment.scope.value = "whole stack"
+    segment.run()
+    until(lambda: segment._worker is None)
+    viewer.dims.set_current_step(0, layer.data.shape[0] // 2)
+    segment.native.parentWidget().raise_()
+    shoot(viewer, out / "medical_volume.png")
+    viewer.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--only", choices=["segment", "finetune", "volume"], default=None)
+    p.add_argument("--volume", default=None, help="a .nii(.gz) or .dcm file for picture 3")
+    p.add_argument("--volume-model", default=None, help="model for picture 3 (default starter)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("FMBFF_MODELS_DIR", tempfile.mkdtemp())
+    os.environ.setdefault("FMBFF_CONFIG_DIR", tempfile.mkdtemp())  # default widget settings
+    args.out.mkdir(parents=True, exist_ok=True)
+    import napari  # noqa: F401  (the Qt application)
+
+    if args.only in (None, "segment"):
+        segment_picture(args.out)
+    if args.only in (None, "finetune"):
+        finetune_picture(args.out)
+    if args.only in (None, "volume"):
+        volume_picture(args.out, args.volume, args.volume_model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
