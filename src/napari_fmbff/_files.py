@@ -5,6 +5,7 @@ lock colleagues out of shared results)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,10 +17,37 @@ def _umask() -> int:
     return mask
 
 
+def check_folders(path) -> None:
+    """A NotADirectoryError naming the first existing part of ``path``'s folders that is a
+    file (``out.png/masks/a.png``): said before any work, not when the first write fails."""
+    for parent in reversed(Path(path).parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+
+
 def refuse_existing(path, overwrite: bool, hint: str = "pass --overwrite to replace it") -> None:
-    """A FileExistsError naming ``path`` unless ``overwrite``."""
+    """A FileExistsError naming ``path`` unless ``overwrite``; a NotADirectoryError when a
+    folder on its way is a file."""
+    check_folders(path)
     if Path(path).exists() and not overwrite:
         raise FileExistsError(f"{path} exists; {hint}")
+
+
+@contextlib.contextmanager
+def naming(path):
+    """Errors raised inside (a ValueError from deep in the engine: "the image has no finite
+    values") name ``path`` when they do not already, so a user knows which file to fix."""
+    try:
+        yield
+    except (ValueError, RuntimeError, MemoryError) as err:
+        text = str(err)
+        if str(path) in text or Path(str(path)).name in text:
+            raise
+        try:
+            named = type(err)(f"{path}: {text}")
+        except Exception:  # noqa: BLE001 - an exception type with another signature
+            named = ValueError(f"{path}: {text}")
+        raise named from err
 
 
 @contextlib.contextmanager
@@ -33,14 +61,22 @@ def atomic_path(path, overwrite: bool = False, hint: str = "pass --overwrite to 
     path = Path(path)
     refuse_existing(path, overwrite, hint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix or ".tmp",
-                               dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix or ".tmp",
+                                   dir=path.parent)
+    except OSError as err:
+        err.filename = str(path)
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         refuse_existing(path, overwrite, "it appeared while writing; not replaced")
         os.replace(tmp, path)
+    except OSError as err:  # disk full, read-only...: say the file the user asked for
+        if not err.filename or str(err.filename) == str(tmp):
+            err.filename = str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

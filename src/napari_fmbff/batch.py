@@ -13,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import naming
 from .chunked import Chunk, segment_chunk
 from .inference import SegmentSettings
+
+
+#: Stacks whose planes are smaller than this (px) are refused as a mistaken axis order.
+MIN_PLANE_EDGE = 8
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,13 @@ class Postprocess:
     min_size: int = 0
     fill_holes: bool = False
     labels: bool = False        # connected-component labels (uint16 tif) instead of 0/255 png
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if isinstance(self.min_size, bool) or int(self.min_size) != self.min_size \
+                or self.min_size < 0:
+            raise ValueError(f"min size must be a whole number of pixels >= 0, got {self.min_size}")
 
     @property
     def whole_objects(self) -> bool:
@@ -117,6 +129,10 @@ def as_planes(image: np.ndarray, name):
         # Grey + alpha (a PNG in "LA" mode): the alpha is dropped, as for RGBA. Never a stack
         # of planes 2 px wide.
         image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[-1] < 8:
+        # (Y, X, 5): channels no model here takes, not a stack of planes a few px wide.
+        raise ValueError(f"{name}: {image.shape[-1]} channels (shape {image.shape}); give a grey, "
+                         "RGB or RGBA image, or save one channel of it")
     try:
         image_layout(image.shape)
         return image, image.ndim == 3
@@ -124,6 +140,11 @@ def as_planes(image: np.ndarray, name):
         rgb = image.ndim >= 4 and image.shape[-1] in (3, 4)
         if image.ndim - int(rgb) < 3:
             raise ValueError(f"{name}: {err}") from None
+        plane = image.shape[-3:-1] if rgb else image.shape[-2:]
+        if min(plane) < MIN_PLANE_EDGE:  # (Y, X, 2, 2): not 1600 planes of 2 x 2 px
+            raise ValueError(f"{name}: shape {image.shape} would be a stack of "
+                             f"{plane[0]} x {plane[1]} px planes; save it as 2D images "
+                             "(Y, X) or (Y, X, RGB), or a stack of them (Z, Y, X)")
         return image, rgb
 
 
@@ -167,7 +188,8 @@ def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = F
     """An ordinary image, or a stack plane by plane, -> its mask file (and probability tif);
     returns foreground pixels."""
     image, rgb = read_job(job)
-    masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
+    with naming(job.source):
+        masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
     return write_job(job, masks, probs, overwrite)
 
 
@@ -185,7 +207,9 @@ def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
             image, rgb = reads[k].result()
             if k + 2 < len(jobs):
                 reads.append(io.submit(read_job, jobs[k + 2]))
-            masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
+            with naming(job.source):
+                masks, probs = predict_job(segmenter, image, rgb, post,
+                                           job.prob_target is not None)
             reads[k] = None  # the decoded image can go
             writes.append(io.submit(write_job, job, masks, probs, overwrite))
             while writes and writes[0].done():
@@ -207,8 +231,9 @@ def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
 
     mask_out = zarr.open_array(mask_store, mode="r+")
     prob_out = zarr.open_array(prob_store, mode="r+") if prob_store else None
-    foreground = segment_chunk(segmenter, open_source(job), chunk, intensity_range, threshold,
-                               mask_out, prob_out)
+    with naming(job.source):
+        foreground = segment_chunk(segmenter, open_source(job), chunk, intensity_range,
+                                   threshold, mask_out, prob_out)
     if done_dir:
         mark_done(done_dir, chunk)
     return foreground
@@ -239,10 +264,11 @@ def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
 
     from .chunked import iter_segment_chunked
 
-    image, outputs = open_large_job(job, post, chunk, overwrite, resume, settings)
-    prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
-    foreground = yield from iter_segment_chunked(
-        segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,
-        chunk, post.threshold, skip=outputs.is_done, after=outputs.mark_done)
-    outputs.finish()
+    with naming(job.source):
+        image, outputs = open_large_job(job, post, chunk, overwrite, resume, settings)
+        prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
+        foreground = yield from iter_segment_chunked(
+            segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,
+            chunk, post.threshold, skip=outputs.is_done, after=outputs.mark_done)
+        outputs.finish()
     return foreground

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._files import refuse_existing
+from ._files import check_folders, refuse_existing
 from .inference import DEVICES, PRECISIONS, SegmentSettings
 from .tiling import BLENDS
 
@@ -24,6 +24,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-pinned", dest="pinned", action="store_false",
                      help="CUDA: plain synchronous copies instead of pinned buffers")
     seg.add_argument("--threshold", type=_probability, default=0.5, help="probability cut (0.5)")
-    seg.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this (px)")
+    seg.add_argument("--min-size", type=_non_negative_int, default=0, help="drop objects smaller than this (px)")
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
     seg.add_argument("--labels", action="store_true",
                      help="write connected-component labels (uint16 .tif; uint32 for zarr "
@@ -89,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--probabilities", action="store_true",
                      help="also write the probability map as STEM_prob.tif (float32)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
+    vol = seg.add_argument_group(
+        "CT and MR volumes",
+        "DICOM series (a folder, or any one .dcm of it) and NIfTI files (.nii, .nii.gz) become "
+        "NIfTI labels with the source's affine (masks/<series>.nii.gz) and a JSON sidecar")
+    vol.add_argument("--window", default=None, metavar="NAME|LOW,HIGH",
+                     help="intensity window: lung, soft-tissue, bone, brain, or LOW,HIGH (HU)")
+    vol.add_argument("--normalize", default="model", choices=["model", "slice", "volume"],
+                     help="intensities: the model's own (default), each slice's percentiles, "
+                          "or one range for the whole volume")
+    vol.add_argument("--per-slice-labels", action="store_true",
+                     help="number objects slice by slice instead of whole-volume 3D objects")
     seg.add_argument("--compile", action="store_true",
                      help="torch.compile the network (CUDA graphs on GPU): faster for many "
                           "or large images, the first batch waits for the compiler")
@@ -232,8 +250,16 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename else ""
         hint = {errno.ENOSPC: " (free some space or write elsewhere)",
+                errno.EDQUOT: " (over your disk quota: free some space or write elsewhere)",
                 errno.EACCES: " (no permission: write elsewhere or ask for access)",
-                errno.EROFS: " (read-only: write elsewhere)"}.get(err.errno, "")
+                errno.EPERM: " (not permitted: write elsewhere or ask for access)",
+                errno.EROFS: " (read-only: write elsewhere)",
+                errno.ENOTDIR: " (a part of this path is a file, not a folder: choose "
+                               "another path)",
+                errno.EISDIR: " (a folder: give a file name)",
+                errno.ENOENT: " (check the path)",
+                errno.ENAMETOOLONG: " (choose a shorter name)",
+                }.get(err.errno, " (check the path and try again)")
         return f"{where}{err.strerror}{hint}"
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
@@ -255,12 +281,20 @@ def _load(name: str):
 def cmd_segment(args) -> int:
     from .batch import FileJob, Postprocess, SegmenterSpec
     from .image_io import expand_inputs
+    from .medical import is_medical
     from .models import resolve_model_path
 
+    volumes = [item for item in args.inputs if is_medical(item)]
+    if volumes:
+        _segment_volumes(args, volumes)
+        args.inputs = [item for item in args.inputs if item not in volumes]
+        if not args.inputs:
+            return 0
     files = expand_inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"--out {out_dir} is a file, not a folder")
+        raise CliError(f"--out {out_dir} is a file, not a folder; choose a folder")
+    check_folders(out_dir / "mask")
     if args.workers is not None and args.scheduler:
         raise CliError("give either --workers N (a local cluster) or --scheduler ADDRESS, not both")
     post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels)
@@ -288,15 +322,59 @@ def cmd_segment(args) -> int:
     # What a resumed large job must share with the run that started it.
     settings = {"model": spec.model_path, "tile_size": run.tile_size, "overlap": run.overlap,
                 "tta": run.tta}
+    before = {job.target: _chunks_done(job) for job in large}
     try:
         if args.workers is not None or args.scheduler:
             return _segment_on_cluster(args, spec, jobs, post, settings)
         return _segment_here(args, spec, jobs, post, settings)
     except BaseException:
-        if large and any(Path(j.target).parent.glob(".*.partial") for j in large):
+        # Only when this run really started a large job (finished chunks of it): not after a
+        # bad input, nor after refusing an unfinished run (whose message says --resume).
+        if any(_chunks_done(job) > before[job.target] for job in large):
             print("fmbff: finished chunks of large images are kept; run the same command with "
                   "--resume to continue", file=sys.stderr)
         raise
+
+
+def _chunks_done(job) -> int:
+    """Finished chunks in a large job's working folder (-1: no working folder)."""
+    target = Path(job.target)
+    done = target.parent / f".{target.name}.partial" / "done"
+    return sum(1 for _ in done.iterdir()) if done.is_dir() else -1
+
+
+def _segment_volumes(args, volumes) -> None:
+    """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
+    from tqdm import tqdm
+
+    from .medical import window_range
+    from .volumes import segment_volume
+
+    if args.window is not None:
+        window_range(args.window)  # a bad window is said before the model loads
+    run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
+    name = _model_name(args.model)
+    model = _load(name)
+    from . import __version__
+    from .models import resolve_model_path
+
+    for item in volumes:
+        gen = segment_volume(
+            model, run, item, args.out, args.threshold, args.min_size, args.fill_holes,
+            labels=True, window=args.window, normalize=args.normalize,
+            per_slice=args.per_slice_labels, overwrite=args.overwrite,
+            provenance={"model": name, "model_file": str(resolve_model_path(name)),
+                        "package_version": __version__})
+        with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
+            while True:
+                try:
+                    done, total = next(gen)
+                except StopIteration as stop:
+                    target = stop.value
+                    break
+                bar.total = total
+                bar.update(done - bar.n)
+        print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
 
 
 def _segment_here(args, spec, jobs, post, settings) -> int:
@@ -448,13 +526,22 @@ def _train(args, ddp) -> int:
             try:
                 fields = json.loads(Path(args.config).read_text())
             except (OSError, ValueError) as err:
-                raise CliError(f"--config {args.config}: {err}") from None
+                raise CliError(f"--config {args.config}: {one_line(err)}; give a JSON file of "
+                               "ModelConfig fields") from None
+            if not isinstance(fields, dict):
+                raise CliError(f"--config {args.config}: a JSON object of ModelConfig fields "
+                               f"({{\"encoder\": ...}}) is needed, got a {type(fields).__name__}")
         fields.update(encoder_weights=None if args.encoder_weights == "none" else "imagenet")
         for flag in ("fmcab", "vitm", "biffm", "aggregate_skips"):
             if getattr(args, f"no_{flag}"):
                 fields[flag] = False
         torch.manual_seed(args.seed)  # --seed fixes the initial weights too
-        net = FMBFFNet(ModelConfig.from_dict(fields))
+        try:
+            config = ModelConfig.from_dict(fields)
+        except (TypeError, ValueError) as err:
+            raise CliError(f"--config {args.config}: {one_line(err)}" if args.config
+                           else one_line(err)) from None
+        net = FMBFFNet(config)
         if args.encoder_init:
             from .models import load_encoder_weights
 
@@ -477,7 +564,14 @@ def _train(args, ddp) -> int:
     if args.resume:
         if not resume_path.exists():
             raise CliError(f"--resume: {resume_path} not found (it is written after each epoch)")
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        try:  # weights only: nothing in the file is ever unpickled
+            state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - refused, in one line
+            raise CliError(f"--resume: {resume_path} is not a resume file fmbff train wrote "
+                           f"(refused: {type(err).__name__}); delete it to start again") from None
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise CliError(f"--resume: {resume_path} is not a resume file fmbff train wrote "
+                           "(no epoch); delete it to start again")
         say(f"resuming after epoch {state['epoch']}")
 
     def checkpoint(s):
@@ -555,12 +649,19 @@ def cmd_make_data(args) -> int:
     from .data import LOOKS
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file, not a folder; choose a new folder")
+    check_folders(out / "images")
     if (out / "images").exists() and any((out / "images").iterdir()):
         raise CliError(f"{out}/images is not empty; choose a new folder")
     try:
         lo, hi = (int(v) for v in args.size.split("-")) if "-" in args.size else (int(args.size),) * 2
     except ValueError:
         raise CliError(f"--size must be N or MIN-MAX, got {args.size!r}") from None
+    if lo > hi:
+        raise CliError(f"--size {args.size}: MIN is larger than MAX; give MIN-MAX, e.g. {hi}-{lo}")
+    if lo < 64:
+        raise CliError(f"--size {args.size}: images need at least 64 px a side")
     looks = LOOKS if args.look == "all" else (args.look,)
     jobs = []
     for look in looks:

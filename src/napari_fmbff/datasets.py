@@ -19,6 +19,8 @@ import numpy as np
 from .image_io import IMAGE_SUFFIXES, read_image
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "original", "inputs")
+#: Smaller images are refused: the network works on multiples of 32 px.
+MIN_EDGE = 32
 MASK_DIRS = ("masks", "mask", "labels", "ground truth", "groundtruth", "gt", "annotations")
 
 
@@ -116,6 +118,12 @@ def load_pairs(found: PairedFolder) -> tuple[list[np.ndarray], list[np.ndarray],
     images, masks, names = [], [], []
     for image_path, mask_paths in found.pairs:
         image, mask = read_image(image_path), load_mask(mask_paths)
+        if min(image.shape[:2]) < MIN_EDGE:
+            raise ValueError(f"{image_path}: {image.shape[0]} x {image.shape[1]} px is too small "
+                             f"to learn from (at least {MIN_EDGE} px a side); remove it")
+        if image.dtype.kind == "f" and not np.isfinite(image).any():
+            raise ValueError(f"{image_path}: the image has no finite values (all NaN or inf); "
+                             "remove or repair it")
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"{image_path.name}: image is {image.shape[:2]} but its mask is {mask.shape}")

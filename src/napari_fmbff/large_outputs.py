@@ -54,7 +54,14 @@ class LargeOutputs:
                 raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         if self.work.exists():
             if resume:
-                started = json.loads((self.work / "job.json").read_text())
+                record = self.work / "job.json"
+                try:
+                    started = json.loads(record.read_text())
+                    if not isinstance(started, dict):
+                        raise ValueError("not a JSON object")
+                except (OSError, ValueError) as err:
+                    raise ValueError(f"{record}: not the record of a run this program started "
+                                     f"({err}); pass --overwrite to start again") from None
                 if started != json.loads(json.dumps(fingerprint)):
                     changed = sorted(k for k in fingerprint if started.get(k) != fingerprint[k])
                     raise ValueError(

@@ -130,7 +130,16 @@ def save_model(net, path, metadata: dict | None = None, overwrite: bool = False,
             v = v.half()
         tensors[k] = v.contiguous()
     with atomic_path(path, overwrite, "choose another name or pass overwrite=True") as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+        except OSError:
+            raise
+        except Exception as err:  # safetensors' own error type for a full disk and friends
+            code = re.search(r"os error (\d+)", str(err))
+            if not code:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) \
+                from err
     return path
 
 
@@ -141,8 +150,11 @@ def resolve_model_path(path_or_name) -> Path:
     if text in registry:
         return registry[text]
     path = Path(text).expanduser()
-    if path.is_file():
-        return path
+    try:
+        if path.is_file():
+            return path
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte: not a file
+        pass
     names = ", ".join(registry) or "none"
     raise ModelLoadError(
         f"no model {text!r}: not a file and not a registered name (registered: {names}; "
@@ -183,7 +195,7 @@ def read_metadata(path) -> dict:
             f"expected {FORMAT!r})"
         )
     try:
-        return {
+        meta = {
             "config": json.loads(raw["config"]),
             "normalization": json.loads(raw.get("normalization", "{}")),
             "tile_size": int(raw.get("tile_size", 512)),
@@ -191,8 +203,20 @@ def read_metadata(path) -> dict:
             "created": raw.get("created", ""),
             "provenance": json.loads(raw.get("provenance", "{}")),
         }
-    except (KeyError, ValueError) as err:
-        raise ModelLoadError(f"{path}: damaged metadata ({err})") from err
+        if not isinstance(meta["config"], dict) or not isinstance(meta["provenance"], dict):
+            raise ValueError("config and provenance must be JSON objects")
+        if meta["tile_size"] < 32 or meta["tile_size"] % 32:
+            raise ValueError(f"tile_size {meta['tile_size']} is not a positive multiple of 32")
+        if meta["normalization"]:  # checked now: a std of 0 would give NaN masks later
+            from .normalization import Normalization
+
+            if not isinstance(meta["normalization"], dict):
+                raise ValueError("normalization must be a JSON object")
+            Normalization.from_dict(meta["normalization"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelLoadError(f"{path}: damaged metadata ({err}); re-save or re-train the model") \
+            from err
+    return meta
 
 
 def model_card(path_or_name) -> str:
