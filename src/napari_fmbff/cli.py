@@ -576,7 +576,15 @@ def _train(args, ddp) -> int:
 
     def checkpoint(s):
         tmp = resume_path.with_suffix(".pt.tmp")
-        torch.save(s, tmp)
+        try:
+            torch.save(s, tmp)
+        except RuntimeError as err:  # torch's own error for a full disk and friends
+            tmp.unlink(missing_ok=True)
+            raise OSError(errno.EIO, f"cannot write the resume file ({str(err).strip()[:80]}); "
+                          "is the disk full or read-only?", str(resume_path)) from None
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(resume_path)
 
     import time
@@ -590,13 +598,15 @@ def _train(args, ddp) -> int:
         extra={"layout": found.layout, "encoder_init": args.encoder_init})
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
                disable=not is_main)
-    while True:
-        try:
-            _show_epoch(bar, next(gen))
-        except StopIteration as stop:
-            outcome = stop.value
-            break
-    bar.close()
+    try:  # closed before an error is printed, so the error is the last line
+        while True:
+            try:
+                _show_epoch(bar, next(gen))
+            except StopIteration as stop:
+                outcome = stop.value
+                break
+    finally:
+        bar.close()
     if not is_main:
         return 0
     for note in outcome.notes:
