@@ -21,6 +21,14 @@ from napari_fmbff.medical import (  # noqa: E402
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 
+@pytest.fixture
+def registered_tiny(tiny_net, models_dir):
+    from napari_fmbff import save_model
+
+    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
+    return "tiny"
+
+
 def ct_slice():
     from pydicom.data import get_testdata_file
 
@@ -151,3 +159,30 @@ def test_3d_ids_are_unique_across_slices():
     labels = labels_3d(mask)
     assert labels.max() == 2
     assert len(np.unique(labels[0:3, 2:6, 2:6])) == 1
+
+
+def test_fmbff_segment_on_a_dicom_series_and_a_nifti(registered_tiny, tmp_path, capsys):
+    from napari_fmbff.cli import main
+
+    ds = pydicom.dcmread(ct_slice())
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k in range(3):
+        s = pydicom.dcmread(ct_slice())
+        s.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + \
+            [float(ds.ImagePositionPatient[2]) + 5.0 * k]
+        s.save_as(folder / f"{k}.dcm")
+    out = tmp_path / "masks"
+    rc = main(["segment", str(folder), str(NIB_DATA / "anatomical.nii"), "-m", registered_tiny,
+               "-o", str(out), "--tile-size", "64", "--window", "soft-tissue", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    series = nib.load(str(out / "series.nii.gz"))
+    assert series.shape == (128, 128, 3)
+    assert series.header.get_zooms()[:3] == pytest.approx((0.661468, 0.661468, 5.0), rel=1e-5)
+    mr = nib.load(str(out / "anatomical.nii.gz"))
+    np.testing.assert_allclose(mr.affine, nib.load(str(NIB_DATA / "anatomical.nii")).affine)
+    assert (out / "series.json").exists()
+    # Never over an existing result.
+    assert main(["segment", str(folder), "-m", registered_tiny, "-o", str(out),
+                 "--tile-size", "64"]) == 2
+    assert "exists" in capsys.readouterr().err
