@@ -150,7 +150,7 @@ def test_one_painted_image_with_the_widget_defaults_teaches_the_missed_lesion(
     widget.device.value = "cpu"  # everything else: the widget's defaults
     widget.new_name.value = "patient-tuned"
     widget.run()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=3 * WAIT_MS)  # the full recipe
     outcome = widget.last_outcome
     assert outcome is not None and outcome.saved, widget.status.value
     assert not outcome.result.validated and "no held-out score" in widget.status.value
