@@ -153,14 +153,14 @@ def run_one(spec: dict) -> dict:
     import torch
 
     from napari_fmbff import FMBFFNet, Segmenter, load_model
-    from napari_fmbff.inference import default_normalization
-    from napari_fmbff.metrics import Counts, confusion
-    from napari_fmbff.training import (
+    from napari_fmbff.model.normalization import default_normalization
+    from napari_fmbff.training.loop import (
         finetune_config,
         make_items,
         run_training,
         split_items,
     )
+    from napari_fmbff.training.metrics import Counts, confusion
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     overrides = parse_overrides(args.set)
     if args.quick:
         overrides.setdefault("epochs", 3)
-    from napari_fmbff.training import finetune_config
+    from napari_fmbff.training.loop import finetune_config
 
     recipe = {k: v for k, v in vars(finetune_config(**overrides)).items()
               if k not in ("device", "seed", "amp", "num_workers")}

@@ -19,15 +19,15 @@ def main(argv=None) -> int:
     import torch
 
     from napari_fmbff import FMBFFNet, Segmenter, load_model
-    from napari_fmbff.data import make_sample
-    from napari_fmbff.inference import default_normalization
-    from napari_fmbff.metrics import confusion, summarize
-    from napari_fmbff.training import (
+    from napari_fmbff.data.synthetic import make_sample
+    from napari_fmbff.model.normalization import default_normalization
+    from napari_fmbff.training.loop import (
         finetune_config,
         make_items,
         run_training,
         split_items,
     )
+    from napari_fmbff.training.metrics import confusion, summarize
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--look", default="ct")

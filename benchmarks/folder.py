@@ -20,9 +20,14 @@ import numpy as np
 
 def main(argv=None) -> int:
     from napari_fmbff import Segmenter
-    from napari_fmbff.batch import FileJob, Postprocess, iter_segment_files, segment_file
-    from napari_fmbff.data import make_sample
-    from napari_fmbff.image_io import write_image
+    from napari_fmbff.data.image_io import write_image
+    from napari_fmbff.data.synthetic import make_sample
+    from napari_fmbff.jobs.files import (
+        FileJob,
+        Postprocess,
+        iter_segment_files,
+        segment_file,
+    )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")

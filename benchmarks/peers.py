@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 import torch
-
 from throughput import peak_host_mb, run_setup, sync, time_network
 
 

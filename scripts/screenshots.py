@@ -71,7 +71,7 @@ def segment_picture(out: Path) -> None:
 
 
 def finetune_picture(out: Path) -> None:
-    from napari_fmbff.data import make_sample
+    from napari_fmbff.data.synthetic import make_sample
 
     pairs = [make_sample("ct", size=256, seed=100 + s, n_lesions=1) for s in range(6)]
     viewer, segment, tune = viewer_with_docks("napari-fmbff: correct, then fine-tune")

@@ -58,3 +58,32 @@ def write_ome_zarr(path, data, axes="tczyx", scale=None):
     root.attrs["multiscales"] = [{"version": "0.4", "datasets": [level],
                                   "axes": [{"name": a} for a in axes]}]
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_widget_settings(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty widget-settings folder: a value one test sets is never
+    what the next widget starts with, and no test touches the user's real settings."""
+    monkeypatch.setenv("FMBFF_CONFIG_DIR", str(tmp_path_factory.mktemp("fmbff-config")))
+
+
+def disks(n, size=96, seed=0):
+    """Bright disks on a noisy background: easy, so a few epochs must learn them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(n):
+        margin = min(25, size // 3)
+        c, r = rng.uniform(margin, size - margin, 2), rng.uniform(10, min(20, margin))
+        mask = np.hypot(yy - c[0], xx - c[1]) < r
+        img = (rng.normal(80, 20, (size, size)) + mask * 70).clip(0, 255).astype(np.uint8)
+        out.append((np.stack([img] * 3, -1), mask.astype(np.uint8)))
+    return out
+
+
+def same_partition(a, b):
+    """a and b label the same objects (any numbering)."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]

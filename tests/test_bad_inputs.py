@@ -22,8 +22,15 @@ import pytest
 import tifffile
 
 from conftest import tiny_config
-from napari_fmbff import (FMBFFNet, ModelConfig, ModelLoadError, Normalization, Segmenter,
-                          load_model, save_model)
+from napari_fmbff import (
+    FMBFFNet,
+    ModelConfig,
+    ModelLoadError,
+    Normalization,
+    Segmenter,
+    load_model,
+    save_model,
+)
 from napari_fmbff.cli import main
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import tifffile
 
 from napari_fmbff import save_model
 from napari_fmbff.cli import main
-from napari_fmbff.image_io import read_image, write_image
+from napari_fmbff.data.image_io import read_image, write_image
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_help_for_every_command(command):
 @pytest.fixture
 def big_tiff(tmp_path, rng, monkeypatch):
     """A tiled TIFF over the 'large' pixel count (lowered for the test)."""
-    monkeypatch.setattr("napari_fmbff.image_io.LARGE_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr("napari_fmbff.data.image_io.LARGE_IMAGE_PIXELS", 100 * 100)
     image = rng.integers(0, 255, (150, 230, 3), dtype=np.uint8)
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, image, tile=(64, 64))
@@ -133,8 +133,7 @@ def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
         registered, big_tiff, tmp_path, monkeypatch, labels):
     import zarr
 
-    from test_components import same_partition
-
+    from conftest import same_partition
     from napari_fmbff import Segmenter
 
     path, image = big_tiff
@@ -144,7 +143,7 @@ def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
     opts = ["-m", registered, "--tile-size", "64", "--threshold", threshold, "--min-size", "15",
             "--fill-holes"] + (["--labels"] if labels else [])
     assert main(["segment", str(path), "-o", str(tmp_path / "big"), "--chunk", "64", *opts]) == 0
-    monkeypatch.setattr("napari_fmbff.image_io.LARGE_IMAGE_PIXELS", 10**9)  # ordinary path
+    monkeypatch.setattr("napari_fmbff.data.image_io.LARGE_IMAGE_PIXELS", 10**9)  # ordinary path
     assert main(["segment", str(path), "-o", str(tmp_path / "small"), *opts]) == 0
     big = zarr.open_array(str(tmp_path / "big" / "slide.zarr"), mode="r")[:]
     small = read_image(tmp_path / "small" / ("slide.tif" if labels else "slide.png"))
@@ -181,7 +180,7 @@ def test_interrupted_large_run_resumes_where_it_stopped(registered, big_tiff, tm
                                                         monkeypatch, capsys):
     import zarr
 
-    import napari_fmbff.chunked as chunked
+    import napari_fmbff.inference.chunked as chunked
 
     path, _ = big_tiff
     out = tmp_path / "out"
@@ -254,9 +253,9 @@ def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(registered, t
 def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tmp_path, rng):
     import zarr
 
+    from conftest import same_partition
     from napari_fmbff import Segmenter
-    from napari_fmbff.inference import labels_from_proba
-    from test_components import same_partition
+    from napari_fmbff.inference.postprocess import labels_from_proba
 
     # z y x (5 planes: a plain array with 3 or 4 leading planes would read as colour), each
     # plane normalised on its own.
@@ -284,7 +283,12 @@ def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tm
 
 def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp_path, rng):
     from napari_fmbff import Segmenter
-    from napari_fmbff.batch import FileJob, Postprocess, iter_segment_files, segment_file
+    from napari_fmbff.jobs.files import (
+        FileJob,
+        Postprocess,
+        iter_segment_files,
+        segment_file,
+    )
 
     seg, post = Segmenter(registered, device="cpu"), Postprocess(labels=True)
     sources = []
@@ -308,8 +312,8 @@ def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp
 
 def test_train_init_that_learns_nothing_saves_nothing(registered, tmp_path, capsys):
     """A fine-tune no epoch of which beats the base on held-out images: no file, exit 1."""
-    from napari_fmbff.datasets import write_dataset
-    from test_training import disks
+    from conftest import disks
+    from napari_fmbff.data.datasets import write_dataset
 
     data = write_dataset(tmp_path / "data", disks(12))
     out = tmp_path / "same.safetensors"

@@ -9,8 +9,8 @@ import pytest
 
 from napari_fmbff import list_models, load_model
 from napari_fmbff.cli import main
-from napari_fmbff.data import LOOKS, make_sample
-from napari_fmbff.image_io import read_image
+from napari_fmbff.data.image_io import read_image
+from napari_fmbff.data.synthetic import LOOKS, make_sample
 
 
 def test_starter_is_bundled_small_and_registered(models_dir):

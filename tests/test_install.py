@@ -42,9 +42,9 @@ def test_readme_demo_command_can_run_twice(tmp_path, monkeypatch, models_dir):
 
 def test_cluster_options_without_distributed_name_the_extra(tmp_path, monkeypatch, capsys,
                                                             models_dir):
-    from napari_fmbff.image_io import write_image
-
     import numpy as np
+
+    from napari_fmbff.data.image_io import write_image
 
     write_image(tmp_path / "a.png", np.zeros((64, 64), np.uint8))
     monkeypatch.setitem(sys.modules, "distributed", None)  # "import distributed" fails

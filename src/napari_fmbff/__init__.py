@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelConfig": "napari_fmbff.model.config",
     "FMBFFNet": "napari_fmbff.model.network",
-    "load_model": "napari_fmbff.models",
-    "save_model": "napari_fmbff.models",
-    "list_models": "napari_fmbff.models",
-    "models_dir": "napari_fmbff.models",
-    "ModelLoadError": "napari_fmbff.models",
-    "Segmenter": "napari_fmbff.inference",
-    "labels_from_proba": "napari_fmbff.inference",
-    "Normalization": "napari_fmbff.normalization",
+    "load_model": "napari_fmbff.model.checkpoint",
+    "save_model": "napari_fmbff.model.checkpoint",
+    "list_models": "napari_fmbff.model.registry",
+    "models_dir": "napari_fmbff.model.registry",
+    "ModelLoadError": "napari_fmbff.model.registry",
+    "Segmenter": "napari_fmbff.inference.segmenter",
+    "labels_from_proba": "napari_fmbff.inference.postprocess",
+    "Normalization": "napari_fmbff.model.normalization",
 }
 
 __all__ = ["__version__", *_LAZY]

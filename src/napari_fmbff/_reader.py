@@ -58,7 +58,7 @@ def read_medical(path):
     """One Image layer in the scanner's units (CT in HU) at the voxel spacing in mm; the
     affine and the series' facts ride along in the layer metadata (labels written back as
     NIfTI use them)."""
-    from .medical import read_volume, series_name, window_range
+    from .data.medical import read_volume, series_name, window_range
 
     volume = read_volume(path)
     data, scale = volume.data, volume.spacing

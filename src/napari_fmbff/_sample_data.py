@@ -7,7 +7,7 @@ SAMPLE_TAG = "napari_fmbff_sample"
 
 
 def _sample(look: str):
-    from .data import make_sample
+    from .data.synthetic import make_sample
     from .demo import DEMO_SEED
 
     image, mask = make_sample(look, size=512, seed=DEMO_SEED, n_lesions=1)

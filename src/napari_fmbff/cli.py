@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 from ._files import check_folders, refuse_existing
-from .inference import DEVICES, PRECISIONS, SegmentSettings
-from .tiling import BLENDS
+from .inference.segmenter import DEVICES, PRECISIONS, SegmentSettings
+from .inference.tiling import BLENDS
 
 EXIT_USAGE = 2
 
@@ -273,16 +273,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _load(name: str):
-    from .models import load_model
+    from .model.checkpoint import load_model
 
     return load_model(_model_name(name))
 
 
 def cmd_segment(args) -> int:
-    from .batch import FileJob, Postprocess, SegmenterSpec
-    from .image_io import expand_inputs
-    from .medical import is_medical
-    from .models import resolve_model_path
+    from .data.image_io import expand_inputs
+    from .data.medical import is_medical
+    from .jobs.files import FileJob, Postprocess, SegmenterSpec
+    from .model.registry import resolve_model_path
 
     volumes = [item for item in args.inputs if is_medical(item)]
     if volumes:
@@ -315,7 +315,7 @@ def cmd_segment(args) -> int:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
     large = [job for job in jobs if job.large]
     run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
-    from .inference import resolve_device
+    from .inference.segmenter import resolve_device
 
     resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run)
@@ -347,8 +347,8 @@ def _segment_volumes(args, volumes) -> None:
     """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
     from tqdm import tqdm
 
-    from .medical import window_range
-    from .volumes import segment_volume
+    from .data.medical import window_range
+    from .jobs.volumes import segment_volume
 
     if args.window is not None:
         window_range(args.window)  # a bad window is said before the model loads
@@ -356,7 +356,7 @@ def _segment_volumes(args, volumes) -> None:
     name = _model_name(args.model)
     model = _load(name)
     from . import __version__
-    from .models import resolve_model_path
+    from .model.registry import resolve_model_path
 
     for item in volumes:
         gen = segment_volume(
@@ -380,8 +380,8 @@ def _segment_volumes(args, volumes) -> None:
 def _segment_here(args, spec, jobs, post, settings) -> int:
     from tqdm import tqdm
 
-    from .batch import iter_segment_files, iter_segment_large
-    from .inference import drain
+    from .inference.segmenter import drain
+    from .jobs.files import iter_segment_files, iter_segment_large
 
     large = [job for job in jobs if job.large]
     small = [job for job in jobs if not job.large]
@@ -419,8 +419,8 @@ def _chunk_bar(gen, name: str):
 def _segment_on_cluster(args, spec, jobs, post, settings) -> int:
     from tqdm import tqdm
 
-    from .cluster import cpu_threads_per_worker, iter_run_jobs, start_client
-    from .inference import default_normalization
+    from .jobs.cluster import cpu_threads_per_worker, iter_run_jobs, start_client
+    from .model.normalization import default_normalization
 
     if args.workers is not None:
         import dataclasses
@@ -446,13 +446,14 @@ def _segment_on_cluster(args, spec, jobs, post, settings) -> int:
 
 
 def _model_name(name: str) -> str:
-    from .models import default_model_name
+    from .model.registry import default_model_name
 
     return default_model_name() if name == "default" else name
 
 
 def cmd_info(args) -> int:
-    from .models import list_models, models_dir
+    from .model.registry import list_models, models_dir
+    from .model.summary import describe
 
     if args.list:
         models = list_models()
@@ -477,7 +478,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .ddp import init_from_env, shutdown
+    from .training.ddp import init_from_env, shutdown
 
     ddp = init_from_env(args.device)  # None unless started by torchrun
     try:
@@ -490,13 +491,13 @@ def _train(args, ddp) -> int:
     import torch
     from tqdm import tqdm
 
-    from .datasets import find_pairs, load_pairs
-    from .inference import default_normalization
+    from .data.datasets import find_pairs, load_pairs
     from .model import FMBFFNet, ModelConfig
-    from .models import load_model
-    from .reports import check_history_free
-    from .train_run import score_summary, train_and_save
-    from .training import TrainConfig, finetune_config, make_items
+    from .model.checkpoint import load_model
+    from .model.normalization import default_normalization
+    from .training.loop import TrainConfig, finetune_config, make_items
+    from .training.reports import check_history_free
+    from .training.run import score_summary, train_and_save
 
     is_main = ddp is None or ddp.is_main
 
@@ -543,7 +544,7 @@ def _train(args, ddp) -> int:
                            else one_line(err)) from None
         net = FMBFFNet(config)
         if args.encoder_init:
-            from .models import load_encoder_weights
+            from .model.checkpoint import load_encoder_weights
 
             n = load_encoder_weights(net, args.encoder_init)
             say(f"encoder initialised from {args.encoder_init} ({n} tensors)")
@@ -630,10 +631,10 @@ def _show_epoch(bar, event) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .batch import as_2d
-    from .datasets import find_pairs, load_pairs
-    from .evaluation import evaluate, format_table
-    from .inference import Segmenter
+    from .data.datasets import find_pairs, load_pairs
+    from .inference.segmenter import Segmenter
+    from .jobs.files import as_2d
+    from .training.evaluation import evaluate, format_table
 
     if args.csv:  # before the evaluation, not after it
         if Path(args.csv).is_dir():
@@ -647,7 +648,7 @@ def cmd_evaluate(args) -> int:
                              masks, names, args.threshold)
     print(format_table(rows, summary))
     if args.csv:
-        from .reports import write_csv
+        from .training.reports import write_csv
 
         write_csv(rows, args.csv, args.overwrite)
     return 0
@@ -656,7 +657,7 @@ def cmd_evaluate(args) -> int:
 def cmd_make_data(args) -> int:
     import numpy as np
 
-    from .data import LOOKS
+    from .data.synthetic import LOOKS
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -725,37 +726,12 @@ def _has_display() -> bool:
 
 
 def _write_sample(job) -> None:
-    from .data import make_sample
-    from .datasets import write_dataset
+    from .data.datasets import write_dataset
+    from .data.synthetic import make_sample
 
     out, look, size, seed = job
     write_dataset(out, [make_sample(look, size=size, seed=seed)], [f"{look}_{seed:05d}"])
 
-
-def describe(net, size: int = 512) -> dict:
-    """Parameters, GFLOPs at ``size`` and the modules that are on."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .tiling import round_up
-
-    size = round_up(size, 32)
-    cfg = net.config
-    n_params = sum(p.numel() for p in net.parameters())
-    n_encoder = sum(p.numel() for p in net.encoder.parameters())
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        net.eval()(torch.zeros(1, 3, size, size))
-    modules = [m for m in ("fmcab", "aggregate_skips", "vitm", "biffm") if getattr(cfg, m)]
-    return {
-        "encoder": cfg.encoder,
-        "parameters": f"{n_params / 1e6:.2f} M (encoder {n_encoder / 1e6:.2f} M)",
-        f"GFLOPs @ {size}": f"{counter.get_total_flops() / 1e9:.2f} (1 image, multiply-add = 2)",
-        "modules on": ", ".join(modules) or "none (plain U-Net)",
-        "decoder": str(list(cfg.decoder_channels)),
-        "transformer": f"dim {cfg.transformer_dim}, depth {cfg.transformer_depth}, "
-                       f"heads {cfg.transformer_heads}",
-    }
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ def overlay(image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None = No
 def run_headless(out_dir, look: str = "endoscopy", model: str | None = None,
                  device: str = "auto", overwrite: bool = False) -> dict:
     """Segment the bundled sample of ``look``; write mask + overlay; return Dice etc."""
-    from .data import make_sample
-    from .image_io import write_image
-    from .inference import Segmenter
-    from .metrics import scores
-    from .models import default_model_name, load_model
+    from .data.image_io import write_image
+    from .data.synthetic import make_sample
+    from .inference.segmenter import Segmenter
+    from .model.checkpoint import load_model
+    from .model.registry import default_model_name
+    from .training.metrics import scores
 
     name = model or default_model_name()
     image, truth = make_sample(look, size=512, seed=DEMO_SEED, n_lesions=1)

@@ -9,7 +9,7 @@ from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from .._sample_data import SAMPLE_TAG  # noqa: F401  (re-exported for the widgets)
-from ..models import list_models
+from ..model.registry import list_models
 
 BROWSE = "Browse..."
 #: Layer metadata key marking the layers our widgets made ("labels", "probability", "region").
@@ -118,8 +118,8 @@ def import_engine(status=None) -> None:
     import timm  # noqa: F401
     import torch  # noqa: F401
 
-    from .. import inference, models  # noqa: F401
-    from ..model import network  # noqa: F401
+    from ..inference import segmenter  # noqa: F401
+    from ..model import checkpoint, network  # noqa: F401
 
 
 def _avoid_triton_llvm_clash() -> None:

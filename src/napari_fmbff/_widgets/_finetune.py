@@ -20,7 +20,7 @@ from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..stacks import (
+from ..inference.stacks import (
     TRAIN_SLICES,
     plane_indices,
     plane_of,
@@ -50,7 +50,7 @@ SLICE_CHOICES = ("slices you corrected",) + TRAIN_SLICES
 def finetune_widget_defaults() -> dict:
     """Every remembered field of the widget and its default; the training values are
     napari_fmbff.training.FINETUNE_DEFAULTS (what `fmbff train --init` uses too)."""
-    from ..training import FINETUNE_DEFAULTS as d
+    from ..training.loop import FINETUNE_DEFAULTS as d
 
     return {
         "model": "starter",
@@ -71,10 +71,11 @@ def finetune_widget_defaults() -> dict:
 def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threading.Event,
                source: str):
     """Worker: yields TrainEvents; returns a train_run.Outcome (path None if nothing saved)."""
-    from ..inference import default_normalization
-    from ..models import load_model, unique_model_path
-    from ..train_run import train_and_save
-    from ..training import make_items
+    from ..model.checkpoint import load_model
+    from ..model.normalization import default_normalization
+    from ..model.registry import unique_model_path
+    from ..training.loop import make_items
+    from ..training.run import train_and_save
 
     net = load_model(base_ref)
     norm = default_normalization(net)
@@ -252,7 +253,7 @@ class FineTuneWidget(Container):
         if self._worker is not None:
             return None
         import_engine(self.status)
-        from ..training import finetune_config
+        from ..training.loop import finetune_config
 
         try:
             images, masks = self._training_data()
@@ -266,7 +267,7 @@ class FineTuneWidget(Container):
         except ValueError as err:
             show_error(f"napari-fmbff: cannot fine-tune: {err}")
             return None
-        from ..models import sanitize_name
+        from ..model.registry import sanitize_name
 
         try:
             name = sanitize_name(self.new_name.value or "finetuned")
@@ -311,7 +312,7 @@ class FineTuneWidget(Container):
             self.status.value = (f"epoch {event.epoch}/{total}: loss {event.loss:.3f}"
                                  + (f", held-out Dice {event.val_dice:.3f}"
                                     if event.val_dice == event.val_dice else ""))
-            from ..plots import draw_training_curve
+            from ..training.plots import draw_training_curve
 
             draw_training_curve(self._axes, self.history)
             self._canvas.draw_idle()

@@ -23,9 +23,10 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..inference import labels_from_proba
-from ..models import MODELS_DIR_ENV, model_card, models_dir
-from ..stacks import plane_indices, spatial_shape, write_planes
+from ..inference.postprocess import labels_from_proba
+from ..inference.stacks import plane_indices, spatial_shape, write_planes
+from ..model.checkpoint import model_card
+from ..model.registry import MODELS_DIR_ENV, models_dir
 from ._common import (
     BROWSE,
     IMAGE_TAG,
@@ -74,9 +75,9 @@ _starter_warned = False  # the "starter has never seen a patient" note, once per
 @thread_worker(ignore_errors=True)  # errors go to our own notification
 def _segment_planes(model_ref, data, rgb, planes, options):
     """Worker: load the model, then yield ("device", name) and ("progress", plane, n, p)."""
-    from ..inference import Segmenter
-    from ..models import load_model
-    from ..stacks import iter_predict_planes
+    from ..inference.segmenter import Segmenter
+    from ..inference.stacks import iter_predict_planes
+    from ..model.checkpoint import load_model
 
     seg = Segmenter(load_model(model_ref), **options)
     yield ("device", seg.device_label)

@@ -13,7 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from ..models import MODELS_DIR_ENV
+from .._files import atomic_path
+from ..model.registry import MODELS_DIR_ENV
 
 FILE_NAME = "widgets.json"
 #: The models folder chosen in the Segment widget (section of the settings file).
@@ -44,12 +45,9 @@ def write_key(key: str, value) -> None:
         data.pop(key, None)
     else:
         data[key] = value
-    path = settings_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_path(settings_path(), overwrite=True) as tmp:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     except OSError:  # a read-only home must not break the widget; settings are a comfort
         pass
 

@@ -1,6 +1,24 @@
-"""The network only: pure torch + timm."""
+"""The network and what makes a model file: config, blocks, network, the input contract
+(normalisation), checkpoints (safetensors), the registry (models folder), a summary.
 
-from .config import ModelConfig
-from .network import INPUT_MULTIPLE, EncoderWeightsUnavailable, FMBFFNet
+Names load on first use, so importing the registry (napari's start) does not import torch.
+"""
 
-__all__ = ["ModelConfig", "FMBFFNet", "INPUT_MULTIPLE", "EncoderWeightsUnavailable"]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ModelConfig": ".config",
+    "FMBFFNet": ".network",
+    "INPUT_MULTIPLE": ".network",
+    "EncoderWeightsUnavailable": ".network",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

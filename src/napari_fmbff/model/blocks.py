@@ -6,7 +6,6 @@ it is ambiguous; docs/architecture.md keeps the same list in one table.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn

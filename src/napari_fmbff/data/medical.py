@@ -1,0 +1,236 @@
+"""CT and MR volumes as clinics have them: DICOM series and NIfTI files, with their geometry.
+
+A ``Volume`` is a (Z, Y, X) array in the scanner's units (CT in Hounsfield units: each DICOM
+slice's RescaleSlope / RescaleIntercept applied), its voxel spacing in mm as (z, y, x), and a
+4 x 4 affine from voxel indices (z, y, x, 1) to the source's patient coordinates in mm (DICOM:
+LPS; NIfTI: the file's own sform / qform, RAS). Labels written back as NIfTI carry the
+source's affine, so every viewer overlays them on the scan. pydicom and nibabel, the field's
+own libraries, are imported on use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._files import atomic_path
+
+#: Radiologists' windows, (centre, width) in Hounsfield units.
+CT_WINDOWS = {
+    "lung": (-600.0, 1500.0),
+    "soft-tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+
+@dataclass
+class Volume:
+    data: np.ndarray                      # (Z, Y, X)
+    spacing: tuple[float, float, float]   # mm, (z, y, x)
+    affine: np.ndarray                    # 4 x 4, (z, y, x, 1) -> patient mm
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.affine[:3, 3])
+
+
+def window_range(window) -> tuple[float, float]:
+    """A window name (``CT_WINDOWS``) or "LOW,HIGH" (or a pair) -> (low, high) intensities."""
+    if isinstance(window, str) and window in CT_WINDOWS:
+        centre, width = CT_WINDOWS[window]
+        return centre - width / 2, centre + width / 2
+    try:
+        low, high = (float(v) for v in (window.split(",") if isinstance(window, str) else window))
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be one of {', '.join(CT_WINDOWS)} or LOW,HIGH, "
+                         f"got {window!r}") from None
+    if not low < high:
+        raise ValueError(f"window needs LOW < HIGH, got {low}, {high}")
+    return low, high
+
+
+def is_nifti(path) -> bool:
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def is_dicom(path) -> bool:
+    """A .dcm file, or a file with the DICOM preamble ("DICM" at byte 128)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_medical(path) -> bool:
+    """A NIfTI file, a DICOM file, or a folder holding a DICOM series."""
+    path = Path(path)
+    if path.is_dir():
+        return any(is_dicom(p) for p in sorted(path.iterdir())[:50])
+    return is_nifti(path) or is_dicom(path)
+
+
+def read_volume(path) -> Volume:
+    """A NIfTI file or a DICOM series (a folder, or any one file of it) as a ``Volume``."""
+    return read_nifti(path) if is_nifti(path) else read_dicom_series(path)
+
+
+def read_nifti(path) -> Volume:
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read it as NIfTI ({type(err).__name__}: {err})") from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: a {data.ndim}D NIfTI (shape {data.shape}); a 3D volume is "
+                         "needed (for a 4D series, save one time point)")
+    # nibabel indexes (i, j, k) = (x, y, z); we use (z, y, x) like every other stack here.
+    volume = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    affine = np.asarray(img.affine, float) @ _SWAP_ZYX
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Volume(volume, (zooms[2], zooms[1], zooms[0]), affine, str(path),
+                  {"format": "nifti", "description": _nifti_description(img)})
+
+
+def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False,
+                       description: str = "") -> Path:
+    """(Z, Y, X) labels as a NIfTI file with the source's affine (atomic, never over a file)."""
+    import nibabel as nib
+
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16 if labels.max() < 65536 \
+        else np.uint32
+    img = nib.Nifti1Image(np.transpose(labels.astype(dtype), (2, 1, 0)),
+                          np.asarray(affine, float) @ _SWAP_ZYX)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = description.encode()[:79]
+    img.header.set_intent("label")
+    path = Path(path)
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    with atomic_path(path, overwrite) as tmp:
+        target = tmp.with_name(tmp.name + suffix)  # nibabel picks compression by the name
+        try:
+            nib.save(img, str(target))
+            target.replace(tmp)
+        finally:
+            target.unlink(missing_ok=True)
+    return path
+
+
+def read_dicom_series(path) -> Volume:
+    """Every slice of the series in a folder (or of the series a given file belongs to),
+    sorted along the slice normal by ImagePositionPatient, in Hounsfield units for CT."""
+    import pydicom
+
+    path = Path(path)
+    folder, wanted = (path, None) if path.is_dir() else (path.parent, path)
+    slices = []
+    for p in sorted(folder.iterdir()):
+        if not is_dicom(p):
+            continue
+        try:
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not a DICOM file after all; the series decides
+            continue
+        if "ImagePositionPatient" in ds or p == wanted:
+            slices.append((p, ds))
+    if not slices:
+        raise ValueError(f"{path}: no DICOM image slices found")
+    if wanted is not None:
+        uid = next(ds.get("SeriesInstanceUID") for p, ds in slices if p == wanted)
+    else:
+        uids = {ds.get("SeriesInstanceUID") for _, ds in slices}
+        if len(uids) > 1:
+            raise ValueError(f"{folder}: holds {len(uids)} DICOM series; open one file of the "
+                             "series you want, or give each series its own folder")
+        uid = uids.pop()
+    slices = [(p, ds) for p, ds in slices if ds.get("SeriesInstanceUID") == uid]
+    first = slices[0][1]
+    rows, cols = _orientation(first)
+    normal = np.cross(rows, cols)
+    positions = [np.asarray(ds.get("ImagePositionPatient", (0, 0, 0)), float) for _, ds in slices]
+    order = np.argsort([float(pos @ normal) for pos in positions], kind="stable")
+    slices = [slices[i] for i in order]
+    positions = [positions[i] for i in order]
+    planes = []
+    for p, _ in slices:
+        ds = pydicom.dcmread(str(p))
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:
+            raise ValueError(f"{p}: cannot decode its pixels ({type(err).__name__}: {err})") from err
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        if slope != 1 or intercept != 0:
+            pixels = pixels * np.float32(slope) + np.float32(intercept)
+        planes.append(pixels)
+    shapes = {pl.shape for pl in planes}
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: slices of different sizes {sorted(shapes)} in one series")
+    data = np.stack(planes)
+    if data.dtype.kind == "f" and np.all(np.mod(data, 1) == 0) and \
+            data.min() >= -32768 and data.max() <= 32767:
+        data = data.astype(np.int16)  # Hounsfield units are whole numbers
+    dy, dx = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
+    if len(positions) > 1:
+        steps = np.diff([float(pos @ normal) for pos in positions])
+        dz = float(np.median(steps)) if np.all(steps > 0) else float(first.get("SliceThickness", 1))
+    else:
+        dz = float(first.get("SliceThickness", 1.0) or 1.0)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * dz      # z index along the slice normal
+    affine[:3, 1] = cols * dy        # y index (rows of the image) along the column direction
+    affine[:3, 2] = rows * dx        # x index along the row direction
+    affine[:3, 3] = positions[0]
+    meta = {"format": "dicom", "modality": str(first.get("Modality", "")),
+            "series_description": str(first.get("SeriesDescription", "")),
+            "series_uid": str(uid), "n_slices": len(slices),
+            "slice_positions_mm": [float(pos @ normal) for pos in positions],
+            "units": "HU" if str(first.get("Modality", "")) == "CT" else ""}
+    return Volume(data, (dz, dy, dx), affine, str(folder), meta)
+
+
+def series_name(volume: Volume) -> str:
+    """A file-name stem for a volume's outputs: the NIfTI stem, or the series folder name."""
+    source = Path(volume.source)
+    name = source.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _orientation(ds) -> tuple[np.ndarray, np.ndarray]:
+    iop = [float(v) for v in ds.get("ImageOrientationPatient", (1, 0, 0, 0, 1, 0))]
+    return np.asarray(iop[:3]), np.asarray(iop[3:])
+
+
+def _nifti_description(img) -> str:
+    try:
+        return img.header["descrip"].item().decode(errors="replace").strip("\x00 ")
+    except Exception:  # noqa: BLE001 - a description is optional
+        return ""
+
+
+# (z, y, x, 1) -> (x, y, z, 1): NIfTI's (i, j, k) index order is the reverse of ours.
+_SWAP_ZYX = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)

@@ -1,0 +1,121 @@
+"""Connected components, small-object removal and hole filling on masks too large for memory.
+
+The same results as ``inference.labels_from_proba`` on the whole mask (4-connectivity, like
+scipy's defaults), computed chunk by chunk: each chunk is labelled on its own with provisional
+ids (kept in a scratch zarr), ids that touch across a chunk border are joined with a sparse
+graph's connected components, and a second sweep writes the final values. Memory holds one
+chunk plus one number per provisional object.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .chunked import Chunk
+
+
+def labels_from_proba(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0,
+                      fill_holes: bool = False, split: bool = True) -> np.ndarray:
+    """Threshold a probability map into int32 labels; cheap, so a GUI can redo it live."""
+    from scipy import ndimage as ndi
+
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    mask = np.asarray(prob) >= threshold
+    if fill_holes:
+        mask = ndi.binary_fill_holes(mask)
+    labels, n = ndi.label(mask)
+    if min_size > 0 and n:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels[small[labels]] = 0
+        labels, n = ndi.label(labels > 0)
+    if not split:
+        labels = (labels > 0).astype(np.int32)
+    return labels.astype(np.int32, copy=False)
+
+
+def _label_sweep(read, scratch, chunks: list[Chunk], shape, invert: bool = False):
+    """Sweep 1: provisional labels of every chunk into ``scratch`` (uint32, row-major chunks).
+
+    Returns (n ids, pixel count per id, join pairs, ids on the image border)."""
+    from scipy import ndimage as ndi
+
+    sizes, pairs, border = [np.zeros(1, np.int64)], [], []
+    offset = 0
+    height, width = shape
+    for c in chunks:
+        mask = np.asarray(read(c)) > 0
+        if invert:
+            mask = ~mask
+        lab, n = ndi.label(mask)
+        lab = lab.astype(np.uint32)
+        lab[lab > 0] += np.uint32(offset)
+        sizes.append(np.bincount(lab.ravel(), minlength=offset + n + 1)[offset + 1:])
+        (y0, y1), (x0, x1) = c.rows, c.cols
+        # Joins with the chunks above and to the left, already in the scratch store.
+        if y0 > 0:
+            above = np.asarray(scratch[y0 - 1, x0:x1])
+            pairs.append(np.stack([above, lab[0]])[:, (above > 0) & (lab[0] > 0)])
+        if x0 > 0:
+            left = np.asarray(scratch[y0:y1, x0 - 1])
+            pairs.append(np.stack([left, lab[:, 0]])[:, (left > 0) & (lab[:, 0] > 0)])
+        edges = [lab[0] if y0 == 0 else None, lab[-1] if y1 == height else None,
+                 lab[:, 0] if x0 == 0 else None, lab[:, -1] if x1 == width else None]
+        border += [np.unique(e[e > 0]) for e in edges if e is not None]
+        scratch[y0:y1, x0:x1] = lab
+        offset += n
+    pairs = np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), np.uint32)
+    border = np.unique(np.concatenate(border)) if border else np.zeros(0, np.uint32)
+    return offset, np.concatenate(sizes), pairs, border
+
+
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Object index (0..k-1) of each provisional id 1..n; index [0] is background's."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])),
+                       shape=(n + 1, n + 1))
+    return connected_components(graph, directed=False)[1]
+
+
+def _final_sweep(scratch, chunks: list[Chunk], lut: np.ndarray, write) -> None:
+    for c in chunks:
+        region = (slice(*c.rows), slice(*c.cols))
+        write(c, lut[np.asarray(scratch[region])])
+
+
+def fill_holes(read, write, scratch, chunks: list[Chunk], shape) -> None:
+    """Background components that do not reach the image border are holes: filled."""
+    n, _, pairs, border = _label_sweep(read, scratch, chunks, shape, invert=True)
+    comp = _components(n, pairs)
+    outside = np.zeros(comp.max() + 1, bool)
+    outside[comp[border]] = True
+    is_hole = ~outside[comp]
+    is_hole[0] = False
+    for c in chunks:
+        region = (slice(*c.rows), slice(*c.cols))
+        filled = (np.asarray(read(c)) > 0) | is_hole[np.asarray(scratch[region])]
+        write(c, filled.astype(np.uint8))
+
+
+def label(read, write, scratch, chunks: list[Chunk], shape, min_size: int = 0,
+          split: bool = True) -> int:
+    """Connected components (labels 1.. in raster order of their first chunk) or, with
+    ``split=False``, a 0/1 mask; objects under ``min_size`` px are dropped. Returns the count."""
+    n, sizes, pairs, _ = _label_sweep(read, scratch, chunks, shape)
+    comp = _components(n, pairs)
+    object_sizes = np.bincount(comp, weights=sizes, minlength=comp.max() + 1)
+    keep = object_sizes >= max(min_size, 1)
+    keep[comp[0]] = False  # background
+    # Number kept objects by their first provisional id, so labels follow the chunk order.
+    first = np.full(comp.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, comp, np.arange(n + 1))
+    kept = np.flatnonzero(keep)
+    number = np.zeros(comp.max() + 1, np.uint32)
+    number[kept[np.argsort(first[kept])]] = np.arange(1, kept.size + 1, dtype=np.uint32)
+    lut = number[comp] if split else (number[comp] > 0).astype(np.uint8)
+    _final_sweep(scratch, chunks, lut, write)
+    return int(kept.size)

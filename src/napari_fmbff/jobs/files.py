@@ -1,0 +1,273 @@
+"""Segmenting files: what one ``fmbff segment`` job is, and running one file or one chunk of it.
+
+The command line runs these in its own process; ``cluster.py`` runs the very same functions on
+dask workers. Ordinary images are read whole and written as png / tif (TIFF stacks plane by
+plane); large images (zarr, OME-Zarr, TIFFs above ``image_io.LARGE_IMAGE_PIXELS``, or any
+image with ``zarr=True``) are read lazily and written as zarr, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._files import naming
+from ..inference.chunked import Chunk, segment_chunk
+from ..inference.segmenter import SegmentSettings
+
+#: Stacks whose planes are smaller than this (px) are refused as a mistaken axis order.
+MIN_PLANE_EDGE = 8
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """Everything needed to build the same Segmenter in another process."""
+
+    model_path: str
+    settings: SegmentSettings = SegmentSettings()
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+    def build(self, device: str | None = None):
+        from ..inference.segmenter import Segmenter
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return Segmenter(self.model_path, self.settings, device=device or self.settings.device)
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    threshold: float = 0.5
+    min_size: int = 0
+    fill_holes: bool = False
+    labels: bool = False        # connected-component labels (uint16 tif) instead of 0/255 png
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if isinstance(self.min_size, bool) or int(self.min_size) != self.min_size \
+                or self.min_size < 0:
+            raise ValueError(f"min size must be a whole number of pixels >= 0, got {self.min_size}")
+
+    @property
+    def whole_objects(self) -> bool:
+        """Whether this needs whole objects, across chunk borders (``components.py``)."""
+        return self.labels or self.min_size > 0 or self.fill_holes
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One input and where its results go."""
+
+    source: str
+    target: str
+    prob_target: str | None
+    large: bool                 # lazy input, chunked zarr output
+
+    @classmethod
+    def plan(cls, source: Path, out_dir: Path, post: Postprocess, probabilities: bool,
+             force_zarr: bool = False) -> "FileJob":
+        from ..data.image_io import is_large, is_stack
+
+        large = force_zarr or is_large(source)
+        stem = source.name[: -len(".ome.zarr")] if source.name.endswith(".ome.zarr") else source.stem
+        if large:
+            suffix, prob_suffix = ".zarr", "_prob.zarr"
+        else:  # a stack's masks are a multi-page TIFF: PNG holds one plane
+            tif = post.labels or is_stack(source)
+            suffix, prob_suffix = (".tif" if tif else ".png"), "_prob.tif"
+        return cls(str(source), str(out_dir / f"{stem}{suffix}"),
+                   str(out_dir / f"{stem}{prob_suffix}") if probabilities else None, large)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.target] + ([self.prob_target] if self.prob_target else [])
+
+
+def as_2d(image: np.ndarray, name) -> np.ndarray:
+    """Singleton axes dropped, checked to be 2D (+ channels); errors name the image."""
+    image, rgb = as_planes(image, name)
+    if image.ndim - int(rgb) > 2:
+        from ..inference.segmenter import image_layout
+
+        try:
+            image_layout(image.shape)  # its message: one 2D slice at a time
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    return image
+
+
+def read_2d(path) -> np.ndarray:
+    """An ordinary image file as a checked 2D (+ channels) array."""
+    from ..data.image_io import read_image
+
+    return as_2d(read_image(path), path)
+
+
+def open_source(job: FileJob):
+    """The job's input: a lazy view for zarr / TIFF in large jobs, numpy otherwise."""
+    from ..data.image_io import is_zarr, open_large
+
+    path = Path(job.source)
+    if job.large and (is_zarr(path) or path.suffix.lower() in (".tif", ".tiff")):
+        return open_large(path)
+    return read_2d(path)
+
+
+def as_planes(image: np.ndarray, name):
+    """(image, rgb): a 2D image (Y, X[, C]), or a stack (..., Y, X[, C]) of them (a CT or
+    MR series, a time lapse); ``rgb`` says whether the last axis holds colour channels."""
+    from ..inference.segmenter import image_layout
+
+    image = np.squeeze(image) if image.ndim > 3 else image
+    if image.ndim == 3 and image.shape[-1] == 2:
+        # Grey + alpha (a PNG in "LA" mode): the alpha is dropped, as for RGBA. Never a stack
+        # of planes 2 px wide.
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[-1] < 8:
+        # (Y, X, 5): channels no model here takes, not a stack of planes a few px wide.
+        raise ValueError(f"{name}: {image.shape[-1]} channels (shape {image.shape}); give a grey, "
+                         "RGB or RGBA image, or save one channel of it")
+    try:
+        image_layout(image.shape)
+        return image, image.ndim == 3
+    except ValueError as err:
+        rgb = image.ndim >= 4 and image.shape[-1] in (3, 4)
+        if image.ndim - int(rgb) < 3:
+            raise ValueError(f"{name}: {err}") from None
+        plane = image.shape[-3:-1] if rgb else image.shape[-2:]
+        if min(plane) < MIN_PLANE_EDGE:  # (Y, X, 2, 2): not 1600 planes of 2 x 2 px
+            raise ValueError(f"{name}: shape {image.shape} would be a stack of "
+                             f"{plane[0]} x {plane[1]} px planes; save it as 2D images "
+                             "(Y, X) or (Y, X, RGB), or a stack of them (Z, Y, X)")
+        return image, rgb
+
+
+def read_job(job: FileJob):
+    """An ordinary job's input: (image, rgb), a 2D image or a stack (``as_planes``)."""
+    from ..data.image_io import read_image
+
+    return as_planes(read_image(job.source), job.source)
+
+
+def predict_job(segmenter, image, rgb: bool, post: Postprocess, with_probs: bool):
+    """(masks, probabilities or None) for a 2D image or, plane by plane, a stack. Labels of a
+    stack are numbered per plane."""
+    from ..inference.postprocess import labels_from_proba
+    from ..inference.stacks import plane_indices, plane_of, spatial_shape
+
+    shape = spatial_shape(image.shape, rgb)
+    masks = np.zeros(shape, np.uint16 if post.labels else np.uint8)
+    probs = np.zeros(shape, np.float32) if with_probs else None
+    for index in plane_indices(image.shape, rgb):
+        prob = segmenter.predict_proba(plane_of(image, index))
+        labels = labels_from_proba(prob, post.threshold, post.min_size, post.fill_holes,
+                                   split=post.labels)
+        masks[index] = labels if post.labels else (labels > 0) * 255
+        if probs is not None:
+            probs[index] = prob
+    return masks, probs
+
+
+def write_job(job: FileJob, masks, probs, overwrite: bool = False) -> int:
+    """Write an ordinary job's results; returns its foreground pixels."""
+    from ..data.image_io import write_image
+
+    write_image(job.target, masks, overwrite=overwrite)
+    if probs is not None:
+        write_image(job.prob_target, probs, overwrite=overwrite)
+    return int((masks > 0).sum())
+
+
+def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = False) -> int:
+    """An ordinary image, or a stack plane by plane, -> its mask file (and probability tif);
+    returns foreground pixels."""
+    image, rgb = read_job(job)
+    with naming(job.source):
+        masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
+    return write_job(job, masks, probs, overwrite)
+
+
+def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
+                       overwrite: bool = False):
+    """Ordinary jobs in this process, decoding the next image and encoding the last results
+    in threads while the network runs (for folders of small images, file I/O is otherwise
+    most of the time on a GPU). Yields each job as it is written, in order."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as io:
+        reads = [io.submit(read_job, job) for job in jobs[:2]]
+        writes = []
+        for k, job in enumerate(jobs):
+            image, rgb = reads[k].result()
+            if k + 2 < len(jobs):
+                reads.append(io.submit(read_job, jobs[k + 2]))
+            with naming(job.source):
+                masks, probs = predict_job(segmenter, image, rgb, post,
+                                           job.prob_target is not None)
+            reads[k] = None  # the decoded image can go
+            writes.append(io.submit(write_job, job, masks, probs, overwrite))
+            while writes and writes[0].done():
+                writes.pop(0).result()  # raises a write error here, in order
+                yield
+        for w in writes:
+            w.result()
+            yield
+
+
+def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
+                       threshold: float, mask_store: str, prob_store: str | None,
+                       done_dir: str | None = None) -> int:
+    """One chunk of a large job, written into the job's working zarr stores by path (what a
+    dask worker runs), then marked done for ``--resume``. Returns its foreground pixels."""
+    import zarr
+
+    from .large_outputs import mark_done
+
+    mask_out = zarr.open_array(mask_store, mode="r+")
+    prob_out = zarr.open_array(prob_store, mode="r+") if prob_store else None
+    with naming(job.source):
+        foreground = segment_chunk(segmenter, open_source(job), chunk, intensity_range,
+                                   threshold, mask_out, prob_out)
+    if done_dir:
+        mark_done(done_dir, chunk)
+    return foreground
+
+
+def open_large_job(job: FileJob, post: Postprocess, chunk: int, overwrite: bool = False,
+                   resume: bool = False, settings: dict | None = None):
+    """(lazy source, LargeOutputs) of a large job: its working folder created or reopened."""
+    from ..inference.chunked import spatial_shape_of
+    from .large_outputs import LargeOutputs
+
+    image = open_source(job)
+    return image, LargeOutputs(job, post, spatial_shape_of(image), chunk, overwrite, resume,
+                               settings, getattr(image, "scale", None))
+
+
+def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
+                       overwrite: bool = False, resume: bool = False,
+                       settings: dict | None = None):
+    """Generator over the chunks of one large job in this process (yields Progress); returns
+    the foreground pixel count of the chunks run now (before post-processing).
+
+    Outputs appear under their names only when complete. If the run stops part-way, the
+    finished chunks stay in the job's hidden working folder and ``resume=True`` (with the
+    same ``settings``) runs only the rest.
+    """
+    import zarr
+
+    from ..inference.chunked import iter_segment_chunked
+
+    with naming(job.source):
+        image, outputs = open_large_job(job, post, chunk, overwrite, resume, settings)
+        prob_out = zarr.open_array(outputs.prob_store, mode="r+") if outputs.prob_store else None
+        foreground = yield from iter_segment_chunked(
+            segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,
+            chunk, post.threshold, skip=outputs.is_done, after=outputs.mark_done)
+        outputs.finish()
+    return foreground

@@ -1,0 +1,113 @@
+"""The one train-and-save run that ``fmbff train`` and the Fine-tune widget both use.
+
+``train_and_save`` splits the items (``training.split_items``: with too little data nothing
+is held out and every corrected pixel is trained on), runs ``training.iter_train`` (its
+events pass through, so a CLI bar or a GUI curve can follow), and saves the model with one
+set of provenance keys, its log CSV and loss curve. It saves nothing when training did not
+change the model (no epoch beat the base on held-out data), when it was cancelled and the
+caller did not ask to keep the best so far, or on DDP ranks other than 0. The returned
+``Outcome`` says which, in words a user can read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Outcome:
+    result: object                 # training.TrainResult
+    path: Path | None              # the saved model, or None
+    message: str                   # what happened, one or two sentences
+    n_train: int = 0
+    n_val: int = 0
+    notes: list = field(default_factory=list)
+
+    @property
+    def saved(self) -> bool:
+        return self.path is not None
+
+
+def device_name(device) -> str:
+    """``cuda`` -> the card's name; otherwise the device type."""
+    from ..inference.segmenter import resolve_device
+
+    dev = resolve_device(str(device))
+    if dev.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(dev)
+    return dev.type
+
+
+def score_summary(result) -> str:
+    """Before -> after, on held-out data when there was any, else on the training pixels."""
+    if result.validated:
+        return f"held-out Dice {result.initial_dice:.3f} -> {result.best_dice:.3f}"
+    return ("no held-out score (too few corrected images to hold any out; every corrected "
+            f"pixel was trained on); Dice on your corrections {result.fit_before:.3f} -> "
+            f"{result.fit_after:.3f}")
+
+
+def train_and_save(net, items, cfg, normalization, out, *, training_data: str, base=None,
+                   overwrite: bool = False, half: bool = False, keep_on_cancel: bool = True,
+                   should_stop=None, resume_state=None, checkpoint_fn=None, ddp=None,
+                   extra: dict | None = None):
+    """Generator: yields ``TrainEvent``; returns an ``Outcome``.
+
+    ``out``: the model path; it and its log / plot are checked before training starts, so a
+    run never ends in a refusal to write (nothing is replaced unless ``overwrite``). ``training_data``
+    says what the model learned from (a folder, or the napari layers); ``base`` is the model
+    it started from (None: new weights). ``extra`` adds provenance keys.
+    """
+    from .._files import refuse_existing
+    from ..model.checkpoint import save_model
+    from .loop import iter_train, recipe, split_items
+    from .reports import check_history_free, write_history
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"model files end in .safetensors, got {out.name}")
+    if resume_state is None:  # a resumed run's files are its own
+        refuse_existing(out, overwrite, "choose another name or pass --overwrite")
+        check_history_free(out, overwrite)
+    train, val = split_items(items, cfg.val_fraction, cfg.seed)
+    result = yield from iter_train(net, train, val, cfg, normalization, resume_state,
+                                   checkpoint_fn, should_stop=should_stop, ddp=ddp)
+    counts = dict(n_train=len(train), n_val=len(val))
+    scores = score_summary(result)
+    if ddp is not None and not ddp.is_main:
+        return Outcome(result, None, "not the main process; rank 0 saves", **counts)
+    if result.cancelled and not keep_on_cancel:
+        return Outcome(result, None, "Cancelled; no model saved.", **counts)
+    if not result.changed:
+        return Outcome(result, None, (
+            f"Training did not change the model: no epoch beat the base on held-out data "
+            f"({scores}). Nothing was saved; try more corrected slices, more epochs or "
+            "another learning rate."), **counts)
+    metadata = {
+        "training_data": training_data, "finetuned_from": str(base) if base else None,
+        **counts, "recipe": recipe(cfg), "validated": result.validated,
+        "initial_val_dice": result.initial_dice if result.validated else None,
+        "best_val_dice": result.best_dice if result.validated else None,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "fit_before": result.fit_before, "fit_after": result.fit_after,
+        "stopped_early": result.stopped_early, "cancelled": result.cancelled,
+        "train_seconds": round(result.seconds, 1), "device": str(cfg.device),
+        "device_name": device_name(cfg.device), "processes": ddp.world_size if ddp else 1,
+        "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    # The base model's own record (its data, its scores) describes the base, not this model.
+    inherited = dict(getattr(result.net, "metadata", None) or {})
+    base_record = inherited.pop("provenance", {}) or {}
+    result.net.metadata = inherited
+    if base_record.get("training_data"):
+        metadata["base_training_data"] = base_record["training_data"]
+    path = out
+    save_model(result.net, path, metadata=metadata, overwrite=overwrite, half=half)
+    notes = write_history(result.history, path, overwrite=overwrite or resume_state is not None)
+    kept = (" (cancelled: the best weights so far were kept)" if result.cancelled else "")
+    return Outcome(result, path, f"Saved '{path.stem}'{kept}: {scores}.", notes=notes, **counts)

@@ -1,0 +1,38 @@
+"""The house rules, checked where CI checks everything: the layering (import-linter contracts
+in pyproject.toml, function-level imports included) and the lint rules (ruff, with the ban on
+module-level heavy imports)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name):
+    path = Path(sys.executable).with_name(name)
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed; it is part of the testing extra")
+    return found
+
+
+def test_layer_contracts_hold():
+    proc = subprocess.run([_tool("lint-imports"), "--no-cache", str(ROOT / "pyproject.toml")],
+                          cwd=ROOT / "src", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_ruff_is_clean():
+    proc = subprocess.run([_tool("ruff"), "check", "src", "tests", "benchmarks", "scripts"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_at_most_six_modules_beside_the_rooms():
+    top = sorted(p.name for p in (ROOT / "src" / "napari_fmbff").glob("*.py"))
+    assert len(top) <= 6, top
