@@ -104,8 +104,7 @@ def volume_picture(out: Path, volume: str | None, model: str | None) -> None:
     viewer, segment, _ = viewer_with_docks("napari-fmbff: a NIfTI volume")
     [layer] = viewer.open(volume, plugin="napari-fmbff")
     segment.image.value = layer
-    if model:
-        segment.model.value = model
+    segment.model.value = model or "starter"
     segment.scope.value = "whole stack"
     segment.run()
     until(lambda: segment._worker is None)

@@ -24,6 +24,8 @@ def draw_training_curve(ax_loss, history) -> None:
     ax_dice = getattr(ax_loss, "_fmbff_twin", None) or ax_loss.twinx()
     ax_loss._fmbff_twin = ax_dice
     ax_dice.clear()
+    ax_dice.yaxis.tick_right()  # clear() puts a twin's ticks and label back on the left,
+    ax_dice.yaxis.set_label_position("right")  # on top of the loss axis's
     dice = [h.get("val_dice", float("nan")) for h in history]
     validated = any(not math.isnan(d) for d in dice)
     if validated:
