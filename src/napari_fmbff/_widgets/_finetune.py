@@ -20,6 +20,7 @@ from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
+from ..inference.segmenter import DEVICES
 from ..inference.stacks import (
     TRAIN_SLICES,
     plane_indices,
@@ -125,7 +126,7 @@ class FineTuneWidget(Container):
         self.tile_size = SpinBox(label="tile size", min=64, max=1024, step=32,
                                  value=d["tile_size"])
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
-        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"],
+        self.device = ComboBox(label="device", choices=list(DEVICES),
                                value=d["device"])
         self.new_name = LineEdit(label="new model name", value=d["new_name"])
         self.keep_on_cancel = CheckBox(text="on Cancel, keep the best model so far",

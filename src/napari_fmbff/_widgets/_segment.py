@@ -24,6 +24,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..inference.postprocess import labels_from_proba
+from ..inference.segmenter import DEFAULT_TILE_SIZE, DEVICES, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
 from ..model.checkpoint import model_card
 from ..model.registry import MODELS_DIR_ENV, models_dir
@@ -54,18 +55,20 @@ PROVENANCE_TAG = "napari_fmbff"
 #: Keyboard shortcut for Segment (napari key syntax), active while the canvas has focus.
 SEGMENT_SHORTCUT = "Shift-S"
 #: Every remembered field of the widget and its default ("Restore defaults" goes back here).
+#: How the network runs comes from the engine's one SegmentSettings (as the CLI's flags).
+_RUN = SegmentSettings.defaults()
 SEGMENT_DEFAULTS = {
     "model": "starter",
-    "device": "auto",
+    "device": _RUN["device"],
     "threshold": 0.5,
-    "tile_size": 512,
-    "overlap": 0.25,
-    "batch_size": 4,
+    "tile_size": _RUN["tile_size"] or DEFAULT_TILE_SIZE,
+    "overlap": _RUN["overlap"],
+    "batch_size": _RUN["batch_size"],
     "min_size": 0,
     "fill_holes": False,
     "split": True,
     "add_probability": False,
-    "tta": False,
+    "tta": _RUN["tta"],
     "new_layer": False,
     "scope": SCOPES[0],
 }
@@ -107,7 +110,7 @@ class SegmentWidget(Container):
                               tooltip=f"Models in {models_dir()} and bundled ones; "
                                       "Browse... picks a .safetensors file")
         self.model_card = Label(label="trained on", value="")
-        self.device = ComboBox(label="device", choices=["auto", "cuda", "mps", "cpu"],
+        self.device = ComboBox(label="device", choices=list(DEVICES),
                                value=d["device"])
         self.device_used = Label(label="device in use", value="(not run yet)")
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01,
