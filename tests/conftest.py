@@ -42,6 +42,15 @@ def models_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def tiny_model(tiny_net, models_dir):
+    """The tiny network registered as "tiny" in the private models folder."""
+    from napari_fmbff import save_model
+
+    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
+    return "tiny"
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -5,15 +5,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_fmbff import save_model
 from napari_fmbff.cli import main
 from napari_fmbff.data.image_io import read_image, write_image
-
-
-@pytest.fixture
-def registered(tiny_net, models_dir):
-    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
-    return "tiny"
 
 
 @pytest.fixture
@@ -25,9 +18,9 @@ def images(tmp_path, rng):
     return folder
 
 
-def test_segment_a_folder_writes_one_mask_per_input(registered, images, tmp_path, capsys):
+def test_segment_a_folder_writes_one_mask_per_input(tiny_model, images, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["segment", str(images), "--model", registered, "--out", str(out),
+    rc = main(["segment", str(images), "--model", tiny_model, "--out", str(out),
                "--probabilities", "--tile-size", "64"])
     assert rc == 0
     a, b = read_image(out / "a.png"), read_image(out / "b.png")
@@ -39,18 +32,18 @@ def test_segment_a_folder_writes_one_mask_per_input(registered, images, tmp_path
     np.testing.assert_array_equal(a > 0, prob >= 0.5)
 
 
-def test_segment_labels_and_glob(registered, images, tmp_path):
+def test_segment_labels_and_glob(tiny_model, images, tmp_path):
     out = tmp_path / "out"
-    assert main(["segment", str(images / "*.tif"), "-m", registered, "-o", str(out), "--labels"]) == 0
+    assert main(["segment", str(images / "*.tif"), "-m", tiny_model, "-o", str(out), "--labels"]) == 0
     assert [p.name for p in out.iterdir()] == ["b.tif"]
     assert tifffile.imread(out / "b.tif").dtype == np.uint16
 
 
-def test_segment_refuses_to_overwrite(registered, images, tmp_path, capsys):
+def test_segment_refuses_to_overwrite(tiny_model, images, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.png").write_bytes(b"precious")
-    rc = main(["segment", str(images / "a.png"), "-m", registered, "-o", str(out)])
+    rc = main(["segment", str(images / "a.png"), "-m", tiny_model, "-o", str(out)])
     assert rc == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "a.png").read_bytes() == b"precious"
@@ -61,7 +54,7 @@ def test_segment_refuses_to_overwrite(registered, images, tmp_path, capsys):
     (["segment", "{images}/a.png", "-m", "no-such-model", "-o", "x"], "no model"),
     (["info", "--model", "/nonexistent.safetensors"], "no model"),
 ])
-def test_bad_input_is_one_line_exit_2(args, message, images, registered, capsys):
+def test_bad_input_is_one_line_exit_2(args, message, images, tiny_model, capsys):
     args = [a.format(images=images) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -69,10 +62,10 @@ def test_bad_input_is_one_line_exit_2(args, message, images, registered, capsys)
     assert len(err.strip().splitlines()) == 1
 
 
-def test_unreadable_image_is_one_line(registered, tmp_path, capsys):
+def test_unreadable_image_is_one_line(tiny_model, tmp_path, capsys):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"garbage")
-    assert main(["segment", str(bad), "-m", registered, "-o", str(tmp_path / "o")]) == 2
+    assert main(["segment", str(bad), "-m", tiny_model, "-o", str(tmp_path / "o")]) == 2
     assert "cannot read image" in capsys.readouterr().err
 
 
@@ -83,8 +76,8 @@ def test_bad_option_exits_2_without_traceback():
     assert "must be in [0, 1)" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_info_reports_params_flops_and_modules(registered, capsys):
-    assert main(["info", "--model", registered, "--size", "64"]) == 0
+def test_info_reports_params_flops_and_modules(tiny_model, capsys):
+    assert main(["info", "--model", tiny_model, "--size", "64"]) == 0
     out = capsys.readouterr().out
     assert "parameters" in out and "GFLOPs @ 64" in out
     assert "fmcab, aggregate_skips, vitm, biffm" in out
@@ -109,7 +102,7 @@ def big_tiff(tmp_path, rng, monkeypatch):
     return path, image
 
 
-def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_objects(registered, big_tiff,
+def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_objects(tiny_model, big_tiff,
                                                                        tmp_path):
     import zarr
 
@@ -117,20 +110,20 @@ def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_objects(registered
 
     path, image = big_tiff
     out = tmp_path / "out"
-    assert main(["segment", str(path), "-m", registered, "-o", str(out), "--tile-size", "64",
+    assert main(["segment", str(path), "-m", tiny_model, "-o", str(out), "--tile-size", "64",
                  "--chunk", "64", "--probabilities"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
     mask = zarr.open_array(str(out / "slide.zarr"), mode="r")
     prob = zarr.open_array(str(out / "slide_prob.zarr"), mode="r")
     assert mask.shape == (150, 230) and mask.dtype == np.uint8 and mask.chunks == (64, 64)
-    whole = Segmenter(registered, device="cpu", tile_size=64).predict_proba(image)
+    whole = Segmenter(tiny_model, device="cpu", tile_size=64).predict_proba(image)
     np.testing.assert_allclose(prob[:], whole, atol=1e-5)
     np.testing.assert_array_equal(mask[:], whole >= 0.5)
 
 
 @pytest.mark.parametrize("labels", [True, False])
 def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
-        registered, big_tiff, tmp_path, monkeypatch, labels):
+        tiny_model, big_tiff, tmp_path, monkeypatch, labels):
     import zarr
 
     from conftest import same_partition
@@ -138,9 +131,9 @@ def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
 
     path, image = big_tiff
     # An untrained network: cut where its map holds many objects of many sizes.
-    prob = Segmenter(registered, device="cpu", tile_size=64).predict_proba(image)
+    prob = Segmenter(tiny_model, device="cpu", tile_size=64).predict_proba(image)
     threshold = f"{np.quantile(prob, 0.6):.6f}"
-    opts = ["-m", registered, "--tile-size", "64", "--threshold", threshold, "--min-size", "15",
+    opts = ["-m", tiny_model, "--tile-size", "64", "--threshold", threshold, "--min-size", "15",
             "--fill-holes"] + (["--labels"] if labels else [])
     assert main(["segment", str(path), "-o", str(tmp_path / "big"), "--chunk", "64", *opts]) == 0
     monkeypatch.setattr("napari_fmbff.data.image_io.LARGE_IMAGE_PIXELS", 10**9)  # ordinary path
@@ -155,14 +148,14 @@ def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
     assert [p.name for p in (tmp_path / "big").iterdir()] == ["slide.zarr"]  # no scratch left
 
 
-def test_zarr_input_and_existing_zarr_output_is_kept(registered, tmp_path, rng, capsys):
+def test_zarr_input_and_existing_zarr_output_is_kept(tiny_model, tmp_path, rng, capsys):
     import zarr
 
     src = zarr.create_array(store=str(tmp_path / "scan.zarr"), shape=(80, 96), dtype="uint16",
                             chunks=(32, 32))
     src[:] = rng.integers(0, 4000, (80, 96), dtype=np.uint16)
     out = tmp_path / "out"
-    args = ["segment", str(tmp_path / "scan.zarr"), "-m", registered, "-o", str(out),
+    args = ["segment", str(tmp_path / "scan.zarr"), "-m", tiny_model, "-o", str(out),
             "--chunk", "64"]
     assert main(args) == 0
     first = zarr.open_array(str(out / "scan.zarr"), mode="r")[:]
@@ -176,7 +169,7 @@ def test_zarr_input_and_existing_zarr_output_is_kept(registered, tmp_path, rng, 
     assert [p.name for p in out.iterdir()] == ["scan.zarr"]  # no temporary leftovers
 
 
-def test_interrupted_large_run_resumes_where_it_stopped(registered, big_tiff, tmp_path,
+def test_interrupted_large_run_resumes_where_it_stopped(tiny_model, big_tiff, tmp_path,
                                                         monkeypatch, capsys):
     import zarr
 
@@ -184,7 +177,7 @@ def test_interrupted_large_run_resumes_where_it_stopped(registered, big_tiff, tm
 
     path, _ = big_tiff
     out = tmp_path / "out"
-    args = ["segment", str(path), "-m", registered, "-o", str(out), "--chunk", "64",
+    args = ["segment", str(path), "-m", tiny_model, "-o", str(out), "--chunk", "64",
             "--tile-size", "64", "--probabilities"]
     assert main(args[:5] + [str(tmp_path / "ref")] + args[6:]) == 0  # uninterrupted reference
     real, calls, crash = chunked.segment_chunk, [], [True]
@@ -213,7 +206,7 @@ def test_interrupted_large_run_resumes_where_it_stopped(registered, big_tiff, tm
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
 
 
-def test_ome_zarr_output_records_pixel_size_and_provenance(registered, tmp_path, rng):
+def test_ome_zarr_output_records_pixel_size_and_provenance(tiny_model, tmp_path, rng):
     import zarr
 
     from conftest import write_ome_zarr
@@ -221,7 +214,7 @@ def test_ome_zarr_output_records_pixel_size_and_provenance(registered, tmp_path,
     image = rng.integers(0, 255, (1, 3, 1, 90, 120), dtype=np.uint8)  # t c z y x
     write_ome_zarr(tmp_path / "img.ome.zarr", image, scale=(1, 1, 1, 0.5, 0.25))
     out = tmp_path / "out"
-    assert main(["segment", str(tmp_path / "img.ome.zarr"), "-m", registered, "-o", str(out),
+    assert main(["segment", str(tmp_path / "img.ome.zarr"), "-m", tiny_model, "-o", str(out),
                  "--chunk", "64", "--labels"]) == 0
     result = zarr.open_array(str(out / "img.zarr"), mode="r")
     info = result.attrs["napari_fmbff"]
@@ -229,7 +222,7 @@ def test_ome_zarr_output_records_pixel_size_and_provenance(registered, tmp_path,
     assert info["scale_yx"] == [0.5, 0.25] and info["model"].endswith("tiny.safetensors")
 
 
-def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(registered, tmp_path, rng):
+def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(tiny_model, tmp_path, rng):
     from napari_fmbff import Segmenter
 
     stack = rng.integers(0, 4000, (4, 70, 90), dtype=np.uint16)  # a small CT series
@@ -239,18 +232,18 @@ def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(registered, t
                      metadata={"axes": "CYX"})
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "ct.tif"), str(tmp_path / "rgb.tif"), "-m",
-                 registered, "-o", str(out), "--probabilities"]) == 0
+                 tiny_model, "-o", str(out), "--probabilities"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["ct.tif", "ct_prob.tif", "rgb.png",
                                                      "rgb_prob.tif"]
     masks, probs = read_image(out / "ct.tif"), read_image(out / "ct_prob.tif")
     assert masks.shape == probs.shape == (4, 70, 90)
-    seg = Segmenter(registered, device="cpu")
+    seg = Segmenter(tiny_model, device="cpu")
     np.testing.assert_allclose(probs[2], seg.predict_proba(stack[2]), atol=1e-6)
     np.testing.assert_array_equal(masks > 0, probs >= 0.5)
     assert read_image(out / "rgb.png").shape == (60, 80)
 
 
-def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tmp_path, rng):
+def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(tiny_model, tmp_path, rng):
     import zarr
 
     from conftest import same_partition
@@ -264,11 +257,11 @@ def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tm
     src = zarr.create_array(store=str(tmp_path / "ct.zarr"), shape=data.shape, dtype="uint16",
                             chunks=(1, 64, 64))
     src[:] = data
-    seg = Segmenter(registered, device="cpu", tile_size=64)
+    seg = Segmenter(tiny_model, device="cpu", tile_size=64)
     probs = [seg.predict_proba(plane) for plane in data]
     threshold = f"{np.quantile(probs[0], 0.6):.6f}"
     out = tmp_path / "out"
-    assert main(["segment", str(tmp_path / "ct.zarr"), "-m", registered, "-o", str(out),
+    assert main(["segment", str(tmp_path / "ct.zarr"), "-m", tiny_model, "-o", str(out),
                  "--tile-size", "64", "--chunk", "64", "--probabilities", "--labels",
                  "--min-size", "4", "--threshold", threshold]) == 0
     labels = zarr.open_array(str(out / "ct.zarr"), mode="r")
@@ -281,7 +274,7 @@ def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(registered, tm
     assert labels[0].max() > 1
 
 
-def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp_path, rng):
+def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(tiny_model, tmp_path, rng):
     from napari_fmbff import Segmenter
     from napari_fmbff.jobs.files import (
         FileJob,
@@ -290,7 +283,7 @@ def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp
         segment_file,
     )
 
-    seg, post = Segmenter(registered, device="cpu"), Postprocess(labels=True)
+    seg, post = Segmenter(tiny_model, device="cpu"), Postprocess(labels=True)
     sources = []
     for k in range(5):
         sources.append(tmp_path / f"in{k}.png")
@@ -310,7 +303,7 @@ def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(registered, tmp
     assert (tmp_path / "again" / "in1.tif").exists()
 
 
-def test_train_init_that_learns_nothing_saves_nothing(registered, tmp_path, capsys):
+def test_train_init_that_learns_nothing_saves_nothing(tiny_model, tmp_path, capsys):
     """A fine-tune no epoch of which beats the base on held-out images: no file, exit 1."""
     from conftest import disks
     from napari_fmbff.data.datasets import write_dataset

@@ -7,14 +7,12 @@ import zarr
 pytest.importorskip("napari")
 
 from conftest import write_ome_zarr  # noqa: E402
-from napari_fmbff import save_model  # noqa: E402
 from napari_fmbff._reader import get_reader  # noqa: E402
 from napari_fmbff.cli import main  # noqa: E402
 
 
 @pytest.fixture
-def results(tiny_net, models_dir, tmp_path, rng):
-    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
+def results(tiny_model, tmp_path, rng):
     data = rng.integers(0, 255, (1, 1, 5, 70, 90), dtype=np.uint8)  # t c z y x: a volume
     write_ome_zarr(tmp_path / "ct.ome.zarr", data, scale=(1, 1, 2.5, 0.5, 0.5))
     out = tmp_path / "out"

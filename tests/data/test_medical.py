@@ -21,14 +21,6 @@ from napari_fmbff.data.medical import (
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 
-@pytest.fixture
-def registered_tiny(tiny_net, models_dir):
-    from napari_fmbff import save_model
-
-    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
-    return "tiny"
-
-
 def ct_slice():
     from pydicom.data import get_testdata_file
 
@@ -161,7 +153,7 @@ def test_3d_ids_are_unique_across_slices():
     assert len(np.unique(labels[0:3, 2:6, 2:6])) == 1
 
 
-def test_fmbff_segment_on_a_dicom_series_and_a_nifti(registered_tiny, tmp_path, capsys):
+def test_fmbff_segment_on_a_dicom_series_and_a_nifti(tiny_model, tmp_path, capsys):
     from napari_fmbff.cli import main
 
     ds = pydicom.dcmread(ct_slice())
@@ -173,7 +165,7 @@ def test_fmbff_segment_on_a_dicom_series_and_a_nifti(registered_tiny, tmp_path, 
             [float(ds.ImagePositionPatient[2]) + 5.0 * k]
         s.save_as(folder / f"{k}.dcm")
     out = tmp_path / "masks"
-    rc = main(["segment", str(folder), str(NIB_DATA / "anatomical.nii"), "-m", registered_tiny,
+    rc = main(["segment", str(folder), str(NIB_DATA / "anatomical.nii"), "-m", tiny_model,
                "-o", str(out), "--tile-size", "64", "--window", "soft-tissue", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     series = nib.load(str(out / "series.nii.gz"))
@@ -183,6 +175,6 @@ def test_fmbff_segment_on_a_dicom_series_and_a_nifti(registered_tiny, tmp_path, 
     np.testing.assert_allclose(mr.affine, nib.load(str(NIB_DATA / "anatomical.nii")).affine)
     assert (out / "series.json").exists()
     # Never over an existing result.
-    assert main(["segment", str(folder), "-m", registered_tiny, "-o", str(out),
+    assert main(["segment", str(folder), "-m", tiny_model, "-o", str(out),
                  "--tile-size", "64"]) == 2
     assert "exists" in capsys.readouterr().err

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_fmbff import save_model
 from napari_fmbff.cli import main
 from napari_fmbff.data.image_io import read_image, write_image
 
@@ -12,8 +11,7 @@ pytest.importorskip("distributed")
 
 
 @pytest.fixture
-def inputs(tmp_path, rng, tiny_net, models_dir):
-    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
+def inputs(tmp_path, rng, tiny_model):
     folder = tmp_path / "in"
     folder.mkdir()
     for k in range(3):

@@ -9,18 +9,11 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_fmbff import save_model  # noqa: E402
 from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff._widgets import _segment as segment_module  # noqa: E402
 from napari_fmbff._widgets._proposal import proposal_of  # noqa: E402
 
 WAIT_MS = 120_000
-
-
-@pytest.fixture
-def tiny_model(tiny_net, models_dir):
-    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
-    return "tiny"
 
 
 def blobs(size=96):

@@ -17,12 +17,6 @@ WAIT_MS = 120_000
 
 
 @pytest.fixture
-def tiny_model(tiny_net, models_dir):
-    save_model(tiny_net, models_dir / "tiny.safetensors", metadata={"tile_size": 64})
-    return "tiny"
-
-
-@pytest.fixture
 def errors(monkeypatch):
     seen = []
     monkeypatch.setattr(segment_module, "show_error", lambda msg: seen.append(msg))
