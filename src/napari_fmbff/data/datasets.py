@@ -102,11 +102,17 @@ def _pair_suffixed(files, masks, pattern, layout) -> PairedFolder:
 
 
 def load_mask(paths: list[Path]) -> np.ndarray:
-    """Union of one or more mask files, as uint8 0/1 (Y, X); colour masks use any channel."""
+    """Union of one or more mask files, as uint8 0/1 (Y, X); colour masks use any channel.
+
+    8-bit masks with values above 1 (0/255, the usual saving) are cut at 128, so the grey
+    fringe of a JPEG mask (Kvasir-SEG ships JPEG masks) is not counted as lesion; 0/1 masks and
+    other dtypes count every non-zero pixel.
+    """
     mask = None
     for path in paths:
         m = read_image(path)
-        m = (m.max(axis=-1) if m.ndim == 3 else m) > 0
+        m = m.max(axis=-1) if m.ndim == 3 else m
+        m = m >= 128 if m.dtype == np.uint8 and m.max(initial=0) > 1 else m > 0
         if mask is not None and m.shape != mask.shape:
             raise ValueError(f"{path}: mask shape {m.shape} differs from {paths[0].name}'s")
         mask = m if mask is None else mask | m
