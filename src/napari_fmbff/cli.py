@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from ._files import check_folders, refuse_existing
-from .inference.segmenter import DEVICES, PRECISIONS, SegmentSettings
+from .inference.segmenter import DEVICES, PRECISIONS, SegmentSettings, drain
 from .inference.tiling import BLENDS
 
 EXIT_USAGE = 2
@@ -366,21 +366,18 @@ def _segment_volumes(args, volumes) -> None:
             provenance={"model": name, "model_file": str(resolve_model_path(name)),
                         "package_version": __version__})
         with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
-            while True:
-                try:
-                    done, total = next(gen)
-                except StopIteration as stop:
-                    target = stop.value
-                    break
-                bar.total = total
-                bar.update(done - bar.n)
+            target = drain(gen, lambda step: _show_slice(bar, *step))
         print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
+
+
+def _show_slice(bar, done: int, total: int) -> None:
+    bar.total = total
+    bar.update(done - bar.n)
 
 
 def _segment_here(args, spec, jobs, post, settings) -> int:
     from tqdm import tqdm
 
-    from .inference.segmenter import drain
     from .jobs.files import iter_segment_files, iter_segment_large
 
     large = [job for job in jobs if job.large]
@@ -600,12 +597,7 @@ def _train(args, ddp) -> int:
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
                disable=not is_main)
     try:  # closed before an error is printed, so the error is the last line
-        while True:
-            try:
-                _show_epoch(bar, next(gen))
-            except StopIteration as stop:
-                outcome = stop.value
-                break
+        outcome = drain(gen, lambda event: _show_epoch(bar, event))
     finally:
         bar.close()
     if not is_main:

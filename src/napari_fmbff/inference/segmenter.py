@@ -96,13 +96,16 @@ class SegmentSettings:
         return {f.name: f.default for f in fields(cls)}
 
 
-def drain(gen):
-    """Run a progress-yielding generator to its end and return what it returns."""
+def drain(gen, on_item=None):
+    """Run a progress-yielding generator to its end and return what it returns; each yielded
+    item goes to ``on_item`` (a progress bar, say) when one is given."""
     while True:
         try:
-            next(gen)
+            item = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_item is not None:
+            on_item(item)
 
 
 def resolve_device(device: str = "auto"):
