@@ -53,13 +53,18 @@ def two_discs(size=96):
     return prob
 
 
-def test_painted_pixels_survive_rethreshold_and_rerun_and_undo_restores(
-        make_napari_viewer, qtbot, tiny_model):
+def two_disc_proposal(make_napari_viewer, qtbot):
+    """A viewer with "scan" segmented at threshold 0.5 into two known discs."""
     viewer = make_napari_viewer()
     viewer.add_image(blobs(), name="scan")
     widget = segmented(viewer, qtbot, threshold=0.5)
-    labels = viewer.layers["scan fmbff"]
     fake_probs(widget, {(): two_discs()})
+    return viewer, widget, viewer.layers["scan fmbff"]
+
+
+def test_painted_pixels_survive_rethreshold_and_rerun_and_undo_restores(
+        make_napari_viewer, qtbot, tiny_model):
+    viewer, widget, labels = two_disc_proposal(make_napari_viewer, qtbot)
     assert labels.data[30, 30] > 0 and labels.data[65, 65] > 0
     # The user paints a new lesion and erases part of a proposed one.
     labels.brush_size = 6
@@ -113,11 +118,7 @@ def test_user_layers_of_the_same_name_are_never_written(make_napari_viewer, qtbo
 
 
 def test_click_removes_an_object_for_good_and_keep_only(make_napari_viewer, qtbot, tiny_model):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="scan")
-    widget = segmented(viewer, qtbot, threshold=0.5)
-    labels = viewer.layers["scan fmbff"]
-    fake_probs(widget, {(): two_discs()})
+    viewer, widget, labels = two_disc_proposal(make_napari_viewer, qtbot)
     widget.click_mode.value = "removes it"
     assert labels.mode == "pan_zoom"
     widget.click_object(labels, (30, 30))
@@ -139,11 +140,7 @@ def test_click_removes_an_object_for_good_and_keep_only(make_napari_viewer, qtbo
 
 
 def test_rectangles_restrict_the_proposal(make_napari_viewer, qtbot, tiny_model):
-    viewer = make_napari_viewer()
-    viewer.add_image(blobs(), name="scan")
-    widget = segmented(viewer, qtbot, threshold=0.5)
-    labels = viewer.layers["scan fmbff"]
-    fake_probs(widget, {(): two_discs()})
+    viewer, widget, labels = two_disc_proposal(make_napari_viewer, qtbot)
     widget.restrict_to_rectangles()  # first click: a rectangles layer to draw in
     region = viewer.layers["scan fmbff region"]
     assert region.mode == "add_rectangle"
