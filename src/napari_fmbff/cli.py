@@ -61,6 +61,16 @@ def _add_model_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "file (default: the bundled starter model)")
 
 
+def _add_intensity_args(p) -> None:
+    """--window / --normalize: the same intensity choice for segment, train and evaluate."""
+    p.add_argument("--window", default=None, metavar="NAME|LOW,HIGH",
+                   help="intensity window: lung, soft-tissue, bone, brain (CT, in HU), or "
+                        "LOW,HIGH in the image's units")
+    p.add_argument("--normalize", default="model", choices=["model", "slice", "volume"],
+                   help="intensities: the model's own (default), each slice's percentiles, "
+                        "or one range for the whole stack / volume")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmbff", description="FM-BFF-Net lesion segmentation from the command line.")
@@ -97,16 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the probability map as STEM_prob.tif (float32)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
     vol = seg.add_argument_group(
-        "CT and MR volumes",
+        "intensities, stacks and CT / MR volumes",
         "DICOM series (a folder, or any one .dcm of it) and NIfTI files (.nii, .nii.gz) become "
-        "NIfTI labels with the source's affine (masks/<series>.nii.gz) and a JSON sidecar")
-    vol.add_argument("--window", default=None, metavar="NAME|LOW,HIGH",
-                     help="intensity window: lung, soft-tissue, bone, brain, or LOW,HIGH (HU)")
-    vol.add_argument("--normalize", default="model", choices=["model", "slice", "volume"],
-                     help="intensities: the model's own (default), each slice's percentiles, "
-                          "or one range for the whole volume")
+        "NIfTI labels with the source's affine (masks/<series>.nii.gz) and a JSON sidecar; "
+        "--window and --normalize apply to every input")
+    _add_intensity_args(vol)
     vol.add_argument("--per-slice-labels", action="store_true",
-                     help="number objects slice by slice instead of whole-volume 3D objects")
+                     help="number objects slice by slice instead of whole-volume 3D objects "
+                          "(volumes, TIFF stacks, zarr stacks)")
     seg.add_argument("--compile", action="store_true",
                      help="torch.compile the network (CUDA graphs on GPU): faster for many "
                           "or large images, the first batch waits for the compiler")
@@ -297,7 +305,8 @@ def cmd_segment(args) -> int:
     check_folders(out_dir / "mask")
     if args.workers is not None and args.scheduler:
         raise CliError("give either --workers N (a local cluster) or --scheduler ADDRESS, not both")
-    post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels)
+    post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels,
+                       args.per_slice_labels)
     jobs = [FileJob.plan(f, out_dir, post, args.probabilities, force_zarr=args.zarr) for f in files]
     targets = [t for job in jobs for t in job.outputs]
     sources = {Path(f).resolve() for f in files}
@@ -318,7 +327,12 @@ def cmd_segment(args) -> int:
     from .inference.segmenter import resolve_device
 
     resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
-    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run)
+    from .inference.intensity import intensity_setting
+    from .model.normalization import Normalization
+
+    intensity_setting(Normalization(), args.window, args.normalize)  # said before any work
+    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run,
+                         window=args.window, normalize=args.normalize)
     # What a resumed large job must share with the run that started it.
     settings = {"model": spec.model_path, "tile_size": run.tile_size, "overlap": run.overlap,
                 "tta": run.tta}
@@ -347,24 +361,20 @@ def _segment_volumes(args, volumes) -> None:
     """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
     from tqdm import tqdm
 
-    from .data.medical import window_range
+    from .inference.intensity import intensity_setting
     from .jobs.volumes import segment_volume
+    from .model.normalization import Normalization
 
-    if args.window is not None:
-        window_range(args.window)  # a bad window is said before the model loads
+    intensity_setting(Normalization(), args.window, args.normalize)  # said before the model loads
     run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
     name = _model_name(args.model)
     model = _load(name)
-    from . import __version__
-    from .model.registry import resolve_model_path
 
     for item in volumes:
         gen = segment_volume(
             model, run, item, args.out, args.threshold, args.min_size, args.fill_holes,
             labels=True, window=args.window, normalize=args.normalize,
-            per_slice=args.per_slice_labels, overwrite=args.overwrite,
-            provenance={"model": name, "model_file": str(resolve_model_path(name)),
-                        "package_version": __version__})
+            per_slice=args.per_slice_labels, overwrite=args.overwrite)
         with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
             target = drain(gen, lambda step: _show_slice(bar, *step))
         print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
@@ -417,13 +427,12 @@ def _segment_on_cluster(args, spec, jobs, post, settings) -> int:
     from tqdm import tqdm
 
     from .jobs.cluster import cpu_threads_per_worker, iter_run_jobs, start_client
-    from .model.normalization import default_normalization
 
     if args.workers is not None:
         import dataclasses
 
         spec = dataclasses.replace(spec, threads=cpu_threads_per_worker(args.workers))
-    normalization = default_normalization(_load(spec.model_path))
+    normalization = spec.intensity(_load(spec.model_path))
     with start_client(args.scheduler, args.workers) as client:
         n_workers = len(client.scheduler_info()["workers"])
         print(f"fmbff: {len(jobs)} image(s) on a dask cluster of {n_workers} worker(s) "

@@ -143,7 +143,7 @@ def test_segment_a_nifti_volume_into_nifti_labels_with_its_affine(tiny_net, tmp_
 
 
 def test_3d_ids_are_unique_across_slices():
-    from napari_fmbff.jobs.volumes import labels_3d
+    from napari_fmbff.inference.postprocess import label_volume as labels_3d
 
     mask = np.zeros((4, 20, 20), bool)
     mask[0:3, 2:6, 2:6] = True       # one tumour over three slices

@@ -92,9 +92,20 @@ def read_image(path) -> np.ndarray:
                          f"{path.suffix.lstrip('.') or 'image'} file?") from err
 
 
-def write_image(path, array: np.ndarray, overwrite: bool = False) -> Path:
-    """Write atomically; refuse to replace an existing file unless asked."""
+#: Where a result's provenance lives in the files we write: a PNG text chunk, a key of the
+#: TIFF's JSON description (tifffile's shaped metadata), a zarr / OME-Zarr attribute.
+PROVENANCE_KEY = "napari_fmbff"
+
+
+def write_image(path, array: np.ndarray, overwrite: bool = False,
+                provenance: dict | None = None) -> Path:
+    """Write atomically; refuse to replace an existing file unless asked. ``provenance`` (a
+    JSON-able dict: model, settings, version, date) goes into the file itself: a PNG text chunk
+    or the TIFF's description, under ``PROVENANCE_KEY`` (``read_provenance`` reads it back)."""
+    import json
+
     path = Path(path)
+    record = json.dumps(provenance, default=str) if provenance else None
     with atomic_path(path, overwrite) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -102,12 +113,40 @@ def write_image(path, array: np.ndarray, overwrite: bool = False) -> Path:
             # Planes stay planes: tifffile would store a 3- or 4-plane stack as colour.
             colour = array.ndim == 3 and array.shape[-1] in (3, 4)
             tifffile.imwrite(tmp, array, compression="zlib",
-                             photometric="rgb" if colour else "minisblack")
+                             photometric="rgb" if colour else "minisblack",
+                             metadata={PROVENANCE_KEY: json.loads(record)} if record else {})
+        elif record and path.suffix.lower() == ".png":
+            from PIL import Image, PngImagePlugin
+
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt(PROVENANCE_KEY, record)
+            Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG", pnginfo=info)
         else:
             import imageio.v3 as iio
 
             iio.imwrite(tmp, array)
     return path
+
+
+def read_provenance(path) -> dict:
+    """The provenance ``write_image`` stored in a PNG or TIFF ({} when there is none)."""
+    import json
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                shaped = tif.shaped_metadata or ({},)
+                return dict(shaped[0].get(PROVENANCE_KEY) or {})
+        from PIL import Image
+
+        with Image.open(path) as img:
+            text = img.text.get(PROVENANCE_KEY) if hasattr(img, "text") else None
+        return json.loads(text) if text else {}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read its provenance ({err})") from err
 
 
 # ---- large images: lazy (Y, X[, C]) views of zarr, OME-Zarr and TIFF --------------------------

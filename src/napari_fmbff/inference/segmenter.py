@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from ..model.checkpoint import model_record
 from ..model.normalization import (
     Normalization,
     as_three_channels,
@@ -190,6 +191,7 @@ class Segmenter:
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.model_record = model_record(model)
         # torch.compile (opt-in: the first batch waits for the compiler; later processes reuse
         # its on-disk cache). On CUDA "reduce-overhead" also replays the batch as a CUDA graph,
         # so every batch is padded to the same shape and nothing recompiles.
@@ -201,6 +203,15 @@ class Segmenter:
         self.staging = (HostStaging(self.device) if settings.pinned and self.device.type == "cuda"
                         else None)
         self._stats = None  # (normalization, mean, std) cached on the device for the staged path
+
+    def record(self) -> dict:
+        """What made a result, for its provenance: the model (name, file, SHA-256), how it
+        ran (tile, overlap, blend, TTA, device) and the intensity normalisation used."""
+        from .. import __version__
+
+        return {**self.model_record, "tile_size": self.tile_size, "overlap": self.overlap,
+                "blend": self.blend, "tta": self.tta, "device": self.device_label,
+                "intensity": self.normalization.to_dict(), "package_version": __version__}
 
     @property
     def device_label(self) -> str:

@@ -28,15 +28,28 @@ class SegmenterSpec:
     model_path: str
     settings: SegmentSettings = SegmentSettings()
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    #: The intensity choice, as ``fmbff segment --window / --normalize``.
+    window: str | tuple | None = None
+    normalize: str = "model"
+
+    def intensity(self, model):
+        """The Normalization of the intensity choice for ``model`` (``inference.intensity``)."""
+        from ..inference.intensity import intensity_setting
+        from ..model.normalization import default_normalization
+
+        return intensity_setting(default_normalization(model), self.window, self.normalize)
 
     def build(self, device: str | None = None):
         from ..inference.segmenter import Segmenter
+        from ..model.checkpoint import load_model
 
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        return Segmenter(self.model_path, self.settings, device=device or self.settings.device)
+        model = load_model(self.model_path)
+        return Segmenter(model, self.settings, device=device or self.settings.device,
+                         normalization=self.intensity(model))
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class Postprocess:
     min_size: int = 0
     fill_holes: bool = False
     labels: bool = False        # connected-component labels (uint16 tif) instead of 0/255 png
+    per_slice: bool = False     # stacks: objects numbered slice by slice, not 3D objects
 
     def __post_init__(self) -> None:
         if isinstance(self.threshold, bool) or not 0 <= self.threshold <= 1:
@@ -57,6 +71,23 @@ class Postprocess:
     def whole_objects(self) -> bool:
         """Whether this needs whole objects, across chunk borders (``components.py``)."""
         return self.labels or self.min_size > 0 or self.fill_holes
+
+    def record(self) -> dict:
+        """The post-processing part of a result's provenance."""
+        return {"threshold": self.threshold, "min_size": self.min_size,
+                "fill_holes": self.fill_holes,
+                "objects": ("labels, per slice" if self.per_slice else "labels, 3D in stacks")
+                if self.labels else "mask"}
+
+
+def result_provenance(segmenter, post: Postprocess, source) -> dict:
+    """Everything a written result records about how it was made (one set of keys for PNG,
+    TIFF, zarr and NIfTI outputs): the input, the model with its SHA-256, the tiling, the
+    intensity normalisation, the post-processing, the package version and the date."""
+    import datetime as _dt
+
+    return {"source": str(source), **segmenter.record(), **post.record(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 @dataclass(frozen=True)
@@ -156,30 +187,49 @@ def read_job(job: FileJob):
 
 def predict_job(segmenter, image, rgb: bool, post: Postprocess, with_probs: bool):
     """(masks, probabilities or None) for a 2D image or, plane by plane, a stack. Labels of a
-    stack are numbered per plane."""
-    from ..inference.postprocess import labels_from_proba
+    (Z, Y, X) stack are 3D objects, ids unique across its planes (``post.per_slice``: numbered
+    per plane; stacks with more axes are numbered per plane). A "volume" intensity scope is
+    one range for the whole stack."""
+    from ..inference.postprocess import label_volume, labels_from_proba
     from ..inference.stacks import plane_indices, plane_of, spatial_shape
 
     shape = spatial_shape(image.shape, rgb)
     masks = np.zeros(shape, np.uint16 if post.labels else np.uint8)
     probs = np.zeros(shape, np.float32) if with_probs else None
-    for index in plane_indices(image.shape, rgb):
-        prob = segmenter.predict_proba(plane_of(image, index))
-        labels = labels_from_proba(prob, post.threshold, post.min_size, post.fill_holes,
-                                   split=post.labels)
-        masks[index] = labels if post.labels else (labels > 0) * 255
-        if probs is not None:
-            probs[index] = prob
+    whole = len(shape) == 3 and post.labels and not post.per_slice
+    setting = segmenter.normalization
+    if len(shape) > 2:
+        segmenter.normalization = setting.for_stack(image)
+    try:
+        for index in plane_indices(image.shape, rgb):
+            prob = segmenter.predict_proba(plane_of(image, index))
+            labels = labels_from_proba(prob, post.threshold, 0 if whole else post.min_size,
+                                       post.fill_holes, split=post.labels)
+            masks[index] = labels if post.labels and not whole else (labels > 0) * (
+                1 if whole else 255)
+            if probs is not None:
+                probs[index] = prob
+    finally:
+        segmenter.normalization = setting
+    if whole:
+        labels = label_volume(masks, post.min_size)
+        if labels.max(initial=0) >= 2**16:
+            raise ValueError(f"{labels.max()} objects do not fit a uint16 TIFF; raise "
+                             "--min-size or use --per-slice-labels")
+        masks = labels.astype(np.uint16)
     return masks, probs
 
 
-def write_job(job: FileJob, masks, probs, overwrite: bool = False) -> int:
-    """Write an ordinary job's results; returns its foreground pixels."""
+def write_job(job: FileJob, masks, probs, overwrite: bool = False,
+              provenance: dict | None = None) -> int:
+    """Write an ordinary job's results, each with its provenance inside (a PNG text chunk, the
+    TIFF's description); returns its foreground pixels."""
     from ..data.image_io import write_image
 
-    write_image(job.target, masks, overwrite=overwrite)
+    write_image(job.target, masks, overwrite=overwrite, provenance=provenance)
     if probs is not None:
-        write_image(job.prob_target, probs, overwrite=overwrite)
+        write_image(job.prob_target, probs, overwrite=overwrite,
+                    provenance={**(provenance or {}), "kind": "probability"})
     return int((masks > 0).sum())
 
 
@@ -189,7 +239,7 @@ def segment_file(segmenter, job: FileJob, post: Postprocess, overwrite: bool = F
     image, rgb = read_job(job)
     with naming(job.source):
         masks, probs = predict_job(segmenter, image, rgb, post, job.prob_target is not None)
-    return write_job(job, masks, probs, overwrite)
+    return write_job(job, masks, probs, overwrite, result_provenance(segmenter, post, job.source))
 
 
 def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
@@ -210,7 +260,8 @@ def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
                 masks, probs = predict_job(segmenter, image, rgb, post,
                                            job.prob_target is not None)
             reads[k] = None  # the decoded image can go
-            writes.append(io.submit(write_job, job, masks, probs, overwrite))
+            writes.append(io.submit(write_job, job, masks, probs, overwrite,
+                                    result_provenance(segmenter, post, job.source)))
             while writes and writes[0].done():
                 writes.pop(0).result()  # raises a write error here, in order
                 yield

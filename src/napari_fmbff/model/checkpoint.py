@@ -219,7 +219,37 @@ def load_model(path_or_name, map_location: str = "cpu"):
         )
     net.metadata = {k: v for k, v in meta.items() if k != "config"}
     net.metadata["source"] = str(path)
+    net.metadata["sha256"] = file_sha256(path)
     return net.eval()
+
+
+_SHA256: dict = {}
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a model file (remembered per path, size and modification time), so a
+    result's provenance names exactly the weights that made it."""
+    import hashlib
+
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
+
+
+def model_record(net) -> dict:
+    """Which model a result came from: its name, file and SHA-256 (where it was loaded from a
+    file), for every result's provenance."""
+    meta = getattr(net, "metadata", None) or {}
+    source = meta.get("source")
+    return {"model": Path(source).stem if source else type(net).__name__,
+            "model_file": source, "model_sha256": meta.get("sha256")}
 
 
 def _load_torch_weights(path: Path, map_location: str):

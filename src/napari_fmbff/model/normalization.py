@@ -7,13 +7,15 @@ so training and segmenting always agree.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 #: Percentiles are computed on at most this many pixels (a strided subsample), so a
 #: 40k x 40k image is never read whole just to find its intensity range.
 PERCENTILE_SAMPLE_PIXELS = 4_000_000
+#: A "volume" range is taken from at most this many evenly spaced slices of the stack.
+STACK_SAMPLE_PLANES = 32
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class Normalization:
     low/high: percentiles for "percentile" / "auto"; values for "fixed".
     Percentiles are joint over channels so colours keep their balance.
     mean/std: the encoder's (timm pretrained_cfg), applied after scaling to [0, 1].
+    scope: "image" (percentiles of each 2D image or slice) or "volume" (one range for a whole
+    stack or volume: the caller resolves it with ``for_stack`` before segmenting, so the same
+    tissue gets the same value on every slice). Fixed ranges are the same everywhere anyway.
     """
 
     mode: str = "auto"
@@ -32,12 +37,17 @@ class Normalization:
     high: float = 99.8
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    scope: str = "image"
 
     MODES = ("auto", "percentile", "minmax", "fixed", "none")
+    SCOPES = ("image", "volume")
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
             raise ValueError(f"normalisation mode must be one of {self.MODES}, got {self.mode!r}")
+        if self.scope not in self.SCOPES:
+            raise ValueError(f"normalisation scope must be one of {self.SCOPES}, "
+                             f"got {self.scope!r}")
         if self.mode in ("auto", "percentile") and not 0 <= self.low < self.high <= 100:
             raise ValueError(
                 f"percentiles need 0 <= low < high <= 100, got low={self.low}, high={self.high}"
@@ -67,6 +77,30 @@ class Normalization:
         d = dict(d)
         d["mean"], d["std"] = tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std))
         return cls(**d)
+
+    def for_stack(self, data) -> "Normalization":
+        """What to segment a stack (Z, Y, X[, C]) or volume with: a "volume" scope becomes the
+        fixed range of this whole stack (percentiles over up to ``STACK_SAMPLE_PLANES``
+        evenly spaced slices); anything else is returned as it is."""
+        if self.scope != "volume" or self.mode in ("fixed", "none"):
+            return self
+        n = int(data.shape[0]) if getattr(data, "ndim", 0) >= 3 else 1
+        step = max(1, math.ceil(n / STACK_SAMPLE_PLANES))
+        sample = np.asarray(data[::step]) if n > 1 else np.asarray(data)
+        low, high = self.intensity_range(sample)
+        return replace(self, mode="fixed", low=float(low), high=float(high), scope="image")
+
+    def describe(self) -> str:
+        """A few words for a status line or a model card."""
+        if self.mode == "fixed":
+            return f"fixed range {self.low:g} to {self.high:g}"
+        if self.mode == "auto":
+            what = "8-bit by 1/255, others by percentiles"
+        elif self.mode == "percentile":
+            what = f"percentiles {self.low:g}-{self.high:g}"
+        else:
+            what = {"minmax": "min to max", "none": "as given (0-1)"}[self.mode]
+        return what + (" of the whole volume" if self.scope == "volume" else "")
 
     def intensity_range(self, image) -> tuple[float, float]:
         """The (low, high) intensities that map to 0 and 1, for a whole image.

@@ -57,6 +57,9 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
                    extra: dict | None = None):
     """Generator: yields ``TrainEvent``; returns an ``Outcome``.
 
+    ``normalization``: the intensity setting the items were made with; the model stores it,
+    so segmenting with the model's default applies it again (a "volume" scope stays a scope:
+    each new volume gets its own range). The items carry their own resolved ranges.
     ``out``: the model path; it and its log / plot are checked before training starts, so a
     run never ends in a refusal to write (nothing is replaced unless ``overwrite``). ``training_data``
     says what the model learned from (a folder, or the napari layers); ``base`` is the model
@@ -99,6 +102,7 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
         "device_name": device_name(cfg.device), "processes": ddp.world_size if ddp else 1,
         "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
+        "normalization": normalization.to_dict(),
     }
     # The base model's own record (its data, its scores) describes the base, not this model.
     inherited = dict(getattr(result.net, "metadata", None) or {})
