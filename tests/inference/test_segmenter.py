@@ -267,6 +267,13 @@ def test_compiled_cuda_graphs_match_eager(tiny_net, rng):
         assert np.abs(compiled.predict_proba(image) - expected).max() < 1e-3
 
 
+def same(a, b):
+    """Equal up to float32 rounding: the CPU's convolution kernels can round the last bit
+    differently for batches of other shapes (seen with torch 2.14 and 2.15 on some x86 CPUs);
+    a tile put in the wrong place or a lost row is off by far more than 1e-6."""
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def staged(seg, staging_cls=HostStaging):
     """The pinned path's bookkeeping (buffer ring, deferred row writes) on the CPU."""
     seg.staging = staging_cls(torch.device("cpu"))
@@ -289,9 +296,9 @@ def test_staged_path_equals_the_plain_path(rng, shape, dtype, staging_cls):
     image = (rng.random(shape) * 1000).astype(dtype)
     plain = Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=3).predict_proba(image)
     seg = staged(Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=3), staging_cls)
-    np.testing.assert_array_equal(seg.predict_proba(image), plain)
-    np.testing.assert_array_equal(seg.predict_proba(image), plain)  # buffers reused
-    np.testing.assert_array_equal(seg.predict_region(image, (10, 60), (5, 50)), plain[10:60, 5:50])
+    same(seg.predict_proba(image), plain)
+    same(seg.predict_proba(image), plain)  # buffers reused
+    same(seg.predict_region(image, (10, 60), (5, 50)), plain[10:60, 5:50])
 
 
 def test_staged_path_reuses_buffers_across_sizes_and_after_a_cancel(rng):
@@ -305,7 +312,7 @@ def test_staged_path_reuses_buffers_across_sizes_and_after_a_cancel(rng):
     assert len(seg.staging._free) == 4  # 2 upload buffers + 2 row buffers
     for shape in [(100, 120, 3), (400, 900, 3), (300, 2000, 3), (50, 50, 3)]:
         image = rng.integers(0, 255, size=shape, dtype=np.uint8)
-        np.testing.assert_array_equal(seg.predict_proba(image), plain.predict_proba(image))
+        same(seg.predict_proba(image), plain.predict_proba(image))
     assert len(seg.staging._free) <= 8
 
 
@@ -319,12 +326,12 @@ def test_staged_path_pads_compiled_batches_and_halves_on_oom(rng, monkeypatch):
     image = rng.integers(0, 255, size=(200, 190, 3), dtype=np.uint8)
     plain = Segmenter(PerPixel(), device="cpu", tile_size=64, batch_size=4).predict_proba(image)
     seg = staged(Segmenter(Picky(), device="cpu", tile_size=64, batch_size=8))
-    np.testing.assert_array_equal(seg.predict_proba(image), plain)
+    same(seg.predict_proba(image), plain)
     assert seg.batch_size == 2
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
     net = PerPixel()
     seg = staged(Segmenter(net, device="cpu", tile_size=64, batch_size=6, compile=True))
-    np.testing.assert_array_equal(seg.predict_proba(image), plain)
+    same(seg.predict_proba(image), plain)
     assert net.batch_sizes == [6] * 3
 
 
