@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train or fine-tune a model on a data folder",
         description="Train FM-BFF-Net on a folder in Kvasir-SEG, CVC-ClinicDB, ISIC or BUSI layout "
-                    "(or images/ + masks/). Writes the model, MODEL.log.csv and MODEL.loss.png. "
+                    "(or images/ + masks/), or on CT / MR volumes: imagesTr/ + labelsTr/ "
+                    "(nnU-Net / Medical Segmentation Decathlon) or images/ + masks/ of NIfTI "
+                    "files (an image may be a DICOM series folder); volumes train on every "
+                    "slice with lesion plus as many lesion-free slices, and a volume is never "
+                    "split between training and held-out data. Writes the model, "
+                    "MODEL.log.csv and MODEL.loss.png. "
                     "On several GPUs: torchrun --nproc_per_node N -m napari_fmbff.cli train ... "
                     "(DDP; --batch-size is per process).")
     train.add_argument("data", help="data folder")
@@ -176,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
     train.add_argument("--no-augment", action="store_true")
     train.add_argument("--device", default="auto", choices=DEVICES)
+    _add_intensity_args(train.add_argument_group(
+        "intensities", "stored in the model, so fmbff segment with its default uses them again"))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true",
                        help="continue from MODEL.resume.pt, written after every epoch")
@@ -189,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"switch {flag} off (the paper's ablation)")
 
     ev = sub.add_parser("evaluate", help="Dice, Jaccard, precision, recall, accuracy on a folder",
-                        description="Evaluate a model on a data folder (same layouts as train).")
+                        description="Evaluate a model on a data folder (same layouts as train). "
+                                    "Volumes: one row per volume, its metrics over every "
+                                    "slice (3D Dice).")
     ev.add_argument("data", help="data folder")
     _add_model_arg(ev)
     ev.add_argument("--csv", default=None, help="also write the per-image table here")
@@ -197,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threshold", type=_probability, default=0.5)
     ev.add_argument("--tile-size", type=_positive_int, default=None)
     ev.add_argument("--device", default="auto", choices=DEVICES)
+    _add_intensity_args(ev)
 
     demo = sub.add_parser("demo", help="segment the bundled sample with the bundled model",
                           description="Open napari on a sample image with the Segment and "
@@ -498,9 +508,10 @@ def _train(args, ddp) -> int:
     from tqdm import tqdm
 
     from .data.datasets import find_pairs, load_pairs
+    from .inference.intensity import intensity_setting
     from .model import FMBFFNet, ModelConfig
     from .model.checkpoint import load_model
-    from .model.normalization import default_normalization
+    from .model.normalization import Normalization, default_normalization
     from .training.loop import TrainConfig, finetune_config, make_items
     from .training.reports import check_history_free
     from .training.run import score_summary, train_and_save
@@ -516,13 +527,15 @@ def _train(args, ddp) -> int:
         raise CliError(f"--out must end in .safetensors, got {out.name}")
     refuse_existing(out, args.overwrite, "choose another name or pass --overwrite")
     check_history_free(out, args.overwrite or args.resume)
+    intensity_setting(Normalization(), args.window, args.normalize)  # said before any work
     out.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch resume file goes there too
     found = find_pairs(args.data)
     say(found.describe())
     if ddp is not None:
         say(f"DDP over {ddp.world_size} processes, batch {args.batch_size} each "
             f"({args.batch_size * ddp.world_size} per step in all)")
-    images, masks, names = load_pairs(found)
+    if not found.is_volumes:
+        images, masks, names = load_pairs(found)
     if args.init:
         net = load_model(args.init)
     else:
@@ -554,7 +567,9 @@ def _train(args, ddp) -> int:
 
             n = load_encoder_weights(net, args.encoder_init)
             say(f"encoder initialised from {args.encoder_init} ({n} tensors)")
-    normalization = default_normalization(net)
+    # The setting the model stores (a "volume" scope stays a scope); each volume's slices get
+    # the range it resolves to for that volume.
+    normalization = intensity_setting(default_normalization(net), args.window, args.normalize)
     given = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "tile_size",
                                                   "val_fraction", "patience", "steps_per_epoch")
              if getattr(args, key) is not None}
@@ -565,7 +580,13 @@ def _train(args, ddp) -> int:
     given.update(resize=args.resize, device=args.device, seed=args.seed, num_workers=args.workers)
     # Fine-tuning: the measured recipe; from scratch: the paper's (TrainConfig's defaults).
     cfg = finetune_config(**given) if args.init else TrainConfig(**given)
-    items = make_items(images, masks, normalization, names)
+    if found.is_volumes:
+        items = _volume_items(found, normalization, is_main)
+        n_volumes = len({item.group for item in items})
+        say(f"{len(items)} slices from {n_volumes} volumes (every slice with lesion, and as "
+            "many lesion-free ones)")
+    else:
+        items = make_items(images, masks, normalization, names)
     resume_path = out.with_suffix(".resume.pt")
     state = None
     if args.resume:
@@ -602,7 +623,10 @@ def _train(args, ddp) -> int:
         base=args.init, overwrite=args.overwrite, half=args.half,
         should_stop=(lambda: time.time() > deadline) if deadline else None,
         resume_state=state, checkpoint_fn=checkpoint, ddp=ddp,
-        extra={"layout": found.layout, "encoder_init": args.encoder_init})
+        extra={"layout": found.layout, "encoder_init": args.encoder_init,
+               "window": args.window, "normalize": args.normalize,
+               **({"volumes": n_volumes, "slices": "every slice with lesion, and as many "
+                   "lesion-free ones"} if found.is_volumes else {})})
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
                disable=not is_main)
     try:  # closed before an error is printed, so the error is the last line
@@ -613,13 +637,39 @@ def _train(args, ddp) -> int:
         return 0
     for note in outcome.notes:
         say(note)
-    counts = f"{outcome.n_train} training / {outcome.n_val} held-out images"
+    unit = "slices" if found.is_volumes else "images"
+    counts = f"{outcome.n_train} training / {outcome.n_val} held-out {unit}"
     if not outcome.saved:  # nothing learned (or cancelled): no file, and a status to test
         say(f"{outcome.message} ({counts})")
         return 1
     resume_path.unlink(missing_ok=True)
     say(f"{score_summary(outcome.result)} ({counts}); saved {outcome.path}")
     return 0
+
+
+def _volume_items(found, setting, show: bool = True) -> list:
+    """Training slices of every volume pair (``datasets.training_slices``), each volume's
+    slices one group, their intensity ranges from ``setting`` resolved for that volume."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .data.datasets import iter_volume_pairs
+    from .training.loop import make_items
+
+    items = []
+    with tqdm(total=len(found.pairs), desc="volumes", unit="volume", disable=not show) as bar:
+        for pair in iter_volume_pairs(found):
+            zs = pair.training_slices()
+            # Copies: a view would keep the whole volume in memory.
+            items += make_items([np.array(pair.image[z]) for z in zs],
+                                [np.array(pair.mask[z]) for z in zs],
+                                setting.for_stack(pair.image), [pair.slice_name(z) for z in zs],
+                                group=pair.name, require_lesion=False)
+            bar.update(1)
+    if not any(item.mask.any() for item in items):
+        raise CliError(f"{found.pairs[0][1][0].parent}: no mask volume has a lesion voxel "
+                       "(lesion = any non-zero voxel); check that these are the masks")
+    return items
 
 
 def _show_epoch(bar, event) -> None:
@@ -632,21 +682,40 @@ def _show_epoch(bar, event) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .data.datasets import find_pairs, load_pairs
+    from .data.datasets import find_pairs, iter_volume_pairs, load_pairs
+    from .inference.intensity import intensity_setting
     from .inference.segmenter import Segmenter
     from .jobs.files import as_2d
-    from .training.evaluation import evaluate, format_table
+    from .model.normalization import Normalization, default_normalization
+    from .training.evaluation import evaluate, evaluate_volumes, format_table
 
+    intensity_setting(Normalization(), args.window, args.normalize)  # said before any work
     if args.csv:  # before the evaluation, not after it
         if Path(args.csv).is_dir():
             raise CliError(f"--csv {args.csv} is a folder; give a file name ending in .csv")
         refuse_existing(args.csv, args.overwrite)
     found = find_pairs(args.data)
     print(f"fmbff evaluate: {found.describe()}", file=sys.stderr)
-    images, masks, names = load_pairs(found)
-    seg = Segmenter(_load(args.model), device=args.device, tile_size=args.tile_size)
-    rows, summary = evaluate(seg, [as_2d(i, n) for i, n in zip(images, names)],
-                             masks, names, args.threshold)
+    model = _load(args.model)
+    setting = intensity_setting(default_normalization(model), args.window, args.normalize)
+    if found.is_volumes:
+        from tqdm import tqdm
+
+        with tqdm(total=len(found.pairs), desc="volumes", unit="volume") as bar:
+            def progress(done, total, name):
+                bar.set_postfix_str(f"{name} slice {done}/{total}")
+                if done == total:
+                    bar.update(1)
+
+            rows, summary = evaluate_volumes(model, setting, iter_volume_pairs(found),
+                                             args.threshold, progress, device=args.device,
+                                             tile_size=args.tile_size)
+    else:
+        images, masks, names = load_pairs(found)
+        seg = Segmenter(model, device=args.device, tile_size=args.tile_size,
+                        normalization=setting)
+        rows, summary = evaluate(seg, [as_2d(i, n) for i, n in zip(images, names)],
+                                 masks, names, args.threshold)
     print(format_table(rows, summary))
     if args.csv:
         from .training.reports import write_csv

@@ -99,12 +99,19 @@ def finetune_config(**overrides) -> TrainConfig:
 
 @dataclass
 class Item:
-    """One training image in memory: raw pixels, 0/1 mask, its intensity range."""
+    """One training image in memory: raw pixels, 0/1 mask, its intensity range, and its
+    group: the slices of one volume share one, so ``split_items`` never puts a patient on
+    both sides of the split (default: the item's own name, a group of its own)."""
 
     image: np.ndarray
     mask: np.ndarray
     name: str = ""
     intensity_range: tuple[float, float] = (0.0, 255.0)
+    group: str | None = None
+
+    def __post_init__(self):
+        if self.group is None:
+            self.group = self.name
 
 
 @dataclass
@@ -141,8 +148,16 @@ class TrainResult:
         return self.best_epoch > 0 if self.validated else self.epochs_run > 0
 
 
-def make_items(images, masks, normalization: Normalization, names=None) -> list[Item]:
-    """Check and wrap arrays (napari layers or files) as training items."""
+def make_items(images, masks, normalization: Normalization, names=None, *,
+               group: str | None = None, require_lesion: bool = True) -> list[Item]:
+    """Check and wrap arrays (napari layers or files) as training items.
+
+    ``normalization`` gives each image its intensity range; for the slices of one volume pass
+    the setting resolved for that volume (``Normalization.for_stack``). ``group``: one group
+    for all these items (the slices of one volume); default: each item its own.
+    ``require_lesion=False`` accepts items without any lesion pixel (one lesion-free volume of
+    many: the caller checks the whole set).
+    """
     items = []
     for k, (image, mask) in enumerate(zip(images, masks)):
         image, mask = np.asarray(image), np.asarray(mask)
@@ -152,10 +167,10 @@ def make_items(images, masks, normalization: Normalization, names=None) -> list[
         if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
             raise ValueError(f"{name}: the image contains NaN values; replace them first")
         items.append(Item(image, (mask > 0).astype(np.uint8), name,
-                          normalization.intensity_range(image)))
-    if not items:
+                          normalization.intensity_range(image), group))
+    if require_lesion and not items:
         raise ValueError("no training images")
-    if not any(item.mask.any() for item in items):
+    if require_lesion and not any(item.mask.any() for item in items):
         raise ValueError("the masks contain no lesion pixels anywhere; paint some labels first")
     return items
 
@@ -165,21 +180,34 @@ MIN_ITEMS_TO_VALIDATE = 5
 
 def split_items(items: list[Item], val_fraction: float, seed: int = 0,
                 min_items: int = MIN_ITEMS_TO_VALIDATE):
-    """Split by image into (train, validation); images are never cut by area.
+    """Split by image, or by group where items share one, into (train, validation); images
+    are never cut by area, and a group (the slices of one volume) is never split.
 
-    ``round(val_fraction * n)`` images (at least 1, at most n - 1) are drawn for validation
-    with ``seed``. Nothing is held out, and ``(all items, [])`` comes back, when:
-    - ``val_fraction`` is 0, or there are fewer than ``min_items`` (5) images;
+    Groups are counted in the order they first appear (an item's group defaults to its
+    name). ``round(val_fraction * n)`` groups (at least 1, at most n - 1) are drawn for
+    validation with ``seed``. Nothing is held out, and ``(all items, [])`` comes back, when:
+    - ``val_fraction`` is 0, or there are fewer than ``min_items`` (5) images (groups);
     - the drawn validation images hold no lesion pixel (a held-out Dice would say nothing),
       or the training images left would hold none (the user's only corrections).
     Then training runs a fixed budget on every corrected pixel (see ``iter_train``).
     """
     items = list(items)
-    if val_fraction <= 0 or len(items) < max(2, min_items):
+    groups: dict = {}
+    for k, item in enumerate(items):
+        # Items with neither a group nor a name are each a group of their own.
+        groups.setdefault(item.group or ("item", k), []).append(item)
+    members = list(groups.values())
+    n = len(members)
+    if val_fraction <= 0 or n < max(2, min_items):
         return items, []
-    order = np.random.default_rng(seed).permutation(len(items))
-    n_val = min(max(1, round(val_fraction * len(items))), len(items) - 1)
-    train, val = [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    held = {int(i) for i in order[:n_val]}
+    val = [it for i in order[:n_val] for it in members[i]]
+    train = [it for i in order[n_val:] for it in members[i]]
+    if len(items) != n:  # groups: keep each side in the items' own order
+        train = [it for i, group in enumerate(members) if i not in held for it in group]
+        val = [it for i, group in enumerate(members) if i in held for it in group]
     if not any(it.mask.any() for it in val) or not any(it.mask.any() for it in train):
         return items, []
     return train, val
