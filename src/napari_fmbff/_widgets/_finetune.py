@@ -20,6 +20,7 @@ from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
+from ..inference.intensity import FIXED_RANGE, INTENSITY_CHOICES, MODEL_DEFAULT, widget_choice
 from ..inference.segmenter import DEVICES
 from ..inference.stacks import (
     TRAIN_SLICES,
@@ -55,6 +56,9 @@ def finetune_widget_defaults() -> dict:
 
     return {
         "model": "starter",
+        "intensity": MODEL_DEFAULT,
+        "intensity_low": 0.0,
+        "intensity_high": 255.0,
         "slices": SLICE_CHOICES[0],
         "epochs": d["epochs"],
         "lr": d["lr"],
@@ -70,8 +74,13 @@ def finetune_widget_defaults() -> dict:
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
 def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threading.Event,
-               source: str):
-    """Worker: yields TrainEvents; returns a train_run.Outcome (path None if nothing saved)."""
+               source: str, intensity: dict, stack=None):
+    """Worker: yields TrainEvents; returns a train_run.Outcome (path None if nothing saved).
+
+    ``intensity``: ``intensity_setting`` keywords. The slices are normalised with it (a
+    "volume" scope: the range of the whole ``stack`` they come from) and the new model stores
+    the setting, so Segment's "model default" uses it again on the next image."""
+    from ..inference.intensity import intensity_setting
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
@@ -79,13 +88,14 @@ def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threadi
     from ..training.run import train_and_save
 
     net = load_model(base_ref)
-    norm = default_normalization(net)
-    items = make_items(images, masks, norm)
+    setting = intensity_setting(default_normalization(net), **intensity)
+    items = make_items(images, masks, setting.for_stack(stack) if stack is not None else setting)
     return (yield from train_and_save(
-        net, items, cfg, norm, unique_model_path(name), base=base_ref,
+        net, items, cfg, setting, unique_model_path(name), base=base_ref,
         training_data=f"napari layers {source} (user corrections)",
         keep_on_cancel=keep_on_cancel, should_stop=stop.is_set,
-        extra={"layout": "napari layers", "encoder_init": None}))
+        extra={"layout": "napari layers", "encoder_init": None,
+               "intensity": setting.describe()}))
 
 
 class FineTuneWidget(Container):
@@ -110,6 +120,15 @@ class FineTuneWidget(Container):
             tooltip="Your corrected labels; by default Segment's output layer for this image")
         self.model = ComboBox(label="base model",
                               choices=lambda _w: [c for c in model_choices({}) if c != BROWSE])
+        self.intensity = ComboBox(
+            label="intensity", choices=list(INTENSITY_CHOICES), value=d["intensity"],
+            tooltip="How pixel values become network input while training; the new model "
+                    "stores it and Segment's 'model default' uses it again (choose the CT "
+                    "window you read these scans with)")
+        self.intensity_low = FloatSpinBox(label="range low", min=-1e9, max=1e9, step=10,
+                                          value=d["intensity_low"])
+        self.intensity_high = FloatSpinBox(label="range high", min=-1e9, max=1e9, step=10,
+                                           value=d["intensity_high"])
         self.slices = ComboBox(
             label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
             tooltip="'slices you corrected': in Segment's output layer, the slices where you "
@@ -139,7 +158,8 @@ class FineTuneWidget(Container):
                                          tooltip="Every setting above back to its default")
         wrap(self.status)
         super().__init__(widgets=[
-            self.image, self.labels_layer, self.model, self.slices, self.epochs, self.lr,
+            self.image, self.labels_layer, self.model, self.intensity, self.intensity_low,
+            self.intensity_high, self.slices, self.epochs, self.lr,
             self.freeze_encoder, self.val_fraction, self.tile_size, self.batch_size, self.device,
             self.new_name, self.keep_on_cancel, self.run_button, self.cancel_button, self.progress,
             self.status, self.restore_button,
@@ -154,6 +174,8 @@ class FineTuneWidget(Container):
         self.settings.load()
         self.settings.connect()
         self.restore_button.changed.connect(self.settings.restore_defaults)
+        self.intensity.changed.connect(self._show_range_fields)
+        self._show_range_fields()
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image_changed)
@@ -201,6 +223,10 @@ class FineTuneWidget(Container):
             self.labels_layer.value = output_layer(self._viewer, self.image.value, "labels")
         finally:
             self._following = False
+
+    def _show_range_fields(self, _=None) -> None:
+        fixed = self.intensity.value == FIXED_RANGE
+        self.intensity_low.visible = self.intensity_high.visible = fixed
 
     def _make_plot(self):
         """A live loss / validation-Dice plot (matplotlib's Qt canvas)."""
@@ -258,6 +284,12 @@ class FineTuneWidget(Container):
 
         try:
             images, masks = self._training_data()
+            image = self.image.value
+            intensity = widget_choice(self.intensity.value,
+                                      contrast_limits=getattr(image, "contrast_limits", None),
+                                      low=self.intensity_low.value, high=self.intensity_high.value)
+            data = finest_level(image)
+            stack = data if len(spatial_shape(data.shape, image.rgb)) > 2 else None
             if self.model.value is None:
                 raise ValueError("no base model; add one to the models folder or Browse... in Segment")
             cfg = finetune_config(epochs=self.epochs.value, batch_size=self.batch_size.value,
@@ -279,7 +311,7 @@ class FineTuneWidget(Container):
         self.history = []
         source = f"'{self.image.value.name}' + '{self.labels_layer.value.name}'"
         worker = _fine_tune(self.model.value, images, masks, cfg, name,
-                            self.keep_on_cancel.value, self._stop, source)
+                            self.keep_on_cancel.value, self._stop, source, intensity, stack)
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)

@@ -23,7 +23,8 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..inference.postprocess import labels_from_proba
+from ..inference.intensity import FIXED_RANGE, INTENSITY_CHOICES, MODEL_DEFAULT, widget_choice
+from ..inference.postprocess import label_volume, labels_from_proba
 from ..inference.segmenter import DEFAULT_TILE_SIZE, DEVICES, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
 from ..model.checkpoint import model_card
@@ -59,6 +60,9 @@ SEGMENT_SHORTCUT = "Shift-S"
 _RUN = SegmentSettings.defaults()
 SEGMENT_DEFAULTS = {
     "model": "starter",
+    "intensity": MODEL_DEFAULT,
+    "intensity_low": 0.0,
+    "intensity_high": 255.0,
     "device": _RUN["device"],
     "threshold": 0.5,
     "tile_size": _RUN["tile_size"] or DEFAULT_TILE_SIZE,
@@ -67,6 +71,7 @@ SEGMENT_DEFAULTS = {
     "min_size": 0,
     "fill_holes": False,
     "split": True,
+    "objects_3d": True,
     "add_probability": False,
     "tta": _RUN["tta"],
     "new_layer": False,
@@ -76,14 +81,22 @@ _starter_warned = False  # the "starter has never seen a patient" note, once per
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _segment_planes(model_ref, data, rgb, planes, options):
-    """Worker: load the model, then yield ("device", name) and ("progress", plane, n, p)."""
+def _segment_planes(model_ref, data, rgb, planes, options, intensity):
+    """Worker: load the model, then yield ("device", name), ("record", provenance) and
+    ("progress", plane, n, p). ``intensity``: ``intensity_setting`` keywords."""
+    from ..inference.intensity import intensity_setting
     from ..inference.segmenter import Segmenter
     from ..inference.stacks import iter_predict_planes
     from ..model.checkpoint import load_model
+    from ..model.normalization import default_normalization
 
-    seg = Segmenter(load_model(model_ref), **options)
+    net = load_model(model_ref)
+    setting = intensity_setting(default_normalization(net), **intensity)
+    stack = len(spatial_shape(data.shape, rgb)) > 2
+    seg = Segmenter(net, normalization=setting.for_stack(data) if stack else setting, **options)
     yield ("device", seg.device_label)
+    yield ("record", {**seg.record(), "intensity_setting": setting.to_dict(),
+                      "intensity_choice": setting.describe()})
     gen = iter_predict_planes(seg, data, rgb, planes)
     while True:
         try:
@@ -104,12 +117,23 @@ class SegmentWidget(Container):
         self._worker = None
         self._closed = False
         self._result = None  # the last run: labels layer, probabilities, prob layer
+        self._job = None  # the run in progress: its layer, settings and provenance
         self.image = ComboBox(label="image", choices=lambda _w: image_layers(self._viewer),
                               tooltip="Image layer to segment (follows the selected layer)")
         self.model = ComboBox(label="model", choices=lambda _w: model_choices(self._browsed),
                               tooltip=f"Models in {models_dir()} and bundled ones; "
                                       "Browse... picks a .safetensors file")
         self.model_card = Label(label="trained on", value="")
+        self.intensity = ComboBox(
+            label="intensity", choices=list(INTENSITY_CHOICES), value=d["intensity"],
+            tooltip="How pixel values become network input: the model's own setting (a "
+                    "fine-tuned model remembers the one it was trained with), the layer's "
+                    "contrast limits, a CT window (HU), one range for the whole stack, each "
+                    "slice's own, or a fixed range")
+        self.intensity_low = FloatSpinBox(label="range low", min=-1e9, max=1e9, step=10,
+                                          value=d["intensity_low"])
+        self.intensity_high = FloatSpinBox(label="range high", min=-1e9, max=1e9, step=10,
+                                           value=d["intensity_high"])
         self.device = ComboBox(label="device", choices=list(DEVICES),
                                value=d["device"])
         self.device_used = Label(label="device in use", value="(not run yet)")
@@ -124,6 +148,10 @@ class SegmentWidget(Container):
                                 value=d["min_size"])
         self.fill_holes = CheckBox(text="fill holes", value=d["fill_holes"])
         self.split = CheckBox(text="split into separate objects", value=d["split"])
+        self.objects_3d = CheckBox(
+            text="objects across slices (3D ids)", value=d["objects_3d"],
+            tooltip="Stacks segmented whole: one lesion over several slices is one object "
+                    "(off: numbered slice by slice)")
         self.add_probability = CheckBox(text="also add the probability map",
                                         value=d["add_probability"])
         self.tta = CheckBox(text="test-time augmentation (flips, 4x slower)", value=d["tta"])
@@ -153,9 +181,10 @@ class SegmentWidget(Container):
         for label in (self.status, self.model_card, self.edits, self.device_used):
             wrap(label)
         super().__init__(widgets=[
-            self.image, self.model, self.model_card, self.device, self.device_used,
+            self.image, self.model, self.model_card, self.intensity, self.intensity_low,
+            self.intensity_high, self.device, self.device_used,
             self.threshold, self.tile_size, self.overlap, self.batch_size, self.min_size,
-            self.fill_holes, self.split, self.add_probability, self.tta, self.new_layer,
+            self.fill_holes, self.split, self.objects_3d, self.add_probability, self.tta, self.new_layer,
             self.scope, self.run_button, self.cancel_button, self.progress, self.status,
             self.click_mode, self.keep_button, self.region_button, self.edits,
             self.models_folder, self.restore_button,
@@ -180,8 +209,10 @@ class SegmentWidget(Container):
         self.keep_button.changed.connect(self.keep_marked)
         self.region_button.changed.connect(self.restrict_to_rectangles)
         self._show_card()
-        for w in (self.threshold, self.min_size, self.fill_holes, self.split):
+        for w in (self.threshold, self.min_size, self.fill_holes, self.split, self.objects_3d):
             w.changed.connect(self._rethreshold)
+        self.intensity.changed.connect(self._show_range_fields)
+        self._show_range_fields()
         layers = self._viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
             event.connect(self._refresh_layers)
@@ -195,6 +226,16 @@ class SegmentWidget(Container):
         self._follow_active()
 
     # ---- settings ------------------------------------------------------------------------
+
+    def _show_range_fields(self, _=None) -> None:
+        fixed = self.intensity.value == FIXED_RANGE
+        self.intensity_low.visible = self.intensity_high.visible = fixed
+
+    def intensity_choice(self, layer) -> dict:
+        """The "intensity" field as ``inference.intensity.intensity_setting`` keywords."""
+        return widget_choice(self.intensity.value,
+                             contrast_limits=getattr(layer, "contrast_limits", None),
+                             low=self.intensity_low.value, high=self.intensity_high.value)
 
     def restore_defaults(self, _=None) -> None:
         """Every remembered field back to SEGMENT_DEFAULTS (the models folder stays)."""
@@ -335,11 +376,17 @@ class SegmentWidget(Container):
         options = dict(device=self.device.value, tile_size=self.tile_size.value,
                        overlap=self.overlap.value, batch_size=self.batch_size.value,
                        tta=self.tta.value)
+        try:
+            intensity = self.intensity_choice(layer)
+        except ValueError as err:
+            show_error(f"napari-fmbff: intensity: {err}")
+            return None
         import_engine(self.status)
         self._note_starter(model_ref, layer)
-        worker = _segment_planes(model_ref, data, layer.rgb, planes, options)
+        worker = _segment_planes(model_ref, data, layer.rgb, planes, options, intensity)
         job = {"layer": layer, "shape": spatial_shape(data.shape, layer.rgb),
-               "model": str(model_ref), "options": options}
+               "model": str(model_ref), "options": options, "record": {}}
+        self._job = job
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(lambda probs: self._on_returned(job, probs))
         worker.errored.connect(self._on_errored)
@@ -393,6 +440,10 @@ class SegmentWidget(Container):
         if item[0] == "device":
             self.device_used.value = item[1]
             return
+        if item[0] == "record":
+            if self._job is not None:
+                self._job["record"] = item[1]
+            return
         _, number, total, progress = item
         self.progress.value = int(1000 * (number + progress.fraction) / total)
         self.progress.label = f"slice {number + 1}/{total}"
@@ -428,24 +479,42 @@ class SegmentWidget(Container):
         if self.add_probability.value:
             prob_layer = self._probability_layer_for(layer, job["shape"])
             write_planes(prob_layer.data, probs)
+            prob_layer.metadata[PROVENANCE_TAG] = {
+                k: v for k, v in self._provenance(job).items()
+                if k not in ("threshold", "min_size", "fill_holes", "split", "objects")}
             prob_layer.refresh()
         self._result = {"labels": labels_layer, "probs": probs, "prob_layer": prob_layer}
         self._rethreshold()
         self.progress.value = 1000
         n = sum(int(labels_layer.data[i].max() > 0) for i in probs)
         kept = proposal_of(labels_layer).n_edited
-        self._set_status(f"Done: '{labels_layer.name}' ({n}/{len(probs)} slice(s) with objects)."
+        intensity = job["record"].get("intensity_choice")
+        self._set_status(f"Done: '{labels_layer.name}' ({n}/{len(probs)} slice(s) with objects"
+                         + (f"; intensity: {intensity}" if intensity else "") + ")."
                          + (f" {kept} pixel(s) you edited were kept as you left them."
                             if kept else ""))
 
     def _provenance(self, job) -> dict:
+        """What the result records: the model (name, file, SHA-256), how it ran, the intensity
+        setting, the post-processing, the image, the package version and the date (the same
+        keys as the files ``fmbff segment`` writes, plus the widget's own)."""
         from .. import __version__
 
-        return {"model": job["model"], "threshold": self.threshold.value,
-                "min_size": self.min_size.value, "fill_holes": self.fill_holes.value,
-                "split": self.split.value, **job["options"], "package_version": __version__,
-                "image": job["layer"].name,
+        return {"model": job["model"], **job["options"], **job["record"],
+                "threshold": self.threshold.value, "min_size": self.min_size.value,
+                "fill_holes": self.fill_holes.value, "split": self.split.value,
+                "objects": self._objects_label(job["shape"]), "package_version": __version__,
+                "source": job["layer"].name, "image": job["layer"].name,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    def _objects_label(self, shape) -> str:
+        if not self.split.value:
+            return "mask"
+        return "3D objects" if self._joins_slices(shape) else "per slice"
+
+    def _joins_slices(self, shape) -> bool:
+        """Whether labels join across the slices of a (Z, Y, X) stack (3D ids)."""
+        return self.split.value and self.objects_3d.value and len(shape) == 3
 
     def _labels_layer_for(self, image, shape):
         layer = output_layer(self._viewer, image, "labels", shape=shape)
@@ -475,10 +544,26 @@ class SegmentWidget(Container):
         result = self._result
         if not result or result["labels"] not in self._viewer.layers:
             return
-        proposals = {index: labels_from_proba(prob, self.threshold.value, self.min_size.value,
-                                              self.fill_holes.value, self.split.value)
-                     for index, prob in result["probs"].items()}
+        probs = result["probs"]
+        if len(probs) > 1 and self._joins_slices(result["labels"].data.shape):
+            # Whole-volume objects: slices joined face to face, ids unique in the stack.
+            order = sorted(probs)
+            masks = np.stack([labels_from_proba(probs[i], self.threshold.value, 0,
+                                                self.fill_holes.value, split=False)
+                              for i in order])
+            volume = label_volume(masks, self.min_size.value).astype(np.int32)
+            proposals = {index: volume[k] for k, index in enumerate(order)}
+        else:
+            proposals = {index: labels_from_proba(prob, self.threshold.value,
+                                                  self.min_size.value, self.fill_holes.value,
+                                                  self.split.value)
+                         for index, prob in probs.items()}
         proposal_of(result["labels"]).show(proposals)
+        record = result["labels"].metadata.get(PROVENANCE_TAG)
+        if isinstance(record, dict):  # the layer says how its current labels were made
+            record.update(threshold=self.threshold.value, min_size=self.min_size.value,
+                          fill_holes=self.fill_holes.value, split=self.split.value,
+                          objects=self._objects_label(result["labels"].data.shape))
 
     # ---- quick corrections ---------------------------------------------------------------
 

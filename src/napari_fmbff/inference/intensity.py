@@ -30,9 +30,9 @@ INTENSITY_CHOICES = ((MODEL_DEFAULT, CONTRAST_LIMITS)
 
 
 def _percentiles(base: Normalization) -> dict:
-    """Percentile settings that keep the base's own percentiles where it has them."""
-    if base.mode in ("auto", "percentile", "minmax"):
-        return {"mode": base.mode, "low": base.low, "high": base.high}
+    """Percentiles (also for 8-bit images), the base's own where it has them."""
+    if base.mode in ("auto", "percentile"):
+        return {"mode": "percentile", "low": base.low, "high": base.high}
     return {"mode": "percentile", "low": 1.0, "high": 99.8}
 
 

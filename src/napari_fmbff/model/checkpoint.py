@@ -143,7 +143,8 @@ def model_card(path_or_name) -> str:
         path = resolve_model_path(path_or_name)
         if path.suffix != SUFFIX:
             return f"{path.name}: imported weights; no training record"
-        prov = read_metadata(path)["provenance"]
+        meta = read_metadata(path)
+        prov = meta["provenance"]
     except ModelLoadError as err:
         return f"cannot read this model ({err})"
     parts = []
@@ -170,6 +171,11 @@ def model_card(path_or_name) -> str:
         parts.append("no held-out score (too few images to hold any out)")
         if prov.get("fit_after") is not None:
             parts.append(f"Dice on its training corrections {prov['fit_after']:.3f}")
+    norm = meta.get("normalization") or {}
+    if norm.get("mode") == "fixed" or norm.get("scope") == "volume":
+        from .normalization import Normalization
+
+        parts.append(f"input: {Normalization.from_dict(norm).describe()}")
     return "; ".join(parts)
 
 
