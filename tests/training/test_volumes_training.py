@@ -249,6 +249,14 @@ def test_a_dicom_series_folder_pairs_with_a_nifti_mask(tmp_path, tiny_model, cap
     assert found.layout == "nifti volumes" and found.pairs[0][0].name == "patient7"
     (pair,) = iter_volume_pairs(found)
     np.testing.assert_array_equal(pair.mask, mask)
+    # The same mask as a converter writes it (RAS affine, x reversed in the file): same voxels.
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
+    flip_x = np.eye(4)
+    flip_x[2, 2], flip_x[2, 3] = -1, mask.shape[2] - 1          # (z, y, x') -> (z, y, x)
+    swap = np.eye(4)[[2, 1, 0, 3]]                               # (i, j, k) -> (z, y, x)
+    _save(tmp_path / "ras.nii.gz", np.transpose(mask[:, :, ::-1], (2, 1, 0)),
+          ras @ flip_x @ swap)
+    np.testing.assert_array_equal(load_volume_pair(series, tmp_path / "ras.nii.gz").mask, mask)
     assert main(["evaluate", str(tmp_path / "ct"), "-m", tiny_model, "--tile-size", "64",
                  "--device", "cpu", "--window", "soft-tissue"]) == 0
     assert "patient7" in capsys.readouterr().out
