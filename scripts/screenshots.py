@@ -1,6 +1,7 @@
 """The README's pictures, from real napari windows (run under Xvfb: scripts/screenshots.sh).
 
     python scripts/screenshots.py docs/images [--volume scan.nii.gz] [--volume-model NAME]
+        [--volume-intensity "CT window: soft-tissue"]
 
 1. segment_widget.png: the endoscopy sample, Segment's result, both docks in one tabbed dock.
 2. finetune_widget.png: the loop on a look starter never saw (procedural CT): starter's
@@ -96,7 +97,8 @@ def finetune_picture(out: Path) -> None:
     viewer.close()
 
 
-def volume_picture(out: Path, volume: str | None, model: str | None) -> None:
+def volume_picture(out: Path, volume: str | None, model: str | None,
+                   intensity: str | None = None) -> None:
     if volume is None:
         import nibabel
 
@@ -106,9 +108,15 @@ def volume_picture(out: Path, volume: str | None, model: str | None) -> None:
     segment.image.value = layer
     segment.model.value = model or "starter"
     segment.scope.value = "whole stack"
+    if intensity:
+        segment.intensity.value = intensity
     segment.run()
     until(lambda: segment._worker is None)
-    viewer.dims.set_current_step(0, layer.data.shape[0] // 2)
+    labels = viewer.layers[f"{layer.name} fmbff"]
+    counts = (labels.data > 0).reshape(labels.data.shape[0], -1).sum(axis=1)
+    # The slice with the most segmented pixels (the middle one when nothing was found).
+    viewer.dims.set_current_step(0, int(counts.argmax()) if counts.any()
+                                 else layer.data.shape[0] // 2)
     segment.native.parentWidget().raise_()
     shoot(viewer, out / "medical_volume.png")
     viewer.close()
@@ -120,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=["segment", "finetune", "volume"], default=None)
     p.add_argument("--volume", default=None, help="a .nii(.gz) or .dcm file for picture 3")
     p.add_argument("--volume-model", default=None, help="model for picture 3 (default starter)")
+    p.add_argument("--volume-intensity", default=None,
+                   help="the Segment widget's intensity choice for picture 3")
     args = p.parse_args(argv)
     os.environ.setdefault("FMBFF_MODELS_DIR", tempfile.mkdtemp())
     os.environ.setdefault("FMBFF_CONFIG_DIR", tempfile.mkdtemp())  # default widget settings
@@ -131,7 +141,7 @@ def main(argv=None) -> int:
     if args.only in (None, "finetune"):
         finetune_picture(args.out)
     if args.only in (None, "volume"):
-        volume_picture(args.out, args.volume, args.volume_model)
+        volume_picture(args.out, args.volume, args.volume_model, args.volume_intensity)
     return 0
 
 
