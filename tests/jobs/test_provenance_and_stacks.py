@@ -82,3 +82,15 @@ def test_a_volume_scope_is_one_range_for_the_stack(rng):
     ranges = {n.intensity_range(image[0]) for n in seg.seen}
     assert len(ranges) == 1 and next(iter(ranges))[1] > 50  # one range, bright slice in it
     assert seg.normalization.scope == "volume"  # the setting itself is left as it was
+
+
+@pytest.mark.parametrize("window,message", [("liver", "lung, soft-tissue"),
+                                            ("300,100", "LOW < HIGH")])
+def test_a_bad_window_is_one_line_before_any_work(tiny_model, inputs, tmp_path, capsys,
+                                                  window, message):
+    out = tmp_path / "out"
+    assert main(["segment", str(inputs / "a.png"), "-m", tiny_model, "-o", str(out),
+                 "--window", window]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
