@@ -1,4 +1,10 @@
-"""napari opens the zarr results of `fmbff segment` as layers at the source's pixel size."""
+"""napari opens the OME-Zarr results of `fmbff segment`, and any other zarr, without asking
+which reader to use: no reader of ours accepts folders (napari offers every folder reader for
+every folder, whatever its patterns).
+
+``viewer.open(path, plugin=None)`` is how napari chooses a reader for a dropped file or
+``napari PATH`` (``viewer.open(path)`` alone means napari's builtin reader): one compatible
+reader opens the path, several raise MultipleReaderError (the reader-choice dialog)."""
 
 import numpy as np
 import pytest
@@ -15,24 +21,68 @@ from napari_fmbff.cli import main  # noqa: E402
 def results(tiny_model, tmp_path, rng):
     data = rng.integers(0, 255, (1, 1, 5, 70, 90), dtype=np.uint8)  # t c z y x: a volume
     write_ome_zarr(tmp_path / "ct.ome.zarr", data, scale=(1, 1, 2.5, 0.5, 0.5))
-    out = tmp_path / "out"
+    out = tmp_path / "out" / "masks"  # napari-ome-zarr writes a group two folders up
     assert main(["segment", str(tmp_path / "ct.ome.zarr"), "-m", "tiny", "-o", str(out),
                  "--labels", "--probabilities", "--chunk", "64"]) == 0
     return out
 
 
-def test_results_open_as_labels_and_probability_layers(make_napari_viewer, results):
+def _folder_readers(path):
+    from napari.plugins import _initialize_plugins, _npe2
+
+    _initialize_plugins()
+    return set(_npe2.get_readers(str(path)))
+
+
+def test_no_folder_reader_of_ours_so_a_plain_zarr_opens_without_a_choice(
+        make_napari_viewer, tmp_path, results):
+    plain = zarr.create_array(store=str(tmp_path / "plain.zarr"), shape=(10, 12), dtype="uint8")
+    plain[:] = 7
+    readers = _folder_readers(tmp_path / "plain.zarr")
+    assert "napari-fmbff" not in readers and "napari-fmbff" not in _folder_readers(
+        results / "ct.zarr")
+    if readers != {"napari"}:  # e.g. napari-ome-zarr: napari then asks, with or without us
+        pytest.skip(f"other folder readers installed: {sorted(readers)}")
     viewer = make_napari_viewer()
-    labels, = viewer.open(str(results / "ct.zarr"), plugin="napari-fmbff")
-    prob, = viewer.open(str(results / "ct_prob.zarr"), plugin="napari-fmbff")
+    layer, = viewer.open(str(tmp_path / "plain.zarr"), plugin=None)  # napari chooses: no dialog
+    assert type(layer).__name__ == "Image" and layer.data.shape == (10, 12)
+    # napari's builtin reader opens our OME-Zarr output too, as the group's arrays: an Image
+    # at one unit per pixel (it reads no metadata); napari-ome-zarr or the zarr.json route
+    # below give Labels at the pixel size.
+    builtin, = viewer.open(str(results / "ct.zarr"), plugin=None)
+    assert type(builtin).__name__ == "Image" and tuple(builtin.level_shapes[0]) == (5, 70, 90)
+    assert tuple(builtin.scale) == (1, 1, 1)
+
+
+def test_a_result_opens_through_its_zarr_json_as_labels_at_the_pixel_size(make_napari_viewer,
+                                                                         results):
+    viewer = make_napari_viewer()
+    labels, = viewer.open(str(results / "ct.zarr" / "zarr.json"), plugin=None)  # ours alone
+    prob, = viewer.open(str(results / "ct_prob.zarr" / "zarr.json"), plugin=None)
     assert type(labels).__name__ == "Labels" and type(prob).__name__ == "Image"
     assert labels.data.shape == (5, 70, 90) and tuple(labels.scale) == (2.5, 0.5, 0.5)
-    assert labels.metadata["napari_fmbff"]["kind"] == "labels"
-    assert tuple(prob.contrast_limits) == (0.0, 1.0)
+    assert tuple(prob.scale) == (2.5, 0.5, 0.5) and tuple(prob.contrast_limits) == (0.0, 1.0)
+    assert tuple(labels.axis_labels) == ("z", "y", "x") and labels.name == "ct"
+    info = labels.metadata["napari_fmbff"]
+    assert info["kind"] == "labels" and info["model_file"].endswith("tiny.safetensors")
+    stored = zarr.open_group(str(results / "ct.zarr"), mode="r")["0"]
+    np.testing.assert_array_equal(np.asarray(labels.data[2]), stored[2])
 
 
-def test_other_zarr_folders_are_left_to_other_readers(tmp_path):
+def test_napari_ome_zarr_opens_the_labels_at_the_pixel_size(make_napari_viewer, results):
+    pytest.importorskip("napari_ome_zarr")
+    viewer = make_napari_viewer()
+    labels, = viewer.open(str(results / "ct.zarr"), plugin="napari-ome-zarr")
+    prob, = viewer.open(str(results / "ct_prob.zarr"), plugin="napari-ome-zarr")
+    assert type(labels).__name__ == "Labels" and type(prob).__name__ == "Image"
+    assert tuple(labels.scale) == tuple(prob.scale) == (2.5, 0.5, 0.5)
+
+
+def test_our_zarr_json_reader_leaves_other_paths_to_other_readers(tmp_path, results):
     zarr.create_array(store=str(tmp_path / "plain.zarr"), shape=(10, 10), dtype="uint8")
-    assert get_reader(str(tmp_path / "plain.zarr")) is None
-    assert get_reader(str(tmp_path / "missing.zarr")) is None
-    assert get_reader(str(tmp_path / "image.png")) is None
+    write_ome_zarr(tmp_path / "img.ome.zarr", np.zeros((1, 1, 1, 8, 8), np.uint8))
+    assert get_reader(str(tmp_path / "plain.zarr" / "zarr.json")) is None
+    assert get_reader(str(tmp_path / "img.ome.zarr" / "zarr.json")) is None  # not ours
+    assert get_reader(str(tmp_path / "missing.zarr" / "zarr.json")) is None
+    assert get_reader(str(results / "ct.zarr")) is None  # the folder: napari's readers
+    assert get_reader(str(results / "ct.zarr" / "zarr.json")) is not None

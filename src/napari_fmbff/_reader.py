@@ -1,9 +1,14 @@
-"""napari readers: the zarr results of `fmbff segment` (drag `masks/slide.zarr` into napari and
-get a lazy Labels layer, or a probability Image layer, at the source's pixel size), and CT / MR
-volumes (a DICOM file opens its whole series; NIfTI files) at their voxel spacing in mm.
+"""napari readers: the OME-Zarr results of `fmbff segment` opened through their ``zarr.json``
+(the group itself is left to napari's zarr readers), and CT / MR volumes (a DICOM file opens
+its whole series; NIfTI files) at their voxel spacing in mm.
 
-Only zarr arrays carrying our ``napari_fmbff`` attributes are claimed; for any other zarr the
-reader says no and napari asks the next plugin.
+No reader here accepts folders. napari offers every reader that accepts folders for every
+folder dropped on it, whatever its filename patterns, so a zarr-folder reader of ours would
+make napari ask which reader to use for every zarr. A zarr folder therefore opens with
+napari's own reader (or napari-ome-zarr, if installed: our outputs are OME-Zarr images, so it
+opens the mask or labels as a Labels layer at the source's pixel size); this module claims
+only a result's ``zarr.json`` file (``napari masks/slide.zarr/zarr.json``): a lazy Labels layer
+(or a probability Image layer) at the pixel size and offset of the OME-Zarr metadata.
 """
 
 from __future__ import annotations
@@ -11,32 +16,54 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _result_info(path):
-    if not isinstance(path, str) or not path.rstrip("/").endswith(".zarr"):
-        return None
-    if not Path(path).is_dir():
+def _result(path):
+    """(array, ome metadata, our provenance) of a result folder of ``fmbff segment``, else None."""
+    folder = Path(path)
+    if not (folder / "zarr.json").is_file():
         return None
     try:
         import zarr
 
-        array = zarr.open_array(path, mode="r")
-        info = dict(array.attrs).get("napari_fmbff")
-    except Exception:  # not a zarr array of ours: let another reader try
+        group = zarr.open_group(str(folder), mode="r")
+        attrs = dict(group.attrs)
+        ome, info = attrs.get("ome"), attrs.get("napari_fmbff")
+        if not (isinstance(ome, dict) and isinstance(info, dict) and "kind" in info):
+            return None
+        multiscale = ome["multiscales"][0]
+        return group[multiscale["datasets"][0]["path"]], ome, info
+    except Exception:  # not a result of ours: let another reader try
         return None
-    return (array, info) if isinstance(info, dict) and "kind" in info else None
 
 
 def get_reader(path):
-    return read_result if _result_info(path) is not None else None
+    """A result's ``zarr.json`` (the file, not the folder: see the module's docstring)."""
+    if not isinstance(path, str) or Path(path).name != "zarr.json":
+        return None
+    return read_result if _result(Path(path).parent) is not None else None
 
 
 def read_result(path):
-    array, info = _result_info(path)
-    scale = tuple(info.get("scale") or ())
-    if len(scale) != array.ndim:  # no pixel size recorded: one unit per pixel
-        scale = (1.0,) * array.ndim
-    meta = {"name": Path(path.rstrip("/")).stem, "scale": scale, "metadata": {"napari_fmbff": info}}
-    if info["kind"] == "probability":
+    """A result of ``fmbff segment`` (its folder or its ``zarr.json``) as napari layer data:
+    Labels for the mask / labels, an Image for probabilities, at the OME-Zarr pixel size."""
+    folder = Path(path).parent if Path(path).name == "zarr.json" else Path(path)
+    array, ome, info = _result(folder)
+    multiscale = ome["multiscales"][0]
+    names = [a.get("name") for a in multiscale.get("axes", [])]
+    scale, translate = [1.0] * array.ndim, [0.0] * array.ndim
+    for t in multiscale["datasets"][0].get("coordinateTransformations", []):
+        if t.get("type") == "scale" and len(t["scale"]) == array.ndim:
+            scale = [float(v) for v in t["scale"]]
+        if t.get("type") == "translation" and len(t["translation"]) == array.ndim:
+            translate = [float(v) for v in t["translation"]]
+    meta = {"name": folder.name[: -len(".zarr")] if folder.name.endswith(".zarr") else folder.name,
+            "scale": tuple(scale), "translate": tuple(translate),
+            "metadata": {"napari_fmbff": info}}
+    if len(names) == array.ndim and all(isinstance(n, str) for n in names):
+        meta["axis_labels"] = tuple(names)
+    units = [a.get("unit") for a in multiscale.get("axes", [])]
+    if len(units) == array.ndim and all(isinstance(u, str) and u for u in units):
+        meta["units"] = tuple(units)
+    if "image-label" not in ome:
         return [(array, {**meta, "colormap": "magma", "contrast_limits": (0.0, 1.0),
                          "blending": "additive"}, "image")]
     return [(array, {**meta, "opacity": 0.5}, "labels")]

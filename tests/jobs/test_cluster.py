@@ -23,8 +23,13 @@ def inputs(tmp_path, rng, tiny_model):
     return folder
 
 
+def level0(path):
+    """The full-resolution array of an OME-Zarr result (the group's dataset "0")."""
+    return zarr.open_group(str(path), mode="r")["0"]
+
+
 def _outputs(folder):
-    return {p.name: (zarr.open_array(str(p), mode="r")[:] if p.suffix == ".zarr" else read_image(p))
+    return {p.name: (level0(p)[:] if p.suffix == ".zarr" else read_image(p))
             for p in sorted(folder.iterdir())}
 
 
@@ -95,8 +100,8 @@ def test_labels_of_a_large_image_on_a_cluster(inputs, tmp_path):
     with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster:
         assert main(["segment", *common, "-o", str(tmp_path / "dask"),
                      "--scheduler", cluster.scheduler_address]) == 0
-    local = zarr.open_array(str(tmp_path / "local" / "scan.zarr"), mode="r")[:]
-    dask = zarr.open_array(str(tmp_path / "dask" / "scan.zarr"), mode="r")[:]
+    local = level0(tmp_path / "local" / "scan.zarr")[:]
+    dask = level0(tmp_path / "dask" / "scan.zarr")[:]
     assert dask.dtype == np.uint32 and local.max() > 1 and same_partition(dask, local)
     assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == ["scan.zarr"]
 
@@ -126,25 +131,49 @@ def test_a_run_interrupted_here_resumes_on_a_cluster(inputs, tmp_path, monkeypat
     with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster:
         assert main([*args, "-o", str(out), "--resume", "--scheduler",
                      cluster.scheduler_address]) == 0
-    np.testing.assert_array_equal(zarr.open_array(str(out / "scan.zarr"), mode="r")[:],
-                                  zarr.open_array(str(tmp_path / "ref" / "scan.zarr"), mode="r")[:])
+    np.testing.assert_array_equal(level0(out / "scan.zarr")[:],
+                                  level0(tmp_path / "ref" / "scan.zarr")[:])
     assert [p.name for p in out.iterdir()] == ["scan.zarr"]
 
 
 def test_a_zarr_stack_on_a_cluster_equals_the_local_run(inputs, tmp_path, rng):
+    """3D labels and one intensity range for the stack ("volume"), on workers as here; the
+    cluster's outputs record the provenance every other output has."""
     from distributed import LocalCluster
 
+    from conftest import same_partition
+    from napari_fmbff.inference.postprocess import label_volume
+    from napari_fmbff.inference.segmenter import SegmentSettings
+    from napari_fmbff.jobs.files import Postprocess, SegmenterSpec, predict_job
+    from napari_fmbff.model.registry import resolve_model_path
+
+    data = rng.integers(0, 4000, (5, 70, 80), dtype=np.uint16)
+    data[2] //= 8
     stack = zarr.create_array(store=str(tmp_path / "ct.zarr"), shape=(5, 70, 80),
                               dtype="uint16", chunks=(1, 64, 64))
-    stack[:] = rng.integers(0, 4000, (5, 70, 80), dtype=np.uint16)
-    common = [str(tmp_path / "ct.zarr"), "-m", "tiny", "--chunk", "64", "--tile-size", "64",
-              "--probabilities"]
+    stack[:] = data
+    # An untrained network: cut where its map (in memory, the same settings) holds objects.
+    seg = SegmenterSpec(str(resolve_model_path("tiny")), SegmentSettings(tile_size=64),
+                        normalize="volume").build(device="cpu")
+    _, probs = predict_job(seg, data, False, Postprocess(), with_probs=True)
+    common = [str(tmp_path / "ct.zarr"), "-m", "tiny", "--chunk", "32", "--tile-size", "64",
+              "--probabilities", "--labels", "--normalize", "volume",
+              "--threshold", f"{np.quantile(probs, 0.6):.6f}"]
     assert main(["segment", *common, "-o", str(tmp_path / "local")]) == 0
     with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster:
         assert main(["segment", *common, "-o", str(tmp_path / "dask"), "--scheduler",
                      cluster.scheduler_address]) == 0
     for name in ("ct.zarr", "ct_prob.zarr"):
-        here = zarr.open_array(str(tmp_path / "local" / name), mode="r")[:]
-        there = zarr.open_array(str(tmp_path / "dask" / name), mode="r")[:]
+        here = level0(tmp_path / "local" / name)[:]
+        there = level0(tmp_path / "dask" / name)[:]
         assert here.shape[0] == 5
         np.testing.assert_allclose(there, here, atol=1e-6)
+    labels = level0(tmp_path / "dask" / "ct.zarr")[:]
+    np.testing.assert_allclose(level0(tmp_path / "dask" / "ct_prob.zarr")[:], probs, atol=1e-5)
+    threshold = float(common[-1])
+    assert labels.max() > 1 and same_partition(labels, label_volume(probs >= threshold))
+    info = zarr.open_group(str(tmp_path / "dask" / "ct.zarr"), mode="r").attrs["napari_fmbff"]
+    assert info["kind"] == "labels" and info["objects"] == "labels, 3D in stacks"
+    assert info["model_file"].endswith("tiny.safetensors") and len(info["model_sha256"]) == 64
+    assert info["intensity"]["scope"] == "volume" and info["device"] == "cpu"
+    assert {"tile_size", "overlap", "threshold", "package_version", "date"} <= set(info)

@@ -102,28 +102,93 @@ def segment_chunk(segmenter, image, chunk: Chunk, intensity_range, threshold: fl
 
 
 def plane_range(normalization, image, plane: tuple[int, ...]):
-    """The intensity range of one plane (each plane of a stack is normalised on its own, as
-    the napari widget does)."""
+    """The intensity range of one plane (each plane of a stack normalised on its own, as the
+    napari widget does for "image" scope)."""
     return normalization.intensity_range(image[plane] if plane else image)
+
+
+def stack_range(normalization, image):
+    """One intensity range for a whole lazy stack ("volume" scope): the percentiles of up to
+    ``STACK_SAMPLE_PLANES`` evenly spaced planes (the planes ``Normalization.for_stack`` takes
+    from an in-memory stack), pooled. At most ``PERCENTILE_SAMPLE_PIXELS`` pixels are read in
+    all, in blocks for planes too large to read whole, so memory stays bounded. A stack small
+    enough to read whole gets exactly ``for_stack``'s range."""
+    import itertools
+    import math
+
+    from ..model.normalization import PERCENTILE_SAMPLE_PIXELS, STACK_SAMPLE_PLANES
+
+    stack = spatial_shape_of(image)[:-2]
+    if not stack:
+        return normalization.intensity_range(image)
+    planes = list(itertools.product(*(range(n) for n in stack)))
+    picks = planes[::max(1, math.ceil(len(planes) / STACK_SAMPLE_PLANES))]
+    budget = max(1, PERCENTILE_SAMPLE_PIXELS // len(picks))
+    samples = [_plane_sample(image[p], budget) for p in picks]
+    # (pixels, 1[, channels]): one 2D "image" of every sampled pixel, channels kept together.
+    pooled = np.concatenate([s.reshape(-1, 1, *s.shape[2:]) for s in samples])
+    return normalization.intensity_range(pooled)
+
+
+#: Planes too large to read whole are sampled in blocks of this edge (only their zarr chunks
+#: are decoded), as ``Normalization.intensity_range`` does.
+SAMPLE_BLOCK = 256
+
+
+def _plane_sample(plane, pixels: int) -> np.ndarray:
+    """At most about ``pixels`` pixels of a lazy 2D plane (Y, X[, C]): all of them, a strided
+    grid, or seeded random blocks where a strided grid would decode the whole of a large
+    plane."""
+    import math
+
+    h, w = plane.shape[:2]
+    if h * w <= pixels:
+        return np.asarray(plane[:, :])
+    edge = max(1, min(SAMPLE_BLOCK, math.isqrt(pixels)))
+    if h * w <= 16 * pixels or min(h, w) < edge:
+        step = math.ceil(math.sqrt(h * w / pixels))
+        return np.asarray(plane[::step, ::step])
+    rows, cols = h // edge, w // edge
+    n = max(1, min(rows * cols, pixels // edge**2))
+    picks = np.random.default_rng(0).choice(rows * cols, size=n, replace=False)
+    blocks = [np.asarray(plane[r * edge:(r + 1) * edge, c * edge:(c + 1) * edge])
+              for r, c in (divmod(int(k), cols) for k in sorted(picks))]
+    return np.concatenate([b.reshape(-1, 1, *b.shape[2:]) for b in blocks])
+
+
+def intensity_ranges(normalization, image):
+    """``range_of(plane)``: the intensity range to segment a plane of ``image`` with, computed
+    once and kept: each plane's own ("image" scope) or one range for the whole stack
+    ("volume" scope, ``stack_range``)."""
+    whole = normalization.scope == "volume"
+    kept: dict = {}
+
+    def range_of(plane: tuple[int, ...]):
+        key = () if whole else tuple(plane)
+        if key not in kept:
+            kept[key] = stack_range(normalization, image) if whole \
+                else plane_range(normalization, image, key)
+        return kept[key]
+
+    return range_of
 
 
 def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
                          chunk: int = DEFAULT_CHUNK, threshold: float = 0.5,
                          skip=None, after=None):
     """Generator: yields ``Progress`` in chunks; returns the foreground pixel count of the
-    chunks it ran. ``image`` may be a stack (an AxesView): every plane is done.
+    chunks it ran. ``image`` may be a stack (an AxesView): every plane is done, each with its
+    own intensity range or, for a "volume" normalisation scope, one range for the stack.
     ``skip(chunk)``: true for chunks already done (a resumed run); ``after(chunk)``: called
     once a chunk is written."""
     chunks = plan_stack(spatial_shape_of(image), chunk)
     todo = [c for c in chunks if skip is None or not skip(c)]
-    ranges: dict = {}
+    range_of = intensity_ranges(segmenter.normalization, image)
     done = len(chunks) - len(todo)
     yield Progress(done, len(chunks))
     foreground = 0
     for c in todo:
-        if c.plane not in ranges:
-            ranges[c.plane] = plane_range(segmenter.normalization, image, c.plane)
-        foreground += segment_chunk(segmenter, image, c, ranges[c.plane], threshold,
+        foreground += segment_chunk(segmenter, image, c, range_of(c.plane), threshold,
                                     mask_out, prob_out)
         if after is not None:
             after(c)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 
-from ..inference.chunked import plane_range
+from ..inference.chunked import intensity_ranges
 from .files import (
     FileJob,
     Postprocess,
     SegmenterSpec,
     open_large_job,
+    result_provenance,
     segment_chunk_into,
     segment_file,
 )
@@ -81,6 +82,20 @@ def run_chunk(spec: SegmenterSpec, job: FileJob, chunk, intensity_range, thresho
                               mask_store, prob_store, done_dir)
 
 
+def job_provenance(spec: SegmenterSpec, post: Postprocess, source: str) -> dict:
+    """What a large job's zarr outputs record about how they were made (the keys every other
+    output has: ``result_provenance``), from the segmenter a worker runs."""
+    return result_provenance(_worker_segmenter(spec), post, source)
+
+
+def _awaited(future, source: str):
+    """A task's result; its error as a ValueError naming the input."""
+    try:
+        return future.result()
+    except Exception as err:
+        raise ValueError(f"{source}: {type(err).__name__}: {err}") from err
+
+
 def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postprocess,
                   normalization, chunk: int, overwrite: bool = False, resume: bool = False,
                   settings: dict | None = None):
@@ -89,7 +104,7 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
     is cancelled and a ValueError names the input; finished chunks stay for ``resume``."""
     from distributed import as_completed
 
-    tasks, outputs, remaining, foreground = {}, {}, {}, {}
+    tasks, outputs, remaining, foreground, provenance = {}, {}, {}, {}, {}
     try:
         for job in jobs:
             foreground[job.source] = 0
@@ -99,33 +114,33 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 continue
             # Lazy: only the shape and intensity samples are read here.
             image, outs = open_large_job(job, post, chunk, overwrite, resume, settings)
+            # Provenance from the segmenter a worker builds (model file, SHA-256, device...).
+            provenance[job.source] = client.submit(job_provenance, spec, post, job.source,
+                                                   pure=False)
             chunks = outs.missing()
             if not chunks:  # a resumed job whose chunks were all done
-                outs.finish()
+                outs.finish(_awaited(provenance.pop(job.source), job.source))
                 continue
             outputs[job.source], remaining[job.source] = outs, len(chunks)
-            ranges = {}  # each plane of a stack is normalised on its own
+            # Each plane's own range, or one for the stack ("volume" scope).
+            range_of = intensity_ranges(normalization, image)
             for c in chunks:
-                if c.plane not in ranges:
-                    ranges[c.plane] = plane_range(normalization, image, c.plane)
-                fut = client.submit(run_chunk, spec, job, c, ranges[c.plane], post.threshold,
+                fut = client.submit(run_chunk, spec, job, c, range_of(c.plane), post.threshold,
                                     outs.mask_store, outs.prob_store, outs.done_dir,
                                     pure=False)
                 tasks[fut] = job
         yield 0, len(tasks)
         for done, fut in enumerate(as_completed(list(tasks)), 1):
             job = tasks[fut]
-            try:
-                foreground[job.source] += fut.result()
-            except Exception as err:
-                raise ValueError(f"{job.source}: {type(err).__name__}: {err}") from err
+            foreground[job.source] += _awaited(fut, job.source)
             if job.source in remaining:
                 remaining[job.source] -= 1
                 if remaining[job.source] == 0:  # labels / holes need every chunk: here
-                    outputs.pop(job.source).finish()
+                    outputs.pop(job.source).finish(
+                        _awaited(provenance.pop(job.source), job.source))
             yield done, len(tasks)
     finally:
-        unfinished = [f for f in tasks if not f.done()]
+        unfinished = [f for f in [*tasks, *provenance.values()] if not f.done()]
         if unfinished:
             client.cancel(unfinished)
     return foreground

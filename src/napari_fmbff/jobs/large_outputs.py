@@ -1,12 +1,20 @@
-"""The zarr outputs of one large job: a hidden working folder, resumable, renamed when done.
+"""The zarr outputs of one large job: OME-Zarr images, resumable, renamed into place when done.
 
 ``masks/.slide.zarr.partial/`` holds ``mask.zarr`` (and ``prob.zarr``), the scratch arrays of
 whole-object post-processing, ``job.json`` (the settings the job was started with) and
 ``done/`` (one empty file per finished chunk, written by whichever process ran it). When every
-chunk is done and post-processed, the arrays are renamed to ``slide.zarr`` /
+chunk is done and post-processed, each result becomes an OME-Zarr image (built in ``staged/``) (NGFF 0.5, zarr v3):
+a group whose ``zarr.json`` holds ``ome.multiscales`` (one level, array ``0``, the source's
+axes, pixel size and offset) and, for the mask or labels, ``ome.image-label``; the provenance
+sits beside it under ``napari_fmbff``. The groups are renamed to ``slide.zarr`` /
 ``slide_prob.zarr`` and the folder is removed. If the run stops part-way, the folder stays:
 ``--resume`` runs only the missing chunks, ``--overwrite`` starts again, and nothing ever
 appears under the real names half-written.
+
+NGFF 0.5 rather than 0.4: 0.5 is the version written for zarr v3 stores (0.4 is defined on
+zarr v2 ``.zattrs``), and napari-ome-zarr (its zarr v3 releases; checked with 0.10), ome-zarr-py
+(>= 0.10) and ``image_io.open_large`` read its ``ome`` namespace; napari's builtin zarr reader ignores the
+metadata either way and opens the arrays.
 """
 
 from __future__ import annotations
@@ -41,7 +49,8 @@ class LargeOutputs:
         import zarr
 
         self.job, self.post, self.shape, self.chunk = job, post, tuple(shape), chunk
-        self.settings, self.scale = dict(settings or {}), scale
+        self.settings = dict(settings or {})
+        self.scale = tuple(scale) if scale is not None else None
         self.overwrite = overwrite
         target = Path(job.target)
         self.work = target.parent / f".{target.name}.partial"
@@ -109,20 +118,26 @@ class LargeOutputs:
     def missing(self) -> list[Chunk]:
         return [c for c in plan_stack(self.shape, self.chunk) if not self.is_done(c)]
 
-    def finish(self) -> None:
-        """Post-process (if asked), rename the arrays into place, remove the folder."""
+    def finish(self, provenance: dict | None = None) -> None:
+        """Post-process (if asked), make each result an OME-Zarr image, rename them into place,
+        remove the folder. ``provenance``: ``files.result_provenance`` of the segmenter that ran
+        the job; without it the outputs record what this object knows (source, settings,
+        post-processing, package version, date)."""
         missing = self.missing()
         if missing:
             raise RuntimeError(f"{len(missing)} chunk(s) of {self.job.source} are not done")
+        self._recover()
         final = self.work / "mask.zarr"
         if self.post.whole_objects:
             self._postprocess()
             final = self.work / "final.zarr"
-        moves = [(final, Path(self.job.target))]
+        results = [(final, Path(self.job.target), "labels" if self.post.labels else "mask")]
         if self.job.prob_target:
-            moves.append((self.work / "prob.zarr", Path(self.job.prob_target)))
-        self._describe(moves)
-        for src, dst in moves:
+            results.append((self.work / "prob.zarr", Path(self.job.prob_target), "probability"))
+        info = dict(provenance) if provenance else self._provenance()
+        geometry = ngff_geometry(self.job.source, self.shape, self.scale)
+        staged = [(self._stage(src, dst, kind, info, geometry), dst) for src, dst, kind in results]
+        for src, dst in staged:
             if dst.exists():
                 if not self.overwrite:
                     raise FileExistsError(f"{dst} appeared while segmenting; not replaced")
@@ -130,25 +145,56 @@ class LargeOutputs:
             os.replace(src, dst)
         shutil.rmtree(self.work)
 
-    def _describe(self, moves) -> None:
-        """Provenance (and the input's pixel size) in each output's attributes."""
-        import zarr
+    def _provenance(self) -> dict:
+        """``result_provenance``'s keys, as far as the job's settings tell them (no segmenter
+        here: the device, blend and intensity setting are left out)."""
+        import datetime
 
         from .. import __version__
+        from ..model.checkpoint import file_sha256
 
-        kinds = ["labels" if self.post.labels else "mask", "probability"]
-        for (src, _), kind in zip(moves, kinds):
-            info = {"kind": kind, "source": self.job.source, "package_version": __version__,
-                    "threshold": self.post.threshold, **self.settings}
-            if self.scale:  # per axis of the output, and y, x alone
-                info["scale"], info["scale_yx"] = list(self.scale), list(self.scale[-2:])
-            zarr.open_array(str(src), mode="r+").attrs["napari_fmbff"] = info
+        settings = dict(self.settings)
+        model = settings.pop("model", None)
+        record = {"source": str(self.job.source)}
+        if model:
+            record.update(model=Path(model).stem, model_file=str(model),
+                          model_sha256=file_sha256(model) if Path(model).is_file() else None)
+        return {**record, **settings, **self.post.record(), "package_version": __version__,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    def _stage(self, array: Path, target: Path, kind: str, info: dict, geometry: dict) -> Path:
+        """The OME-Zarr group of one result, built in the working folder: ``array`` moves in as
+        its level ``0``. Returns the group's folder."""
+        import zarr
+
+        group = self.work / "staged" / target.name
+        ome = ngff_metadata(geometry, target, kind, self.job.source)
+        zarr.create_group(store=str(group), zarr_format=3, overwrite=True,
+                          attributes={"ome": ome, "napari_fmbff": {**info, "kind": kind}})
+        name_dimensions(array, [axis["name"] for axis in geometry["axes"]])
+        os.replace(array, group / "0")
+        return group
+
+    def _recover(self) -> None:
+        """A finish that stopped after moving an array into its staged group: move it back."""
+        scratch = {Path(self.job.target).name: self.work / ("final.zarr" if self.post.whole_objects
+                                                            else "mask.zarr")}
+        if self.job.prob_target:
+            scratch[Path(self.job.prob_target).name] = self.work / "prob.zarr"
+        for name, array in scratch.items():
+            staged = self.work / "staged" / name
+            if (staged / "0").is_dir() and not array.exists():
+                os.replace(staged / "0", array)
+            if staged.exists():
+                shutil.rmtree(staged)
 
     def discard(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def _postprocess(self) -> None:
-        """Whole objects, plane by plane (labels of a stack are numbered per plane)."""
+        """Whole objects. Holes are filled plane by plane. Labels of a (Z, Y, X) stack are 3D
+        objects (6-connected, ids unique in the stack, ``min_size`` in voxels) unless
+        ``post.per_slice``; stacks with more axes (t, z) are numbered plane by plane."""
         import itertools
 
         import zarr
@@ -161,14 +207,15 @@ class LargeOutputs:
                   if (self.work / name).exists()}
 
         def reader(array):
-            return lambda c: array[slice(*c.rows), slice(*c.cols)]
+            return lambda c: array[c.region]
 
         def writer(array):
             def write(c, values):
-                array[slice(*c.rows), slice(*c.cols)] = values
+                array[c.region] = values
             return write
 
         post, relabel = self.post, self.post.labels or self.post.min_size > 0
+        volume = post.labels and not post.per_slice and len(self.shape) == 3
         for plane in itertools.product(*(range(n) for n in self.shape[:-2])):
             view = {name: PlaneOf(a, plane) for name, a in stored.items()}
             source, target = view["mask.zarr"], view["final.zarr"]
@@ -177,6 +224,121 @@ class LargeOutputs:
                 postprocess.fill_holes(reader(source), writer(filled), view["ids.zarr"], chunks,
                                       self.shape[-2:])
                 source = filled
-            if relabel:
+            if relabel and not volume:
                 postprocess.label(reader(source), writer(target), view["ids.zarr"], chunks,
                                  self.shape[-2:], post.min_size, split=post.labels)
+        if volume:  # one sweep over the whole stack, joining planes
+            source = stored["filled.zarr" if post.fill_holes else "mask.zarr"]
+            postprocess.label(reader(source), writer(stored["final.zarr"]), stored["ids.zarr"],
+                              plan_stack(self.shape, self.chunk), self.shape, post.min_size)
+
+
+# ---- OME-Zarr (NGFF 0.5) metadata ------------------------------------------------------------
+
+NGFF_VERSION = "0.5"
+AXIS_TYPES = {"z": "space", "y": "space", "x": "space", "t": "time", "c": "channel"}
+#: The lesion's colour in a 0/1 mask (label 1), background transparent.
+MASK_COLORS = [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+               {"label-value": 1, "rgba": [255, 64, 32, 255]}]
+
+
+def ngff_geometry(source, shape, scale=None) -> dict:
+    """Axes (name, type, unit), pixel size and offset of an output of ``shape`` (stack
+    axes..., y, x) of ``source``: the axis names the input's lazy view has (OME-Zarr axes, a
+    TIFF's axes, or guessed), units and translation from an OME-Zarr input's metadata,
+    ``scale`` where given (else the input's, else 1 per pixel)."""
+    ndim = len(shape)
+    names, meta = None, {}
+    try:
+        from ..data.image_io import open_large
+
+        view = open_large(source)
+        names = view.free + ["y", "x"]
+        meta = _ngff_source(source)
+        if scale is None:
+            scale = view.scale
+    except (ValueError, OSError):  # not a lazily readable input (e.g. a PNG made zarr)
+        pass
+    if names is None or len(names) != ndim or len(set(names)) != ndim:
+        stack = {0: [], 1: ["z"], 2: ["t", "z"]}.get(ndim - 2)
+        names = (stack if stack is not None else [f"dim_{k}" for k in range(ndim - 2)]) + ["y", "x"]
+    axes = []
+    for name in names:
+        axis = {"name": name}
+        if name in AXIS_TYPES:
+            axis["type"] = AXIS_TYPES[name]
+        unit = meta.get("units", {}).get(name)
+        if isinstance(unit, str) and unit:
+            axis["unit"] = unit
+        axes.append(axis)
+    scale = [float(v) for v in scale] if scale is not None and len(scale) == ndim else [1.0] * ndim
+    offsets = meta.get("translation", {})
+    translation = [float(offsets.get(name, 0.0)) for name in names]
+    return {"axes": axes, "scale": scale,
+            "translation": translation if any(translation) else None,
+            "source_is_image": meta.get("image", False)}
+
+
+def _ngff_source(source) -> dict:
+    """Units and physical offset per axis name of an OME-Zarr input (``multiscales[0]``, its
+    full-resolution dataset's transformations, then the image-wide ones); {} otherwise."""
+    import zarr
+
+    from ..data.image_io import is_zarr
+
+    if not is_zarr(source):
+        return {}
+    node = zarr.open(str(source), mode="r")
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if hasattr(node, "shape") or not multiscales:
+        return {}
+    try:
+        ms = multiscales[0]
+        names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
+        units = {n.lower(): a.get("unit") for n, a in zip(names, ms.get("axes", []))
+                 if isinstance(a, dict)}
+        offset = [0.0] * len(names)
+        for level in (ms["datasets"][0], ms):
+            for t in level.get("coordinateTransformations", []):
+                if t.get("type") == "scale":
+                    offset = [o * float(s) for o, s in zip(offset, t["scale"])]
+                elif t.get("type") == "translation":
+                    offset = [o + float(v) for o, v in zip(offset, t["translation"])]
+        return {"units": units, "image": True,
+                "translation": {n.lower(): o for n, o in zip(names, offset)}}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return {}
+
+
+def ngff_metadata(geometry: dict, target, kind: str, source) -> dict:
+    """The ``ome`` attributes of one output: one-level ``multiscales`` and, for a mask or
+    labels, ``image-label`` (with the source image's relative path when it is an OME-Zarr
+    image, and the mask's colour)."""
+    transforms = [{"type": "scale", "scale": geometry["scale"]}]
+    if geometry["translation"]:
+        transforms.append({"type": "translation", "translation": geometry["translation"]})
+    ome = {"version": NGFF_VERSION,
+           "multiscales": [{"name": Path(target).name[: -len(".zarr")],
+                            "axes": geometry["axes"],
+                            "datasets": [{"path": "0", "coordinateTransformations": transforms}]}]}
+    if kind != "probability":
+        label: dict = {}
+        if kind == "mask":
+            label["colors"] = MASK_COLORS
+        if geometry["source_is_image"]:
+            try:
+                label["source"] = {"image": os.path.relpath(Path(source).resolve(),
+                                                            Path(target).resolve())}
+            except ValueError:  # another drive: no relative path
+                pass
+        ome["image-label"] = label
+    return ome
+
+
+def name_dimensions(array, names: list[str]) -> None:
+    """Set a zarr v3 array's ``dimension_names`` (NGFF 0.5: equal to its axes' names)."""
+    meta_file = Path(array) / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["dimension_names"] = list(names)
+    meta_file.write_text(json.dumps(meta, indent=2))
