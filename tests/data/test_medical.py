@@ -170,6 +170,9 @@ def test_fmbff_segment_on_a_dicom_series_and_a_nifti(tiny_model, tmp_path, capsy
     assert rc == 0, capsys.readouterr().err
     series = nib.load(str(out / "series.nii.gz"))
     assert series.shape == (128, 128, 3)
+    # DICOM's LPS position of the first voxel is NIfTI's RAS with x and y turned round.
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    np.testing.assert_allclose(series.affine[:3, 3], (-x, -y, z))
     assert series.header.get_zooms()[:3] == pytest.approx((0.661468, 0.661468, 5.0), rel=1e-5)
     mr = nib.load(str(out / "anatomical.nii.gz"))
     np.testing.assert_allclose(mr.affine, nib.load(str(NIB_DATA / "anatomical.nii")).affine)

@@ -279,10 +279,6 @@ def load_volume_pair(image_path, mask_path) -> VolumePair:
     return VolumePair(volume_stem(mask_path), data, lesion, image.spacing, image_path, mask_path)
 
 
-# DICOM affines are in LPS, NIfTI's in RAS: x and y point the other way.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
 def _on_image_grid(mask, image, mask_path: Path, image_path: Path) -> np.ndarray:
     """The mask's voxels in the image's (z, y, x) order: as stored when both grids agree;
     turned (axes swapped / flipped, by the two affines) when the mask is stored in another
@@ -290,7 +286,9 @@ def _on_image_grid(mask, image, mask_path: Path, image_path: Path) -> np.ndarray
     data, shape = mask.data, image.data.shape
     affines = [image.affine]
     if image.metadata.get("format") == "dicom" and mask.metadata.get("format") == "nifti":
-        affines.append(_LPS_TO_RAS @ image.affine)
+        # A NIfTI mask is in RAS (as fmbff segment writes it); one written with the DICOM's
+        # LPS affine as it is (as some tools do) is accepted too.
+        affines.insert(0, image.ras_affine)
     for affine in affines:
         try:
             to_image = np.linalg.solve(affine, mask.affine)   # mask index -> image index

@@ -38,6 +38,14 @@ class Volume:
     def origin(self) -> tuple[float, float, float]:
         return tuple(float(v) for v in self.affine[:3, 3])
 
+    @property
+    def ras_affine(self) -> np.ndarray:
+        """The affine in NIfTI's RAS+ world (DICOM's LPS: x and y turned round), for labels
+        written as NIfTI so that viewers place them on the scan."""
+        if self.metadata.get("format") == "dicom":
+            return LPS_TO_RAS @ self.affine
+        return self.affine
+
 
 def window_range(window) -> tuple[float, float]:
     """A window name (``CT_WINDOWS``) or "LOW,HIGH" (or a pair) -> (low, high) intensities."""
@@ -113,7 +121,8 @@ def read_nifti(path) -> Volume:
 
 def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False,
                        description: str = "") -> Path:
-    """(Z, Y, X) labels as a NIfTI file with the source's affine (atomic, never over a file)."""
+    """(Z, Y, X) labels as a NIfTI file with the source's affine in RAS+ (``Volume.ras_affine``;
+    atomic, never over a file)."""
     import nibabel as nib
 
     labels = np.asarray(labels)
@@ -232,5 +241,7 @@ def _nifti_description(img) -> str:
         return ""
 
 
+#: DICOM's patient coordinates (LPS+) to NIfTI's (RAS+): x and y point the other way.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # (z, y, x, 1) -> (x, y, z, 1): NIfTI's (i, j, k) index order is the reverse of ours.
 _SWAP_ZYX = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)

@@ -59,7 +59,7 @@ def segment_volume(model, settings, path, out_dir, threshold: float = 0.5, min_s
               "labels": "3D objects" if not per_slice else "per slice",
               "window": window, "normalize": normalize, "intensity_setting": chosen.to_dict(),
               **(provenance or {})}
-    write_nifti_labels(target, out, volume.affine, overwrite,
+    write_nifti_labels(target, out, volume.ras_affine, overwrite,
                        description=f"fmbff {record.get('model', '')}"[:79])
     with atomic_path(sidecar, overwrite) as tmp:
         tmp.write_text(json.dumps(record, indent=1, default=str))
