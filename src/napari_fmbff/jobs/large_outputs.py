@@ -121,8 +121,8 @@ class LargeOutputs:
     def finish(self, provenance: dict | None = None) -> None:
         """Post-process (if asked), make each result an OME-Zarr image, rename them into place,
         remove the folder. ``provenance``: ``files.result_provenance`` of the segmenter that ran
-        the job; without it the outputs record what this object knows (source, settings,
-        post-processing, package version, date)."""
+        the job; without it, the same keys as far as the job's settings tell them
+        (``_provenance``)."""
         missing = self.missing()
         if missing:
             raise RuntimeError(f"{len(missing)} chunk(s) of {self.job.source} are not done")
@@ -177,8 +177,8 @@ class LargeOutputs:
 
     def _recover(self) -> None:
         """A finish that stopped after moving an array into its staged group: move it back."""
-        scratch = {Path(self.job.target).name: self.work / ("final.zarr" if self.post.whole_objects
-                                                            else "mask.zarr")}
+        final = "final.zarr" if self.post.whole_objects else "mask.zarr"
+        scratch = {Path(self.job.target).name: self.work / final}
         if self.job.prob_target:
             scratch[Path(self.job.prob_target).name] = self.work / "prob.zarr"
         for name, array in scratch.items():
