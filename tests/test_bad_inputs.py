@@ -829,7 +829,7 @@ def large_job(tmp_path_factory, model_file):
     args = ["segment", str(image), "-m", str(model_file), "--zarr", "--chunk", "64",
             "--tile-size", "64", "--overlap", "0", "--probabilities", "--device", "cpu"]
     assert main(args + ["-o", str(root / "ref")]) == 0
-    ref = {name: zarr.open_array(str(root / "ref" / name), mode="r")[:]
+    ref = {name: zarr.open_group(str(root / "ref" / name), mode="r")["0"][:]
            for name in ("slide.zarr", "slide_prob.zarr")}
     return args, ref
 
@@ -869,7 +869,8 @@ def test_interrupted_large_job_resumes_to_the_same_result(sig, large_job, tmp_pa
     rc, _ = cli([*args, "-o", out, "--resume"], capsys)
     assert rc == 0
     for name, expected in ref.items():
-        np.testing.assert_array_equal(zarr.open_array(str(out / name), mode="r")[:], expected)
+        np.testing.assert_array_equal(zarr.open_group(str(out / name), mode="r")["0"][:],
+                                      expected)
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
 
 

@@ -113,12 +113,20 @@ def test_large_tiff_becomes_a_chunked_zarr_equal_to_the_whole_objects(tiny_model
     assert main(["segment", str(path), "-m", tiny_model, "-o", str(out), "--tile-size", "64",
                  "--chunk", "64", "--probabilities"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
-    mask = zarr.open_array(str(out / "slide.zarr"), mode="r")
-    prob = zarr.open_array(str(out / "slide_prob.zarr"), mode="r")
+    mask = zarr.open_group(str(out / "slide.zarr"), mode="r")["0"]
+    prob = zarr.open_group(str(out / "slide_prob.zarr"), mode="r")["0"]
     assert mask.shape == (150, 230) and mask.dtype == np.uint8 and mask.chunks == (64, 64)
     whole = Segmenter(tiny_model, device="cpu", tile_size=64).predict_proba(image)
     np.testing.assert_allclose(prob[:], whole, atol=1e-5)
     np.testing.assert_array_equal(mask[:], whole >= 0.5)
+    # The same provenance keys as every other output, from the segmenter that ran it.
+    from napari_fmbff.model.checkpoint import file_sha256
+    from napari_fmbff.model.registry import resolve_model_path
+
+    record = dict(zarr.open_group(str(out / "slide.zarr"), mode="r").attrs)["napari_fmbff"]
+    assert record["model_sha256"] == file_sha256(resolve_model_path(tiny_model))
+    assert record["intensity"]["mode"] and record["blend"] and record["device"] == "cpu"
+    assert record["threshold"] == 0.5 and record["date"]
 
 
 @pytest.mark.parametrize("labels", [True, False])
@@ -138,7 +146,7 @@ def test_large_input_labels_holes_and_min_size_match_the_ordinary_path(
     assert main(["segment", str(path), "-o", str(tmp_path / "big"), "--chunk", "64", *opts]) == 0
     monkeypatch.setattr("napari_fmbff.data.image_io.LARGE_IMAGE_PIXELS", 10**9)  # ordinary path
     assert main(["segment", str(path), "-o", str(tmp_path / "small"), *opts]) == 0
-    big = zarr.open_array(str(tmp_path / "big" / "slide.zarr"), mode="r")[:]
+    big = zarr.open_group(str(tmp_path / "big" / "slide.zarr"), mode="r")["0"][:]
     small = read_image(tmp_path / "small" / ("slide.tif" if labels else "slide.png"))
     assert big.dtype == (np.uint32 if labels else np.uint8)
     if labels:
@@ -158,14 +166,14 @@ def test_zarr_input_and_existing_zarr_output_is_kept(tiny_model, tmp_path, rng, 
     args = ["segment", str(tmp_path / "scan.zarr"), "-m", tiny_model, "-o", str(out),
             "--chunk", "64"]
     assert main(args) == 0
-    first = zarr.open_array(str(out / "scan.zarr"), mode="r")[:]
+    first = zarr.open_group(str(out / "scan.zarr"), mode="r")["0"][:]
     assert first.shape == (80, 96) and set(np.unique(first)) <= {0, 1}
-    zarr.open_array(str(out / "scan.zarr"), mode="r+")[:] = 9  # the user's edits
+    zarr.open_group(str(out / "scan.zarr"), mode="r+")["0"][:] = 9  # the user's edits
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (zarr.open_array(str(out / "scan.zarr"), mode="r")[:] == 9).all()
+    assert (zarr.open_group(str(out / "scan.zarr"), mode="r")["0"][:] == 9).all()
     assert main(args + ["--overwrite"]) == 0
-    np.testing.assert_array_equal(zarr.open_array(str(out / "scan.zarr"), mode="r")[:], first)
+    np.testing.assert_array_equal(zarr.open_group(str(out / "scan.zarr"), mode="r")["0"][:], first)
     assert [p.name for p in out.iterdir()] == ["scan.zarr"]  # no temporary leftovers
 
 
@@ -201,8 +209,8 @@ def test_interrupted_large_run_resumes_where_it_stopped(tiny_model, big_tiff, tm
     assert main(args + ["--resume"]) == 0
     assert len(calls) == 12 - 5  # only the chunks not done before
     for name in ("slide.zarr", "slide_prob.zarr"):
-        np.testing.assert_array_equal(zarr.open_array(str(out / name), mode="r")[:],
-                                      zarr.open_array(str(tmp_path / "ref" / name), mode="r")[:])
+        np.testing.assert_array_equal(zarr.open_group(str(out / name), mode="r")["0"][:],
+                                      zarr.open_group(str(tmp_path / "ref" / name), mode="r")["0"][:])
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
 
 
@@ -216,10 +224,11 @@ def test_ome_zarr_output_records_pixel_size_and_provenance(tiny_model, tmp_path,
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "img.ome.zarr"), "-m", tiny_model, "-o", str(out),
                  "--chunk", "64", "--labels"]) == 0
-    result = zarr.open_array(str(out / "img.zarr"), mode="r")
-    info = result.attrs["napari_fmbff"]
-    assert result.shape == (90, 120) and info["kind"] == "labels"
-    assert info["scale_yx"] == [0.5, 0.25] and info["model"].endswith("tiny.safetensors")
+    group = zarr.open_group(str(out / "img.zarr"), mode="r")
+    info, ome = group.attrs["napari_fmbff"], group.attrs["ome"]
+    assert group["0"].shape == (90, 120) and info["kind"] == "labels"
+    scale = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [0.5, 0.25] and info["model_file"].endswith("tiny.safetensors")
 
 
 def test_stacks_are_segmented_plane_by_plane_into_a_multipage_tiff(tiny_model, tmp_path, rng):
@@ -263,9 +272,9 @@ def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(tiny_model, tm
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "ct.zarr"), "-m", tiny_model, "-o", str(out),
                  "--tile-size", "64", "--chunk", "64", "--probabilities", "--labels",
-                 "--min-size", "4", "--threshold", threshold]) == 0
-    labels = zarr.open_array(str(out / "ct.zarr"), mode="r")
-    prob = zarr.open_array(str(out / "ct_prob.zarr"), mode="r")
+                 "--per-slice-labels", "--min-size", "4", "--threshold", threshold]) == 0
+    labels = zarr.open_group(str(out / "ct.zarr"), mode="r")["0"]
+    prob = zarr.open_group(str(out / "ct_prob.zarr"), mode="r")["0"]
     assert labels.shape == prob.shape == (5, 100, 90) and labels.chunks[0] == 1
     for k in range(5):
         np.testing.assert_allclose(prob[k], probs[k], atol=1e-5)

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     big = seg.add_argument_group(
         "large images and clusters",
         "zarr / OME-Zarr folders and TIFFs over 8k x 8k px are read region by region and "
-        "written as STEM.zarr (0/1 uint8; STEM_prob.zarr with --probabilities), chunk by chunk")
+        "written chunk by chunk as STEM.zarr, an OME-Zarr label image (0/1 uint8; uint32 ids "
+        "with --labels), and STEM_prob.zarr with --probabilities")
     big.add_argument("--zarr", action="store_true",
                      help="write zarr chunk by chunk for every input, not only large ones")
     big.add_argument("--resume", action="store_true",

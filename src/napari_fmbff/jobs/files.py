@@ -320,5 +320,5 @@ def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
         foreground = yield from iter_segment_chunked(
             segmenter, image, zarr.open_array(outputs.mask_store, mode="r+"), prob_out,
             chunk, post.threshold, skip=outputs.is_done, after=outputs.mark_done)
-        outputs.finish()
+        outputs.finish(result_provenance(segmenter, post, job.source))
     return foreground
