@@ -66,7 +66,7 @@ def test_metadata_extras_and_licence():
     assert any("distributed" in d for d in project["optional-dependencies"]["cluster"])
     for unused in ("superqt", "npe2"):
         assert not any(d.startswith(unused) for d in project["dependencies"])
-    for used in ("torchvision", "psygnal", "scipy", "matplotlib"):
+    for used in ("torchvision", "psygnal", "scipy", "matplotlib", "pillow", "pydicom", "nibabel"):
         assert any(d.startswith(used) for d in project["dependencies"]), used
     assert meta["build-system"]["requires"] == ["setuptools>=77"]
     assert project["license"] == "BSD-3-Clause" and project["license-files"] == ["LICENSE"]
