@@ -9,6 +9,7 @@ from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from .._sample_data import SAMPLE_TAG  # noqa: F401  (re-exported for the widgets)
+from ..inference.intensity import FIXED_RANGE, INTENSITY_CHOICES, MODEL_DEFAULT, widget_choice
 from ..model.registry import list_models
 
 BROWSE = "Browse..."
@@ -27,6 +28,38 @@ class _ModelEvents:
 
 
 model_events = _ModelEvents()
+
+
+#: The intensity fields' defaults (both widgets remember them under these names).
+INTENSITY_DEFAULTS = {"intensity": MODEL_DEFAULT, "intensity_low": 0.0, "intensity_high": 255.0}
+
+
+def add_intensity_fields(widget, defaults: dict, tooltip: str) -> None:
+    """``widget.intensity`` (the choice) and ``widget.intensity_low`` / ``_high`` (shown only
+    for a fixed range): the same field in Segment and Fine-tune."""
+    from magicgui.widgets import ComboBox, FloatSpinBox
+
+    widget.intensity = ComboBox(label="intensity", choices=list(INTENSITY_CHOICES),
+                                value=defaults["intensity"], tooltip=tooltip)
+    widget.intensity_low = FloatSpinBox(label="range low", min=-1e9, max=1e9, step=10,
+                                        value=defaults["intensity_low"])
+    widget.intensity_high = FloatSpinBox(label="range high", min=-1e9, max=1e9, step=10,
+                                         value=defaults["intensity_high"])
+
+    def show_range(_=None) -> None:
+        fixed = widget.intensity.value == FIXED_RANGE
+        widget.intensity_low.visible = widget.intensity_high.visible = fixed
+
+    widget.intensity.changed.connect(show_range)
+    show_range()
+
+
+def intensity_choice(widget, layer) -> dict:
+    """A widget's intensity fields as ``inference.intensity.intensity_setting`` keywords
+    (``layer``'s contrast limits for that choice); a ValueError says what is wrong."""
+    return widget_choice(widget.intensity.value,
+                         contrast_limits=getattr(layer, "contrast_limits", None),
+                         low=widget.intensity_low.value, high=widget.intensity_high.value)
 
 
 def model_choices(extra_paths: dict[str, Path]) -> list[str]:

@@ -20,7 +20,6 @@ from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..inference.intensity import FIXED_RANGE, INTENSITY_CHOICES, MODEL_DEFAULT, widget_choice
 from ..inference.segmenter import DEVICES
 from ..inference.stacks import (
     TRAIN_SLICES,
@@ -31,11 +30,14 @@ from ..inference.stacks import (
 )
 from ._common import (
     BROWSE,
+    INTENSITY_DEFAULTS,
     OUTPUT_TAG,
+    add_intensity_fields,
     displayed_plane,
     finest_level,
     image_layers,
     import_engine,
+    intensity_choice,
     model_choices,
     model_events,
     output_layer,
@@ -56,9 +58,7 @@ def finetune_widget_defaults() -> dict:
 
     return {
         "model": "starter",
-        "intensity": MODEL_DEFAULT,
-        "intensity_low": 0.0,
-        "intensity_high": 255.0,
+        **INTENSITY_DEFAULTS,
         "slices": SLICE_CHOICES[0],
         "epochs": d["epochs"],
         "lr": d["lr"],
@@ -120,15 +120,10 @@ class FineTuneWidget(Container):
             tooltip="Your corrected labels; by default Segment's output layer for this image")
         self.model = ComboBox(label="base model",
                               choices=lambda _w: [c for c in model_choices({}) if c != BROWSE])
-        self.intensity = ComboBox(
-            label="intensity", choices=list(INTENSITY_CHOICES), value=d["intensity"],
-            tooltip="How pixel values become network input while training; the new model "
-                    "stores it and Segment's 'model default' uses it again (choose the CT "
-                    "window you read these scans with)")
-        self.intensity_low = FloatSpinBox(label="range low", min=-1e9, max=1e9, step=10,
-                                          value=d["intensity_low"])
-        self.intensity_high = FloatSpinBox(label="range high", min=-1e9, max=1e9, step=10,
-                                           value=d["intensity_high"])
+        add_intensity_fields(
+            self, d, "How pixel values become network input while training; the new model "
+                     "stores it and Segment's 'model default' uses it again (choose the CT "
+                     "window you read these scans with)")
         self.slices = ComboBox(
             label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
             tooltip="'slices you corrected': in Segment's output layer, the slices where you "
@@ -174,8 +169,6 @@ class FineTuneWidget(Container):
         self.settings.load()
         self.settings.connect()
         self.restore_button.changed.connect(self.settings.restore_defaults)
-        self.intensity.changed.connect(self._show_range_fields)
-        self._show_range_fields()
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image_changed)
@@ -223,10 +216,6 @@ class FineTuneWidget(Container):
             self.labels_layer.value = output_layer(self._viewer, self.image.value, "labels")
         finally:
             self._following = False
-
-    def _show_range_fields(self, _=None) -> None:
-        fixed = self.intensity.value == FIXED_RANGE
-        self.intensity_low.visible = self.intensity_high.visible = fixed
 
     def _make_plot(self):
         """A live loss / validation-Dice plot (matplotlib's Qt canvas)."""
@@ -285,9 +274,7 @@ class FineTuneWidget(Container):
         try:
             images, masks = self._training_data()
             image = self.image.value
-            intensity = widget_choice(self.intensity.value,
-                                      contrast_limits=getattr(image, "contrast_limits", None),
-                                      low=self.intensity_low.value, high=self.intensity_high.value)
+            intensity = intensity_choice(self, image)
             data = finest_level(image)
             stack = data if len(spatial_shape(data.shape, image.rgb)) > 2 else None
             if self.model.value is None:

@@ -23,7 +23,6 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..inference.intensity import FIXED_RANGE, INTENSITY_CHOICES, MODEL_DEFAULT, widget_choice
 from ..inference.postprocess import label_volume, labels_from_proba
 from ..inference.segmenter import DEFAULT_TILE_SIZE, DEVICES, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
@@ -32,13 +31,16 @@ from ..model.registry import MODELS_DIR_ENV, models_dir
 from ._common import (
     BROWSE,
     IMAGE_TAG,
+    INTENSITY_DEFAULTS,
     OUTPUT_TAG,
     SAMPLE_TAG,
+    add_intensity_fields,
     displayed_plane,
     finest_level,
     geometry_of,
     image_layers,
     import_engine,
+    intensity_choice,
     model_choices,
     model_events,
     output_layer,
@@ -60,9 +62,7 @@ SEGMENT_SHORTCUT = "Shift-S"
 _RUN = SegmentSettings.defaults()
 SEGMENT_DEFAULTS = {
     "model": "starter",
-    "intensity": MODEL_DEFAULT,
-    "intensity_low": 0.0,
-    "intensity_high": 255.0,
+    **INTENSITY_DEFAULTS,
     "device": _RUN["device"],
     "threshold": 0.5,
     "tile_size": _RUN["tile_size"] or DEFAULT_TILE_SIZE,
@@ -124,16 +124,11 @@ class SegmentWidget(Container):
                               tooltip=f"Models in {models_dir()} and bundled ones; "
                                       "Browse... picks a .safetensors file")
         self.model_card = Label(label="trained on", value="")
-        self.intensity = ComboBox(
-            label="intensity", choices=list(INTENSITY_CHOICES), value=d["intensity"],
-            tooltip="How pixel values become network input: the model's own setting (a "
-                    "fine-tuned model remembers the one it was trained with), the layer's "
-                    "contrast limits, a CT window (HU), one range for the whole stack, each "
-                    "slice's own, or a fixed range")
-        self.intensity_low = FloatSpinBox(label="range low", min=-1e9, max=1e9, step=10,
-                                          value=d["intensity_low"])
-        self.intensity_high = FloatSpinBox(label="range high", min=-1e9, max=1e9, step=10,
-                                           value=d["intensity_high"])
+        add_intensity_fields(
+            self, d, "How pixel values become network input: the model's own setting (a "
+                     "fine-tuned model remembers the one it was trained with), the layer's "
+                     "contrast limits, a CT window (HU), one range for the whole stack, each "
+                     "slice's own, or a fixed range")
         self.device = ComboBox(label="device", choices=list(DEVICES),
                                value=d["device"])
         self.device_used = Label(label="device in use", value="(not run yet)")
@@ -211,8 +206,6 @@ class SegmentWidget(Container):
         self._show_card()
         for w in (self.threshold, self.min_size, self.fill_holes, self.split, self.objects_3d):
             w.changed.connect(self._rethreshold)
-        self.intensity.changed.connect(self._show_range_fields)
-        self._show_range_fields()
         layers = self._viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
             event.connect(self._refresh_layers)
@@ -226,16 +219,6 @@ class SegmentWidget(Container):
         self._follow_active()
 
     # ---- settings ------------------------------------------------------------------------
-
-    def _show_range_fields(self, _=None) -> None:
-        fixed = self.intensity.value == FIXED_RANGE
-        self.intensity_low.visible = self.intensity_high.visible = fixed
-
-    def intensity_choice(self, layer) -> dict:
-        """The "intensity" field as ``inference.intensity.intensity_setting`` keywords."""
-        return widget_choice(self.intensity.value,
-                             contrast_limits=getattr(layer, "contrast_limits", None),
-                             low=self.intensity_low.value, high=self.intensity_high.value)
 
     def restore_defaults(self, _=None) -> None:
         """Every remembered field back to SEGMENT_DEFAULTS (the models folder stays)."""
@@ -377,7 +360,7 @@ class SegmentWidget(Container):
                        overlap=self.overlap.value, batch_size=self.batch_size.value,
                        tta=self.tta.value)
         try:
-            intensity = self.intensity_choice(layer)
+            intensity = intensity_choice(self, layer)
         except ValueError as err:
             show_error(f"napari-fmbff: intensity: {err}")
             return None

@@ -27,13 +27,7 @@ def labels_from_proba(prob: np.ndarray, threshold: float = 0.5, min_size: int = 
     mask = np.asarray(prob) >= threshold
     if fill_holes:
         mask = ndi.binary_fill_holes(mask)
-    labels, n = ndi.label(mask)
-    if min_size > 0 and n:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels[small[labels]] = 0
-        labels, n = ndi.label(labels > 0)
+    labels = _without_small(*ndi.label(mask), min_size)
     if not split:
         labels = (labels > 0).astype(np.int32)
     return labels.astype(np.int32, copy=False)
@@ -46,14 +40,21 @@ def label_volume(mask: np.ndarray, min_size: int = 0, split: bool = True) -> np.
     ``min_size`` in voxels; ``split=False`` gives a 0/1 mask. uint32 labels."""
     from scipy import ndimage as ndi
 
-    labels, n = ndi.label(np.asarray(mask) > 0)
-    if min_size > 0 and n:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels[small[labels]] = 0
-        labels, n = ndi.label(labels > 0)
+    labels = _without_small(*ndi.label(np.asarray(mask) > 0), min_size)
     return labels.astype(np.uint32) if split else (labels > 0).astype(np.uint8)
+
+
+def _without_small(labels: np.ndarray, n: int, min_size: int) -> np.ndarray:
+    """Connected-component labels without the objects under ``min_size`` pixels / voxels,
+    numbered again 1.. (the same connectivity as the labelling)."""
+    from scipy import ndimage as ndi
+
+    if min_size <= 0 or not n:
+        return labels
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    labels[small[labels]] = 0
+    return ndi.label(labels > 0)[0]
 
 
 def _region(c: Chunk, shape) -> tuple:
