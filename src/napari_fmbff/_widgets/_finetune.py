@@ -122,8 +122,7 @@ class FineTuneWidget(Container):
                               choices=lambda _w: [c for c in model_choices({}) if c != BROWSE])
         add_intensity_fields(
             self, d, "How pixel values become network input while training; the new model "
-                     "stores it and Segment's 'model default' uses it again (choose the CT "
-                     "window you read these scans with)")
+                     "stores it and Segment's 'model default' uses it again")
         self.slices = ComboBox(
             label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
             tooltip="'slices you corrected': in Segment's output layer, the slices where you "
