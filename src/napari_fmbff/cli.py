@@ -71,6 +71,15 @@ def _add_intensity_args(p) -> None:
                         "or one range for the whole stack / volume")
 
 
+def _check_intensity(args) -> None:
+    """A bad --window / --normalize is said in one line before any work (the model's own
+    setting is not needed to tell)."""
+    from .inference.intensity import intensity_setting
+    from .model.normalization import Normalization
+
+    intensity_setting(Normalization(), args.window, args.normalize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmbff", description="FM-BFF-Net lesion segmentation from the command line.")
@@ -303,6 +312,7 @@ def cmd_segment(args) -> int:
     from .jobs.files import FileJob, Postprocess, SegmenterSpec
     from .model.registry import resolve_model_path
 
+    _check_intensity(args)
     volumes = [item for item in args.inputs if is_medical(item)]
     if volumes:
         _segment_volumes(args, volumes)
@@ -338,10 +348,6 @@ def cmd_segment(args) -> int:
     from .inference.segmenter import resolve_device
 
     resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
-    from .inference.intensity import intensity_setting
-    from .model.normalization import Normalization
-
-    intensity_setting(Normalization(), args.window, args.normalize)  # said before any work
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run,
                          window=args.window, normalize=args.normalize)
     # What a resumed large job must share with the run that started it.
@@ -372,11 +378,8 @@ def _segment_volumes(args, volumes) -> None:
     """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
     from tqdm import tqdm
 
-    from .inference.intensity import intensity_setting
     from .jobs.volumes import segment_volume
-    from .model.normalization import Normalization
 
-    intensity_setting(Normalization(), args.window, args.normalize)  # said before the model loads
     run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
     name = _model_name(args.model)
     model = _load(name)
@@ -512,7 +515,7 @@ def _train(args, ddp) -> int:
     from .inference.intensity import intensity_setting
     from .model import FMBFFNet, ModelConfig
     from .model.checkpoint import load_model
-    from .model.normalization import Normalization, default_normalization
+    from .model.normalization import default_normalization
     from .training.loop import TrainConfig, finetune_config, make_items
     from .training.reports import check_history_free
     from .training.run import score_summary, train_and_save
@@ -528,7 +531,7 @@ def _train(args, ddp) -> int:
         raise CliError(f"--out must end in .safetensors, got {out.name}")
     refuse_existing(out, args.overwrite, "choose another name or pass --overwrite")
     check_history_free(out, args.overwrite or args.resume)
-    intensity_setting(Normalization(), args.window, args.normalize)  # said before any work
+    _check_intensity(args)
     out.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch resume file goes there too
     found = find_pairs(args.data)
     say(found.describe())
@@ -687,10 +690,10 @@ def cmd_evaluate(args) -> int:
     from .inference.intensity import intensity_setting
     from .inference.segmenter import Segmenter
     from .jobs.files import as_2d
-    from .model.normalization import Normalization, default_normalization
+    from .model.normalization import default_normalization
     from .training.evaluation import evaluate, evaluate_volumes, format_table
 
-    intensity_setting(Normalization(), args.window, args.normalize)  # said before any work
+    _check_intensity(args)
     if args.csv:  # before the evaluation, not after it
         if Path(args.csv).is_dir():
             raise CliError(f"--csv {args.csv} is a folder; give a file name ending in .csv")
