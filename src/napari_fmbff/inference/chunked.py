@@ -116,7 +116,7 @@ def stack_range(normalization, image):
     import itertools
     import math
 
-    from ..model.normalization import PERCENTILE_SAMPLE_PIXELS, STACK_SAMPLE_PLANES
+    from ..model.normalization import PERCENTILE_SAMPLE_PIXELS, STACK_SAMPLE_PLANES, subsample
 
     stack = spatial_shape_of(image)[:-2]
     if not stack:
@@ -124,36 +124,10 @@ def stack_range(normalization, image):
     planes = list(itertools.product(*(range(n) for n in stack)))
     picks = planes[::max(1, math.ceil(len(planes) / STACK_SAMPLE_PLANES))]
     budget = max(1, PERCENTILE_SAMPLE_PIXELS // len(picks))
-    samples = [_plane_sample(image[p], budget) for p in picks]
+    samples = [subsample(image[p], budget) for p in picks]
     # (pixels, 1[, channels]): one 2D "image" of every sampled pixel, channels kept together.
     pooled = np.concatenate([s.reshape(-1, 1, *s.shape[2:]) for s in samples])
     return normalization.intensity_range(pooled)
-
-
-#: Planes too large to read whole are sampled in blocks of this edge (only their zarr chunks
-#: are decoded), as ``Normalization.intensity_range`` does.
-SAMPLE_BLOCK = 256
-
-
-def _plane_sample(plane, pixels: int) -> np.ndarray:
-    """At most about ``pixels`` pixels of a lazy 2D plane (Y, X[, C]): all of them, a strided
-    grid, or seeded random blocks where a strided grid would decode the whole of a large
-    plane."""
-    import math
-
-    h, w = plane.shape[:2]
-    if h * w <= pixels:
-        return np.asarray(plane[:, :])
-    edge = max(1, min(SAMPLE_BLOCK, math.isqrt(pixels)))
-    if h * w <= 16 * pixels or min(h, w) < edge:
-        step = math.ceil(math.sqrt(h * w / pixels))
-        return np.asarray(plane[::step, ::step])
-    rows, cols = h // edge, w // edge
-    n = max(1, min(rows * cols, pixels // edge**2))
-    picks = np.random.default_rng(0).choice(rows * cols, size=n, replace=False)
-    blocks = [np.asarray(plane[r * edge:(r + 1) * edge, c * edge:(c + 1) * edge])
-              for r, c in (divmod(int(k), cols) for k in sorted(picks))]
-    return np.concatenate([b.reshape(-1, 1, *b.shape[2:]) for b in blocks])
 
 
 def intensity_ranges(normalization, image):

@@ -117,7 +117,7 @@ class Normalization:
             return 0.0, 255.0
         if dtype == bool:
             return 0.0, 1.0
-        sample = np.asarray(_subsample(image), dtype=np.float64)
+        sample = np.asarray(subsample(image), dtype=np.float64)
         finite = sample[np.isfinite(sample)]
         if finite.size == 0:
             raise ValueError("the image has no finite values (all NaN or inf)")
@@ -167,21 +167,25 @@ def torch_ready(array: np.ndarray) -> np.ndarray:
 SAMPLE_BLOCK = 256
 
 
-def _subsample(image):
+def subsample(image, pixels: int | None = None) -> np.ndarray:
+    """About ``pixels`` (default ``PERCENTILE_SAMPLE_PIXELS``) pixels of a 2D image (Y, X[, C]) to take percentiles from: a strided
+    grid (all of it when it is small), or, for a large lazy image (zarr, dask), seeded random
+    blocks of up to ``SAMPLE_BLOCK`` px, so only the chunks under them are decoded. Blocks come
+    back as one (N, 1[, C]) image."""
+    pixels = PERCENTILE_SAMPLE_PIXELS if pixels is None else pixels
     h, w = image.shape[:2]
-    if (isinstance(image, np.ndarray) or h * w <= 4 * PERCENTILE_SAMPLE_PIXELS
-            or min(h, w) < SAMPLE_BLOCK):
-        step = max(1, math.ceil(math.sqrt(h * w / PERCENTILE_SAMPLE_PIXELS)))
-        return image[::step, ::step]
+    edge = max(1, min(SAMPLE_BLOCK, math.isqrt(pixels)))
+    if isinstance(image, np.ndarray) or h * w <= 4 * pixels or min(h, w) < edge:
+        step = max(1, math.ceil(math.sqrt(h * w / pixels)))
+        return np.asarray(image[::step, ::step])
     # Seeded, so every process (a CLI run, each dask worker) computes the same range.
     rng = np.random.default_rng(0)
-    rows, cols = h // SAMPLE_BLOCK, w // SAMPLE_BLOCK
-    n = min(rows * cols, PERCENTILE_SAMPLE_PIXELS // SAMPLE_BLOCK**2)
+    rows, cols = h // edge, w // edge
+    n = max(1, min(rows * cols, pixels // edge**2))
     picks = rng.choice(rows * cols, size=n, replace=False)
-    blocks = [np.asarray(image[r * SAMPLE_BLOCK:(r + 1) * SAMPLE_BLOCK,
-                               c * SAMPLE_BLOCK:(c + 1) * SAMPLE_BLOCK])
+    blocks = [np.asarray(image[r * edge:(r + 1) * edge, c * edge:(c + 1) * edge])
               for r, c in (divmod(int(k), cols) for k in sorted(picks))]
-    return np.concatenate([b.reshape(-1, *b.shape[2:]) for b in blocks])
+    return np.concatenate([b.reshape(-1, 1, *b.shape[2:]) for b in blocks])
 
 
 def as_three_channels(tile: np.ndarray) -> np.ndarray:
