@@ -214,6 +214,9 @@ class AxesView:
         self.ndim = len(self.shape)
         #: Physical size per axis name where the file says it (OME-Zarr), else None.
         self.pixel_size: dict[str, float] | None = None
+        #: An OME-Zarr image's physical offset and unit per axis name
+        #: ({"offset": {...}, "units": {...}}), else None.
+        self.ome: dict | None = None
 
     @property
     def scale(self) -> tuple[float, ...] | None:
@@ -232,7 +235,7 @@ class AxesView:
                                  "before the row and column slices")
             plane = AxesView(self.array, self.axes, self.source,
                              {**self.fixed, **{a: int(k) for a, k in zip(self.free, key)}})
-            plane.pixel_size = self.pixel_size
+            plane.pixel_size, plane.ome = self.pixel_size, self.ome
             return plane[key[n_int:]] if key[n_int:] else plane
         if self.free:
             raise IndexError(f"pick a plane first: the stack axes are {''.join(self.free)}")
@@ -264,7 +267,7 @@ def open_large(path) -> AxesView:
     try:
         if is_zarr(path):
             node = zarr.open(str(path), mode="r")
-            axes, scale = None, None
+            axes, geometry = None, None
             if not hasattr(node, "shape"):  # a group: OME-Zarr multiscales, or one array "0"
                 attrs = dict(node.attrs)
                 multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
@@ -272,7 +275,7 @@ def open_large(path) -> AxesView:
                     level0 = multiscales[0]["datasets"][0]["path"]
                     axes = "".join(a["name"] if isinstance(a, dict) else a
                                    for a in multiscales[0].get("axes", []))
-                    scale = _ome_scale(multiscales[0], axes)
+                    geometry = _ome_geometry(multiscales[0], axes)
                     node = node[level0]
                 elif "0" in node:
                     node = node["0"]
@@ -280,7 +283,9 @@ def open_large(path) -> AxesView:
                     raise ValueError("a zarr group without OME-Zarr 'multiscales' metadata or "
                                      "an array named '0'")
             view = AxesView(node, axes or _guess_axes(node.shape), source)
-            view.pixel_size = scale
+            if geometry is not None:
+                view.pixel_size = geometry.pop("pixel_size")
+                view.ome = geometry
             return view
         import tifffile
 
@@ -296,18 +301,27 @@ def open_large(path) -> AxesView:
                          f"({type(err).__name__}: {err})") from err
 
 
-def _ome_scale(multiscale: dict, axes: str) -> dict[str, float] | None:
-    """Pixel size per axis of the full-resolution level, from OME-NGFF coordinateTransformations."""
+def _ome_geometry(multiscale: dict, axes: str) -> dict | None:
+    """From OME-NGFF metadata, per axis name of the full-resolution level: ``pixel_size``
+    (None when every scale is 1), ``offset`` (the translations, after the scales they follow:
+    the dataset's transformations, then the image-wide ones) and ``units``. None when the
+    transformations cannot be read."""
     try:
-        sizes = [1.0] * len(axes)
+        n = len(axes)
+        sizes, offset = [1.0] * n, [0.0] * n
         for level in (multiscale["datasets"][0], multiscale):
             for t in level.get("coordinateTransformations", []):
                 if t.get("type") == "scale":
-                    sizes = [a * b for a, b in zip(sizes, t["scale"])]
-        if sizes == [1.0] * len(axes):
-            return None
-        return {a: float(n) for a, n in zip(axes.lower(), sizes)}
-    except (KeyError, TypeError, ValueError):
+                    sizes = [a * float(b) for a, b in zip(sizes, t["scale"])]
+                    offset = [o * float(b) for o, b in zip(offset, t["scale"])]
+                elif t.get("type") == "translation":
+                    offset = [o + float(v) for o, v in zip(offset, t["translation"])]
+        names = axes.lower()
+        units = {a: d.get("unit") for a, d in zip(names, multiscale.get("axes", []))
+                 if isinstance(d, dict)}
+        return {"pixel_size": None if sizes == [1.0] * n else dict(zip(names, sizes)),
+                "offset": dict(zip(names, offset)), "units": units}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
 
 

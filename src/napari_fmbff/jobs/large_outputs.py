@@ -248,13 +248,13 @@ def ngff_geometry(source, shape, scale=None) -> dict:
     TIFF's axes, or guessed), units and translation from an OME-Zarr input's metadata,
     ``scale`` where given (else the input's, else 1 per pixel)."""
     ndim = len(shape)
-    names, meta = None, {}
+    names, meta = None, {}  # meta: an OME-Zarr input's offsets and units (AxesView.ome)
     try:
         from ..data.image_io import open_large
 
         view = open_large(source)
         names = view.free + ["y", "x"]
-        meta = _ngff_source(source)
+        meta = view.ome or {}
         if scale is None:
             scale = view.scale
     except (ValueError, OSError):  # not a lazily readable input (e.g. a PNG made zarr)
@@ -272,43 +272,11 @@ def ngff_geometry(source, shape, scale=None) -> dict:
             axis["unit"] = unit
         axes.append(axis)
     scale = [float(v) for v in scale] if scale is not None and len(scale) == ndim else [1.0] * ndim
-    offsets = meta.get("translation", {})
+    offsets = meta.get("offset", {})
     translation = [float(offsets.get(name, 0.0)) for name in names]
     return {"axes": axes, "scale": scale,
             "translation": translation if any(translation) else None,
-            "source_is_image": meta.get("image", False)}
-
-
-def _ngff_source(source) -> dict:
-    """Units and physical offset per axis name of an OME-Zarr input (``multiscales[0]``, its
-    full-resolution dataset's transformations, then the image-wide ones); {} otherwise."""
-    import zarr
-
-    from ..data.image_io import is_zarr
-
-    if not is_zarr(source):
-        return {}
-    node = zarr.open(str(source), mode="r")
-    attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if hasattr(node, "shape") or not multiscales:
-        return {}
-    try:
-        ms = multiscales[0]
-        names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
-        units = {n.lower(): a.get("unit") for n, a in zip(names, ms.get("axes", []))
-                 if isinstance(a, dict)}
-        offset = [0.0] * len(names)
-        for level in (ms["datasets"][0], ms):
-            for t in level.get("coordinateTransformations", []):
-                if t.get("type") == "scale":
-                    offset = [o * float(s) for o, s in zip(offset, t["scale"])]
-                elif t.get("type") == "translation":
-                    offset = [o + float(v) for o, v in zip(offset, t["translation"])]
-        return {"units": units, "image": True,
-                "translation": {n.lower(): o for n, o in zip(names, offset)}}
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        return {}
+            "source_is_image": bool(meta)}
 
 
 def ngff_metadata(geometry: dict, target, kind: str, source) -> dict:
