@@ -30,10 +30,24 @@ _PROPOSALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def proposal_of(layer) -> Proposal:
     """The one Proposal of an output layer (made on first use; shared by every widget)."""
+    layer = unproxied(layer)
     found = _PROPOSALS.get(layer)
     if found is None or found.edited.shape != tuple(layer.data.shape):
         found = _PROPOSALS[layer] = Proposal(layer)
     return found
+
+
+def unproxied(layer):
+    """The layer itself, not napari's proxy of it.
+
+    A widget docked through napari's plugin menu gets a proxy of the viewer, and every layer
+    reached through it is a new proxy object each time (equal and of equal hash to the layer).
+    Records keyed by, or weakly referring to, such a proxy vanish as soon as that proxy is
+    freed: the user's painted pixels were forgotten between two Segment runs that way.
+    """
+    while hasattr(layer, "__wrapped__"):
+        layer = layer.__wrapped__
+    return layer
 
 
 def protect(proposed: np.ndarray, suppressed: np.ndarray, region: np.ndarray | None) -> np.ndarray:
