@@ -150,9 +150,37 @@ def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: 
 def read_dicom_series(path) -> Volume:
     """Every slice of the series in a folder (or of the series a given file belongs to),
     sorted along the slice normal by ImagePositionPatient, in Hounsfield units for CT."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    slices, uid = _series_headers(path)
+    first = slices[0][1]
+    rows, cols = _orientation(first)
+    normal = np.cross(rows, cols)
+    positions = [np.asarray(ds.get("ImagePositionPatient", (0, 0, 0)), float) for _, ds in slices]
+    order = np.argsort([float(pos @ normal) for pos in positions], kind="stable")
+    slices = [slices[i] for i in order]
+    positions = [positions[i] for i in order]
+    data = _series_pixels([p for p, _ in slices], folder)
+    heights = [float(pos @ normal) for pos in positions]
+    spacing = _series_spacing(first, heights)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * spacing[0]   # z index along the slice normal
+    affine[:3, 1] = cols * spacing[1]     # y index (rows of the image) along the column direction
+    affine[:3, 2] = rows * spacing[2]     # x index along the row direction
+    affine[:3, 3] = positions[0]
+    modality = str(first.get("Modality", ""))
+    meta = {"format": "dicom", "modality": modality,
+            "series_description": str(first.get("SeriesDescription", "")),
+            "series_uid": str(uid), "n_slices": len(slices), "slice_positions_mm": heights,
+            "units": "HU" if modality == "CT" else ""}
+    return Volume(data, spacing, affine, str(folder), meta)
+
+
+def _series_headers(path: Path) -> tuple[list, str]:
+    """(file, header) of every image slice of the wanted series, and its Series UID: the
+    series of the given file, or the only series of the given folder."""
     import pydicom
 
-    path = Path(path)
     folder, wanted = (path, None) if path.is_dir() else (path.parent, path)
     slices = []
     for p in sorted(folder.iterdir()):
@@ -174,16 +202,16 @@ def read_dicom_series(path) -> Volume:
             raise ValueError(f"{folder}: holds {len(uids)} DICOM series; open one file of the "
                              "series you want, or give each series its own folder")
         uid = uids.pop()
-    slices = [(p, ds) for p, ds in slices if ds.get("SeriesInstanceUID") == uid]
-    first = slices[0][1]
-    rows, cols = _orientation(first)
-    normal = np.cross(rows, cols)
-    positions = [np.asarray(ds.get("ImagePositionPatient", (0, 0, 0)), float) for _, ds in slices]
-    order = np.argsort([float(pos @ normal) for pos in positions], kind="stable")
-    slices = [slices[i] for i in order]
-    positions = [positions[i] for i in order]
+    return [(p, ds) for p, ds in slices if ds.get("SeriesInstanceUID") == uid], uid
+
+
+def _series_pixels(files: list, folder) -> np.ndarray:
+    """The slices' pixels stacked in the given order, rescaled (HU for CT); whole numbers in
+    the int16 range are stored as int16."""
+    import pydicom
+
     planes = []
-    for p, _ in slices:
+    for p in files:
         ds = pydicom.dcmread(str(p))
         try:
             pixels = ds.pixel_array
@@ -200,23 +228,19 @@ def read_dicom_series(path) -> Volume:
     if data.dtype.kind == "f" and np.all(np.mod(data, 1) == 0) and \
             data.min() >= -32768 and data.max() <= 32767:
         data = data.astype(np.int16)  # Hounsfield units are whole numbers
+    return data
+
+
+def _series_spacing(first, heights: list[float]) -> tuple[float, float, float]:
+    """(dz, dy, dx) in mm: dz from the sorted slice positions along the normal (the slice
+    thickness when they are not strictly increasing, or for a single slice)."""
     dy, dx = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
-    if len(positions) > 1:
-        steps = np.diff([float(pos @ normal) for pos in positions])
+    if len(heights) > 1:
+        steps = np.diff(heights)
         dz = float(np.median(steps)) if np.all(steps > 0) else float(first.get("SliceThickness", 1))
     else:
         dz = float(first.get("SliceThickness", 1.0) or 1.0)
-    affine = np.eye(4)
-    affine[:3, 0] = normal * dz      # z index along the slice normal
-    affine[:3, 1] = cols * dy        # y index (rows of the image) along the column direction
-    affine[:3, 2] = rows * dx        # x index along the row direction
-    affine[:3, 3] = positions[0]
-    meta = {"format": "dicom", "modality": str(first.get("Modality", "")),
-            "series_description": str(first.get("SeriesDescription", "")),
-            "series_uid": str(uid), "n_slices": len(slices),
-            "slice_positions_mm": [float(pos @ normal) for pos in positions],
-            "units": "HU" if str(first.get("Modality", "")) == "CT" else ""}
-    return Volume(data, (dz, dy, dx), affine, str(folder), meta)
+    return dz, dy, dx
 
 
 def series_name(volume: Volume) -> str:
