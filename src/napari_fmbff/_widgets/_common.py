@@ -88,13 +88,21 @@ def output_layer(viewer, image, kind: str = "labels", layer_type=Labels, shape=N
     return None
 
 
-def wrap(label) -> None:
-    """Let a status Label wrap its text instead of widening the dock."""
+def on_layers_changed(viewer, callback) -> None:
+    """Call ``callback`` when a layer is added to, removed from or moved in ``viewer``."""
+    layers = viewer.layers
+    for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
+        event.connect(callback)
+
+
+def wrap(label):
+    """Let a status Label wrap its text instead of widening the dock; returns ``label``."""
     from qtpy.QtWidgets import QSizePolicy
 
     label.native.setWordWrap(True)
     label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     label.native.setMinimumWidth(0)
+    return label
 
 
 def say_now(label, text: str) -> None:

@@ -40,12 +40,14 @@ from ._common import (
     intensity_choice,
     model_choices,
     model_events,
+    on_layers_changed,
     output_layer,
     tab_with_our_other_dock,
     wrap,
 )
 from ._proposal import proposal_of
-from ._settings import PersistedSettings, apply_saved_models_folder
+from ._settings import apply_saved_models_folder, remember_fields
+from ._tooltips import tooltip
 
 #: Which slices Fine-tune learns from; the first is the default.
 SLICE_CHOICES = ("slices you corrected",) + TRAIN_SLICES
@@ -98,6 +100,16 @@ def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threadi
                "intensity": setting.describe()}))
 
 
+#: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections);
+#: the live training plot comes below them.
+FINETUNE_LAYOUT = (
+    "image", "labels_layer", "model", "intensity", "intensity_low", "intensity_high",
+    "slices", "epochs", "lr", "freeze_encoder", "val_fraction", "tile_size", "batch_size",
+    "device", "new_name", "keep_on_cancel", "run_button", "cancel_button", "progress",
+    "status", "restore_button",
+)
+
+
 class FineTuneWidget(Container):
     """Fine-tune a model on an image and its corrected Labels layer."""
 
@@ -112,21 +124,38 @@ class FineTuneWidget(Container):
         self._following = False
         self.history: list[dict] = []
         self.last_outcome = None
+        self._create_data_section()
+        add_intensity_fields(self, d, tooltip("finetune", "intensity"))
+        self._create_training_section(d)
+        self._create_output_section(d)
+        self._create_run_controls_section()
+        self._create_settings_section()
+        super().__init__(widgets=[getattr(self, name) for name in FINETUNE_LAYOUT])
+        self._canvas, self._axes = self._make_plot()
+        if self._canvas is not None:
+            self.native.layout().addWidget(self._canvas)
+        self.settings = remember_fields(self, "finetune", d)
+        self._connect()
+        tab_with_our_other_dock(self)
+        self._follow_output()
+
+    # ---- sections of the dock ------------------------------------------------------------
+
+    def _create_data_section(self) -> None:
+        """The image, its corrected labels and the model to start from."""
         self.image = ComboBox(label="image", choices=lambda _w: image_layers(self._viewer))
         self.labels_layer = ComboBox(
             label="labels (corrected)", nullable=True, value=None,
             choices=lambda _w: [(layer.name, layer) for layer in self._viewer.layers
                                 if isinstance(layer, Labels)],
-            tooltip="Your corrected labels; by default Segment's output layer for this image")
+            tooltip=tooltip("finetune", "labels_layer"))
         self.model = ComboBox(label="base model",
                               choices=lambda _w: [c for c in model_choices({}) if c != BROWSE])
-        add_intensity_fields(
-            self, d, "How pixel values become network input while training; the new model "
-                     "stores it and Segment's 'model default' uses it again")
-        self.slices = ComboBox(
-            label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
-            tooltip="'slices you corrected': in Segment's output layer, the slices where you "
-                    "painted, filled or erased (in another Labels layer: slices with labels)")
+
+    def _create_training_section(self, d: dict) -> None:
+        """Which slices are learnt from and how: epochs, learning rate, validation, device."""
+        self.slices = ComboBox(label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
+                               tooltip=tooltip("finetune", "slices"))
         self.epochs = SpinBox(label="epochs", min=1, max=1000, value=d["epochs"])
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1e-1, step=1e-5,
                                value=d["lr"])
@@ -134,52 +163,42 @@ class FineTuneWidget(Container):
         self.freeze_encoder = CheckBox(text="freeze encoder", value=d["freeze_encoder"])
         self.val_fraction = FloatSpinBox(
             label="validation fraction", min=0.05, max=0.5, step=0.05, value=d["val_fraction"],
-            tooltip="Held-out share of whole slices; with too few slices nothing is held out "
-                    "and every correction is trained on")
+            tooltip=tooltip("finetune", "val_fraction"))
         self.tile_size = SpinBox(label="tile size", min=64, max=1024, step=32,
                                  value=d["tile_size"])
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
-        self.device = ComboBox(label="device", choices=list(DEVICES),
-                               value=d["device"])
+        self.device = ComboBox(label="device", choices=list(DEVICES), value=d["device"])
+
+    def _create_output_section(self, d: dict) -> None:
+        """The new model's name and what Cancel keeps."""
         self.new_name = LineEdit(label="new model name", value=d["new_name"])
         self.keep_on_cancel = CheckBox(text="on Cancel, keep the best model so far",
                                        value=d["keep_on_cancel"])
+
+    def _create_run_controls_section(self) -> None:
+        """Fine-tune, Cancel, the progress bar and the status line."""
         self.run_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
-        self.status = Label(value="")
+        self.status = wrap(Label(value=""))
+
+    def _create_settings_section(self) -> None:
+        """Restore defaults."""
         self.restore_button = PushButton(text="Restore defaults",
-                                         tooltip="Every setting above back to its default")
-        wrap(self.status)
-        super().__init__(widgets=[
-            self.image, self.labels_layer, self.model, self.intensity, self.intensity_low,
-            self.intensity_high, self.slices, self.epochs, self.lr,
-            self.freeze_encoder, self.val_fraction, self.tile_size, self.batch_size, self.device,
-            self.new_name, self.keep_on_cancel, self.run_button, self.cancel_button, self.progress,
-            self.status, self.restore_button,
-        ])
-        self._canvas, self._axes = self._make_plot()
-        if self._canvas is not None:
-            self.native.layout().addWidget(self._canvas)
-        if d["model"] in self.model.choices:
-            self.model.value = d["model"]
-        self.settings = PersistedSettings(
-            "finetune", {name: getattr(self, name) for name in d}, d)
-        self.settings.load()
-        self.settings.connect()
+                                         tooltip=tooltip("finetune", "restore_button"))
+
+    def _connect(self) -> None:
+        """Every signal the widget listens to: its own fields, the viewer's layers, the
+        models (saved or a new folder, from any widget) and the dock closing."""
         self.restore_button.changed.connect(self.settings.restore_defaults)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image_changed)
         self.labels_layer.changed.connect(self._on_labels_changed)
-        layers = self._viewer.layers
-        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(self._refresh_layers)
+        on_layers_changed(self._viewer, self._refresh_layers)
         model_events.saved.connect(self._on_model_saved)
         model_events.folder_changed.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
-        tab_with_our_other_dock(self)
-        self._follow_output()
 
     # ---- the labels to learn from ----------------------------------------------------------
 

@@ -27,7 +27,7 @@ from ..inference.postprocess import label_volume, labels_from_proba
 from ..inference.segmenter import DEFAULT_TILE_SIZE, DEVICES, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
 from ..model.checkpoint import model_card
-from ..model.registry import MODELS_DIR_ENV, models_dir
+from ..model.registry import models_dir
 from ._common import (
     BROWSE,
     IMAGE_TAG,
@@ -43,12 +43,14 @@ from ._common import (
     intensity_choice,
     model_choices,
     model_events,
+    on_layers_changed,
     output_layer,
     tab_with_our_other_dock,
     wrap,
 )
 from ._proposal import proposal_of
-from ._settings import PersistedSettings, apply_saved_models_folder, set_models_folder
+from ._settings import apply_saved_models_folder, remember_fields, set_models_folder
+from ._tooltips import STARTER_NOTE, tooltip
 
 SCOPES = ("current slice", "whole stack")
 #: What a click on an object of the output layer does (in napari's pan/zoom mode).
@@ -106,93 +108,115 @@ def _segment_planes(model_ref, data, rgb, planes, options, intensity):
         yield ("progress", number, total, progress)
 
 
+#: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections).
+SEGMENT_LAYOUT = (
+    "image", "model", "model_card", "intensity", "intensity_low", "intensity_high",
+    "device", "device_used", "threshold", "tile_size", "overlap", "batch_size", "min_size",
+    "fill_holes", "split", "objects_3d", "add_probability", "tta", "new_layer", "scope",
+    "run_button", "cancel_button", "progress", "status",
+    "click_mode", "keep_button", "region_button", "edits",
+    "models_folder", "restore_button",
+)
+
+
 class SegmentWidget(Container):
     """Segment the selected image with an FM-BFF-Net model into a Labels layer."""
 
     def __init__(self, napari_viewer) -> None:
-        d = SEGMENT_DEFAULTS
         self._viewer = napari_viewer
         self._browsed: dict[str, Path] = {}
-        apply_saved_models_folder()
+        apply_saved_models_folder()  # before the model list is read
         self._worker = None
         self._closed = False
         self._result = None  # the last run: labels layer, probabilities, prob layer
         self._job = None  # the run in progress: its layer, settings and provenance
+        self._marked: dict = {}  # plane index -> mask of objects marked to keep
+        self._click_callback = _weak_callback(self, "_on_click")  # layers must not keep us
+        d = SEGMENT_DEFAULTS
+        self._create_model_section()
+        add_intensity_fields(self, d, tooltip("segment", "intensity"))
+        self._create_running_section(d)
+        self._create_postprocessing_section(d)
+        self._create_outputs_section(d)
+        self._create_run_controls_section()
+        self._create_corrections_section()
+        self._create_settings_section()
+        super().__init__(widgets=[getattr(self, name) for name in SEGMENT_LAYOUT])
+        self.settings = remember_fields(
+            self, "segment", d,
+            skip=lambda name, value: name == "model" and (value == BROWSE or value in self._browsed))
+        self._connect()
+        self._show_card()
+        self._watch_models_folder()
+        self._bind_shortcut()
+        tab_with_our_other_dock(self)
+        self._follow_active()
+
+    # ---- sections of the dock ------------------------------------------------------------
+
+    def _create_model_section(self) -> None:
+        """The image to segment, the model and what the model was trained on."""
         self.image = ComboBox(label="image", choices=lambda _w: image_layers(self._viewer),
-                              tooltip="Image layer to segment (follows the selected layer)")
+                              tooltip=tooltip("segment", "image"))
         self.model = ComboBox(label="model", choices=lambda _w: model_choices(self._browsed),
-                              tooltip=f"Models in {models_dir()} and bundled ones; "
-                                      "Browse... picks a .safetensors file")
-        self.model_card = Label(label="trained on", value="")
-        add_intensity_fields(
-            self, d, "How pixel values become network input: the model's own setting (a "
-                     "fine-tuned model remembers the one it was trained with), the layer's "
-                     "contrast limits, a CT window (HU), one range for the whole stack, each "
-                     "slice's own, or a fixed range")
-        self.device = ComboBox(label="device", choices=list(DEVICES),
-                               value=d["device"])
-        self.device_used = Label(label="device in use", value="(not run yet)")
-        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01,
-                                     value=d["threshold"],
-                                     tooltip="Changing it re-thresholds the last result at once")
+                              tooltip=tooltip("segment", "model", models_dir=models_dir()))
+        self.model_card = wrap(Label(label="trained on", value=""))
+
+    def _create_running_section(self, d: dict) -> None:
+        """How the network runs: device, tiles, batches, test-time augmentation, scope."""
+        self.device = ComboBox(label="device", choices=list(DEVICES), value=d["device"])
+        self.device_used = wrap(Label(label="device in use", value="(not run yet)"))
         self.tile_size = SpinBox(label="tile size", min=64, max=4096, step=32, value=d["tile_size"])
         self.overlap = FloatSpinBox(label="overlap", min=0.0, max=0.5, step=0.05,
                                     value=d["overlap"])
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=d["batch_size"])
+        self.tta = CheckBox(text="test-time augmentation (flips, 4x slower)", value=d["tta"])
+        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=d["scope"],
+                              tooltip=tooltip("segment", "scope"))
+
+    def _create_postprocessing_section(self, d: dict) -> None:
+        """Probabilities to labels; each of these re-thresholds the last result at once."""
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01,
+                                     value=d["threshold"], tooltip=tooltip("segment", "threshold"))
         self.min_size = SpinBox(label="min object size (px)", min=0, max=10**8,
                                 value=d["min_size"])
         self.fill_holes = CheckBox(text="fill holes", value=d["fill_holes"])
         self.split = CheckBox(text="split into separate objects", value=d["split"])
-        self.objects_3d = CheckBox(
-            text="objects across slices (3D ids)", value=d["objects_3d"],
-            tooltip="Stacks segmented whole: one lesion over several slices is one object "
-                    "(off: numbered slice by slice)")
+        self.objects_3d = CheckBox(text="objects across slices (3D ids)", value=d["objects_3d"],
+                                   tooltip=tooltip("segment", "objects_3d"))
+
+    def _create_outputs_section(self, d: dict) -> None:
+        """Which layers a run writes."""
         self.add_probability = CheckBox(text="also add the probability map",
                                         value=d["add_probability"])
-        self.tta = CheckBox(text="test-time augmentation (flips, 4x slower)", value=d["tta"])
         self.new_layer = CheckBox(text="new labels layer for each run", value=d["new_layer"])
-        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=d["scope"],
-                              tooltip="For stacks: the displayed slice only, or every slice")
-        self.models_folder = FileEdit(
-            label="models folder", mode="d", value=models_dir(),
-            tooltip="Where fine-tuned models are saved and looked for (remembered; the "
-                    f"{MODELS_DIR_ENV} environment variable, when set, is used instead)")
-        self.run_button = PushButton(
-            text="Segment", tooltip=f"Segment the image ({SEGMENT_SHORTCUT.replace('-', '+')} "
-                                    "on the canvas)")
+
+    def _create_run_controls_section(self) -> None:
+        """Segment, Cancel, the progress bar and the status line."""
+        self.run_button = PushButton(text="Segment", tooltip=tooltip(
+            "segment", "run_button", shortcut=SEGMENT_SHORTCUT.replace("-", "+")))
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
-        self.status = Label(value="")
-        self.click_mode = ComboBox(
-            label="click on an object", choices=list(CLICK_MODES), value=CLICK_MODES[0],
-            tooltip="Quick corrections in the output layer (pan/zoom mode): a click removes "
-                    "an object, or marks it to keep; each is one Ctrl-Z")
+        self.status = wrap(Label(value=""))
+
+    def _create_corrections_section(self) -> None:
+        """Quick corrections of the output layer: click to remove or keep, rectangles."""
+        self.click_mode = ComboBox(label="click on an object", choices=list(CLICK_MODES),
+                                   value=CLICK_MODES[0], tooltip=tooltip("segment", "click_mode"))
         self.keep_button = PushButton(text="Keep only marked objects")
         self.region_button = PushButton(text="Keep only inside rectangles")
-        self.edits = Label(value="")
+        self.edits = wrap(Label(value=""))
+
+    def _create_settings_section(self) -> None:
+        """The models folder and Restore defaults."""
+        self.models_folder = FileEdit(label="models folder", mode="d", value=models_dir(),
+                                      tooltip=tooltip("segment", "models_folder"))
         self.restore_button = PushButton(text="Restore defaults",
-                                         tooltip="Every setting above back to its default "
-                                                 "(the models folder stays)")
-        for label in (self.status, self.model_card, self.edits, self.device_used):
-            wrap(label)
-        super().__init__(widgets=[
-            self.image, self.model, self.model_card, self.intensity, self.intensity_low,
-            self.intensity_high, self.device, self.device_used,
-            self.threshold, self.tile_size, self.overlap, self.batch_size, self.min_size,
-            self.fill_holes, self.split, self.objects_3d, self.add_probability, self.tta, self.new_layer,
-            self.scope, self.run_button, self.cancel_button, self.progress, self.status,
-            self.click_mode, self.keep_button, self.region_button, self.edits,
-            self.models_folder, self.restore_button,
-        ])
-        self._marked: dict = {}  # plane index -> mask of objects marked to keep
-        self._click_callback = _weak_callback(self, "_on_click")  # layers must not keep us
-        if d["model"] in self.model.choices:
-            self.model.value = d["model"]
-        self.settings = PersistedSettings(
-            "segment", {name: getattr(self, name) for name in SEGMENT_DEFAULTS}, SEGMENT_DEFAULTS,
-            skip=lambda name, value: name == "model" and (value == BROWSE or value in self._browsed))
-        self.settings.load()
-        self.settings.connect()
+                                         tooltip=tooltip("segment", "restore_button"))
+
+    def _connect(self) -> None:
+        """Every signal the widget listens to: its own fields, the viewer's layers, the
+        models (saved or a new folder, from any widget) and the dock closing."""
         self.restore_button.changed.connect(self.restore_defaults)
         self.models_folder.changed.connect(self._on_models_folder)
         self.models_folder.line_edit.native.editingFinished.connect(
@@ -203,20 +227,13 @@ class SegmentWidget(Container):
         self.click_mode.changed.connect(self._on_click_mode)
         self.keep_button.changed.connect(self.keep_marked)
         self.region_button.changed.connect(self.restrict_to_rectangles)
-        self._show_card()
         for w in (self.threshold, self.min_size, self.fill_holes, self.split, self.objects_3d):
             w.changed.connect(self._rethreshold)
-        layers = self._viewer.layers
-        for event in (layers.events.inserted, layers.events.removed, layers.events.reordered):
-            event.connect(self._refresh_layers)
-        layers.selection.events.active.connect(self._follow_active)
+        on_layers_changed(self._viewer, self._refresh_layers)
+        self._viewer.layers.selection.events.active.connect(self._follow_active)
         model_events.saved.connect(self._on_model_saved)
         model_events.folder_changed.connect(self._on_folder_changed)
-        self._watch_models_folder()
-        self._bind_shortcut()
         self.native.destroyed.connect(self._on_destroyed)
-        tab_with_our_other_dock(self)
-        self._follow_active()
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -388,10 +405,7 @@ class SegmentWidget(Container):
         if _starter_warned or str(model_ref) != "starter" or layer.metadata.get(SAMPLE_TAG):
             return
         _starter_warned = True
-        show_info("napari-fmbff: 'starter' has never seen a patient (it was trained on "
-                  "procedural images only), so expect a poor first answer on real scans. "
-                  "Correct the result with the brush, then use Fine-tune: a few corrected "
-                  "slices make a model for your images.")
+        show_info(STARTER_NOTE)
 
     def _current_index(self, layer, data):
         """The displayed slice of a stack (None for 'whole stack' and 2D images)."""

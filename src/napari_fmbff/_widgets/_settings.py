@@ -136,5 +136,21 @@ class PersistedSettings:
         write_key(self.section, None)
 
 
+def remember_fields(widget, section: str, defaults: dict, skip=None) -> PersistedSettings:
+    """The fields of ``widget`` named in ``defaults``, remembered under ``section``.
+
+    The default model is selected when it is listed, the saved values are applied (call this
+    before connecting the widget's own handlers, so loading does not run them) and every
+    change is saved from then on.
+    """
+    if defaults["model"] in widget.model.choices:
+        widget.model.value = defaults["model"]
+    settings = PersistedSettings(section, {name: getattr(widget, name) for name in defaults},
+                                 defaults, skip)
+    settings.load()
+    settings.connect()
+    return settings
+
+
 def _choice_values(widget) -> list:
     return [c[1] if isinstance(c, tuple) else c for c in widget.choices]

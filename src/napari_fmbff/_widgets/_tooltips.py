@@ -1,0 +1,53 @@
+"""Every tooltip and longer help text of the dock widgets, in one place.
+
+Tooltips are kept per widget ("segment", "finetune"), by the name of the field they belong to
+(``SegmentWidget.threshold`` -> ``TOOLTIPS["segment"]["threshold"]``); ``tooltip`` fills the
+few that name something known only at run time (``{models_dir}``, ``{shortcut}``).
+"""
+
+from __future__ import annotations
+
+from ..model.registry import MODELS_DIR_ENV
+
+TOOLTIPS: dict[str, dict[str, str]] = {
+    "segment": {
+        "image": "Image layer to segment (follows the selected layer)",
+        "model": "Models in {models_dir} and bundled ones; Browse... picks a .safetensors file",
+        "intensity": "How pixel values become network input: the model's own setting (a "
+                     "fine-tuned model remembers the one it was trained with), the layer's "
+                     "contrast limits, a CT window (HU), one range for the whole stack, each "
+                     "slice's own, or a fixed range",
+        "threshold": "Changing it re-thresholds the last result at once",
+        "objects_3d": "Stacks segmented whole: one lesion over several slices is one object "
+                      "(off: numbered slice by slice)",
+        "scope": "For stacks: the displayed slice only, or every slice",
+        "run_button": "Segment the image ({shortcut} on the canvas)",
+        "click_mode": "Quick corrections in the output layer (pan/zoom mode): a click removes "
+                      "an object, or marks it to keep; each is one Ctrl-Z",
+        "models_folder": "Where fine-tuned models are saved and looked for (remembered; the "
+                         f"{MODELS_DIR_ENV} environment variable, when set, is used instead)",
+        "restore_button": "Every setting above back to its default (the models folder stays)",
+    },
+    "finetune": {
+        "labels_layer": "Your corrected labels; by default Segment's output layer for this image",
+        "intensity": "How pixel values become network input while training; the new model "
+                     "stores it and Segment's 'model default' uses it again",
+        "slices": "'slices you corrected': in Segment's output layer, the slices where you "
+                  "painted, filled or erased (in another Labels layer: slices with labels)",
+        "val_fraction": "Held-out share of whole slices; with too few slices nothing is held "
+                        "out and every correction is trained on",
+        "restore_button": "Every setting above back to its default",
+    },
+}
+
+#: Said once per session when the bundled starter model segments a real (non-sample) image.
+STARTER_NOTE = ("napari-fmbff: 'starter' has never seen a patient (it was trained on "
+                "procedural images only), so expect a poor first answer on real scans. "
+                "Correct the result with the brush, then use Fine-tune: a few corrected "
+                "slices make a model for your images.")
+
+
+def tooltip(widget: str, field: str, **fill) -> str:
+    """The tooltip of ``field`` in ``widget`` ("segment" or "finetune"), its ``{names}``
+    filled from ``fill``."""
+    return TOOLTIPS[widget][field].format(**fill)

@@ -1,0 +1,28 @@
+"""Every tooltip of the dock widgets is written in one module, _widgets/_tooltips.py."""
+
+import pytest
+
+pytest.importorskip("napari")
+# torch / timm (and triton) before any viewer's OpenGL: see _common._avoid_triton_llvm_clash.
+import timm  # noqa: F401,E402
+
+from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
+from napari_fmbff._widgets._segment import SEGMENT_SHORTCUT  # noqa: E402
+from napari_fmbff._widgets._tooltips import TOOLTIPS, tooltip  # noqa: E402
+from napari_fmbff.model.registry import models_dir as models_folder  # noqa: E402
+
+
+@pytest.mark.parametrize(("section", "widget_class"),
+                         [("segment", SegmentWidget), ("finetune", FineTuneWidget)])
+def test_every_tooltip_is_non_empty_and_comes_from_the_tooltips_module(
+        make_napari_viewer, models_dir, section, widget_class):
+    widget = widget_class(make_napari_viewer())
+    names = {id(value): name for name, value in vars(widget).items()}
+    with_tooltip = {names.get(id(field)) for field in widget if field.tooltip}
+    assert None not in with_tooltip  # every field with a tooltip is an attribute of the widget
+    assert with_tooltip == set(TOOLTIPS[section])  # no tooltip written elsewhere, none unused
+    fill = {"models_dir": models_folder(), "shortcut": SEGMENT_SHORTCUT.replace("-", "+")}
+    for name in TOOLTIPS[section]:
+        text = getattr(widget, name).tooltip
+        assert text.strip() and "{" not in text
+        assert text == tooltip(section, name, **fill)
