@@ -1,5 +1,6 @@
-"""The network and what makes a model file: config, blocks, network, the input contract
-(normalisation), checkpoints (safetensors), the registry (models folder), a summary.
+"""The network and what makes a model file: config, blocks, network, prompt maps (prompts),
+the input contract (normalisation), checkpoints (safetensors), the registry (models folder),
+a summary.
 
 Names load on first use, so importing the registry (napari's start) does not import torch.
 """
@@ -13,6 +14,11 @@ _LAZY = {
     "FMBFFNet": ".network",
     "INPUT_MULTIPLE": ".network",
     "EncoderWeightsUnavailable": ".network",
+    "with_prompts": ".network",
+    "PROMPT_CHANNELS": ".prompts",
+    "prompt_maps": ".prompts",
+    "simulate_prompts": ".prompts",
+    "SimulatedPrompts": ".prompts",
 }
 
 __all__ = list(_LAZY)

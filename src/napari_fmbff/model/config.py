@@ -13,6 +13,7 @@ class ModelConfig:
 
     Each paper module can be switched off (``fmcab``, ``aggregate_skips``, ``vitm``,
     ``biffm``); switched off means the plain U-Net path, so the paper's ablation can be rerun.
+    ``prompts`` adds the prompt input (``FMBFFNet.forward(x, prompts)``).
     """
 
     encoder: str = "tf_efficientnetv2_s"
@@ -34,12 +35,15 @@ class ModelConfig:
     dropout: float = 0.0
     # FMCAB's learnable per-channel scale gamma_p starts here (layer-scale style).
     fm_gamma_init: float = 0.1
+    # Box / click maps (model/prompts.py) join the encoder's stem through their own conv, whose
+    # weights start at zero; off in every file saved before prompts existed.
+    prompts: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"encoder must be a timm model name, got {self.encoder!r}")
-        for flag in ("fmcab", "aggregate_skips", "vitm", "biffm"):
+        for flag in ("fmcab", "aggregate_skips", "vitm", "biffm", "prompts"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if isinstance(self.decoder_channels, (str, bytes)) or not hasattr(

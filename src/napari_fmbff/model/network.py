@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blocks import FMCAB, FRM, BiFFM, ConcatFusion, SkipAggregator, ViTM
 from .config import ModelConfig
+from .prompts import PROMPT_CHANNELS
 
 #: The strides the network needs from its encoder: 4 skips, then the bottleneck.
 SKIP_STRIDES = (2, 4, 8, 16)
@@ -54,6 +58,34 @@ def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, list[int], list[int]]:
             )
         indices.append(matches[-1])
     return encoder, indices, [channels[i] for i in indices]
+
+
+def find_stem(encoder: nn.Module) -> nn.Conv2d:
+    """The encoder's first convolution on the 3 image channels: where the prompts join."""
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return module
+    raise ValueError(f"encoder {type(encoder).__name__} has no convolution on the 3 image "
+                     "channels for the prompts to join; choose a convolutional timm encoder")
+
+
+def zero_prompt_conv(stem: nn.Conv2d) -> nn.Conv2d:
+    """A bias-free copy of the stem conv for the prompt maps, all weights zero.
+
+    A copy keeps the stem's kernel, stride and padding rule (timm's TF "same" convs pad
+    unevenly), so its output lines up with the stem's pixel for pixel.
+    """
+    if stem.in_channels != len(PROMPT_CHANNELS) or stem.groups != 1:
+        raise ValueError(f"the prompt conv copies the encoder's stem, which takes "
+                         f"{stem.in_channels} channels in {stem.groups} group(s); it needs "
+                         f"{len(PROMPT_CHANNELS)} in one group")
+    conv = copy.deepcopy(stem)
+    conv._forward_hooks.clear()
+    conv._forward_pre_hooks.clear()
+    with torch.no_grad():
+        conv.weight.zero_()
+    conv.register_parameter("bias", None)
+    return conv
 
 
 def _weights_help(name: str, err: Exception) -> str:
@@ -122,6 +154,36 @@ class FMBFFNet(nn.Module):
         self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
         # Extra state the checkpoint carries (normalisation, provenance); see models.py.
         self.metadata: dict = {}
+        self.prompt_conv: nn.Conv2d | None = None
+        self._prompt_feature: torch.Tensor | None = None
+        if cfg.prompts:
+            self._add_prompt_path()
+
+    def _add_prompt_path(self) -> None:
+        """A zero-weight conv of the prompt maps, added to the stem conv's output (RITM's
+        "Conv1S"): the same as 3 more input channels of the stem, without touching its
+        weights, so files without prompts load unchanged."""
+        stem = find_stem(self.encoder)
+        self.prompt_conv = zero_prompt_conv(stem)
+        stem.register_forward_hook(self._join_prompts)
+
+    def _join_prompts(self, module: nn.Module, inputs, output: torch.Tensor):
+        """Forward hook on the stem: adds the pending prompt feature once."""
+        extra, self._prompt_feature = self._prompt_feature, None
+        if extra is None:
+            return None
+        if extra.shape != output.shape:
+            raise ValueError(f"prompt feature {tuple(extra.shape)} does not match the stem's "
+                             f"output {tuple(output.shape)} of encoder {self.config.encoder!r}")
+        return output + extra
+
+    def add_prompts(self) -> "FMBFFNet":
+        """Give this network the prompt input (zero weights: outputs unchanged until trained),
+        in place; a network that has it is returned as it is."""
+        if self.prompt_conv is None:
+            self.config = dataclasses.replace(self.config, prompts=True)
+            self._add_prompt_path()
+        return self
 
     @property
     def pretrained_cfg(self) -> dict:
@@ -135,14 +197,37 @@ class FMBFFNet(nn.Module):
                 skips[n] = self.aggregate[n - 1](skips[n - 1], skips[n])
         return skips
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prompt_input(self, x: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """The prompt maps through the prompt conv, after checking they fit ``x``."""
+        if self.prompt_conv is None:
+            raise ValueError("this model takes no prompts; add the prompt input with "
+                             "with_prompts(net) and fine-tune it")
+        want = (x.shape[0], len(PROMPT_CHANNELS), *x.shape[-2:])
+        if tuple(prompts.shape) != want:
+            raise ValueError(f"prompt maps must have shape {want} (batch, "
+                             f"{'/'.join(PROMPT_CHANNELS)}, height, width), got "
+                             f"{tuple(prompts.shape)}")
+        return self.prompt_conv(prompts.to(dtype=x.dtype))
+
+    def forward(self, x: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for ``x``; ``prompts`` (B, 3, H, W) are the maps of model/prompts.py, None
+        meaning no prompt (all-zero maps add exactly nothing: the prompt conv has no bias).
+        With prompts, one forward at a time per network (the stem's hook holds them)."""
         h, w = x.shape[-2:]
         if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
             raise ValueError(
                 f"input height and width must be multiples of {INPUT_MULTIPLE}, got {h}x{w}; "
                 "use napari_fmbff.Segmenter, which pads"
             )
-        all_feats = self.encoder(x)
+        if prompts is not None:
+            self._prompt_feature = self._prompt_input(x, prompts)
+        try:
+            all_feats = self.encoder(x)
+        finally:
+            unused, self._prompt_feature = self._prompt_feature, None
+        if unused is not None:
+            raise RuntimeError(f"encoder {self.config.encoder!r} never ran the stem conv the "
+                               "prompts join; this encoder cannot take prompts")
         feats = [all_feats[i] for i in self.feature_indices]
         skips = self.skip_features(feats[:4])
         deep = self.vitm(feats[4]) if self.vitm is not None else feats[4]
@@ -152,3 +237,9 @@ class FMBFFNet(nn.Module):
         # without a full-resolution decoder-wide tensor.
         logits = self.head(self.dropout(y))
         return F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def with_prompts(net: FMBFFNet) -> FMBFFNet:
+    """``net`` with the prompt input added (zero weights, so its outputs are unchanged until it
+    is trained with prompts): how a fine-tune from a model without prompts gains them."""
+    return net.add_prompts()
