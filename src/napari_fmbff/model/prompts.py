@@ -31,7 +31,7 @@ def prompt_maps(shape, boxes=(), points=(), radius: float = CLICK_RADIUS) -> np.
         rows, cols = box_pixels(box, (h, w))
         maps[0, rows, cols] = 1.0
     for point in points:
-        x, y, positive = _click(point, (h, w))
+        x, y, positive = check_click(point, (h, w))
         _draw_disk(maps[1 if positive else 2], x, y, float(radius))
     return maps
 
@@ -73,7 +73,7 @@ def _numbers(values, n: int, what: str, names: str) -> list[float]:
     return out
 
 
-def _click(point, shape) -> tuple[float, float, bool]:
+def check_click(point, shape) -> tuple[float, float, bool]:
     """(x, y, positive) of a click, refused where its pixel lies outside the plane."""
     h, w = shape
     point = tuple(point) if isinstance(point, (tuple, list, np.ndarray)) else (point,)
