@@ -959,3 +959,61 @@ def test_finetune_widget_without_labels_notifies_and_keeps_the_layers(make_napar
     assert notified and "Traceback" not in notified[-1]
     _same_layers(viewer, before)
     assert not list(models_dir.glob("*.log.csv"))
+
+
+# ---- issue 21: the command line's last holes (a 2-channel training image, a broken sidecar, --
+# ---- a named pipe in a data folder, FMBFF_MODELS_DIR at a file) ------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_train_names_an_image_with_two_channels(suffix, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    data = dataset(tmp_path / "data", n=3)
+    (data / "images" / "s1.png").unlink()
+    two = np.random.default_rng(0).integers(0, 255, (64, 64, 2), dtype=np.uint8)
+    iio.imwrite(data / "images" / f"s1{suffix}", two)
+    before = snapshot(tmp_path)
+    rc, err = cli(["train", data, "-o", tmp_path / "m.safetensors", "--epochs", "1",
+                   "--device", "cpu"], capsys)
+    assert_refused(rc, err, "train", names=[f"s1{suffix}"],
+                   says=["2 channels", "give a grey, RGB or RGBA image"])
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("sidecar", ["{broken", "[1, 2]"], ids=["not-json", "not-an-object"])
+def test_info_names_a_broken_sidecar_of_plain_weights(sidecar, tmp_path, capsys):
+    import torch
+
+    weights = tmp_path / "sd.pt"
+    torch.save(FMBFFNet(tiny_config()).state_dict(), weights)
+    (tmp_path / "sd.json").write_text(sidecar)
+    rc, err = cli(["info", "-m", weights], capsys)
+    assert_refused(rc, err, "info", names=[tmp_path / "sd.json"],
+                   says=["repair it, or remove it"], alone=True)
+
+
+def test_a_named_pipe_in_a_data_folder_is_skipped_with_a_warning(tmp_path, model_file, capsys):
+    data = dataset(tmp_path / "data", n=2)
+    _pipe(data / "images" / "x.png")
+    rc, err = cli(["evaluate", data, "-m", model_file, "--device", "cpu"], capsys)
+    assert rc == 0, err
+    said = [line for line in err.splitlines() if "x.png" in line]
+    assert len(said) == 1 and "skipped, not a regular file" in said[0], err
+    assert said[0].startswith("fmbff: warning: ") and "named pipe" in said[0]
+
+
+def test_models_dir_at_a_file_says_what_it_should_be(tmp_path, monkeypatch, capsys):
+    from napari_fmbff.model.registry import unique_model_path
+
+    (tmp_path / "models.txt").write_text("not a folder")
+    monkeypatch.setenv("FMBFF_MODELS_DIR", str(tmp_path / "models.txt"))
+    rc, err = cli(["info", "--list"], capsys)
+    assert_refused(rc, err, "info", names=["FMBFF_MODELS_DIR", "models.txt"],
+                   says=["an existing folder or one that can be created"], alone=True)
+    with pytest.raises(ValueError, match="FMBFF_MODELS_DIR=.*models.txt: a file is in the way"):
+        unique_model_path("tuned")
+    monkeypatch.setenv("FMBFF_MODELS_DIR", str(tmp_path / "models.txt" / "sub"))
+    with pytest.raises(ValueError, match="an existing folder or one that can be created"):
+        unique_model_path("tuned")
+    assert (tmp_path / "models.txt").read_text() == "not a folder"

@@ -214,6 +214,34 @@ def test_interrupted_large_run_resumes_where_it_stopped(tiny_model, big_tiff, tm
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
 
 
+@pytest.mark.parametrize("fails_at,hint", [(1, False), (2, True)], ids=["first", "second"])
+def test_a_full_disk_says_resume_only_when_finished_chunks_are_kept(
+        fails_at, hint, tiny_model, big_tiff, tmp_path, monkeypatch, capsys):
+    """The --resume hint after a failed large run: only where a finished chunk is on disk
+    (a disk full on the first chunk leaves an empty working folder: nothing to resume)."""
+    import errno
+
+    import napari_fmbff.inference.chunked as chunked
+
+    path, _ = big_tiff
+    real, calls = chunked.segment_chunk, []
+
+    def full(*a, **kw):
+        calls.append(1)
+        if len(calls) == fails_at:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(chunked, "segment_chunk", full)
+    assert main(["segment", str(path), "-m", tiny_model, "-o", str(tmp_path / "out"), "--zarr",
+                 "--chunk", "64", "--tile-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left" in err and "Traceback" not in err
+    done = tmp_path / "out" / ".slide.zarr.partial" / "done"
+    assert len(list(done.iterdir())) == fails_at - 1
+    assert ("--resume" in err) is hint
+
+
 def test_ome_zarr_output_records_pixel_size_and_provenance(tiny_model, tmp_path, rng):
     import zarr
 

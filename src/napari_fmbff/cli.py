@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._files import check_folders, refuse_existing
@@ -86,12 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_segment_parser, _add_info_parser, _add_train_parser,
+                _add_evaluate_parser, _add_demo_parser, _add_make_data_parser):
+        add(sub)
+    parser.subcommands = dict(sub.choices)  # for errors in the sub-command's own usage
+    return parser
 
+
+def _add_segment_parser(sub) -> None:
     seg = sub.add_parser("segment", help="segment images into masks",
                          description="Segment image files; writes one mask per input, same stem.")
     seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     _add_model_arg(seg)
     seg.add_argument("--out", "-o", required=True, help="output folder")
+    _add_run_args(seg)
+    _add_output_args(seg)
+    vol = seg.add_argument_group(
+        "intensities, stacks and CT / MR volumes",
+        "DICOM series (a folder, or any one .dcm of it) and NIfTI files (.nii, .nii.gz) become "
+        "NIfTI labels with the source's affine (masks/<series>.nii.gz) and a JSON sidecar; "
+        "--window and --normalize apply to every input")
+    _add_intensity_args(vol)
+    vol.add_argument("--per-slice-labels", action="store_true",
+                     help="number objects slice by slice instead of whole-volume 3D objects "
+                          "(volumes, TIFF stacks, zarr stacks)")
+    seg.add_argument("--compile", action="store_true",
+                     help="torch.compile the network (CUDA graphs on GPU): faster for many "
+                          "or large images, the first batch waits for the compiler")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_large_args(seg)
+
+
+def _add_run_args(seg) -> None:
+    """How `fmbff segment` runs the network: SegmentSettings' fields and defaults."""
     run = SegmentSettings.defaults()
     seg.add_argument("--tile-size", type=_positive_int, default=run["tile_size"],
                      help="tile edge in px, a multiple of 32 (default: the model's)")
@@ -106,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"tile weights ({run['blend']}; gaussian as MONAI / nnU-Net)")
     seg.add_argument("--no-pinned", dest="pinned", action="store_false",
                      help="CUDA: plain synchronous copies instead of pinned buffers")
+
+
+def _add_output_args(seg) -> None:
+    """What `fmbff segment` writes: post-processing and the kinds of output."""
     seg.add_argument("--threshold", type=_probability, default=0.5, help="probability cut (0.5)")
     seg.add_argument("--min-size", type=_non_negative_int, default=0, help="drop objects smaller than this (px)")
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
@@ -115,19 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--probabilities", action="store_true",
                      help="also write the probability map as STEM_prob.tif (float32)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4x slower)")
-    vol = seg.add_argument_group(
-        "intensities, stacks and CT / MR volumes",
-        "DICOM series (a folder, or any one .dcm of it) and NIfTI files (.nii, .nii.gz) become "
-        "NIfTI labels with the source's affine (masks/<series>.nii.gz) and a JSON sidecar; "
-        "--window and --normalize apply to every input")
-    _add_intensity_args(vol)
-    vol.add_argument("--per-slice-labels", action="store_true",
-                     help="number objects slice by slice instead of whole-volume 3D objects "
-                          "(volumes, TIFF stacks, zarr stacks)")
-    seg.add_argument("--compile", action="store_true",
-                     help="torch.compile the network (CUDA graphs on GPU): faster for many "
-                          "or large images, the first batch waits for the compiler")
-    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _add_large_args(seg) -> None:
+    """Large images (chunked zarr outputs, --resume) and dask clusters."""
     big = seg.add_argument_group(
         "large images and clusters",
         "zarr / OME-Zarr folders and TIFFs over 8k x 8k px are read region by region and "
@@ -147,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. tcp://10.0.0.5:8786); inputs and --out must be on storage "
                           "every worker can read")
 
+
+def _add_info_parser(sub) -> None:
     info = sub.add_parser("info", help="describe a model (parameters, FLOPs, modules)",
                           description="Describe a model, or list the registered models.")
     _add_model_arg(info)
@@ -154,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--list", action="store_true", help="list registered models and exit")
     info.add_argument("--encoder", default=None,
                       help="describe a fresh (untrained) network with this timm encoder instead")
+
+
+def _add_train_parser(sub) -> None:
     train = sub.add_parser(
         "train", help="train or fine-tune a model on a data folder",
         description="Train FM-BFF-Net on a folder in Kvasir-SEG, CVC-ClinicDB, ISIC or BUSI layout "
@@ -170,26 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", default=None,
                        help="start from this model: fine-tuning, with the measured fine-tuning "
                             "recipe (docs/models.md) for every option not given")
-    train.add_argument("--config", default=None,
-                       help="JSON file of ModelConfig fields for a new model (overrides --encoder)")
-    train.add_argument("--encoder", default="tf_efficientnetv2_s", help="timm encoder (new models)")
-    train.add_argument("--encoder-init", default=None,
-                       help="initialise the encoder from a timm state dict (.safetensors)")
-    train.add_argument("--encoder-weights", choices=["imagenet", "none"], default="none",
-                       help="start the encoder from ImageNet weights (needs them in timm's cache)")
-    new = "from scratch; with --init the fine-tuning recipe's"
-    train.add_argument("--epochs", type=_positive_int, default=None, help=f"100 {new}")
-    train.add_argument("--batch-size", type=_positive_int, default=None, help=f"8 {new}")
-    train.add_argument("--lr", type=float, default=None, help=f"1e-3 {new}")
-    train.add_argument("--tile-size", type=_positive_int, default=None,
-                       help=f"training crop size: 352 {new}")
-    train.add_argument("--val-fraction", type=_fraction, default=None, help=f"0.2 {new}")
-    train.add_argument("--patience", type=_positive_int, default=None,
-                       help=f"stop after this many epochs without a better validation Dice: 15 {new}")
-    train.add_argument("--steps-per-epoch", type=_positive_int, default=None)
-    train.add_argument("--freeze-encoder", action="store_true")
-    train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
-    train.add_argument("--no-augment", action="store_true")
+    _add_new_model_args(train)
+    _add_recipe_args(train)
     train.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(train.add_argument_group(
         "intensities", "stored in the model, so fmbff segment with its default uses them again"))
@@ -205,6 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(f"--no-{flag}", action="store_true",
                            help=f"switch {flag} off (the paper's ablation)")
 
+
+def _add_new_model_args(train) -> None:
+    """The network of a new model (without --init)."""
+    train.add_argument("--config", default=None,
+                       help="JSON file of ModelConfig fields for a new model (overrides --encoder)")
+    train.add_argument("--encoder", default="tf_efficientnetv2_s", help="timm encoder (new models)")
+    train.add_argument("--encoder-init", default=None,
+                       help="initialise the encoder from a timm state dict (.safetensors)")
+    train.add_argument("--encoder-weights", choices=["imagenet", "none"], default="none",
+                       help="start the encoder from ImageNet weights (needs them in timm's cache)")
+
+
+def _add_recipe_args(train) -> None:
+    """The training recipe; None: the paper's, or with --init the fine-tuning recipe's."""
+    new = "from scratch; with --init the fine-tuning recipe's"
+    train.add_argument("--epochs", type=_positive_int, default=None, help=f"100 {new}")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help=f"8 {new}")
+    train.add_argument("--lr", type=float, default=None, help=f"1e-3 {new}")
+    train.add_argument("--tile-size", type=_positive_int, default=None,
+                       help=f"training crop size: 352 {new}")
+    train.add_argument("--val-fraction", type=_fraction, default=None, help=f"0.2 {new}")
+    train.add_argument("--patience", type=_positive_int, default=None,
+                       help=f"stop after this many epochs without a better validation Dice: 15 {new}")
+    train.add_argument("--steps-per-epoch", type=_positive_int, default=None)
+    train.add_argument("--freeze-encoder", action="store_true")
+    train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
+    train.add_argument("--no-augment", action="store_true")
+
+
+def _add_evaluate_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="Dice, Jaccard, precision, recall, accuracy on a folder",
                         description="Evaluate a model on a data folder (same layouts as train). "
                                     "Volumes: one row per volume, its metrics over every "
@@ -218,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(ev)
 
+
+def _add_demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="segment the bundled sample with the bundled model",
                           description="Open napari on a sample image with the Segment and "
                                       "Fine-tune widgets and Segment's result; --headless writes "
@@ -232,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="save the window as this PNG once segmented, then close")
     demo.add_argument("--overwrite", action="store_true")
 
+
+def _add_make_data_parser(sub) -> None:
     make = sub.add_parser("make-data", help="write a procedural data set (Kvasir-SEG layout; all = the starter's three looks)",
                           description="Generate seeded synthetic lesion images with exact masks.")
     make.add_argument("--look", choices=["endoscopy", "dermoscopy", "ultrasound", "ct", "all"],
@@ -242,8 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0, help="first seed")
     make.add_argument("--out", "-o", required=True, help="output folder (images/, masks/)")
     make.add_argument("--workers", type=_positive_int, default=1, help="processes (1)")
-    parser.subcommands = dict(sub.choices)  # for errors in the sub-command's own usage
-    return parser
 
 
 def _version() -> str:
@@ -306,29 +348,95 @@ def _load(name: str):
     return load_model(_model_name(name))
 
 
+@dataclass
+class SegmentPlan:
+    """`fmbff segment`'s arguments, read once and checked before any work
+    (``_plan_segment``); the three ways to run (volumes, here, on a cluster) take this."""
+
+    spec: object            # jobs.files.SegmenterSpec: model file, SegmentSettings, intensities
+    post: object            # jobs.files.Postprocess
+    volumes: list[str]      # DICOM series and NIfTI inputs -> NIfTI labels
+    jobs: list              # jobs.files.FileJob for every other input
+    out: str                # the output folder, as given
+    chunk: int
+    overwrite: bool
+    resume: bool
+    workers: int | None
+    scheduler: str | None
+
+    @property
+    def large(self) -> list:
+        return [job for job in self.jobs if job.large]
+
+    @property
+    def settings(self) -> dict:
+        """What a resumed large job must share with the run that started it."""
+        run = self.spec.settings
+        return {"model": self.spec.model_path, "tile_size": run.tile_size,
+                "overlap": run.overlap, "tta": run.tta}
+
+
 def cmd_segment(args) -> int:
-    from .data.image_io import expand_inputs
+    plan = _plan_segment(args)
+    if plan.volumes:
+        _segment_volumes(plan)
+    if not plan.jobs:
+        return 0
+    large = plan.large
+    before = {job.target: _chunks_done(job) for job in large}
+    try:
+        if plan.workers is not None or plan.scheduler:
+            return _segment_on_cluster(plan)
+        return _segment_here(plan)
+    except BaseException:
+        # Only when finished chunks of a large job are on disk that this run made: not after
+        # a bad input, nor after refusing an unfinished run (whose message says --resume), nor
+        # when the first chunk failed (a disk full: a working folder with nothing in it).
+        if any(_chunks_done(job) > max(before[job.target], 0) for job in large):
+            print("fmbff: finished chunks of large images are kept; run the same command with "
+                  "--resume to continue", file=sys.stderr)
+        raise
+
+
+def _plan_segment(args) -> SegmentPlan:
+    """Every argument of `fmbff segment` read here, once; a bad one is said before any work."""
     from .data.medical import is_medical
-    from .jobs.files import FileJob, Postprocess, SegmenterSpec
+    from .inference.segmenter import resolve_device
+    from .jobs.files import Postprocess, SegmenterSpec
     from .model.registry import resolve_model_path
 
     _check_intensity(args)
     volumes = [item for item in args.inputs if is_medical(item)]
-    if volumes:
-        _segment_volumes(args, volumes)
-        args.inputs = [item for item in args.inputs if item not in volumes]
-        if not args.inputs:
-            return 0
-    files = expand_inputs(args.inputs)
-    out_dir = Path(args.out)
+    files = [item for item in args.inputs if item not in volumes]
+    post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels,
+                       args.per_slice_labels)
+    jobs = []
+    if files:
+        jobs = _file_jobs(files, Path(args.out), post, args.probabilities, args.zarr,
+                          args.overwrite)
+        if args.workers is not None and args.scheduler:
+            raise CliError("give either --workers N (a local cluster) or --scheduler ADDRESS, "
+                           "not both")
+    run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
+    resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
+    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run,
+                         window=args.window, normalize=args.normalize)
+    return SegmentPlan(spec, post, volumes, jobs, args.out, args.chunk, args.overwrite,
+                       args.resume, args.workers, args.scheduler)
+
+
+def _file_jobs(inputs, out_dir: Path, post, probabilities: bool, force_zarr: bool,
+               overwrite: bool) -> list:
+    """One FileJob per image file of ``inputs``; refused when an output would replace an
+    input, collide with another or (without ``overwrite``) replace an existing file."""
+    from .data.image_io import expand_inputs
+    from .jobs.files import FileJob
+
+    files = expand_inputs(inputs)
     if out_dir.exists() and not out_dir.is_dir():
         raise CliError(f"--out {out_dir} is a file, not a folder; choose a folder")
     check_folders(out_dir / "mask")
-    if args.workers is not None and args.scheduler:
-        raise CliError("give either --workers N (a local cluster) or --scheduler ADDRESS, not both")
-    post = Postprocess(args.threshold, args.min_size, args.fill_holes, args.labels,
-                       args.per_slice_labels)
-    jobs = [FileJob.plan(f, out_dir, post, args.probabilities, force_zarr=args.zarr) for f in files]
+    jobs = [FileJob.plan(f, out_dir, post, probabilities, force_zarr=force_zarr) for f in files]
     targets = [t for job in jobs for t in job.outputs]
     sources = {Path(f).resolve() for f in files}
     onto = [t for t in targets if Path(t).resolve() in sources]
@@ -339,32 +447,11 @@ def cmd_segment(args) -> int:
     if dupes:
         raise CliError(f"several inputs share the output name(s) {', '.join(dupes)}; "
                        "their masks would collide")
-    if not args.overwrite:
+    if not overwrite:
         clash = [t for t in targets if Path(t).exists()]
         if clash:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
-    large = [job for job in jobs if job.large]
-    run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
-    from .inference.segmenter import resolve_device
-
-    resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
-    spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run,
-                         window=args.window, normalize=args.normalize)
-    # What a resumed large job must share with the run that started it.
-    settings = {"model": spec.model_path, "tile_size": run.tile_size, "overlap": run.overlap,
-                "tta": run.tta}
-    before = {job.target: _chunks_done(job) for job in large}
-    try:
-        if args.workers is not None or args.scheduler:
-            return _segment_on_cluster(args, spec, jobs, post, settings)
-        return _segment_here(args, spec, jobs, post, settings)
-    except BaseException:
-        # Only when this run really started a large job (finished chunks of it): not after a
-        # bad input, nor after refusing an unfinished run (whose message says --resume).
-        if any(_chunks_done(job) > before[job.target] for job in large):
-            print("fmbff: finished chunks of large images are kept; run the same command with "
-                  "--resume to continue", file=sys.stderr)
-        raise
+    return jobs
 
 
 def _chunks_done(job) -> int:
@@ -374,21 +461,18 @@ def _chunks_done(job) -> int:
     return sum(1 for _ in done.iterdir()) if done.is_dir() else -1
 
 
-def _segment_volumes(args, volumes) -> None:
+def _segment_volumes(plan: SegmentPlan) -> None:
     """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
     from tqdm import tqdm
 
     from .jobs.volumes import segment_volume
 
-    run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
-    name = _model_name(args.model)
-    model = _load(name)
-
-    for item in volumes:
+    model, spec, post = _load(plan.spec.model_path), plan.spec, plan.post
+    for item in plan.volumes:
         gen = segment_volume(
-            model, run, item, args.out, args.threshold, args.min_size, args.fill_holes,
-            labels=True, window=args.window, normalize=args.normalize,
-            per_slice=args.per_slice_labels, overwrite=args.overwrite)
+            model, spec.settings, item, plan.out, post.threshold, post.min_size,
+            post.fill_holes, labels=True, window=spec.window, normalize=spec.normalize,
+            per_slice=post.per_slice, overwrite=plan.overwrite)
         with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
             target = drain(gen, lambda step: _show_slice(bar, *step))
         print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
@@ -399,25 +483,25 @@ def _show_slice(bar, done: int, total: int) -> None:
     bar.update(done - bar.n)
 
 
-def _segment_here(args, spec, jobs, post, settings) -> int:
+def _segment_here(plan: SegmentPlan) -> int:
     from tqdm import tqdm
 
     from .jobs.files import iter_segment_files, iter_segment_large
 
-    large = [job for job in jobs if job.large]
+    jobs, large = plan.jobs, plan.large
     small = [job for job in jobs if not job.large]
-    seg = spec.build()
+    seg = plan.spec.build()
     print(f"fmbff: {len(jobs)} image(s) on {seg.device_label}, tile {seg.tile_size}"
-          + (f", {len(large)} large (zarr, chunk {args.chunk})" if large else ""), file=sys.stderr)
+          + (f", {len(large)} large (zarr, chunk {plan.chunk})" if large else ""), file=sys.stderr)
     with tqdm(total=len(jobs), desc="images", unit="img") as bar:
-        for _ in iter_segment_files(seg, small, post, args.overwrite):
+        for _ in iter_segment_files(seg, small, plan.post, plan.overwrite):
             bar.update(1)
         for job in large:
-            drain(_chunk_bar(iter_segment_large(seg, job, post, args.chunk, args.overwrite,
-                                                args.resume, settings),
+            drain(_chunk_bar(iter_segment_large(seg, job, plan.post, plan.chunk, plan.overwrite,
+                                                plan.resume, plan.settings),
                              Path(job.source).name))
             bar.update(1)
-    print(f"fmbff: wrote {len(jobs)} mask(s) to {args.out}", file=sys.stderr)
+    print(f"fmbff: wrote {len(jobs)} mask(s) to {plan.out}", file=sys.stderr)
     return 0
 
 
@@ -437,22 +521,23 @@ def _chunk_bar(gen, name: str):
             yield progress
 
 
-def _segment_on_cluster(args, spec, jobs, post, settings) -> int:
+def _segment_on_cluster(plan: SegmentPlan) -> int:
     from tqdm import tqdm
 
     from .jobs.cluster import cpu_threads_per_worker, iter_run_jobs, start_client
 
-    if args.workers is not None:
+    spec, jobs = plan.spec, plan.jobs
+    if plan.workers is not None:
         import dataclasses
 
-        spec = dataclasses.replace(spec, threads=cpu_threads_per_worker(args.workers))
+        spec = dataclasses.replace(spec, threads=cpu_threads_per_worker(plan.workers))
     normalization = spec.intensity(_load(spec.model_path))
-    with start_client(args.scheduler, args.workers) as client:
+    with start_client(plan.scheduler, plan.workers) as client:
         n_workers = len(client.scheduler_info()["workers"])
         print(f"fmbff: {len(jobs)} image(s) on a dask cluster of {n_workers} worker(s) "
-              f"({args.scheduler or 'local'})", file=sys.stderr)
-        gen = iter_run_jobs(client, spec, jobs, post, normalization, args.chunk, args.overwrite,
-                            args.resume, settings)
+              f"({plan.scheduler or 'local'})", file=sys.stderr)
+        gen = iter_run_jobs(client, spec, jobs, plan.post, normalization, plan.chunk,
+                            plan.overwrite, plan.resume, plan.settings)
         with tqdm(desc="tasks", unit="task") as bar:
             while True:
                 try:
@@ -461,7 +546,7 @@ def _segment_on_cluster(args, spec, jobs, post, settings) -> int:
                     break
                 bar.total, bar.n = total, done
                 bar.refresh()
-    print(f"fmbff: wrote {len(jobs)} mask(s) to {args.out}", file=sys.stderr)
+    print(f"fmbff: wrote {len(jobs)} mask(s) to {plan.out}", file=sys.stderr)
     return 0
 
 
@@ -476,8 +561,9 @@ def cmd_info(args) -> int:
     from .model.summary import describe
 
     if args.list:
+        folder = models_dir(check=True)  # a file named as the folder: said, not listed empty
         models = list_models()
-        print(f"models folder: {models_dir()}")
+        print(f"models folder: {folder}")
         for name, path in models.items():
             print(f"  {name:24s} {path}")
         if not models:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_io import IMAGE_SUFFIXES, read_image
+from .image_io import read_image, regular_images
 
 IMAGE_DIRS = ("images", "image", "imgs", "img", "original", "inputs")
 #: Smaller images are refused: the network works on multiples of 32 px.
@@ -67,8 +67,10 @@ class PairedFolder:
 
 
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder``; anything else with an image's name (a named pipe, a
+    folder) is skipped with a warning."""
     it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return regular_images(sorted(it), zarr=False)
 
 
 def _by_stem(images: list[Path], masks: list[Path], layout: str) -> PairedFolder:
@@ -214,6 +216,9 @@ def load_pairs(found: PairedFolder) -> tuple[list[np.ndarray], list[np.ndarray],
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"{image_path.name}: image is {image.shape[:2]} but its mask is {mask.shape}")
+        if image.ndim == 3 and image.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"{image_path}: {image.shape[-1]} channels (shape {image.shape}); "
+                             "give a grey, RGB or RGBA image, or save one channel of it")
         images.append(image)
         masks.append(mask)
         names.append(image_path.stem)

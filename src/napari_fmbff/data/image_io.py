@@ -32,7 +32,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
         if path.is_dir() and is_zarr(path):
             files.append(path)
         elif path.is_dir():
-            found = _regular_images(sorted(path.iterdir()))
+            found = regular_images(sorted(path.iterdir()))
             if not found:
                 raise FileNotFoundError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             files += found
@@ -41,7 +41,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
         elif path.exists():
             raise ValueError(f"{item}: not a regular file (a pipe or a device?); give an image file")
         elif any(ch in item for ch in "*?["):
-            found = _regular_images(sorted(Path(p) for p in glob.glob(os.path.expanduser(item),
+            found = regular_images(sorted(Path(p) for p in glob.glob(os.path.expanduser(item),
                                                                       recursive=True)))
             if not found:
                 raise FileNotFoundError(f"{item}: pattern matches no images")
@@ -51,17 +51,21 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return files
 
 
-def _regular_images(paths) -> list[Path]:
+def regular_images(paths, zarr: bool = True) -> list[Path]:
+    """The image files among ``paths`` (and zarr folders, with ``zarr``), in their order.
+    Anything else with an image's name (a named pipe, a device, a folder) is skipped with a
+    warning: reading a pipe could block for ever."""
     import warnings
 
     found = []
     for p in paths:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if p.is_file() or (p.is_dir() and is_zarr(p)):
+        if p.is_file() or (zarr and p.is_dir() and is_zarr(p)):
             found.append(p)
         else:
-            warnings.warn(f"{p}: skipped, not a regular file", stacklevel=3)
+            warnings.warn(f"{p}: skipped, not a regular file (a named pipe, device or "
+                          "folder); only image files are read", stacklevel=3)
     return found
 
 

@@ -272,9 +272,24 @@ def _load_torch_weights(path: Path, map_location: str):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path}: does not hold a state dict")
-    sidecar = path.with_suffix(".json")
-    cfg = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return obj, cfg
+    return obj, _sidecar_config(path.with_suffix(".json"))
+
+
+def _sidecar_config(sidecar: Path) -> dict:
+    """The ModelConfig fields in a plain-weights file's ``.json`` sidecar ({} without one)."""
+    if not sidecar.is_file():
+        return {}
+    try:
+        cfg = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"{sidecar}: the config beside the weights cannot be read "
+                             f"({err}); repair it, or remove it to use the default "
+                             "config") from err
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{sidecar}: the config beside the weights must be a JSON object "
+                             f"of ModelConfig fields, got a {type(cfg).__name__}; repair it, "
+                             "or remove it to use the default config")
+    return cfg
 
 
 

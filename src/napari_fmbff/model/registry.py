@@ -21,8 +21,12 @@ MODELS_DIR_ENV = "FMBFF_MODELS_DIR"
 BUNDLED_DIR = Path(__file__).parent.parent / "weights"
 
 
-def models_dir(create: bool = False) -> Path:
-    """The user's models folder: $FMBFF_MODELS_DIR, else the platform's user data dir."""
+def models_dir(create: bool = False, check: bool = False) -> Path:
+    """The user's models folder: $FMBFF_MODELS_DIR, else the platform's user data dir.
+
+    ``create``: make it (and its parents). ``check`` (implied by ``create``): a path that is
+    a file, not a folder, is refused in one line saying what the folder should be.
+    """
     env = os.environ.get(MODELS_DIR_ENV)
     if env:
         path = Path(env).expanduser()
@@ -30,8 +34,18 @@ def models_dir(create: bool = False) -> Path:
         import platformdirs
 
         path = Path(platformdirs.user_data_dir("napari-fmbff", appauthor=False)) / "models"
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
+    if not (create or check):
+        return path
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        elif path.exists() and not path.is_dir():
+            raise FileExistsError(path)
+    except (FileExistsError, NotADirectoryError):
+        where = f"{MODELS_DIR_ENV}={env}" if env else f"the models folder {path}"
+        raise ValueError(f"{where}: a file is in the way (it is not a folder); set "
+                         f"{MODELS_DIR_ENV} to an existing folder or one that can be "
+                         "created") from None
     return path
 
 
