@@ -10,7 +10,8 @@ import warnings
 from pathlib import Path
 
 from ._files import check_folders, refuse_existing
-from .inference.segmenter import DEVICES, PRECISIONS, SegmentSettings, drain
+from .inference.runtime import DEVICES, PRECISIONS, drain
+from .inference.segmenter import SegmentSettings
 from .inference.tiling import BLENDS
 
 EXIT_USAGE = 2
@@ -309,7 +310,8 @@ def _load(name: str):
 def cmd_segment(args) -> int:
     from .data.image_io import expand_inputs
     from .data.medical import is_medical
-    from .jobs.files import FileJob, Postprocess, SegmenterSpec
+    from .inference.postprocess import Postprocess
+    from .jobs.files import FileJob, SegmenterSpec
     from .model.registry import resolve_model_path
 
     _check_intensity(args)
@@ -345,7 +347,7 @@ def cmd_segment(args) -> int:
             raise CliError(f"{clash[0]} exists ({len(clash)} outputs in all); pass --overwrite to replace")
     large = [job for job in jobs if job.large]
     run = SegmentSettings(**{name: getattr(args, name) for name in SegmentSettings.names()})
-    from .inference.segmenter import resolve_device
+    from .inference.runtime import resolve_device
 
     resolve_device(run.device)  # a missing GPU is said now, not after the model loaded
     spec = SegmenterSpec(str(resolve_model_path(_model_name(args.model))), run,
