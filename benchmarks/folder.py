@@ -22,9 +22,9 @@ def main(argv=None) -> int:
     from napari_fmbff import Segmenter
     from napari_fmbff.data.image_io import write_image
     from napari_fmbff.data.synthetic import make_sample
+    from napari_fmbff.inference.postprocess import Postprocess
     from napari_fmbff.jobs.files import (
         FileJob,
-        Postprocess,
         iter_segment_files,
         segment_file,
     )

@@ -43,8 +43,9 @@ def child(args) -> None:
     import torch
 
     from napari_fmbff import FMBFFNet, ModelConfig, Segmenter
-    from napari_fmbff.inference.segmenter import drain
-    from napari_fmbff.jobs.files import FileJob, Postprocess, iter_segment_large
+    from napari_fmbff.inference.postprocess import Postprocess
+    from napari_fmbff.inference.runtime import drain
+    from napari_fmbff.jobs.files import FileJob, iter_segment_large
 
     torch.manual_seed(0)
     small = dict(decoder_channels=(32, 16, 16, 8), transformer_dim=32, transformer_heads=4,

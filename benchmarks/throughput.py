@@ -49,7 +49,7 @@ def time_network(net, device, size, batch, dtype, seconds=3.0):
 def run_setup(args):
     """(device, encoder, batch, card) from --device / --encoder / --batch: the default encoder
     and batch for that device, and the device's name for the table header."""
-    from napari_fmbff.inference.segmenter import resolve_device
+    from napari_fmbff.inference.runtime import resolve_device
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"

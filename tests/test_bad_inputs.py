@@ -1017,3 +1017,37 @@ def test_models_dir_at_a_file_says_what_it_should_be(tmp_path, monkeypatch, caps
     with pytest.raises(ValueError, match="an existing folder or one that can be created"):
         unique_model_path("tuned")
     assert (tmp_path / "models.txt").read_text() == "not a folder"
+
+
+# ---- issue 21: segment's inputs (inference / jobs) --------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [dict(metadata={"axes": "CYX"}),
+                                    dict(photometric="minisblack", planarconfig="separate")],
+                         ids=["CYX", "planar-samples"])
+def test_segment_refuses_a_two_channel_tiff_stored_channels_first(layout, tmp_path, model_file,
+                                                                  capsys):
+    source = tmp_path / "in" / "two.tif"
+    source.parent.mkdir()
+    tifffile.imwrite(source, np.random.default_rng(0).integers(0, 255, (2, 40, 50), np.uint8),
+                     **layout)
+    before = snapshot(tmp_path / "in")
+    rc, err = cli(["segment", source, "-m", model_file, "-o", tmp_path / "out"], capsys)
+    assert_refused(rc, err, "segment", names=[source],
+                   says=["2 channels stored first", "save one channel"])
+    assert snapshot(tmp_path / "in") == before
+    assert not list((tmp_path / "out").glob("two*"))
+
+
+def test_segmenter_predict_proba_takes_a_nested_list(segmenter):
+    nested = [[1, 2, 3], [4, 5, 6]]
+    prob = segmenter.predict_proba(nested)
+    assert prob.shape == (2, 3) and prob.dtype == np.float32
+    np.testing.assert_array_equal(prob, segmenter.predict_proba(np.asarray(nested)))
+    np.testing.assert_array_equal(segmenter.segment(nested), segmenter.segment(np.asarray(nested)))
+
+
+def test_segmenter_refuses_a_ragged_list_in_one_line(segmenter):
+    with pytest.raises(ValueError, match="cannot make an image of this list") as err:
+        segmenter.predict_proba([[1, 2], [3]])
+    assert "\n" not in str(err.value)

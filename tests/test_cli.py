@@ -313,9 +313,9 @@ def test_zarr_stack_is_segmented_plane_by_plane_into_a_zarr_stack(tiny_model, tm
 
 def test_pipelined_files_equal_one_by_one_and_stop_at_a_bad_file(tiny_model, tmp_path, rng):
     from napari_fmbff import Segmenter
+    from napari_fmbff.inference.postprocess import Postprocess
     from napari_fmbff.jobs.files import (
         FileJob,
-        Postprocess,
         iter_segment_files,
         segment_file,
     )

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._files import check_folders, refuse_existing
-from .inference.segmenter import DEVICES, PRECISIONS, SegmentSettings, drain
+from .inference.runtime import DEVICES, PRECISIONS, drain
+from .inference.segmenter import SegmentSettings
 from .inference.tiling import BLENDS
 
 EXIT_USAGE = 2
@@ -354,7 +355,7 @@ class SegmentPlan:
     (``_plan_segment``); the three ways to run (volumes, here, on a cluster) take this."""
 
     spec: object            # jobs.files.SegmenterSpec: model file, SegmentSettings, intensities
-    post: object            # jobs.files.Postprocess
+    post: object            # inference.postprocess.Postprocess
     volumes: list[str]      # DICOM series and NIfTI inputs -> NIfTI labels
     jobs: list              # jobs.files.FileJob for every other input
     out: str                # the output folder, as given
@@ -401,8 +402,9 @@ def cmd_segment(args) -> int:
 def _plan_segment(args) -> SegmentPlan:
     """Every argument of `fmbff segment` read here, once; a bad one is said before any work."""
     from .data.medical import is_medical
-    from .inference.segmenter import resolve_device
-    from .jobs.files import Postprocess, SegmenterSpec
+    from .inference.postprocess import Postprocess
+    from .inference.runtime import resolve_device
+    from .jobs.files import SegmenterSpec
     from .model.registry import resolve_model_path
 
     _check_intensity(args)

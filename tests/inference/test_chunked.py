@@ -13,7 +13,7 @@ from napari_fmbff.inference.chunked import (
     segment_chunk,
     store_chunk,
 )
-from napari_fmbff.inference.segmenter import drain
+from napari_fmbff.inference.runtime import drain
 
 
 def level0(path):
@@ -118,7 +118,8 @@ def test_stacks_open_as_lazy_planes_and_unknown_groups_are_clear_errors(tmp_path
 
 
 def test_large_outputs_appear_only_when_complete_and_never_overwrite(tmp_path):
-    from napari_fmbff.jobs.files import FileJob, Postprocess
+    from napari_fmbff.inference.postprocess import Postprocess
+    from napari_fmbff.jobs.files import FileJob
     from napari_fmbff.jobs.large_outputs import LargeOutputs
 
     job = FileJob(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), None, large=True)
@@ -220,8 +221,7 @@ def test_chunked_stack_labels_are_the_3d_objects_of_the_whole_mask(tmp_path, rng
     from scipy import ndimage as ndi
 
     from conftest import same_partition
-    from napari_fmbff.inference.postprocess import label_volume
-    from napari_fmbff.jobs.files import Postprocess
+    from napari_fmbff.inference.postprocess import Postprocess, label_volume
 
     mask = blobs3d(rng)
     assert len(plan_chunks(*mask.shape[1:], chunk)) >= 4  # several chunks per plane
@@ -246,8 +246,7 @@ def test_chunked_stack_labels_are_the_3d_objects_of_the_whole_mask(tmp_path, rng
 
 def test_per_slice_labels_and_stacks_with_two_axes_are_numbered_plane_by_plane(tmp_path, rng):
     from conftest import same_partition
-    from napari_fmbff.inference.postprocess import labels_from_proba
-    from napari_fmbff.jobs.files import Postprocess
+    from napari_fmbff.inference.postprocess import Postprocess, labels_from_proba
 
     mask = blobs3d(rng, (3, 70, 90))
     per_slice = finish_with(tmp_path, mask, Postprocess(labels=True, min_size=10,
@@ -291,7 +290,7 @@ def _check_ngff_image(group_path, ndim):
 
 def test_outputs_are_ngff_images_with_the_source_geometry_and_provenance(tmp_path, rng):
     from conftest import write_ome_zarr
-    from napari_fmbff.jobs.files import Postprocess
+    from napari_fmbff.inference.postprocess import Postprocess
 
     # A z-stack with an offset in space, micrometre units: the output keeps both.
     write_ome_zarr(tmp_path / "in.zarr", rng.integers(0, 255, (1, 1, 4, 64, 80), np.uint8),
@@ -327,7 +326,7 @@ def test_outputs_are_ngff_images_with_the_source_geometry_and_provenance(tmp_pat
 
 
 def test_a_mask_without_known_geometry_is_a_unit_scale_ngff_label_image(tmp_path, rng):
-    from napari_fmbff.jobs.files import Postprocess
+    from napari_fmbff.inference.postprocess import Postprocess
 
     mask = (rng.random((60, 70)) > 0.5).astype(np.uint8)
     # No input to copy a geometry from; the output's name is that of a scratch array.
@@ -349,7 +348,8 @@ def test_a_mask_without_known_geometry_is_a_unit_scale_ngff_label_image(tmp_path
 def test_a_finish_stopped_after_staging_is_recovered(tmp_path, rng, monkeypatch):
     import os
 
-    from napari_fmbff.jobs.files import FileJob, Postprocess
+    from napari_fmbff.inference.postprocess import Postprocess
+    from napari_fmbff.jobs.files import FileJob
     from napari_fmbff.jobs.large_outputs import LargeOutputs
 
     job = FileJob(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), None, large=True)
@@ -425,7 +425,8 @@ def test_volume_scope_samples_a_bounded_number_of_pixels(rng, monkeypatch):
 
 def test_chunked_volume_scope_equals_the_in_memory_stack(tiny_net, tmp_path, rng):
     from napari_fmbff import Normalization
-    from napari_fmbff.jobs.files import Postprocess, predict_job
+    from napari_fmbff.inference.postprocess import Postprocess
+    from napari_fmbff.jobs.files import predict_job
 
     data = rng.integers(0, 4000, (5, 70, 96), dtype=np.uint16)  # 4 planes would read as RGBA
     data[1] //= 8

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from napari_fmbff import Normalization, Segmenter, labels_from_proba
-from napari_fmbff.inference.segmenter import HostStaging, resolve_device
+from napari_fmbff.inference.runtime import resolve_device
+from napari_fmbff.inference.staging import HostStaging
 from napari_fmbff.inference.tiling import Progress, TileGrid
 
 

@@ -142,9 +142,9 @@ def test_a_zarr_stack_on_a_cluster_equals_the_local_run(inputs, tmp_path, rng):
     from distributed import LocalCluster
 
     from conftest import same_partition
-    from napari_fmbff.inference.postprocess import label_volume
+    from napari_fmbff.inference.postprocess import Postprocess, label_volume
     from napari_fmbff.inference.segmenter import SegmentSettings
-    from napari_fmbff.jobs.files import Postprocess, SegmenterSpec, predict_job
+    from napari_fmbff.jobs.files import SegmenterSpec, predict_job
     from napari_fmbff.model.registry import resolve_model_path
 
     data = rng.integers(0, 4000, (5, 70, 80), dtype=np.uint16)

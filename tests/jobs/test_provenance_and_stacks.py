@@ -6,7 +6,8 @@ import tifffile
 
 from napari_fmbff.cli import main
 from napari_fmbff.data.image_io import read_provenance, write_image
-from napari_fmbff.jobs.files import Postprocess, predict_job
+from napari_fmbff.inference.postprocess import Postprocess
+from napari_fmbff.jobs.files import predict_job
 from napari_fmbff.model.checkpoint import file_sha256
 from napari_fmbff.model.normalization import Normalization
 

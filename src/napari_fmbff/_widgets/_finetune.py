@@ -20,7 +20,7 @@ from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..inference.segmenter import DEVICES
+from ..inference.runtime import DEVICES
 from ..inference.stacks import (
     TRAIN_SLICES,
     plane_indices,

@@ -24,7 +24,8 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..inference.postprocess import label_volume, labels_from_proba
-from ..inference.segmenter import DEFAULT_TILE_SIZE, DEVICES, SegmentSettings
+from ..inference.runtime import DEVICES
+from ..inference.segmenter import DEFAULT_TILE_SIZE, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
 from ..model.checkpoint import model_card
 from ..model.registry import models_dir

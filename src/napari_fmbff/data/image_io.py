@@ -79,21 +79,40 @@ def read_image(path) -> np.ndarray:
             with tifffile.TiffFile(str(path)) as tif:
                 series = tif.series[0]
                 data, axes = series.asarray(), series.axes.upper()
-            # Channels last, as everywhere here: a CYX TIFF becomes YXC.
-            for channel in "SC":
-                if channel in axes and axes.index(channel) != len(axes) - 1 and \
-                        data.shape[axes.index(channel)] in (3, 4):
-                    data = np.moveaxis(data, axes.index(channel), -1)
-                    axes = axes.replace(channel, "") + channel
-            return data
+            return _channels_last(data, axes, path)
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(str(path)))
+    except _ChannelsError:
+        raise
     except Exception as err:
         first = (str(err).strip().splitlines() or [""])[0].strip()
         raise ValueError(f"{path}: cannot read image ({type(err).__name__}"
                          + (f": {first}" if first else "") + "); is it a valid "
                          f"{path.suffix.lstrip('.') or 'image'} file?") from err
+
+
+class _ChannelsError(ValueError):
+    """A TIFF read fine whose channels no model here takes (said as they are, not as a read
+    error)."""
+
+
+def _channels_last(data: np.ndarray, axes: str, path) -> np.ndarray:
+    """Channels last, as everywhere here: a CYX TIFF becomes YXC. Channels stored before Y
+    and X other than RGB(A) (2 fluorescence channels, say) are refused, naming the file:
+    otherwise they would pass for a stack of planes."""
+    for channel in "SC":
+        if channel not in axes or axes.index(channel) == len(axes) - 1:
+            continue
+        n = data.shape[axes.index(channel)]
+        if n in (3, 4):
+            data = np.moveaxis(data, axes.index(channel), -1)
+            axes = axes.replace(channel, "") + channel
+        elif n > 1:
+            raise _ChannelsError(
+                f"{path}: {n} channels stored first (axes {axes}, shape {data.shape}); the "
+                "models take grey, RGB or RGBA images: save one channel as a grey TIFF")
+    return data
 
 
 #: Where a result's provenance lives in the files we write: a PNG text chunk, a key of the

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .postprocess import DEFAULT_THRESHOLD
 from .tiling import Progress
 
 #: Work unit edge in px: big enough that the recomputed halo tiles cost little (about 10 %
@@ -148,7 +149,7 @@ def intensity_ranges(normalization, image):
 
 
 def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
-                         chunk: int = DEFAULT_CHUNK, threshold: float = 0.5,
+                         chunk: int = DEFAULT_CHUNK, threshold: float = DEFAULT_THRESHOLD,
                          skip=None, after=None):
     """Generator: yields ``Progress`` in chunks; returns the foreground pixel count of the
     chunks it ran. ``image`` may be a stack (an AxesView): every plane is done, each with its

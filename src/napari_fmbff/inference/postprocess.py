@@ -1,6 +1,11 @@
-"""Connected components, small-object removal and hole filling on masks too large for memory.
+"""Probabilities -> labels: one settings object (``Postprocess``) and the one function that
+applies it (``labels_from_planes``): threshold, holes filled, small objects dropped, objects
+numbered per plane or, in a (Z, Y, X) volume, as 3D objects. The Segment widget, ``fmbff
+segment`` on files and on CT / MR volumes, and the evaluation all go through it; the chunked
+path below takes the same settings.
 
-The same results as ``labels_from_proba`` on a whole 2D mask (4-connectivity, like scipy's
+Masks too large for memory: connected components, small-object removal and hole filling
+with the same results as ``labels_from_proba`` on a whole 2D mask (4-connectivity, like scipy's
 defaults) and as ``label_volume`` on a whole (Z, Y, X) stack (6-connectivity: voxels joined
 face to face), computed chunk by chunk: each chunk of a plane is labelled on its own with
 provisional ids (kept in a scratch zarr), ids that touch across a chunk border (and, in a
@@ -12,12 +17,131 @@ object.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .chunked import Chunk
+if TYPE_CHECKING:
+    from .chunked import Chunk
+
+#: The probability cut everywhere (API, ``fmbff segment``, the widget, the evaluation).
+DEFAULT_THRESHOLD = 0.5
 
 
-def labels_from_proba(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0,
+@dataclass(frozen=True)
+class Postprocess:
+    """How probabilities become labels; one object for files, volumes, chunks and the widget.
+
+    Args:
+        threshold: probability cut in [0, 1].
+        min_size: objects smaller than this are dropped (pixels; voxels for 3D objects).
+        fill_holes: holes inside objects are filled, plane by plane.
+        labels: objects numbered 1.. (connected components) instead of a 0/1 mask.
+        per_slice: the planes of a (Z, Y, X) volume are numbered slice by slice, not as 3D
+            objects (ids unique in the volume).
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_size: int = 0
+    fill_holes: bool = False
+    labels: bool = False
+    per_slice: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if isinstance(self.min_size, bool) or int(self.min_size) != self.min_size \
+                or self.min_size < 0:
+            raise ValueError(f"min size must be a whole number of pixels >= 0, got {self.min_size}")
+
+    @property
+    def whole_objects(self) -> bool:
+        """Whether this needs whole objects, across chunk borders (the chunked path)."""
+        return self.labels or self.min_size > 0 or self.fill_holes
+
+    def joins(self, stack_axes: int) -> bool:
+        """Whether objects are 3D: labels over planes indexed by one stack axis (Z, Y, X)."""
+        return self.labels and not self.per_slice and stack_axes == 1
+
+    def record(self) -> dict:
+        """The post-processing part of a result's provenance."""
+        return {"threshold": self.threshold, "min_size": self.min_size,
+                "fill_holes": self.fill_holes,
+                "objects": ("labels, per slice" if self.per_slice else "labels, 3D in stacks")
+                if self.labels else "mask"}
+
+
+class PlaneLabels:
+    """``labels_from_planes`` one plane at a time, as the planes arrive (so a stack's
+    probabilities need not all be kept): ``add(index, prob)`` for each, then ``result()``.
+
+    ``out``: an array of the planes' full shape to write the labels into (its dtype must hold
+    the ids); without it, ``result()`` is {index: labels plane}.
+    """
+
+    def __init__(self, post: Postprocess, out=None) -> None:
+        self.post, self.out = post, out
+        self.planes: dict = {}
+        self.masks: dict = {}  # planes of 3D objects: joined in ``result``
+
+    def add(self, index, prob) -> None:
+        post = self.post
+        joins = post.joins(len(index) if isinstance(index, tuple) else 1)
+        plane = labels_from_proba(prob, post.threshold, 0 if joins else post.min_size,
+                                  post.fill_holes, split=post.labels and not joins)
+        if joins:
+            self.masks[index] = plane > 0
+        else:
+            self._put(index, plane.astype(np.uint32) if post.labels else plane.astype(np.uint8))
+
+    def result(self):
+        """The labels: ``out``, or {index: labels plane} (ids uint32, a mask 0/1 uint8)."""
+        if self.masks:  # one volume, its planes stacked in index order
+            order = sorted(self.masks)
+            volume = label_volume(np.stack([self.masks.pop(i) for i in order]),
+                                  self.post.min_size)
+            for k, index in enumerate(order):
+                self._put(index, volume[k])
+        return self.out if self.out is not None else self.planes
+
+    def _put(self, index, plane: np.ndarray) -> None:
+        if self.out is None:
+            self.planes[index] = plane
+            return
+        dtype = np.dtype(self.out.dtype)
+        if dtype.kind in "iu" and plane.size and plane.max() > np.iinfo(dtype).max:
+            raise ValueError(f"{plane.max()} objects do not fit {dtype} labels; raise the "
+                             "min size, or number the objects per slice")
+        self.out[index] = plane
+
+
+def labels_from_planes(probs, post: Postprocess | None = None, out=None):
+    """Probability planes -> labels under ``post`` (default ``Postprocess()``): each plane
+    thresholded, its holes filled and (per plane) objects under ``min_size`` dropped; objects
+    numbered (``post.labels``) or a 0/1 mask.
+
+    probs: {plane index: (Y, X) probabilities} -> {plane index: labels plane}; or an array
+    (Y, X) or (..., Y, X) -> labels of its shape (or ``out``, filled). Planes indexed by one
+    stack axis, (Z, Y, X), are one volume: its labels are 3D objects (6-connected, ids unique
+    in the volume, ``min_size`` in voxels) unless ``post.per_slice``; planes of more stack axes
+    are numbered plane by plane. Ids are uint32, a mask 0/1 uint8."""
+    post = post or Postprocess()
+    if isinstance(probs, dict):
+        labeller = PlaneLabels(post, out)
+        for index, prob in probs.items():
+            labeller.add(index, prob)
+        return labeller.result()
+    probs = np.asarray(probs)
+    if out is None:
+        out = np.zeros(probs.shape, np.uint32 if post.labels else np.uint8)
+    labeller = PlaneLabels(post, out)
+    for index in np.ndindex(probs.shape[:-2]):
+        labeller.add(index, probs[index])
+    return labeller.result()
+
+
+def labels_from_proba(prob: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_size: int = 0,
                       fill_holes: bool = False, split: bool = True) -> np.ndarray:
     """Threshold a probability map into int32 labels; cheap, so a GUI can redo it live."""
     from scipy import ndimage as ndi

@@ -8,9 +8,7 @@ and stop cleanly by closing the generator.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import math
-import threading
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -22,7 +20,9 @@ from ..model.normalization import (
     default_normalization,
     torch_ready,
 )
-from .postprocess import labels_from_proba
+from . import runtime
+from .postprocess import DEFAULT_THRESHOLD, labels_from_proba
+from .staging import HostStaging
 from .tiling import (
     Progress,
     RegionAccumulator,
@@ -32,13 +32,8 @@ from .tiling import (
 )
 
 DEFAULT_TILE_SIZE = 512
-#: Where the network can run; "auto" picks CUDA, then Apple MPS, then the CPU.
-DEVICES = ("auto", "cuda", "mps", "cpu")
-#: Arithmetic on CUDA; "auto" is bf16 where the card supports it, else fp16 (CPU: always fp32).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Staged path: batches the host may queue ahead of the GPU (each holds its tiles on the GPU).
 LEAD_BATCHES = 3
-
 
 
 @dataclass(frozen=True)
@@ -47,13 +42,13 @@ class SegmentSettings:
     the Segment widget's fields and the dask workers all use.
 
     Args:
-        device: one of ``DEVICES``; "auto" picks CUDA, then MPS, then the CPU.
+        device: one of ``runtime.DEVICES``; "auto" picks CUDA, then MPS, then the CPU.
         tile_size: tile edge in pixels, a multiple of 32; None uses what the checkpoint
             recorded (else 512).
         overlap: tile overlap as a fraction of the tile, in [0, 1).
         batch_size: tiles per network call (CUDA out-of-memory halves it and carries on).
         tta: average over flips (4x slower).
-        precision: one of ``PRECISIONS`` (CUDA only; the CPU computes in fp32).
+        precision: one of ``runtime.PRECISIONS`` (CUDA only; the CPU computes in fp32).
         blend: tile weights, "cosine" (raised-cosine taper) or "gaussian" (as MONAI/nnU-Net).
         compile: run the network through torch.compile (CUDA graphs on GPU).
         pinned: CUDA only: reused page-locked buffers and side copy streams.
@@ -72,8 +67,8 @@ class SegmentSettings:
     def __post_init__(self) -> None:
         from ..model.network import INPUT_MULTIPLE
 
-        if str(self.device).lower().split(":")[0] not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; use {', '.join(DEVICES)}")
+        if str(self.device).lower().split(":")[0] not in runtime.DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; use {', '.join(runtime.DEVICES)}")
         if self.tile_size is not None and (self.tile_size < INPUT_MULTIPLE
                                            or self.tile_size % INPUT_MULTIPLE):
             raise ValueError(f"tile size must be a multiple of {INPUT_MULTIPLE}, "
@@ -82,8 +77,8 @@ class SegmentSettings:
             raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+        if self.precision not in runtime.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(runtime.PRECISIONS)}, "
                              f"got {self.precision!r}")
         check_blend(self.blend)
 
@@ -95,39 +90,6 @@ class SegmentSettings:
     def defaults(cls) -> dict:
         """Field -> default, without building (or importing torch), for CLI and widget fields."""
         return {f.name: f.default for f in fields(cls)}
-
-
-def drain(gen, on_item=None):
-    """Run a progress-yielding generator to its end and return what it returns; each yielded
-    item goes to ``on_item`` (a progress bar, say) when one is given."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_item is not None:
-            on_item(item)
-
-
-def resolve_device(device: str = "auto"):
-    """"auto" -> CUDA, else Apple MPS, else CPU; an explicit choice must exist."""
-    import torch
-
-    name = str(device).lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use auto, cuda, mps or cpu") from err
 
 
 def image_layout(shape: tuple[int, ...]) -> str:
@@ -144,6 +106,19 @@ def image_layout(shape: tuple[int, ...]) -> str:
     if min(shape[:2]) < 1:
         raise ValueError(f"the image is empty: shape {tuple(shape)}")
     return kind
+
+
+def as_image(image):
+    """``image`` as an array with a shape and a dtype: arrays (numpy, dask, zarr) as they are,
+    so lazy ones stay lazy; other array-likes (nested lists) through ``np.asarray``."""
+    if hasattr(image, "shape") and hasattr(image, "dtype"):
+        return image
+    try:
+        return np.asarray(image)
+    except (TypeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot make an image of this {type(image).__name__} ({first}); "
+                         "give an array (Y, X) or (Y, X, C)") from None
 
 
 def check_dtype(dtype) -> None:
@@ -178,7 +153,7 @@ class Segmenter:
 
             model = load_model(model)
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        self.device = runtime.resolve_device(settings.device)
         meta = getattr(model, "metadata", {}) or {}
         self.tile_size = int(settings.tile_size or meta.get("tile_size") or DEFAULT_TILE_SIZE)
         self.overlap = float(settings.overlap)
@@ -186,7 +161,7 @@ class Segmenter:
         self.tta = bool(settings.tta)
         self.blend = settings.blend
         self.normalization = normalization or default_normalization(model)
-        self.amp_dtype = amp_dtype(self.device, settings.precision)
+        self.amp_dtype = runtime.amp_dtype(self.device, settings.precision)
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -216,19 +191,16 @@ class Segmenter:
     @property
     def device_label(self) -> str:
         """A human-readable name of the device in use, e.g. 'cuda (NVIDIA H100)'."""
-        import torch
-
-        if self.device.type == "cuda":
-            return f"cuda ({torch.cuda.get_device_name(self.device)})"
-        return self.device.type
+        return runtime.device_label(self.device)
 
     # ---- the public calls -------------------------------------------------------------------
 
     def predict_proba(self, image, out=None) -> np.ndarray:
-        """Foreground probability, float32 (Y, X) in [0, 1]. ``out`` may be a zarr array."""
-        return drain(self.iter_predict(image, out=out))
+        """Foreground probability, float32 (Y, X) in [0, 1]. ``image``: (Y, X) or (Y, X, C),
+        numpy, dask, zarr or any array-like (a nested list); ``out`` may be a zarr array."""
+        return runtime.drain(self.iter_predict(image, out=out))
 
-    def segment(self, image, threshold: float = 0.5, min_size: int = 0,
+    def segment(self, image, threshold: float = DEFAULT_THRESHOLD, min_size: int = 0,
                 fill_holes: bool = False, split: bool = True) -> np.ndarray:
         """Integer labels (Y, X): 0 background, 1.. objects (or a single label 1 if not split)."""
         return labels_from_proba(self.predict_proba(image), threshold, min_size, fill_holes, split)
@@ -239,6 +211,7 @@ class Segmenter:
         Closing the generator (or simply not iterating further) stops the work between
         batches; nothing more is computed or written.
         """
+        image = as_image(image)
         check_dtype(image.dtype)
         image_layout(tuple(image.shape))
         height, width = int(image.shape[0]), int(image.shape[1])
@@ -281,6 +254,7 @@ class Segmenter:
         whole-image ``predict_proba``: the tiles of the whole-image grid that touch the
         region are run (its halo). ``intensity_range``: the whole image's, computed once
         by the caller when the image is split into chunks (else computed here)."""
+        image = as_image(image)
         check_dtype(image.dtype)
         image_layout(tuple(image.shape))
         grid = self.plan(int(image.shape[0]), int(image.shape[1]))
@@ -428,11 +402,7 @@ class Segmenter:
             x = x.contiguous(memory_format=torch.channels_last)
         else:
             x = x.contiguous()
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), runtime.autocast(self.device, self.amp_dtype):
             prob = torch.sigmoid(self.model(x).float())
             if self.tta:
                 for dims in ((3,), (2,), (2, 3)):
@@ -453,138 +423,3 @@ class Segmenter:
             self._stats = (norm, mean, std)
         _, mean, std = self._stats
         return (norm.to_unit(x, intensity_range).permute(0, 3, 1, 2) - mean) / std
-
-
-class _HostBuffer:
-    """Flat host memory (page-locked on CUDA) and the event of the last copy that used it."""
-
-    def __init__(self, data) -> None:
-        self.data = data
-        self.event = None
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel()
-
-    def view(self, shape, dtype):
-        """The first bytes of the buffer as a tensor of ``shape`` and ``dtype``."""
-        import torch
-
-        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        return self.data[:n].view(dtype).view(shape)
-
-    def sync(self) -> None:
-        """Wait for the last copy into or out of this buffer."""
-        if self.event is not None:
-            self.event.synchronize()
-            self.event = None
-
-
-class HostStaging:
-    """Reused host buffers (page-locked on CUDA) and side streams for the copies through them.
-
-    Upload: the upload stream copies a filled host buffer to a new device tensor and records
-    an event; the compute stream waits for that event (not the host), and the buffer is written
-    again only after it (``_HostBuffer.sync``). Download: the download stream waits for the
-    compute stream, copies a device tensor into a host buffer and records an event; the host
-    reads the buffer once that event has passed. Two copy streams, so an upload never queues
-    behind a download that waits for the network. Device tensors that cross streams are
-    registered with ``record_stream``, so the caching allocator never hands their memory out
-    while the other stream still uses it.
-
-    Off CUDA the same bookkeeping runs with ordinary memory and plain copies (the tests check
-    the logic on a CPU that way).
-    """
-
-    def __init__(self, device) -> None:
-        import torch
-
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.up = torch.cuda.Stream(self.device) if self.cuda else None
-        self.down = torch.cuda.Stream(self.device) if self.cuda else None
-        self._free: list[_HostBuffer] = []
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> _HostBuffer:
-        """A host buffer of at least ``nbytes``: a free one if any is big enough, else new."""
-        import torch
-
-        with self._lock:
-            fits = [b for b in self._free if b.nbytes >= nbytes]
-            if fits:
-                buf = min(fits, key=lambda b: b.nbytes)
-                self._free.remove(buf)
-                return buf
-        return _HostBuffer(torch.empty(int(nbytes), dtype=torch.uint8, pin_memory=self.cuda))
-
-    def give(self, buf: _HostBuffer) -> None:
-        """Return a buffer for reuse (after its last copy has finished); keeps the 8 largest."""
-        buf.sync()
-        with self._lock:
-            self._free.append(buf)
-            self._free.sort(key=lambda b: b.nbytes, reverse=True)
-            del self._free[8:]
-
-    def upload(self, buf: _HostBuffer, host):
-        """Queue the copy of ``host`` (a view of ``buf``) to the device; the returned tensor
-        may be used on the current (compute) stream at once."""
-        import torch
-
-        if not self.cuda:
-            return host.clone()
-        compute = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self.up):
-            dev = torch.empty(host.shape, dtype=host.dtype, device=self.device)
-            dev.copy_(host, non_blocking=True)
-        buf.event = torch.cuda.Event()
-        buf.event.record(self.up)
-        compute.wait_event(buf.event)
-        dev.record_stream(compute)
-        return dev
-
-    def download(self, buf: _HostBuffer, tensor):
-        """Queue the copy of a device tensor (computed on the current stream) into ``buf``;
-        returns the host view, valid once ``ready(buf)`` (``buf.sync()`` waits for it)."""
-        import torch
-
-        host = buf.view(tuple(tensor.shape), tensor.dtype)
-        if not self.cuda:
-            host.copy_(tensor)
-            return host
-        self.down.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.down):
-            host.copy_(tensor, non_blocking=True)
-        buf.event = torch.cuda.Event()
-        buf.event.record(self.down)
-        tensor.record_stream(self.down)
-        return host
-
-    def mark(self):
-        """An event at the current end of the compute stream (None off CUDA)."""
-        import torch
-
-        if not self.cuda:
-            return None
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.device))
-        return event
-
-    def ready(self, buf: _HostBuffer) -> bool:
-        """True when the last copy through ``buf`` has finished (never waits)."""
-        return buf.event is None or buf.event.query()
-
-
-def amp_dtype(device, precision: str = "auto"):
-    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-

@@ -10,6 +10,9 @@ import itertools
 
 import numpy as np
 
+from .postprocess import PlaneLabels, Postprocess
+from .runtime import relay
+
 
 def spatial_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
     """The shape without the colour axis: what a Labels layer for this image has."""
@@ -40,15 +43,40 @@ def iter_predict_planes(segmenter, data, rgb: bool, planes):
     {plane_index: probability map}. Each plane is read lazily (dask / zarr stay lazy)."""
     probs = {}
     for number, index in enumerate(planes):
-        gen = segmenter.iter_predict(plane_of(data, index))
-        while True:
-            try:
-                progress = next(gen)
-            except StopIteration as stop:
-                probs[index] = stop.value
-                break
-            yield number, len(planes), progress
+        probs[index] = yield from relay(segmenter.iter_predict(plane_of(data, index)),
+                                        lambda progress, n=number: (n, len(planes), progress))
     return probs
+
+
+def iter_segment_stack(segmenter, data, rgb: bool, post: Postprocess | None = None, out=None,
+                       probs_out=None):
+    """Generator: a 2D image, or every plane of a stack (..., Y, X[, C]) (a CT or MR volume)
+    one after the other, through ``segmenter``; yields (planes done, planes) after each and
+    returns the labels under ``post`` (``postprocess.labels_from_planes``: 3D objects in a
+    (Z, Y, X) volume unless per slice), in ``out`` if given, else in a new array (ids uint32,
+    a mask 0/1 uint8). A stack is segmented with the setting made for the whole stack
+    (``Normalization.for_stack``: a "volume" scope is one range for all its planes); the
+    segmenter's own setting is left as it was. ``probs_out``: an array for the probabilities.
+    """
+    post = post or Postprocess()
+    shape = spatial_shape(data.shape, rgb)
+    planes = plane_indices(data.shape, rgb)
+    if out is None:
+        out = np.zeros(shape, np.uint32 if post.labels else np.uint8)
+    labeller = PlaneLabels(post, out)
+    setting = segmenter.normalization
+    if len(shape) > 2:
+        segmenter.normalization = setting.for_stack(data)
+    try:
+        for number, index in enumerate(planes):
+            prob = segmenter.predict_proba(plane_of(data, index))
+            if probs_out is not None:
+                probs_out[index] = prob
+            labeller.add(index, prob)
+            yield number + 1, len(planes)
+    finally:
+        segmenter.normalization = setting
+    return labeller.result()
 
 
 def write_planes(target: np.ndarray, planes: dict) -> np.ndarray:

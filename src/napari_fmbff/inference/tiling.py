@@ -126,7 +126,7 @@ class RowBandAccumulator:
     current band are final and go to ``out`` (numpy, zarr, or anything with 2D slice
     assignment), so the output is never held twice.
 
-    ``staging`` (an ``inference.HostStaging``): finished rows come down through reused host
+    ``staging`` (a ``staging.HostStaging``): finished rows come down through reused host
     buffers on its copy stream and are written to ``out`` later, once their copy has finished
     (at most ``max_pending`` in flight), so the host does not wait for the GPU at every row.
     Without it each row is copied and written at once. ``finish`` writes everything.

@@ -13,9 +13,9 @@ import logging
 import os
 
 from ..inference.chunked import intensity_ranges
+from ..inference.postprocess import Postprocess
 from .files import (
     FileJob,
-    Postprocess,
     SegmenterSpec,
     open_large_job,
     result_provenance,

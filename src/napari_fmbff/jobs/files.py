@@ -15,6 +15,7 @@ import numpy as np
 
 from .._files import naming
 from ..inference.chunked import Chunk, segment_chunk
+from ..inference.postprocess import Postprocess
 from ..inference.segmenter import SegmentSettings
 
 #: Stacks whose planes are smaller than this (px) are refused as a mistaken axis order.
@@ -50,34 +51,6 @@ class SegmenterSpec:
         model = load_model(self.model_path)
         return Segmenter(model, self.settings, device=device or self.settings.device,
                          normalization=self.intensity(model))
-
-
-@dataclass(frozen=True)
-class Postprocess:
-    threshold: float = 0.5
-    min_size: int = 0
-    fill_holes: bool = False
-    labels: bool = False        # connected-component labels (uint16 tif) instead of 0/255 png
-    per_slice: bool = False     # stacks: objects numbered slice by slice, not 3D objects
-
-    def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if isinstance(self.min_size, bool) or int(self.min_size) != self.min_size \
-                or self.min_size < 0:
-            raise ValueError(f"min size must be a whole number of pixels >= 0, got {self.min_size}")
-
-    @property
-    def whole_objects(self) -> bool:
-        """Whether this needs whole objects, across chunk borders (``components.py``)."""
-        return self.labels or self.min_size > 0 or self.fill_holes
-
-    def record(self) -> dict:
-        """The post-processing part of a result's provenance."""
-        return {"threshold": self.threshold, "min_size": self.min_size,
-                "fill_holes": self.fill_holes,
-                "objects": ("labels, per slice" if self.per_slice else "labels, 3D in stacks")
-                if self.labels else "mask"}
 
 
 def result_provenance(segmenter, post: Postprocess, source) -> dict:
@@ -186,37 +159,19 @@ def read_job(job: FileJob):
 
 
 def predict_job(segmenter, image, rgb: bool, post: Postprocess, with_probs: bool):
-    """(masks, probabilities or None) for a 2D image or, plane by plane, a stack. Labels of a
-    (Z, Y, X) stack are 3D objects, ids unique across its planes (``post.per_slice``: numbered
-    per plane; stacks with more axes are numbered per plane). A "volume" intensity scope is
-    one range for the whole stack."""
-    from ..inference.postprocess import label_volume, labels_from_proba
-    from ..inference.stacks import plane_indices, plane_of, spatial_shape
+    """(masks, probabilities or None) for a 2D image or, plane by plane, a stack
+    (``stacks.iter_segment_stack``: labels of a (Z, Y, X) stack are 3D objects unless
+    ``post.per_slice``; a "volume" intensity scope is one range for the whole stack). Labels
+    are uint16 (a TIFF's), a mask 0 / 255 uint8 (a PNG's)."""
+    from ..inference.runtime import drain
+    from ..inference.stacks import iter_segment_stack, spatial_shape
 
     shape = spatial_shape(image.shape, rgb)
     masks = np.zeros(shape, np.uint16 if post.labels else np.uint8)
     probs = np.zeros(shape, np.float32) if with_probs else None
-    whole = len(shape) == 3 and post.labels and not post.per_slice
-    setting = segmenter.normalization
-    if len(shape) > 2:
-        segmenter.normalization = setting.for_stack(image)
-    try:
-        for index in plane_indices(image.shape, rgb):
-            prob = segmenter.predict_proba(plane_of(image, index))
-            labels = labels_from_proba(prob, post.threshold, 0 if whole else post.min_size,
-                                       post.fill_holes, split=post.labels)
-            masks[index] = labels if post.labels and not whole else (labels > 0) * (
-                1 if whole else 255)
-            if probs is not None:
-                probs[index] = prob
-    finally:
-        segmenter.normalization = setting
-    if whole:
-        labels = label_volume(masks, post.min_size)
-        if labels.max(initial=0) >= 2**16:
-            raise ValueError(f"{labels.max()} objects do not fit a uint16 TIFF; raise "
-                             "--min-size or use --per-slice-labels")
-        masks = labels.astype(np.uint16)
+    drain(iter_segment_stack(segmenter, image, rgb, post, out=masks, probs_out=probs))
+    if not post.labels:
+        masks *= 255
     return masks, probs
 
 

@@ -192,9 +192,11 @@ class LargeOutputs:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def _postprocess(self) -> None:
-        """Whole objects. Holes are filled plane by plane. Labels of a (Z, Y, X) stack are 3D
-        objects (6-connected, ids unique in the stack, ``min_size`` in voxels) unless
-        ``post.per_slice``; stacks with more axes (t, z) are numbered plane by plane."""
+        """Whole objects, chunk by chunk, under the same ``Postprocess`` rules as
+        ``postprocess.labels_from_planes``: holes are filled plane by plane; labels of a
+        (Z, Y, X) stack are 3D objects (6-connected, ids unique in the stack, ``min_size`` in
+        voxels) unless ``post.per_slice`` (``Postprocess.joins``); stacks with more axes (t, z)
+        are numbered plane by plane."""
         import itertools
 
         import zarr
@@ -215,7 +217,7 @@ class LargeOutputs:
             return write
 
         post, relabel = self.post, self.post.labels or self.post.min_size > 0
-        volume = post.labels and not post.per_slice and len(self.shape) == 3
+        volume = post.joins(len(self.shape) - 2)
         for plane in itertools.product(*(range(n) for n in self.shape[:-2])):
             view = {name: PlaneOf(a, plane) for name, a in stored.items()}
             source, target = view["mask.zarr"], view["final.zarr"]

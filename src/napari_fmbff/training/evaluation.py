@@ -6,13 +6,11 @@ every slice (3D Dice, as the field reports per case), then the same summary over
 
 from __future__ import annotations
 
-import numpy as np
-
-from ..inference.postprocess import labels_from_proba
+from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, labels_from_proba
 from .metrics import METRICS, confusion, summarize
 
 
-def evaluate(segmenter, images, masks, names, threshold: float = 0.5):
+def evaluate(segmenter, images, masks, names, threshold: float = DEFAULT_THRESHOLD):
     """Returns (rows, summary): one dict per image, and ``metrics.summarize`` of them all."""
     rows, counts = [], []
     for image, mask, name in zip(images, masks, names):
@@ -23,7 +21,8 @@ def evaluate(segmenter, images, masks, names, threshold: float = 0.5):
     return rows, summarize(counts)
 
 
-def evaluate_volumes(model, setting, pairs, threshold: float = 0.5, on_slice=None, **run):
+def evaluate_volumes(model, setting, pairs, threshold: float = DEFAULT_THRESHOLD,
+                     on_slice=None, **run):
     """Returns (rows, summary): one dict per volume (``volume``, the five metrics over the
     whole volume, ``slices``), and ``metrics.summarize`` over the volumes.
 
@@ -32,20 +31,19 @@ def evaluate_volumes(model, setting, pairs, threshold: float = 0.5, on_slice=Non
     pairs: ``data.datasets.VolumePair`` items (an iterable: read one at a time); run:
     ``Segmenter`` keywords (device, tile_size, ...); on_slice(done, total, name): progress.
     """
+    from ..inference.runtime import drain
     from ..inference.segmenter import Segmenter
+    from ..inference.stacks import iter_segment_stack
 
+    post = Postprocess(threshold)
     rows, counts = [], []
     for pair in pairs:
-        seg = Segmenter(model, normalization=setting.for_stack(pair.image), **run)
-        pred = np.zeros(pair.mask.shape, bool)
-        n = len(pair.image)
-        for z in range(n):
-            pred[z] = labels_from_proba(seg.predict_proba(pair.image[z]), threshold) > 0
-            if on_slice is not None:
-                on_slice(z + 1, n, pair.name)
-        c = confusion(pred, pair.mask)
+        seg = Segmenter(model, normalization=setting, **run)
+        pred = drain(iter_segment_stack(seg, pair.image, False, post),
+                     None if on_slice is None else lambda step, p=pair: on_slice(*step, p.name))
+        c = confusion(pred > 0, pair.mask)
         counts.append(c)
-        rows.append({"volume": pair.name, **c.scores(), "slices": n})
+        rows.append({"volume": pair.name, **c.scores(), "slices": len(pair.image)})
     if not rows:
         raise ValueError("no volumes to evaluate")
     return rows, summarize(counts)

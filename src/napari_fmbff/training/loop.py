@@ -425,8 +425,8 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
     """
     import torch
 
-    from ..inference.segmenter import amp_dtype as autocast_dtype
-    from ..inference.segmenter import resolve_device
+    from ..inference.runtime import amp_dtype as autocast_dtype
+    from ..inference.runtime import resolve_device
 
     started = time.time()
     from . import ddp as _ddp
@@ -599,7 +599,7 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
 
 def run_training(*args, **kwargs) -> TrainResult:
     """``iter_train`` run to the end (scripts and tests)."""
-    from ..inference.segmenter import drain
+    from ..inference.runtime import drain
 
     return drain(iter_train(*args, **kwargs))
 

@@ -32,7 +32,7 @@ class Outcome:
 
 def device_name(device) -> str:
     """``cuda`` -> the card's name; otherwise the device type."""
-    from ..inference.segmenter import resolve_device
+    from ..inference.runtime import resolve_device
 
     dev = resolve_device(str(device))
     if dev.type == "cuda":
