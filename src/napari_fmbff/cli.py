@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._files import check_folders, refuse_existing
+from .inference.postprocess import DEFAULT_THRESHOLD
 from .inference.runtime import DEVICES, PRECISIONS, drain
 from .inference.segmenter import SegmentSettings
 from .inference.tiling import BLENDS
@@ -139,7 +140,8 @@ def _add_run_args(seg) -> None:
 
 def _add_output_args(seg) -> None:
     """What `fmbff segment` writes: post-processing and the kinds of output."""
-    seg.add_argument("--threshold", type=_probability, default=0.5, help="probability cut (0.5)")
+    seg.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD,
+                     help=f"probability cut ({DEFAULT_THRESHOLD})")
     seg.add_argument("--min-size", type=_non_negative_int, default=0, help="drop objects smaller than this (px)")
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
     seg.add_argument("--labels", action="store_true",
@@ -254,7 +256,7 @@ def _add_evaluate_parser(sub) -> None:
     _add_model_arg(ev)
     ev.add_argument("--csv", default=None, help="also write the per-image table here")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
-    ev.add_argument("--threshold", type=_probability, default=0.5)
+    ev.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD)
     ev.add_argument("--tile-size", type=_positive_int, default=None)
     ev.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(ev)
@@ -511,16 +513,15 @@ def _chunk_bar(gen, name: str):
     """Pass a Progress generator through, showing a chunks bar for one large image."""
     from tqdm import tqdm
 
+    from .inference.runtime import relay
+
+    def show(progress):
+        bar.total, bar.n = progress.total, progress.done
+        bar.refresh()
+        return progress
+
     with tqdm(desc=f"{name} chunks", unit="chunk", leave=False) as bar:
-        while True:
-            try:
-                progress = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            bar.total = progress.total
-            bar.n = progress.done
-            bar.refresh()
-            yield progress
+        return (yield from relay(gen, show))
 
 
 def _segment_on_cluster(plan: SegmentPlan) -> int:
@@ -541,15 +542,14 @@ def _segment_on_cluster(plan: SegmentPlan) -> int:
         gen = iter_run_jobs(client, spec, jobs, plan.post, normalization, plan.chunk,
                             plan.overwrite, plan.resume, plan.settings)
         with tqdm(desc="tasks", unit="task") as bar:
-            while True:
-                try:
-                    done, total = next(gen)
-                except StopIteration:
-                    break
-                bar.total, bar.n = total, done
-                bar.refresh()
+            drain(gen, lambda step: _show_tasks(bar, *step))
     print(f"fmbff: wrote {len(jobs)} mask(s) to {plan.out}", file=sys.stderr)
     return 0
+
+
+def _show_tasks(bar, done: int, total: int) -> None:
+    bar.total, bar.n = total, done
+    bar.refresh()
 
 
 def _model_name(name: str) -> str:

@@ -23,7 +23,7 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..inference.postprocess import label_volume, labels_from_proba
+from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, labels_from_planes
 from ..inference.runtime import DEVICES
 from ..inference.segmenter import DEFAULT_TILE_SIZE, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
@@ -67,7 +67,7 @@ SEGMENT_DEFAULTS = {
     "model": "starter",
     **INTENSITY_DEFAULTS,
     "device": _RUN["device"],
-    "threshold": 0.5,
+    "threshold": DEFAULT_THRESHOLD,
     "tile_size": _RUN["tile_size"] or DEFAULT_TILE_SIZE,
     "overlap": _RUN["overlap"],
     "batch_size": _RUN["batch_size"],
@@ -88,6 +88,7 @@ def _segment_planes(model_ref, data, rgb, planes, options, intensity):
     """Worker: load the model, then yield ("device", name), ("record", provenance) and
     ("progress", plane, n, p). ``intensity``: ``intensity_setting`` keywords."""
     from ..inference.intensity import intensity_setting
+    from ..inference.runtime import relay
     from ..inference.segmenter import Segmenter
     from ..inference.stacks import iter_predict_planes
     from ..model.checkpoint import load_model
@@ -100,13 +101,8 @@ def _segment_planes(model_ref, data, rgb, planes, options, intensity):
     yield ("device", seg.device_label)
     yield ("record", {**seg.record(), "intensity_setting": setting.to_dict(),
                       "intensity_choice": setting.describe()})
-    gen = iter_predict_planes(seg, data, rgb, planes)
-    while True:
-        try:
-            number, total, progress = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield ("progress", number, total, progress)
+    return (yield from relay(iter_predict_planes(seg, data, rgb, planes),
+                             lambda step: ("progress", *step)))
 
 
 #: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections).
@@ -542,20 +538,9 @@ class SegmentWidget(Container):
         result = self._result
         if not result or result["labels"] not in self._viewer.layers:
             return
-        probs = result["probs"]
-        if len(probs) > 1 and self._joins_slices(result["labels"].data.shape):
-            # Whole-volume objects: slices joined face to face, ids unique in the stack.
-            order = sorted(probs)
-            masks = np.stack([labels_from_proba(probs[i], self.threshold.value, 0,
-                                                self.fill_holes.value, split=False)
-                              for i in order])
-            volume = label_volume(masks, self.min_size.value).astype(np.int32)
-            proposals = {index: volume[k] for k, index in enumerate(order)}
-        else:
-            proposals = {index: labels_from_proba(prob, self.threshold.value,
-                                                  self.min_size.value, self.fill_holes.value,
-                                                  self.split.value)
-                         for index, prob in probs.items()}
+        post = Postprocess(self.threshold.value, self.min_size.value, self.fill_holes.value,
+                           labels=self.split.value, per_slice=not self.objects_3d.value)
+        proposals = labels_from_planes(result["probs"], post)
         proposal_of(result["labels"]).show(proposals)
         record = result["labels"].metadata.get(PROVENANCE_TAG)
         if isinstance(record, dict):  # the layer says how its current labels were made

@@ -1,0 +1,152 @@
+"""Propagate through a volume: learn from the slices the user corrected or accepted, then
+segment every other slice; what the user labelled is never changed.
+
+One run = the one train-and-save (``train_and_save``, the fine-tuning recipe) on the labelled
+slices, then the fine-tuned model on the other slices. When training did not change the
+model, nothing is saved and the base model segments the other slices: the result says so, and
+no model claims to have learned. A lesion keeps one id across the pixels the user painted and
+the ones the model adds (the model's voxels take the id of the user's object they touch in
+3D; objects touching none get new ids above the user's). ``fmbff propagate`` and the Segment
+widget's Propagate both run ``iter_propagate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class PropagateResult:
+    labels: np.ndarray          # (Z, Y, X) int32: labelled slices verbatim, the rest from the model
+    probs: np.ndarray           # float32 (Z, Y, X): the model's; the labelled slices' own 0 / 1
+    slices: list                # the slices trained on (verbatim in ``labels``)
+    outcome: object             # training.run.Outcome: the saved model, or why none was
+    uncertainty: np.ndarray = field(default=None)  # per slice (inference.review); 0 when labelled
+
+    @property
+    def learned(self) -> bool:
+        return self.outcome.saved
+
+
+def labelled_slices(labels, n_image_slices: int, slices=None) -> list[int]:
+    """The slices to learn from: ``slices`` when given (an accepted slice may hold no lesion),
+    else every slice of ``labels`` with a label. One line for what cannot be propagated."""
+    labels = np.asarray(labels) if not hasattr(labels, "dtype") else labels
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be a (Z, Y, X) volume, got shape {tuple(labels.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise ValueError(f"labels must hold whole numbers (label ids), got {labels.dtype}; "
+                         "give a labels image")
+    if labels.shape[0] != n_image_slices:
+        raise ValueError(f"labels have {labels.shape[0]} slices but the image has "
+                         f"{n_image_slices}; give the labels of this image")
+    if labels.shape[0] < 2:
+        raise ValueError("a volume with one slice has nothing to propagate to; use Segment "
+                         "or fmbff segment for a single image")
+    n = labels.shape[0]
+    if slices is None:
+        slices = [z for z in range(n) if np.asarray(labels[z]).any()]
+        if not slices:
+            raise ValueError("no slice holds a label: correct or accept at least one slice "
+                             "first (paint the lesion on one slice)")
+    else:
+        slices = sorted({int(z) for z in slices})
+        bad = [z for z in slices if not 0 <= z < n]
+        if bad:
+            raise ValueError(f"slice {bad[0]} is outside the volume (0..{n - 1})")
+    if len(slices) == n:
+        raise ValueError(f"every one of the {n} slices is labelled: nothing to propagate to")
+    return slices
+
+
+def iter_propagate(net, volume, labels, out_model, *, slices=None, normalization=None,
+                   cfg=None, base=None, image_name: str = "", threshold: float | None = None,
+                   min_size: int = 0, overwrite: bool = False, should_stop=None,
+                   keep_on_cancel: bool = False, extra: dict | None = None):
+    """Generator: yields ("train", TrainEvent) while fine-tuning, then ("segment", done,
+    total); returns a ``PropagateResult``.
+
+    ``volume``: (Z, Y, X) grey slices (napari layer data or an array); ``labels`` the same
+    shape. ``normalization``: the intensity setting (default: the model's own), resolved for
+    this volume. ``cfg``: the fine-tuning recipe (default ``finetune_config()``). The model is
+    saved as ``out_model`` (nothing is replaced unless ``overwrite``) with its lineage: base
+    model, slices and image.
+    """
+    from ..inference.postprocess import DEFAULT_THRESHOLD
+    from ..inference.runtime import relay
+    from ..model.normalization import default_normalization
+    from .loop import finetune_config, make_items
+    from .run import train_and_save
+
+    zs = labelled_slices(labels, len(volume), slices)
+    setting = normalization or default_normalization(net)
+    resolved = setting.for_stack(volume)
+    items = make_items([np.asarray(volume[z]) for z in zs],
+                       [np.asarray(labels[z]) > 0 for z in zs], resolved,
+                       [f"{image_name or 'volume'} slice {z}" for z in zs],
+                       group=image_name or "volume", require_lesion=False)
+    if not any(item.mask.any() for item in items):
+        raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
+                         "one slice before propagating")
+    lineage = {"base": str(base) if base else None, "slices": zs, "image": image_name}
+    outcome = yield from relay(train_and_save(
+        net, items, cfg or finetune_config(), setting, out_model,
+        training_data=f"{image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}",
+        base=base, overwrite=overwrite, keep_on_cancel=keep_on_cancel, should_stop=should_stop,
+        extra={"propagated": lineage, **(extra or {})}), lambda event: ("train", event))
+    model = outcome.result.net if outcome.saved else net
+    probs = yield from _segment_others(model, volume, labels, zs, resolved)
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    merged = merge_ids(labels, zs, probs >= threshold, min_size)
+    from ..inference.review import slice_uncertainty
+
+    uncertainty = slice_uncertainty(probs)
+    uncertainty[zs] = 0.0
+    return PropagateResult(merged, probs, zs, outcome, uncertainty)
+
+
+def _segment_others(model, volume, labels, zs, normalization):
+    """Generator: the model's probabilities on every slice not in ``zs`` (yields progress);
+    the labelled slices get their own labels as 0 / 1."""
+    from ..inference.segmenter import Segmenter
+
+    seg = Segmenter(model, normalization=normalization)
+    probs = np.zeros(np.shape(labels), np.float32)
+    others = [z for z in range(len(volume)) if z not in set(zs)]
+    for k, z in enumerate(others):
+        probs[z] = seg.predict_proba(np.asarray(volume[z]))
+        yield ("segment", k + 1, len(others))
+    for z in zs:
+        probs[z] = np.asarray(labels[z]) > 0
+    return probs
+
+
+def merge_ids(labels, zs, mask, min_size: int = 0) -> np.ndarray:
+    """int32 labels: the slices ``zs`` of ``labels`` verbatim; elsewhere ``mask``'s voxels, each
+    3D object (6-connected, through the labelled slices too) taking the id the user gave the
+    object it touches (the most common one where it touches several), new ids otherwise.
+    Objects of the model under ``min_size`` voxels that touch no user object are dropped."""
+    from ..inference.postprocess import label_volume
+
+    labels = np.asarray(labels)
+    user = np.zeros(labels.shape, bool)
+    user[zs] = True
+    parts = label_volume(np.where(user, labels > 0, mask)).astype(np.int64)
+    lut = np.zeros(int(parts.max()) + 1, np.int64)
+    painted = user & (labels > 0)
+    if painted.any():  # each object the user touched: its most common user id
+        pairs, counts = np.unique(np.stack([parts[painted], labels[painted].astype(np.int64)]),
+                                  axis=1, return_counts=True)
+        order = np.lexsort((-counts, pairs[0]))
+        first = order[np.r_[True, np.diff(pairs[0][order]) != 0]]
+        lut[pairs[0][first]] = pairs[1][first]
+    sizes = np.bincount(parts[~user], minlength=lut.size)
+    new = np.flatnonzero((lut == 0) & (sizes >= max(min_size, 1)))
+    new = new[new > 0]
+    start = int(labels.max()) + 1 if labels.size else 1
+    lut[new] = np.arange(start, start + new.size)
+    out = lut[parts].astype(np.int32)
+    out[zs] = labels[zs]
+    return out

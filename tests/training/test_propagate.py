@@ -1,0 +1,70 @@
+"""Propagate: learn from the labelled slices, fill in the others, never touch what was labelled."""
+
+import numpy as np
+import pytest
+
+from napari_fmbff.training.propagate import iter_propagate, labelled_slices, merge_ids
+
+
+def test_model_voxels_take_the_id_of_the_user_object_they_touch():
+    labels = np.zeros((4, 10, 10), np.int32)
+    labels[1, 2:5, 2:5] = 5                     # the user's lesion, id 5, on slice 1
+    mask = np.zeros(labels.shape, bool)
+    mask[0, 2:5, 2:5] = mask[2, 3:6, 3:6] = True  # the model continues it above and below
+    mask[3, 8:10, 8:10] = True                  # and finds another object of its own
+    mask[1, 7:9, 0:2] = True                    # the model's guess on the labelled slice: ignored
+    out = merge_ids(labels, [1], mask)
+    np.testing.assert_array_equal(out[1], labels[1])          # verbatim
+    assert set(np.unique(out[[0, 2]])) == {0, 5}              # one id across slices
+    assert set(np.unique(out[3])) == {0, 6}                   # a new id above the user's
+    assert out.dtype == np.int32
+    assert not merge_ids(labels, [1], mask, min_size=5)[3].any()  # small new objects dropped
+
+
+@pytest.mark.parametrize("labels, slices, message", [
+    (np.zeros((3, 8, 8), np.int32), None, "no slice holds a label"),
+    (np.ones((3, 8, 8), np.int32), None, "every one of the 3 slices"),
+    (np.zeros((3, 8, 8), np.float32), None, "whole numbers"),
+    (np.zeros((2, 8, 8), np.int32), None, "2 slices but the image has 3"),
+    (np.zeros((3, 8, 8), np.int32), [7], "slice 7 is outside"),
+])
+def test_what_cannot_be_propagated_is_one_line(labels, slices, message):
+    with pytest.raises(ValueError, match=message):
+        labelled_slices(labels, 3, slices)
+    with pytest.raises(ValueError, match="one slice"):
+        labelled_slices(np.ones((1, 8, 8), np.int32), 1)
+
+
+def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_path):
+    from napari_fmbff.model.checkpoint import read_metadata
+    from napari_fmbff.training.loop import finetune_config
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
+    volume = np.stack([(rng.normal(60, 10, (64, 64)) + 120 * disk).clip(0, 255)
+                       for _ in range(4)]).astype(np.uint8)
+    labels = np.zeros(volume.shape, np.int32)
+    labels[1][disk] = 3
+    labels[1, 0, 0] = 9  # a stray user pixel: kept verbatim
+    out = tmp_path / "prop.safetensors"
+    events = []
+    gen = iter_propagate(tiny_net, volume, labels, out, base="tiny", image_name="scan",
+                         cfg=finetune_config(epochs=3, tile_size=64, batch_size=2))
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert {e[0] for e in events} == {"train", "segment"}
+    assert [e[1:] for e in events if e[0] == "segment"] == [(1, 3), (2, 3), (3, 3)]
+    np.testing.assert_array_equal(result.labels[1], labels[1])
+    assert result.slices == [1] and result.probs.shape == volume.shape
+    assert result.uncertainty[1] == 0 and result.uncertainty.shape == (4,)
+    if result.learned:  # saved with its lineage
+        prov = read_metadata(out)["provenance"]
+        assert prov["propagated"] == {"base": "tiny", "slices": [1], "image": "scan"}
+        assert prov["finetuned_from"] == "tiny" and "slice(s) 1" in prov["training_data"]
+    else:
+        assert not out.exists() and "did not change" in result.outcome.message
