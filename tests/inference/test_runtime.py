@@ -49,3 +49,34 @@ def test_errors_pass_through_a_relay():
 
     with pytest.raises(KeyError, match="lost"):
         drain(relay(broken(), str))
+
+
+def test_cpu_threads_follow_the_free_cpus_or_the_setting(monkeypatch):
+    import torch
+
+    from napari_fmbff.inference import runtime
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(runtime, "_cpus_busy_elsewhere", lambda: 1.2)
+        monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        assert runtime.fit_cpu_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr(runtime, "_cpus_busy_elsewhere", lambda: 0.1)
+        assert runtime.fit_cpu_threads() == 2
+        monkeypatch.setenv(runtime.THREADS_ENV, "3")
+        assert runtime.fit_cpu_threads() == 3
+        monkeypatch.setenv(runtime.THREADS_ENV, "many")
+        with pytest.raises(ValueError, match="FMBFF_THREADS='many'"):
+            runtime.fit_cpu_threads()
+        monkeypatch.delenv(runtime.THREADS_ENV)
+        monkeypatch.setattr(runtime, "_fixed_threads", 1)
+        assert runtime.fit_cpu_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_cpus_are_read_from_the_system():
+    from napari_fmbff.inference import runtime
+
+    busy = runtime._cpus_busy_elsewhere(0.05)
+    assert busy is None or 0 <= busy <= (runtime.os.cpu_count() or 1)

@@ -9,6 +9,8 @@ passes one's items on, changed, without a hand-written ``next()`` / ``StopIterat
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 #: Where the network can run; "auto" picks CUDA, then Apple MPS, then the CPU.
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -39,6 +41,82 @@ def relay(gen, fn):
         for item in items:
             yield fn(item)
     return outcome[0]
+
+
+#: Set to a whole number to fix torch's CPU threads (otherwise chosen before each CPU run).
+THREADS_ENV = "FMBFF_THREADS"
+_fixed_threads: int | None = None
+
+
+def set_cpu_threads(n: int) -> None:
+    """Fix torch's CPU threads for this process from now on (a dask worker's share, say)."""
+    global _fixed_threads
+    import torch
+
+    _fixed_threads = max(1, int(n))
+    torch.set_num_threads(_fixed_threads)
+
+
+def fit_cpu_threads() -> int:
+    """Before a CPU run, give torch as many threads as there are CPUs free now; returns it.
+
+    torch starts one thread per core whatever else runs, and its threads wait for each other
+    at every layer, so a thread that shares its core with another busy process stalls them
+    all: with one other CPU-bound process on a 2-core machine, ``fmbff segment`` with 2
+    threads took 5.3x the wall time of 1 thread (docs/performance.md). The CPUs other
+    processes keep busy are read from /proc/stat over a fifth of a second (Linux; elsewhere
+    torch's own choice stays). ``FMBFF_THREADS`` or ``set_cpu_threads`` fix the number.
+    """
+    import torch
+
+    fixed = _threads_from_env() or _fixed_threads
+    if fixed is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        busy = _cpus_busy_elsewhere()
+        if cpus is None or busy is None:
+            return torch.get_num_threads()
+        fixed = max(1, min(cpus, int(cpus - busy + 0.5)))
+    if torch.get_num_threads() != fixed:
+        torch.set_num_threads(fixed)
+    return fixed
+
+
+def _threads_from_env() -> int | None:
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{THREADS_ENV}={text!r}: give a whole number of threads, 1 or more, "
+                         "or unset it to choose by the free CPUs")
+    return value
+
+
+def _cpus_busy_elsewhere(seconds: float = 0.2) -> float | None:
+    """How many CPUs other processes kept busy over ``seconds`` (None: not on Linux)."""
+    def sample():
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                values = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        ours = os.times()
+        return sum(values), sum(values) - values[3] - values[4], ours.user + ours.system
+
+    first = sample()
+    if first is None:
+        return None
+    start = time.monotonic()
+    time.sleep(seconds)
+    second, wall = sample(), time.monotonic() - start
+    if second is None or second[0] <= first[0]:
+        return None
+    all_cpus = os.cpu_count() or 1
+    busy = (second[1] - first[1]) / (second[0] - first[0]) * all_cpus
+    return max(0.0, busy - (second[2] - first[2]) / wall)
 
 
 def resolve_device(device: str = "auto"):

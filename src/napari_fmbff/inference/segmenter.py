@@ -162,6 +162,8 @@ class Segmenter:
         self.blend = settings.blend
         self.normalization = normalization or default_normalization(model)
         self.amp_dtype = runtime.amp_dtype(self.device, settings.precision)
+        if self.device.type == "cpu":
+            runtime.fit_cpu_threads()  # as many threads as there are free CPUs now
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)

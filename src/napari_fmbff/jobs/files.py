@@ -45,9 +45,9 @@ class SegmenterSpec:
         from ..model.checkpoint import load_model
 
         if self.threads:
-            import torch
+            from ..inference.runtime import set_cpu_threads
 
-            torch.set_num_threads(self.threads)
+            set_cpu_threads(self.threads)
         model = load_model(self.model_path)
         return Segmenter(model, self.settings, device=device or self.settings.device,
                          normalization=self.intensity(model))
