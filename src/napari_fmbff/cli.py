@@ -596,17 +596,16 @@ def cmd_train(args) -> int:
 
 
 def _train(args, ddp) -> int:
-    import torch
+    import time
+
     from tqdm import tqdm
 
     from .data.datasets import find_pairs, load_pairs
     from .inference.intensity import intensity_setting
-    from .model import FMBFFNet, ModelConfig
-    from .model.checkpoint import load_model
     from .model.normalization import default_normalization
-    from .training.loop import TrainConfig, finetune_config, make_items
-    from .training.reports import check_history_free
-    from .training.run import score_summary, train_and_save
+    from .training.loop import make_items
+    from .training.resume import ResumeFile
+    from .training.run import build_network, check_output, score_summary, train_and_save
 
     is_main = ddp is None or ddp.is_main
 
@@ -614,111 +613,42 @@ def _train(args, ddp) -> int:
         if is_main:
             print(f"fmbff train: {text}", file=sys.stderr)
 
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise CliError(f"--out must end in .safetensors, got {out.name}")
-    refuse_existing(out, args.overwrite, "choose another name or pass --overwrite")
-    check_history_free(out, args.overwrite or args.resume)
+    # Refused before any work: the model path (train_and_save checks it again, after loading),
+    # the intensity options and the resume file.
+    out = check_output(args.out, args.overwrite, resuming=args.resume)
     _check_intensity(args)
-    out.parent.mkdir(parents=True, exist_ok=True)  # the per-epoch resume file goes there too
+    resume = ResumeFile(out)
+    state = resume.load() if args.resume else None
     found = find_pairs(args.data)
     say(found.describe())
     if ddp is not None:
         say(f"DDP over {ddp.world_size} processes, batch {args.batch_size} each "
             f"({args.batch_size * ddp.world_size} per step in all)")
-    if not found.is_volumes:
-        images, masks, names = load_pairs(found)
-    if args.init:
-        net = load_model(args.init)
-    else:
-        fields = {"encoder": args.encoder}
-        if args.config:
-            import json
-
-            try:
-                fields = json.loads(Path(args.config).read_text())
-            except (OSError, ValueError) as err:
-                raise CliError(f"--config {args.config}: {one_line(err)}; give a JSON file of "
-                               "ModelConfig fields") from None
-            if not isinstance(fields, dict):
-                raise CliError(f"--config {args.config}: a JSON object of ModelConfig fields "
-                               f"({{\"encoder\": ...}}) is needed, got a {type(fields).__name__}")
-        fields.update(encoder_weights=None if args.encoder_weights == "none" else "imagenet")
-        for flag in ("fmcab", "vitm", "biffm", "aggregate_skips"):
-            if getattr(args, f"no_{flag}"):
-                fields[flag] = False
-        torch.manual_seed(args.seed)  # --seed fixes the initial weights too
-        try:
-            config = ModelConfig.from_dict(fields)
-        except (TypeError, ValueError) as err:
-            raise CliError(f"--config {args.config}: {one_line(err)}" if args.config
-                           else one_line(err)) from None
-        net = FMBFFNet(config)
-        if args.encoder_init:
-            from .model.checkpoint import load_encoder_weights
-
-            n = load_encoder_weights(net, args.encoder_init)
-            say(f"encoder initialised from {args.encoder_init} ({n} tensors)")
+    images, masks, names = ([], [], []) if found.is_volumes else load_pairs(found)
+    ablate = [m for m in ("fmcab", "vitm", "biffm", "aggregate_skips") if getattr(args, f"no_{m}")]
+    net, notes = build_network(init=args.init, config=args.config, encoder=args.encoder,
+                               imagenet=args.encoder_weights == "imagenet", ablate=ablate,
+                               encoder_init=args.encoder_init, seed=args.seed)
+    for note in notes:
+        say(note)
     # The setting the model stores (a "volume" scope stays a scope); each volume's slices get
     # the range it resolves to for that volume.
     normalization = intensity_setting(default_normalization(net), args.window, args.normalize)
-    given = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "tile_size",
-                                                  "val_fraction", "patience", "steps_per_epoch")
-             if getattr(args, key) is not None}
-    if args.freeze_encoder:
-        given["freeze_encoder"] = True
-    if args.no_augment:
-        given["augment"] = False
-    given.update(resize=args.resize, device=args.device, seed=args.seed, num_workers=args.workers)
-    # Fine-tuning: the measured recipe; from scratch: the paper's (TrainConfig's defaults).
-    cfg = finetune_config(**given) if args.init else TrainConfig(**given)
-    if found.is_volumes:
-        items = _volume_items(found, normalization, is_main)
-        n_volumes = len({item.group for item in items})
-        say(f"{len(items)} slices from {n_volumes} volumes (every slice with lesion, and as "
-            "many lesion-free ones)")
-    else:
-        items = make_items(images, masks, normalization, names)
-    resume_path = out.with_suffix(".resume.pt")
-    state = None
-    if args.resume:
-        if not resume_path.exists():
-            raise CliError(f"--resume: {resume_path} not found (it is written after each epoch)")
-        try:  # weights only: nothing in the file is ever unpickled
-            state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - refused, in one line
-            raise CliError(f"--resume: {resume_path} is not a resume file fmbff train wrote "
-                           f"(refused: {type(err).__name__}); delete it to start again") from None
-        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
-            raise CliError(f"--resume: {resume_path} is not a resume file fmbff train wrote "
-                           "(no epoch); delete it to start again")
+    cfg = _train_config(args)
+    items = (_volume_items(found, normalization, is_main) if found.is_volumes
+             else make_items(images, masks, normalization, names))
+    if state:
         say(f"resuming after epoch {state['epoch']}")
-
-    def checkpoint(s):
-        tmp = resume_path.with_suffix(".pt.tmp")
-        try:
-            torch.save(s, tmp)
-        except RuntimeError as err:  # torch's own error for a full disk and friends
-            tmp.unlink(missing_ok=True)
-            raise OSError(errno.EIO, f"cannot write the resume file ({str(err).strip()[:80]}); "
-                          "is the disk full or read-only?", str(resume_path)) from None
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(resume_path)
-
-    import time
-
     deadline = time.time() + 60 * args.time_limit if args.time_limit else None
     gen = train_and_save(
         net, items, cfg, normalization, out, training_data=str(Path(args.data).resolve()),
         base=args.init, overwrite=args.overwrite, half=args.half,
         should_stop=(lambda: time.time() > deadline) if deadline else None,
-        resume_state=state, checkpoint_fn=checkpoint, ddp=ddp,
+        resume_state=state, checkpoint_fn=resume.save, ddp=ddp,
         extra={"layout": found.layout, "encoder_init": args.encoder_init,
                "window": args.window, "normalize": args.normalize,
-               **({"volumes": n_volumes, "slices": "every slice with lesion, and as many "
-                   "lesion-free ones"} if found.is_volumes else {})})
+               **({"volumes": len({item.group for item in items}), "slices": VOLUME_SLICES}
+                  if found.is_volumes else {})})
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
                disable=not is_main)
     try:  # closed before an error is printed, so the error is the last line
@@ -734,9 +664,29 @@ def _train(args, ddp) -> int:
     if not outcome.saved:  # nothing learned (or cancelled): no file, and a status to test
         say(f"{outcome.message} ({counts})")
         return 1
-    resume_path.unlink(missing_ok=True)
+    resume.remove()
     say(f"{score_summary(outcome.result)} ({counts}); saved {outcome.path}")
     return 0
+
+
+def _train_config(args):
+    """The TrainConfig of the options given: fine-tuning (``--init``) starts from the measured
+    recipe, a new model from the paper's (TrainConfig's defaults)."""
+    from .training.loop import TrainConfig, finetune_config
+
+    given = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "tile_size",
+                                                  "val_fraction", "patience", "steps_per_epoch")
+             if getattr(args, key) is not None}
+    if args.freeze_encoder:
+        given["freeze_encoder"] = True
+    if args.no_augment:
+        given["augment"] = False
+    given.update(resize=args.resize, device=args.device, seed=args.seed, num_workers=args.workers)
+    return finetune_config(**given) if args.init else TrainConfig(**given)
+
+
+#: Which slices of a volume ``fmbff train`` learns from (said, and stored in the model).
+VOLUME_SLICES = "every slice with lesion, and as many lesion-free ones"
 
 
 def _volume_items(found, setting, show: bool = True) -> list:
@@ -761,6 +711,9 @@ def _volume_items(found, setting, show: bool = True) -> list:
     if not any(item.mask.any() for item in items):
         raise CliError(f"{found.pairs[0][1][0].parent}: no mask volume has a lesion voxel "
                        "(lesion = any non-zero voxel); check that these are the masks")
+    if show:
+        print(f"fmbff train: {len(items)} slices from {len({i.group for i in items})} volumes "
+              f"({VOLUME_SLICES})", file=sys.stderr)
     return items
 
 

@@ -209,7 +209,7 @@ def test_validated_run_that_never_improves_reports_unchanged():
 
 
 def test_small_images_get_crops_of_their_own_size_and_batches_share_a_shape():
-    from napari_fmbff.training.loop import CropDataset, ShapeBatchSampler, crop_shape
+    from napari_fmbff.training.samples import CropDataset, ShapeBatchSampler, crop_shape
 
     assert crop_shape((40, 40), 256) == (64, 64)
     assert crop_shape((100, 300), 256) == (128, 256)

@@ -7,6 +7,10 @@ set of provenance keys, its log CSV and loss curve. It saves nothing when traini
 change the model (no epoch beat the base on held-out data), when it was cancelled and the
 caller did not ask to keep the best so far, or on DDP ranks other than 0. The returned
 ``Outcome`` says which, in words a user can read.
+
+``check_output`` is its one check of the model path (callers that load data first call it
+before that too, so a bad path is said before any work); ``build_network`` makes the network
+to train from ``fmbff train``'s choices.
 """
 
 from __future__ import annotations
@@ -51,6 +55,71 @@ def score_summary(result) -> str:
             f"{result.fit_after:.3f}")
 
 
+def check_output(out, overwrite: bool = False, resuming: bool = False) -> Path:
+    """``out`` as a Path, or refused: not a .safetensors name, an existing model (unless
+    ``overwrite``), or a log / loss plot it would replace (unless ``overwrite``, or
+    ``resuming``: a resumed run's files are its own). Nothing is written."""
+    from .._files import refuse_existing
+    from .reports import check_history_free
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out.name}")
+    refuse_existing(out, overwrite, "choose another name or pass --overwrite")
+    check_history_free(out, overwrite or resuming)
+    return out
+
+
+def build_network(*, init=None, config=None, encoder: str = "tf_efficientnetv2_s",
+                  imagenet: bool = False, ablate=(), encoder_init=None, seed: int = 0):
+    """The network ``fmbff train`` trains, and notes for the user: the model ``init``
+    (fine-tuning), else a new FM-BFF-Net from ``config`` (a JSON file of ModelConfig fields;
+    default: ``encoder``), its encoder from ImageNet (``imagenet``) or a timm state dict
+    (``encoder_init``), the modules named in ``ablate`` switched off (the paper's ablation).
+    ``seed`` fixes the new weights. A bad config is a ValueError naming the file."""
+    import torch
+
+    from ..model import FMBFFNet, ModelConfig
+    from ..model.checkpoint import load_encoder_weights, load_model
+
+    if init:
+        return load_model(init), []
+    fields = _config_fields(config) if config else {"encoder": encoder}
+    fields.update(encoder_weights="imagenet" if imagenet else None)
+    fields.update({flag: False for flag in ablate})
+    torch.manual_seed(seed)  # the seed fixes the initial weights too
+    try:
+        net = FMBFFNet(ModelConfig.from_dict(fields))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--config {config}: {_first_line(err)}" if config
+                         else _first_line(err)) from None
+    if not encoder_init:
+        return net, []
+    n = load_encoder_weights(net, encoder_init)
+    return net, [f"encoder initialised from {encoder_init} ({n} tensors)"]
+
+
+def _config_fields(path) -> dict:
+    """The ModelConfig fields in the JSON file ``path``, or a one-line ValueError naming it."""
+    import json
+
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        raise ValueError(f"--config {path}: {why}; give a JSON file of ModelConfig "
+                         "fields") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path}: a JSON object of ModelConfig fields "
+                         f"({{\"encoder\": ...}}) is needed, got a {type(fields).__name__}")
+    return fields
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def train_and_save(net, items, cfg, normalization, out, *, training_data: str, base=None,
                    overwrite: bool = False, half: bool = False, keep_on_cancel: bool = True,
                    should_stop=None, resume_state=None, checkpoint_fn=None, ddp=None,
@@ -65,17 +134,11 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
     says what the model learned from (a folder, or the napari layers); ``base`` is the model
     it started from (None: new weights). ``extra`` adds provenance keys.
     """
-    from .._files import refuse_existing
     from ..model.checkpoint import save_model
     from .loop import iter_train, recipe, split_items
-    from .reports import check_history_free, write_history
+    from .reports import write_history
 
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"model files end in .safetensors, got {out.name}")
-    if resume_state is None:  # a resumed run's files are its own
-        refuse_existing(out, overwrite, "choose another name or pass --overwrite")
-        check_history_free(out, overwrite)
+    out = check_output(out, overwrite, resuming=resume_state is not None)
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
     result = yield from iter_train(net, train, val, cfg, normalization, resume_state,
                                    checkpoint_fn, should_stop=should_stop, ddp=ddp)
