@@ -36,3 +36,18 @@ def test_ruff_is_clean():
 def test_at_most_six_modules_beside_the_rooms():
     top = sorted(p.name for p in (ROOT / "src" / "napari_fmbff").glob("*.py"))
     assert len(top) <= 6, top
+
+
+def test_no_function_in_src_is_longer_than_80_lines():
+    """Short functions (issue: one home per idea): every function and method in src/ fits in
+    80 lines, docstring included; ruff's C901 / PLR0915 (pyproject) bound their complexity."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "\n".join(long)
