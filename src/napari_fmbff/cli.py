@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_segment_parser, _add_info_parser, _add_train_parser,
-                _add_evaluate_parser, _add_demo_parser, _add_make_data_parser):
+                _add_evaluate_parser, _add_propagate_parser, _add_demo_parser,
+                _add_make_data_parser):
         add(sub)
     parser.subcommands = dict(sub.choices)  # for errors in the sub-command's own usage
     return parser
@@ -278,6 +279,34 @@ def _add_demo_parser(sub) -> None:
     demo.add_argument("--overwrite", action="store_true")
 
 
+def _add_propagate_parser(sub) -> None:
+    prop = sub.add_parser(
+        "propagate", help="learn from the labelled slices of a volume, fill in the others",
+        description="Fine-tune a model on the slices of PARTIAL that hold labels (or --slices), "
+                    "then segment every other slice of VOLUME. Writes the whole labels volume "
+                    "in --out with the input's name and format (NIfTI with the scan's affine "
+                    "and a JSON record for NIfTI / DICOM, a TIFF for a TIFF stack), the labelled "
+                    "slices copied verbatim and a lesion keeping the id you gave it, and the "
+                    "fine-tuned model beside it (STEM_propagated.safetensors).")
+    prop.add_argument("volume", metavar="VOLUME",
+                      help="NIfTI file, DICOM series (folder or one .dcm of it), or TIFF stack")
+    prop.add_argument("--labels", required=True, metavar="PARTIAL",
+                      help="the partial labels: NIfTI on the same scan, or a TIFF of the same "
+                           "shape; slices with any label are learned from")
+    prop.add_argument("--out", "-o", required=True, help="output folder")
+    _add_model_arg(prop)
+    prop.add_argument("--slices", default=None, metavar="Z,Z,...",
+                      help="learn from these slices (0-based, along the first axis) instead of "
+                           "every slice with a label; a listed slice without labels teaches "
+                           "what is not lesion")
+    prop.add_argument("--epochs", type=_positive_int, default=None,
+                      help="fine-tuning epochs (default: the measured recipe's)")
+    prop.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD)
+    prop.add_argument("--device", default="auto", choices=DEVICES)
+    _add_intensity_args(prop)
+    prop.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
 def _add_make_data_parser(sub) -> None:
     make = sub.add_parser("make-data", help="write a procedural data set (Kvasir-SEG layout; all = the starter's three looks)",
                           description="Generate seeded synthetic lesion images with exact masks.")
@@ -303,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # a misspelled option: the sub-command's own usage, not the top-level one
         parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     command = {"segment": cmd_segment, "info": cmd_info, "train": cmd_train,
-               "evaluate": cmd_evaluate, "make-data": cmd_make_data, "demo": cmd_demo}
+               "evaluate": cmd_evaluate, "propagate": cmd_propagate, "make-data": cmd_make_data,
+               "demo": cmd_demo}
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
@@ -767,6 +797,69 @@ def cmd_evaluate(args) -> int:
 
         write_csv(rows, args.csv, args.overwrite)
     return 0
+
+
+def cmd_propagate(args) -> int:
+    from tqdm import tqdm
+
+    from .inference.intensity import intensity_setting
+    from .model.normalization import default_normalization
+    from .training.loop import finetune_config
+    from .training.propagate import (
+        iter_propagate,
+        labelled_slices,
+        read_volume_files,
+        write_propagated,
+    )
+
+    _check_intensity(args)
+    files = read_volume_files(args.volume, args.labels)
+    slices = labelled_slices(files.labels, len(files.data), _slice_list(args.slices))
+    target, sidecar, model_path = files.targets(args.out)
+    for path in (target, sidecar, model_path):
+        if path is not None:
+            refuse_existing(path, args.overwrite)
+    name = _model_name(args.model)
+    net = _load(name)
+    setting = intensity_setting(default_normalization(net), args.window, args.normalize)
+    cfg = finetune_config(device=args.device,
+                          **({"epochs": args.epochs} if args.epochs else {}))
+    gen = iter_propagate(net, files.data, files.labels, model_path, slices=slices,
+                         normalization=setting, cfg=cfg, base=name, image_name=files.stem,
+                         threshold=args.threshold, overwrite=args.overwrite)
+    with tqdm(desc="propagate", unit="step") as bar:
+        result = drain(gen, lambda step: _show_propagation(bar, step))
+    outcome = result.outcome
+    print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
+          f"{outcome.message}", file=sys.stderr)
+    record = {"model": str(outcome.path) if result.learned else name, "base_model": name,
+              "learned": result.learned, "slices_labelled": result.slices,
+              "threshold": args.threshold, "source": str(args.volume),
+              "labels_source": str(args.labels), "intensity_setting": setting.to_dict(),
+              "package_version": _version()}
+    written = write_propagated(files, result, args.out, record, args.overwrite)
+    print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
+    return 0
+
+
+def _slice_list(text):
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--slices {text!r}: give slice numbers separated by commas, e.g. "
+                       "12,18") from None
+
+
+def _show_propagation(bar, step) -> None:
+    if step[0] == "train" and step[1].kind == "epoch":
+        bar.set_description("fine-tuning")
+        bar.set_postfix_str(f"epoch {step[1].epoch} loss {step[1].loss:.3f}")
+    elif step[0] == "segment":
+        bar.set_description("segmenting")
+        bar.total, bar.n = step[2], step[1]
+        bar.refresh()
 
 
 def cmd_make_data(args) -> int:

@@ -279,12 +279,12 @@ def load_volume_pair(image_path, mask_path) -> VolumePair:
     if data.dtype.kind == "f" and not np.isfinite(data).any():
         raise ValueError(f"{image_path}: the volume has no finite values (all NaN or inf); "
                          "remove or repair it")
-    labels = _on_image_grid(mask, image, mask_path, image_path)
+    labels = on_image_grid(mask, image, mask_path, image_path)
     lesion = ((labels > 0) | (labels < 0)).astype(np.uint8)  # non-zero; NaN is not lesion
     return VolumePair(volume_stem(mask_path), data, lesion, image.spacing, image_path, mask_path)
 
 
-def _on_image_grid(mask, image, mask_path: Path, image_path: Path) -> np.ndarray:
+def on_image_grid(mask, image, mask_path: Path, image_path: Path) -> np.ndarray:
     """The mask's voxels in the image's (z, y, x) order: as stored when both grids agree;
     turned (axes swapped / flipped, by the two affines) when the mask is stored in another
     orientation; as stored, with a warning, when the affines disagree otherwise."""

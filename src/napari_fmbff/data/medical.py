@@ -147,6 +147,19 @@ def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: 
     return path
 
 
+def write_labels_and_record(target, sidecar, labels: np.ndarray, affine: np.ndarray,
+                            record: dict, overwrite: bool = False) -> Path:
+    """NIfTI labels on the scan's grid and their JSON provenance beside them (both atomic;
+    nothing replaced unless ``overwrite``)."""
+    import json
+
+    write_nifti_labels(target, labels, affine, overwrite,
+                       description=f"fmbff {record.get('model', '')}"[:79])
+    with atomic_path(sidecar, overwrite) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+    return Path(target)
+
+
 def read_dicom_series(path) -> Volume:
     """Every slice of the series in a folder (or of the series a given file belongs to),
     sorted along the slice normal by ImagePositionPatient, in Hounsfield units for CT."""

@@ -8,14 +8,13 @@ trained with. The labels carry the source's affine; a JSON sidecar records the p
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_path, refuse_existing
-from ..data.medical import read_volume, series_name, write_nifti_labels
+from .._files import refuse_existing
+from ..data.medical import read_volume, series_name, write_labels_and_record
 from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess
 from .files import result_provenance
 
@@ -52,8 +51,4 @@ def segment_volume(model, settings, path, out_dir, threshold: float = DEFAULT_TH
               "labels": "3D objects" if not per_slice else "per slice",
               "window": window, "normalize": normalize, "intensity_setting": chosen.to_dict(),
               **(provenance or {})}
-    write_nifti_labels(target, out, volume.ras_affine, overwrite,
-                       description=f"fmbff {record.get('model', '')}"[:79])
-    with atomic_path(sidecar, overwrite) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-    return target
+    return write_labels_and_record(target, sidecar, out, volume.ras_affine, record, overwrite)

@@ -1,0 +1,93 @@
+"""fmbff propagate: a partial labels volume in, the whole labels volume and the model out."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fmbff.cli import main
+
+
+def stack(n=4, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
+    volume = np.stack([(rng.normal(60, 10, (size, size)) + 120 * disk).clip(0, 255)
+                       for _ in range(n)]).astype(np.uint8)
+    return volume, disk
+
+
+def test_tiff_stack_in_tiff_labels_out_labelled_slice_verbatim(tmp_path, tiny_model, capsys):
+    volume, disk = stack()
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[2][disk] = 4
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    out = tmp_path / "out"
+    args = ["propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
+            "-o", str(out), "--model", tiny_model, "--epochs", "2"]
+    assert main(args) == 0
+    written = tifffile.imread(out / "scan.tif")
+    assert written.shape == volume.shape
+    np.testing.assert_array_equal(written[2], labels[2])
+    err = capsys.readouterr().err
+    assert "learned from slice(s) 2" in err
+    assert main(args) == 2  # never replaced without --overwrite
+    assert "exists" in capsys.readouterr().err
+
+
+def test_nifti_volume_gets_nifti_labels_on_its_grid_and_a_record(tmp_path, tiny_model):
+    nib = pytest.importorskip("nibabel")
+    volume, disk = stack()
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    # NIfTI stores (x, y, z); the plugin reads volumes as (z, y, x).
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0).astype(np.int16), affine),
+             str(tmp_path / "ct.nii.gz"))
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[1][disk] = 1
+    nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0), affine), str(tmp_path / "ct_seg.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["propagate", str(tmp_path / "ct.nii.gz"), "--labels",
+                 str(tmp_path / "ct_seg.nii.gz"), "-o", str(out), "--model", tiny_model,
+                 "--epochs", "2"]) == 0
+    img = nib.load(str(out / "ct.nii.gz"))
+    np.testing.assert_allclose(img.affine, affine)
+    back = np.asarray(img.dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(back[1], labels[1])
+    record = json.loads((out / "ct.json").read_text())
+    assert record["slices_labelled"] == [1] and record["base_model"] == tiny_model
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no slice holds a label"),
+    ("full", "every one of the 4 slices"),
+    ("shape", "do not fit the image"),
+    ("fraction", "whole numbers"),
+    ("one-slice", "one slice"),
+    ("bad-slices", "--slices"),
+])
+def test_what_cannot_be_propagated_is_one_line_and_writes_nothing(tmp_path, tiny_model, capsys,
+                                                                  case, message):
+    volume, disk = stack()
+    labels = np.zeros(volume.shape, np.uint8)
+    extra = []
+    if case == "full":
+        labels[:] = 1
+    elif case == "shape":
+        labels = labels[:, :32]
+    elif case == "fraction":
+        labels = np.full(volume.shape, 0.5, np.float32)
+    elif case == "one-slice":
+        volume, labels = volume[:1], labels[:1] + 1
+    elif case == "bad-slices":
+        extra = ["--slices", "two"]
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    out = tmp_path / "out"
+    code = main(["propagate", str(tmp_path / "scan.tif"), "--labels",
+                 str(tmp_path / "partial.tif"), "-o", str(out), "--model", tiny_model, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())
