@@ -169,6 +169,7 @@ def test_next_slice_moves_the_slider_and_accepted_slices_reach_finetune(
     assert widget.next_slice_to_check() == (3,)
     assert viewer.dims.current_step[0] == 3
     assert "next to check: 3" in widget.uncertainty.value
+    accepted = viewer.layers["scan fmbff"].data[3].copy()
     assert widget.accept_slice() == (3,)
     assert "next to check: 1" in widget.uncertainty.value
     assert widget.next_slice_to_check() == (1,) and viewer.dims.current_step[0] == 1
@@ -176,13 +177,23 @@ def test_next_slice_moves_the_slider_and_accepted_slices_reach_finetune(
     labels.brush_size = 3
     labels.paint((1, 5, 5), 4)  # slice 1 corrected by hand: the next one is another slice
     assert widget.next_slice_to_check() not in {(1,), (3,), None}
+    # A box after the run (on the background: a box never takes another object's pixels):
+    # its object survives a re-threshold that empties the proposal.
+    boxes, _ = widget.add_prompt_layers()
+    boxes.add_rectangles(rect(2, 2, 44, 18, 60))
+    boxed = labels.data[2].copy()
+    assert (boxed == labels.data.max()).sum() > 0
+    widget.threshold.value = 1.0
+    assert not labels.data[4].any()
+    np.testing.assert_array_equal(labels.data[3], accepted)  # accepted: kept as it was
+    np.testing.assert_array_equal(labels.data[2] == boxed.max(), boxed == boxed.max())
     finetune = FineTuneWidget(viewer)
     finetune.image.value = viewer.layers["scan"]
     finetune.labels_layer.value = labels
-    images, masks = finetune._training_data()  # "slices you corrected": 3 (accepted) and 1
-    assert len(images) == 2
-    np.testing.assert_array_equal(masks[0], labels.data[1] > 0)
-    np.testing.assert_array_equal(masks[1], labels.data[3] > 0)
+    images, masks = finetune._training_data()  # "slices you corrected": 1, 2 (the box), 3
+    assert len(images) == 3                     # (accepted); not 0 and 4
+    for k, z in enumerate((1, 2, 3)):
+        np.testing.assert_array_equal(masks[k], labels.data[z] > 0)
 
 
 def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(

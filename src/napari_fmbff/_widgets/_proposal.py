@@ -10,8 +10,9 @@ One ``Proposal`` per output layer keeps:
   at any threshold.
 - ``region``: where the user restricted the proposal with rectangles (per slice; None: no
   restriction). Outside it, a slice with a rectangle gets no proposed pixels.
-- ``accepted``: slices the user accepted as they are (Segment's review); with the slices
-  holding edited pixels they are the "slices you corrected" (``corrected``).
+- ``accepted``: slices the user accepted as they are (Segment's review): later proposals
+  leave them whole, and with the slices holding edited pixels they are the "slices you
+  corrected" (``corrected``).
 
 A prompt's answer (a box or a click) is written with ``write_as_user``: its pixels then count
 as the user's own (``edited``: re-thresholds and re-runs keep them, Fine-tune trains on them)
@@ -115,10 +116,13 @@ class Proposal:
         """Write proposed planes ({leading index: labels plane}) as one undo step.
 
         The user's edited pixels keep their values; removed objects stay removed; a region
-        restricts the proposal. Returns the number of pixels changed.
+        restricts the proposal; accepted slices are not written. Returns the number of
+        pixels changed.
         """
         planes = {}
         for index, proposed in proposals.items():
+            if tuple(index) in self.accepted:  # accepted as it was: kept whole
+                continue
             self._forget_undone(index)
             region = None if self.region is None else self.region[index]
             planes[index] = protect(proposed, self.suppressed[index], region)
