@@ -1051,3 +1051,96 @@ def test_segmenter_refuses_a_ragged_list_in_one_line(segmenter):
     with pytest.raises(ValueError, match="cannot make an image of this list") as err:
         segmenter.predict_proba([[1, 2], [3]])
     assert "\n" not in str(err.value)
+
+
+# ---- issue 22: prompts and review in the Segment widget ------------------------------------
+# A bad box or click, prompts on a 3D display, review of a 2D image or without a whole-stack
+# result: one notification each, and no layer changes (the prompt layers hold what the user
+# drew; nothing else is written, and no labels layer is made).
+
+
+@pytest.fixture
+def prompt_notified(monkeypatch):
+    seen = []
+    for module in ("_prompts", "_review"):
+        monkeypatch.setattr(f"napari_fmbff._widgets.{module}.show_error", seen.append)
+    return seen
+
+
+def _rect(corners, z=None):
+    (y0, x0), (y1, x1) = corners
+    square = [[y0, x0], [y0, x1], [y1, x1], [y1, x0]]
+    return np.array([([z] if z is not None else []) + v for v in square], float)
+
+
+PROMPT_CASES = {  # image shape, "box" or "click", its data, what the line says
+    "box-outside": ((40, 50), "box", _rect(((5, 60), (20, 80))), "outside the 50 x 40 image"),
+    "box-zero-area": ((40, 50), "box", _rect(((5, 10), (5, 30))), "zero area"),
+    "box-beyond-the-stack": ((3, 40, 50), "box", _rect(((5, 5), (20, 20)), z=7),
+                             "outside the image (slice 7"),
+    "click-outside": ((40, 50), "click", [20, 70], "outside the 50 x 40 image"),
+    "click-beyond-the-stack": ((3, 40, 50), "click", [-2, 20, 20], "outside the image"),
+    "box-on-a-3d-display": ((3, 40, 50), "box", _rect(((5, 5), (20, 20)), z=1),
+                            "switch to 2D: prompts are answered on the displayed slice"),
+    "click-on-a-3d-display": ((3, 40, 50), "click", [1, 20, 20], "switch to 2D"),
+}
+
+
+def _not_prompts(viewer):
+    return [(name, data) for name, data in _layers(viewer)
+            if not name.endswith((" prompts", " clicks"))]
+
+
+@needs_napari
+@pytest.mark.parametrize("case", list(PROMPT_CASES), ids=list(PROMPT_CASES))
+def test_bad_prompts_notify_once_and_change_nothing(case, make_napari_viewer, prompt_notified):
+    from napari_fmbff._widgets import SegmentWidget
+
+    shape, kind, data, says = PROMPT_CASES[case]
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, shape, np.uint8), name="scan")
+    widget = SegmentWidget(viewer)
+    boxes, clicks = widget.add_prompt_layers()
+    if "3d-display" in case:
+        viewer.dims.ndisplay = 3
+    before = _not_prompts(viewer)
+    if kind == "box":
+        boxes.add_rectangles(data)
+    else:
+        clicks.add(data)
+    assert len(prompt_notified) == 1, prompt_notified
+    assert says in prompt_notified[0] and prompt_notified[0].startswith("napari-fmbff: ")
+    assert "Traceback" not in prompt_notified[0] and "\n" not in prompt_notified[0]
+    after = _not_prompts(viewer)
+    assert [n for n, _ in after] == [n for n, _ in before]
+    for (_, a), (_, b) in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_napari
+@pytest.mark.parametrize("case", ["2d-image", "current-slice-only", "never-segmented"])
+def test_review_without_a_ranked_stack_notifies_and_changes_nothing(
+        case, make_napari_viewer, qtbot, prompt_notified, models_dir, model_file):
+    from napari_fmbff._widgets import SegmentWidget
+
+    (models_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
+    viewer = make_napari_viewer()
+    shape = (40, 50) if case == "2d-image" else (3, 40, 50)
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, shape, np.uint8), name="scan")
+    widget = SegmentWidget(viewer)
+    if case == "current-slice-only":
+        widget.refresh_models()
+        widget.model.value, widget.tile_size.value = "tiny", 64
+        widget.run()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+        assert "whole stack" in widget.uncertainty.value
+    before, step = _layers(viewer), viewer.dims.current_step
+    assert widget.next_slice_to_check() is None
+    said = {"2d-image": "2D image", "current-slice-only": "run Segment on the whole stack first",
+            "never-segmented": "run Segment on the whole stack first"}[case]
+    assert len(prompt_notified) == 1 and said in prompt_notified[0]
+    if case != "current-slice-only":  # a stack with a result may be accepted slice by slice
+        assert widget.accept_slice() is None
+        assert len(prompt_notified) == 2 and "\n" not in prompt_notified[1]
+    _same_layers(viewer, before)
+    assert viewer.dims.current_step == step

@@ -273,13 +273,15 @@ class FineTuneWidget(Container):
         return images, masks
 
     def _corrected_planes(self, data, rgb, labels):
-        """The slices of Segment's output layer that the user corrected (any edited pixel)."""
-        edited = proposal_of(labels).edited
-        planes = [i for i in plane_indices(data.shape, rgb) if edited[i].any()]
+        """The slices of Segment's output layer that the user corrected (any edited pixel,
+        a prompt's answer included) or accepted in Segment's review."""
+        proposal = proposal_of(labels)
+        planes = [i for i in plane_indices(data.shape, rgb) if proposal.corrected(i)]
         if not planes:
             raise ValueError(
-                f"you have not corrected '{labels.name}' yet: paint, fill or erase in it first "
-                "(or choose 'all slices with labels' to train on it as it is)")
+                f"you have not corrected '{labels.name}' yet: paint, fill or erase in it, "
+                "prompt it or accept a slice in Segment first (or choose 'all slices with "
+                "labels' to train on it as it is)")
         return ([np.asarray(plane_of(data, i)) for i in planes],
                 [np.asarray(plane_of(labels.data, i)) > 0 for i in planes])
 

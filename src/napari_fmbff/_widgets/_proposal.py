@@ -10,6 +10,14 @@ One ``Proposal`` per output layer keeps:
   at any threshold.
 - ``region``: where the user restricted the proposal with rectangles (per slice; None: no
   restriction). Outside it, a slice with a rectangle gets no proposed pixels.
+- ``accepted``: slices the user accepted as they are (Segment's review): later proposals
+  leave them whole, and with the slices holding edited pixels they are the "slices you
+  corrected" (``corrected``).
+
+A prompt's answer (a box or a click) is written with ``write_as_user``: its pixels then count
+as the user's own (``edited``: re-thresholds and re-runs keep them, Fine-tune trains on them)
+and are also recorded in ``prompted``, so that a later prompt may still change them (a
+negative click cuts a box's object) while pixels painted by hand (``painted``) stay as painted.
 
 Ctrl-Z of a removal or a restriction is seen in the layer at the next proposal, which then
 no longer applies it. Ctrl-Z of a brush stroke leaves those pixels protected (at the values
@@ -79,6 +87,8 @@ class Proposal:
         self.edited = np.zeros(shape, bool)
         self.suppressed = np.zeros(shape, bool)
         self.region: np.ndarray | None = None
+        self.prompted = np.zeros(shape, bool)
+        self.accepted: set[tuple] = set()
         self._writing = False
         layer.events.paint.connect(self._on_paint)
 
@@ -92,7 +102,9 @@ class Proposal:
         if self._writing:
             return
         for atom in event.value:
-            self.edited[atom_index(atom)] = True
+            where = atom_index(atom)
+            self.edited[where] = True
+            self.prompted[where] = False
 
     @property
     def n_edited(self) -> int:
@@ -104,10 +116,13 @@ class Proposal:
         """Write proposed planes ({leading index: labels plane}) as one undo step.
 
         The user's edited pixels keep their values; removed objects stay removed; a region
-        restricts the proposal. Returns the number of pixels changed.
+        restricts the proposal; accepted slices are not written. Returns the number of
+        pixels changed.
         """
         planes = {}
         for index, proposed in proposals.items():
+            if tuple(index) in self.accepted:  # accepted as it was: kept whole
+                continue
             self._forget_undone(index)
             region = None if self.region is None else self.region[index]
             planes[index] = protect(proposed, self.suppressed[index], region)
@@ -149,6 +164,30 @@ class Proposal:
             self._writing = False
         layer.refresh()
         return changed_total
+
+    def painted(self, index: tuple) -> np.ndarray:
+        """bool plane: the pixels of a slice the user painted, filled or erased by hand."""
+        return self.edited[index] & ~self.prompted[index]
+
+    def write_as_user(self, index: tuple, plane) -> int:
+        """Write one plane as the user's own edit (a prompt's answer), as one undo step: the
+        pixels painted by hand keep their values; the pixels it changes then count as edited
+        (kept by re-thresholds and re-runs) and as ``prompted``."""
+        before = np.array(self.layer.data[index], copy=True)
+        target = np.where(self.painted(index), before, np.asarray(plane, before.dtype))
+        n = self.write({index: target}, keep_edits=False)
+        changed = np.asarray(self.layer.data[index]) != before
+        self.edited[index] |= changed
+        self.prompted[index] |= changed
+        return n
+
+    def accept(self, index: tuple) -> None:
+        """Mark a slice (leading index) as accepted as it is."""
+        self.accepted.add(tuple(int(i) for i in index))
+
+    def corrected(self, index: tuple) -> bool:
+        """Whether the user corrected (any edited pixel) or accepted this slice."""
+        return tuple(index) in self.accepted or bool(self.edited[tuple(index)].any())
 
     # ---- object-level corrections -----------------------------------------------------------
 

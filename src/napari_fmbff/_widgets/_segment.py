@@ -49,7 +49,9 @@ from ._common import (
     tab_with_our_other_dock,
     wrap,
 )
+from ._prompts import PromptsMixin
 from ._proposal import proposal_of
+from ._review import ReviewMixin
 from ._settings import apply_saved_models_folder, remember_fields, set_models_folder
 from ._tooltips import STARTER_NOTE, tooltip
 
@@ -112,12 +114,15 @@ SEGMENT_LAYOUT = (
     "fill_holes", "split", "objects_3d", "add_probability", "tta", "new_layer", "scope",
     "run_button", "cancel_button", "progress", "status",
     "click_mode", "keep_button", "region_button", "edits",
+    "prompts_button", "box_engine", "negative", "prompt_status",
+    "next_button", "accept_button", "uncertainty",
     "models_folder", "restore_button",
 )
 
 
-class SegmentWidget(Container):
-    """Segment the selected image with an FM-BFF-Net model into a Labels layer."""
+class SegmentWidget(PromptsMixin, ReviewMixin, Container):
+    """Segment the selected image with an FM-BFF-Net model into a Labels layer; answer box and
+    click prompts (``_prompts``) and point to the slice to check next (``_review``)."""
 
     def __init__(self, napari_viewer) -> None:
         self._viewer = napari_viewer
@@ -137,8 +142,12 @@ class SegmentWidget(Container):
         self._create_outputs_section(d)
         self._create_run_controls_section()
         self._create_corrections_section()
+        self._create_prompts_section()
+        self._create_review_section()
         self._create_settings_section()
-        super().__init__(widgets=[getattr(self, name) for name in SEGMENT_LAYOUT])
+        # Scrollable: with prompts and review the fields are taller than a 1000 px screen.
+        super().__init__(widgets=[getattr(self, name) for name in SEGMENT_LAYOUT],
+                         scrollable=True)
         self.settings = remember_fields(
             self, "segment", d,
             skip=lambda name, value: name == "model" and (value == BROWSE or value in self._browsed))
@@ -148,6 +157,12 @@ class SegmentWidget(Container):
         self._bind_shortcut()
         tab_with_our_other_dock(self)
         self._follow_active()
+
+    @property
+    def native(self):
+        """The scroll area around the fields: napari docks ``native``, which for a scrollable
+        magicgui container is the inner widget, so the dock would lose its scroll bar."""
+        return self.root_native_widget
 
     # ---- sections of the dock ------------------------------------------------------------
 
@@ -231,6 +246,8 @@ class SegmentWidget(Container):
         model_events.saved.connect(self._on_model_saved)
         model_events.folder_changed.connect(self._on_folder_changed)
         self.native.destroyed.connect(self._on_destroyed)
+        self._connect_prompts()
+        self._connect_review()
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -547,6 +564,7 @@ class SegmentWidget(Container):
             record.update(threshold=self.threshold.value, min_size=self.min_size.value,
                           fill_holes=self.fill_holes.value, split=self.split.value,
                           objects=self._objects_label(result["labels"].data.shape))
+        self._refresh_review()
 
     # ---- quick corrections ---------------------------------------------------------------
 

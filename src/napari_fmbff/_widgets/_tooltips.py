@@ -24,6 +24,22 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "run_button": "Segment the image ({shortcut} on the canvas)",
         "click_mode": "Quick corrections in the output layer (pan/zoom mode): a click removes "
                       "an object, or marks it to keep; each is one Ctrl-Z",
+        "prompts_button": "Adds '<image> prompts' (draw rectangles: each box gives a new "
+                          "object) and '<image> clicks' (a click grows the object under it or "
+                          "makes one; a negative click cuts its region out), answered at once "
+                          "on the displayed slice; each answer is one Ctrl-Z in the labels "
+                          "layer and counts as your correction",
+        "box_engine": "How a box or click is answered. 'Otsu in box (no network)': Otsu's "
+                      "threshold inside the box, the object at its centre (Dice ~0.8 on real "
+                      "CT lesions, docs/models.md); chosen because no model's prompt path is "
+                      "trained yet. The network's prompt path is offered only for a model "
+                      "trained with prompts",
+        "negative": "Clicks cut their region out of the object under them (red) instead of "
+                    "adding to it (green); Shift-click does the opposite of this setting",
+        "next_button": "Moves the slider to the most uncertain slice (expected wrong pixels of "
+                       "the last whole-stack run) that you have not corrected nor accepted",
+        "accept_button": "The displayed slice is right as it is: it is not offered again, and "
+                         "Fine-tune's 'slices you corrected' trains on it",
         "models_folder": "Where fine-tuned models are saved and looked for (remembered; the "
                          f"{MODELS_DIR_ENV} environment variable, when set, is used instead)",
         "restore_button": "Every setting above back to its default (the models folder stays)",

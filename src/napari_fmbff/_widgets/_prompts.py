@@ -1,0 +1,266 @@
+"""Segment's prompts: a box or a click on the displayed slice gives that object at once.
+
+napari's and the peers' habits (micro-sam, nnInteractive): boxes are rectangles in a Shapes
+layer ``<image> prompts``, clicks are points in a Points layer ``<image> clicks`` (positive,
+green, by default; negative, red, with the widget's toggle or a Shift-click). Each new box or
+click is answered as soon as it is drawn, into Segment's output labels layer (made if Segment
+has not run yet), as one undo step: a box makes a new object (an id new in the whole stack),
+a positive click grows the object under it or makes a new one, a negative click cuts its
+region out of the object under it (``inference.prompting``). Other objects and the pixels the
+user painted never change, and the pixels a prompt wrote count as the user's from then on
+(``Proposal.write_as_user``): a re-threshold keeps them and Fine-tune trains on that slice
+(later prompts may still change them).
+Prompts already answered are remembered per layer and never answered again.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Label, PushButton
+from napari.layers import Points, Shapes
+from napari.utils.notifications import show_error
+
+from ..inference.stacks import plane_of, spatial_shape
+from ._common import (
+    IMAGE_TAG,
+    OUTPUT_TAG,
+    finest_level,
+    geometry_of,
+    import_engine,
+    output_layer,
+    wrap,
+)
+from ._proposal import proposal_of, unproxied
+from ._tooltips import tooltip
+
+#: The box engines: the network-free floor, and the network's own prompt path (offered only
+#: for a model whose config has ``prompts``; no shipped model is trained with prompts yet).
+OTSU_ENGINE = "Otsu in box (no network)"
+NETWORK_ENGINE = "network prompt path"
+#: Holding this key while clicking flips the click (negative unless the toggle says negative).
+NEGATIVE_MODIFIER = "Shift"
+#: Colours of positive and negative clicks.
+CLICK_COLOURS = {True: "lime", False: "red"}
+
+
+def prompt_engines(model_ref) -> list[str]:
+    """The box engines a model offers: Otsu always, the network's prompt path when its
+    config says ``prompts`` (read from the file's metadata, without torch)."""
+    engines = [OTSU_ENGINE]
+    if model_ref is None:
+        return engines
+    try:
+        from ..model.checkpoint import read_metadata
+        from ..model.registry import resolve_model_path
+
+        if read_metadata(resolve_model_path(model_ref))["config"].get("prompts"):
+            engines.append(NETWORK_ENGINE)
+    except Exception:  # imported weights, unreadable files: Otsu only
+        pass
+    return engines
+
+
+class PromptsMixin:
+    """The Prompts section of the Segment widget (needs its ``_viewer``, ``image``, ``model``,
+    ``_model_ref`` and ``_labels_layer_for``)."""
+
+    def _create_prompts_section(self) -> None:
+        """The prompt layers' button, the box engine, the negative toggle and a status line."""
+        self._prompt_seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.prompts_button = PushButton(text="Add prompt layers (boxes, clicks)",
+                                         tooltip=tooltip("segment", "prompts_button"))
+        self.box_engine = ComboBox(label="box engine",
+                                   choices=lambda _w: prompt_engines(self._model_ref()),
+                                   tooltip=tooltip("segment", "box_engine"))
+        self.negative = CheckBox(text="negative clicks (or Shift-click)", value=False,
+                                 tooltip=tooltip("segment", "negative"))
+        self.prompt_status = wrap(Label(value=""))
+
+    def _connect_prompts(self) -> None:
+        self.prompts_button.changed.connect(lambda _=None: self.add_prompt_layers())
+        self.negative.changed.connect(self._on_negative)
+        self.model.changed.connect(lambda _=None: self.box_engine.reset_choices())
+
+    # ---- the prompt layers ---------------------------------------------------------------
+
+    def add_prompt_layers(self, image=None):
+        """The image's prompt layers (made on first use, on its geometry): (boxes, clicks).
+        The boxes layer is selected, ready to draw rectangles."""
+        image = self.image.value if image is None else image
+        if image is None:
+            show_error("napari-fmbff: no image layer to prompt. Open an image first.")
+            return None
+        ndim = len(spatial_shape(finest_level(image).shape, image.rgb))
+        tags = {IMAGE_TAG: image.name}
+        boxes = output_layer(self._viewer, image, "prompts", Shapes)
+        if boxes is None:
+            boxes = self._viewer.add_shapes(
+                name=f"{image.name} prompts", ndim=ndim, edge_color="cyan", edge_width=2,
+                face_color="transparent", metadata={OUTPUT_TAG: "prompts", **tags},
+                **geometry_of(image))
+            boxes.mode = "add_rectangle"
+        clicks = output_layer(self._viewer, image, "clicks", Points)
+        if clicks is None:
+            clicks = self._viewer.add_points(
+                name=f"{image.name} clicks", ndim=ndim, features={"positive": np.zeros(0, bool)},
+                feature_defaults={"positive": not self.negative.value}, face_color="positive",
+                face_color_cycle=CLICK_COLOURS, border_color="white", size=8,
+                metadata={OUTPUT_TAG: "clicks", **tags}, **geometry_of(image))
+            clicks.mode = "add"
+        for layer in (boxes, clicks):
+            self._watch_prompts(layer)
+        self._viewer.layers.selection.active = boxes
+        self.prompt_status.value = (f"Draw a box on '{boxes.name}' or click on '{clicks.name}': "
+                                    "each is answered on the displayed slice at once.")
+        return boxes, clicks
+
+    def _watch_prompts(self, layer) -> None:
+        """Answer what is added to a prompt layer from now on (once per layer and widget)."""
+        layer = unproxied(layer)
+        if layer in self._prompt_seen:
+            return
+        self._prompt_seen[layer] = len(layer.data)
+        ref = weakref.ref(self)
+
+        def on_data(event, layer_ref=weakref.ref(layer)):
+            widget, target = ref(), layer_ref()
+            if widget is not None and target is not None and not widget._closed:
+                widget._on_prompt_data(target, event)
+
+        layer.events.data.connect(on_data)
+        if isinstance(layer, Points):
+            def modifier(points, event):
+                widget = ref()
+                if widget is not None:
+                    flip = NEGATIVE_MODIFIER in event.modifiers
+                    points.feature_defaults = {"positive": widget.negative.value == flip}
+
+            layer.mouse_drag_callbacks.insert(0, modifier)
+
+    def _on_negative(self, negative: bool) -> None:
+        for layer in list(self._prompt_seen):
+            if isinstance(layer, Points):
+                layer.feature_defaults = {"positive": not negative}
+
+    def _on_prompt_data(self, layer, event) -> None:
+        """New boxes or points (added at the end of the layer's data) are answered in turn."""
+        n, seen = len(layer.data), self._prompt_seen.get(layer, 0)
+        if str(getattr(event, "action", "")) != "added":
+            self._prompt_seen[layer] = min(seen, n)  # removed ones: nothing to answer
+            return
+        self._prompt_seen[layer] = n
+        for i in range(min(seen, n), n):
+            if isinstance(layer, Shapes):
+                self.answer_box(layer, np.asarray(layer.data[i]))
+            else:
+                positive = bool(layer.features["positive"].iloc[i])
+                self.answer_click(layer, np.asarray(layer.data[i]), positive)
+
+    # ---- answers -------------------------------------------------------------------------
+
+    def answer_box(self, layer, vertices) -> int:
+        """A box (a shape's vertices, data coordinates of ``layer``) -> a new object on its
+        slice. Returns the pixels written (0 when refused, with one notification)."""
+        from ..inference.prompting import add_object
+
+        try:
+            image, shape = self._prompt_image(layer)
+            index = _slice_of(vertices, shape, "box")
+            xs, ys = vertices[:, -1], vertices[:, -2]
+            box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+            plane = np.asarray(plane_of(finest_level(image), index))
+            mask = self._prompt_mask(plane, box=box)
+        except ValueError as err:
+            show_error(f"napari-fmbff: {err}")
+            return 0
+        labels, proposal, current = self._prompt_target(image, shape, index)
+        label = int(labels.data.max()) + 1
+        n = proposal.write_as_user(index, add_object(current, mask, label, proposal.painted(index)))
+        self._said(f"Box on {_where(index)}: object {label} ({n} px)." if n else
+                   f"Box on {_where(index)}: nothing new (its object is labelled or painted).")
+        return n
+
+    def answer_click(self, layer, point, positive: bool = True) -> int:
+        """A click (data coordinates of ``layer``) -> grows, makes or cuts an object on its
+        slice. Returns the pixels written (0 when refused, with one notification)."""
+        from ..inference.prompting import answer_click
+
+        try:
+            image, shape = self._prompt_image(layer)
+            index = _slice_of(np.atleast_2d(point), shape, "click")
+            x, y = float(point[-1]), float(point[-2])
+            plane = np.asarray(plane_of(finest_level(image), index))
+            mask = self._prompt_mask(plane, click=(x, y, positive))
+        except ValueError as err:
+            show_error(f"napari-fmbff: {err}")
+            return 0
+        labels, proposal, current = self._prompt_target(image, shape, index)
+        plane, label = answer_click(current, mask, x, y, positive, int(labels.data.max()) + 1,
+                                    proposal.painted(index))
+        n = proposal.write_as_user(index, plane) if label else 0
+        kind = "Positive" if positive else "Negative"
+        self._said(f"{kind} click on {_where(index)}: object {label} ({n} px changed)." if label
+                   else f"Negative click on {_where(index)}: no object under it; nothing changed.")
+        return n
+
+    def _prompt_image(self, layer):
+        """(image, spatial shape) a prompt layer belongs to; a ValueError when it cannot be
+        answered (no image, or napari shows 3D)."""
+        if self._viewer.dims.ndisplay == 3:
+            raise ValueError("switch to 2D: prompts are answered on the displayed slice")
+        name = layer.metadata.get(IMAGE_TAG)
+        image = next((lay for lay in self._viewer.layers if lay.name == name
+                      and not lay.metadata.get(OUTPUT_TAG) and hasattr(lay, "rgb")), None)
+        if image is None:
+            raise ValueError(f"'{layer.name}' belongs to image '{name}', which is not open; "
+                             "open it again or make prompt layers for another image")
+        return image, spatial_shape(finest_level(image).shape, image.rgb)
+
+    def _prompt_mask(self, plane, box=None, click=None) -> np.ndarray:
+        """The object's mask on ``plane`` by the chosen box engine."""
+        if self.box_engine.value == NETWORK_ENGINE:
+            from ..inference.prompting import network_mask
+
+            import_engine(self.prompt_status)  # torch in the main thread, safely
+            return network_mask(self._model_ref(), plane, box=box, click=click)
+        from ..inference.box import otsu_at_click, otsu_in_box
+
+        if box is not None:
+            return otsu_in_box(plane, box)
+        return otsu_at_click(plane, click[0], click[1])
+
+    def _prompt_target(self, image, shape, index):
+        """(labels layer, its Proposal, the slice's current labels); the layer is made as
+        Segment makes it when there is none yet, keeping the prompt layer selected."""
+        labels = output_layer(self._viewer, image, "labels", shape=shape)
+        if labels is None:
+            active = self._viewer.layers.selection.active
+            labels = self._labels_layer_for(image, shape)
+            self._viewer.layers.selection.active = active
+        return labels, proposal_of(labels), np.array(plane_of(labels.data, index))
+
+    def _said(self, text: str) -> None:
+        self.prompt_status.value = text + " Ctrl-Z in the labels layer undoes it."
+        refresh = getattr(self, "_refresh_review", None)
+        if refresh is not None:
+            refresh()
+
+
+def _slice_of(coords, shape, what: str) -> tuple:
+    """The leading index (slice) of a prompt's points; refused outside the stack or across
+    slices."""
+    lead = coords[:, : len(shape) - 2]
+    if lead.size and np.ptp(lead, axis=0).max() >= 0.5:
+        raise ValueError(f"the {what} spans several slices; draw it in a 2D view of one slice")
+    index = tuple(int(np.floor(v + 0.5)) for v in (lead[0] if lead.size else ()))
+    for i, n in zip(index, shape[:-2]):
+        if not 0 <= i < n:
+            raise ValueError(f"the {what} lies outside the image (slice {i}; the stack has "
+                             f"slices 0..{n - 1}); draw it on the image")
+    return index
+
+
+def _where(index: tuple) -> str:
+    return "the image" if not index else "slice " + ",".join(str(i) for i in index)

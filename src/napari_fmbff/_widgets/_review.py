@@ -1,0 +1,175 @@
+"""Segment's review: which slice of a segmented stack to check next, and "accept slice".
+
+The slices are ranked by ``inference.review.slice_uncertainty`` of the last whole-stack run's
+probabilities (the expected number of wrong pixels); "next slice to check" moves napari's
+slider to the most uncertain slice the user has not corrected (any edited pixel, prompts'
+answers included) nor accepted. Accepted slices are kept in the output layer's Proposal, so
+Fine-tune's "slices you corrected" trains on them too. A one-line sparkline shows the ranking
+along the stack, with the displayed and the next slice marked.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from magicgui.widgets import Label, PushButton
+from napari.utils.notifications import show_error, show_info
+
+from ..inference.stacks import plane_indices, spatial_shape
+from ._common import displayed_plane, finest_level, output_layer, wrap
+from ._proposal import proposal_of
+from ._tooltips import tooltip
+
+BARS = "▁▂▃▄▅▆▇█"
+#: At most this many characters in the sparkline (slices are grouped, the group's maximum).
+SPARK_WIDTH = 48
+NEEDS_STACK_RUN = ("run Segment on the whole stack first (scope: whole stack): the slice to "
+                   "check is ranked by the probabilities of every slice")
+
+
+def sparkline(scores, current: int | None = None, upcoming: int | None = None,
+              done=(), width: int = SPARK_WIDTH) -> str:
+    """Rich text: one bar per slice (or group of slices) by ``scores``; slices ``done`` grey,
+    the ``current`` one underlined, the ``upcoming`` one (next to check) in orange."""
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64))
+    groups = np.array_split(np.arange(len(s)), min(len(s), width))
+    top = s.max() if s.size and s.max() > 0 else 1.0
+    done = set(done)
+    chars = []
+    for group in groups:
+        level = int(round((len(BARS) - 1) * s[group].max() / top))
+        char = BARS[level]
+        if upcoming in group:
+            char = f'<b style="color:#ff8c00">{char}</b>'
+        elif all(int(k) in done for k in group):
+            char = f'<span style="color:#808080">{char}</span>'
+        if current in group:
+            char = f"<u>{char}</u>"
+        chars.append(char)
+    return "".join(chars)
+
+
+class ReviewMixin:
+    """The Review section of the Segment widget (needs its ``_viewer``, ``image`` and
+    ``_result``: the last run's labels layer and probabilities)."""
+
+    def _create_review_section(self) -> None:
+        self.next_button = PushButton(text="Next slice to check",
+                                      tooltip=tooltip("segment", "next_button"))
+        self.accept_button = PushButton(text="Accept slice",
+                                        tooltip=tooltip("segment", "accept_button"))
+        self.uncertainty = wrap(Label(label="uncertainty", value=""))
+
+    def _connect_review(self) -> None:
+        self.next_button.changed.connect(lambda _=None: self.next_slice_to_check())
+        self.accept_button.changed.connect(lambda _=None: self.accept_slice())
+        ref = weakref.ref(self)
+
+        def on_step(_event=None):
+            widget = ref()
+            if widget is not None and not widget._closed:
+                widget._refresh_review()
+
+        step_event = self._viewer.dims.events.current_step
+        step_event.connect(on_step)
+        self.native.destroyed.connect(lambda _=None: step_event.disconnect(on_step))
+        self.image.changed.connect(lambda _=None: self._refresh_review())
+        self._refresh_review()
+
+    def _review_target(self):
+        """(image, spatial shape, output labels layer or None); a ValueError for a 2D image."""
+        image = self.image.value
+        if image is None:
+            raise ValueError("no image layer to review; open a stack and Segment it")
+        shape = spatial_shape(finest_level(image).shape, image.rgb)
+        if len(shape) < 3:
+            raise ValueError(f"'{image.name}' is a 2D image: review ranks the slices of a stack")
+        return image, shape, output_layer(self._viewer, image, "labels", shape=shape)
+
+    def _ranking(self, shape, labels):
+        """(plane indices, uncertainty per plane) of the last whole-stack run into ``labels``."""
+        from ..inference.review import slice_uncertainty
+
+        result, planes = self._result, plane_indices(shape, False)
+        if (not result or labels is None or result["labels"] is not labels
+                or any(i not in result["probs"] for i in planes)):
+            raise ValueError(NEEDS_STACK_RUN)
+        cached = result.get("uncertainty")
+        if cached is None or cached[0] is not result["probs"]:  # once per run's probabilities
+            cached = result["uncertainty"] = (result["probs"], np.array(
+                [slice_uncertainty(result["probs"][i][None])[0] for i in planes]))
+        return planes, cached[1]
+
+    def next_slice_to_check(self):
+        """Move the slider to the most uncertain slice not yet corrected nor accepted;
+        returns its index (None when refused or when every slice is done)."""
+        from ..inference.review import next_slice
+
+        try:
+            image, shape, labels = self._review_target()
+            planes, scores = self._ranking(shape, labels)
+        except ValueError as err:
+            show_error(f"napari-fmbff: {err}")
+            return None
+        proposal = proposal_of(labels)
+        k = next_slice(scores, [k for k, i in enumerate(planes) if proposal.corrected(i)])
+        if k is None:
+            show_info("napari-fmbff: every slice is corrected or accepted; nothing left to check.")
+            return None
+        self._show_plane(image, planes[k])
+        self._refresh_review()
+        return planes[k]
+
+    def accept_slice(self):
+        """Mark the displayed slice as accepted as it is; returns its index (None if refused)."""
+        try:
+            image, shape, labels = self._review_target()
+            if labels is None:
+                raise ValueError(f"'{image.name}' has no result to accept yet; Segment it (or "
+                                 "answer a prompt) first")
+        except ValueError as err:
+            show_error(f"napari-fmbff: {err}")
+            return None
+        index = displayed_plane(self._viewer, image, shape)
+        proposal_of(labels).accept(index)
+        self._refresh_review()
+        return index
+
+    def _show_plane(self, image, index: tuple) -> None:
+        """Move napari's sliders so that ``image`` shows the plane at leading ``index``."""
+        data_point = np.zeros(image.ndim)
+        data_point[: len(index)] = index
+        world = np.asarray(image.data_to_world(data_point))
+        offset = self._viewer.dims.ndim - image.ndim
+        for axis, value in enumerate(world[: len(index)]):
+            self._viewer.dims.set_point(offset + axis, float(value))
+
+    def _refresh_review(self) -> None:
+        """The sparkline and one line under it (never raises: it runs on slider moves)."""
+        try:
+            image, shape, labels = self._review_target()
+        except ValueError:
+            self.uncertainty.value = "(stacks only)"
+            return
+        try:
+            planes, scores = self._ranking(shape, labels)
+        except ValueError:
+            self.uncertainty.value = "Segment the whole stack to rank its slices."
+            return
+        from ..inference.review import next_slice
+
+        proposal = proposal_of(labels)
+        done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
+        upcoming = next_slice(scores, done)
+        shown = displayed_plane(self._viewer, image, shape)
+        current = planes.index(shown) if shown in planes else None
+        line = sparkline(scores, current, upcoming, done)
+        said = (f"slice {_name(shown)} shown; next to check: "
+                + (_name(planes[upcoming]) if upcoming is not None else "none left")
+                + f"; {len(done)}/{len(planes)} corrected or accepted")
+        self.uncertainty.value = f"{line}<br>{said}"
+
+
+def _name(index: tuple) -> str:
+    return ",".join(str(i) for i in index)

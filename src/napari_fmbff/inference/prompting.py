@@ -1,0 +1,98 @@
+"""A prompt's answer merged into a labels plane: a new object, a refined one, or a cut.
+
+A box or click is answered on one plane as a mask (``inference.box``); what that mask does to
+the labels already there is decided here, numpy only, so the Segment widget and the command
+line agree: a box makes a new object; a positive click grows the object under it (or makes a
+new one on the background); a negative click cuts its region out of the object under it. A
+prompt never changes another object's pixels nor the ``protected`` ones (the user's own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_object(labels, mask, label: int, protected=None) -> np.ndarray:
+    """A copy of the labels plane with ``label`` written where ``mask`` lies on the background
+    (pixels of other objects and ``protected`` pixels keep their values)."""
+    out = np.array(labels, copy=True)
+    where = np.asarray(mask, bool) & (out == 0)
+    if protected is not None:
+        where &= ~np.asarray(protected, bool)
+    out[where] = label
+    return out
+
+
+def answer_click(labels, mask, x: float, y: float, positive: bool, new_label: int,
+                 protected=None) -> tuple[np.ndarray, int]:
+    """(new labels plane, the object's label) for a click at (x, y) whose region is ``mask``.
+
+    Positive: on an object, that object grows by the region; on the background, the region
+    becomes object ``new_label``. Negative: the region is cut out of the object under the
+    click (label 0 returned when there is none: nothing changes).
+    """
+    plane = np.asarray(labels)
+    under = int(plane[int(np.floor(y + 0.5)), int(np.floor(x + 0.5))])
+    if positive:
+        label = under or int(new_label)
+        return add_object(plane, mask, label, protected), label
+    out = np.array(plane, copy=True)
+    if not under:
+        return out, 0
+    cut = np.asarray(mask, bool) & (out == under)
+    if protected is not None:
+        cut &= ~np.asarray(protected, bool)
+    out[cut] = 0
+    return out, under
+
+
+#: Pixels of context the network sees around a box or a click (each side).
+NETWORK_MARGIN = 64
+
+
+def network_mask(model, plane, box=None, click=None, threshold: float = 0.5) -> np.ndarray:
+    """bool (H, W): a promptable network's answer to one ``box`` (x0, y0, x1, y1) or ``click``
+    (x, y, positive) on ``plane``: one forward pass, on CPU, over the prompt's surroundings
+    (``NETWORK_MARGIN`` px around it, padded to the network's multiple), the object under the
+    prompt's centre kept. ``model``: a network with ``config.prompts`` or a model name/path."""
+    import torch
+    from scipy import ndimage as ndi
+
+    from ..model.normalization import as_three_channels, default_normalization, torch_ready
+    from ..model.prompts import box_pixels, check_click, prompt_maps
+
+    if not hasattr(model, "forward"):
+        from ..model.checkpoint import load_model
+
+        model = load_model(model)
+    if not getattr(model.config, "prompts", False):
+        raise ValueError("this model has no trained prompt path; choose the box engine "
+                         "'Otsu in box (no network)'")
+    raw = np.asarray(plane)
+    h, w = raw.shape[:2]
+    if box is not None:
+        rows, cols = box_pixels(box, (h, w))
+        centre = ((rows.start + rows.stop - 1) / 2, (cols.start + cols.stop - 1) / 2)
+        boxes, points = [box], []
+    else:
+        x, y, positive = check_click(click, (h, w))
+        rows, cols, centre = slice(int(y), int(y) + 1), slice(int(x), int(x) + 1), (y, x)
+        boxes, points = [], [(x, y, positive)]
+    r0, r1 = max(rows.start - NETWORK_MARGIN, 0), min(rows.stop + NETWORK_MARGIN, h)
+    c0, c1 = max(cols.start - NETWORK_MARGIN, 0), min(cols.stop + NETWORK_MARGIN, w)
+    maps = prompt_maps((h, w), boxes, points)[:, r0:r1, c0:c1]
+    crop = torch_ready(as_three_channels(raw[r0:r1, c0:c1]))[None]
+    ph, pw = (-(r1 - r0)) % 32, (-(c1 - c0)) % 32
+    norm = default_normalization(model)
+    with torch.inference_mode():
+        x = norm.apply(torch.from_numpy(np.pad(crop, ((0, 0), (0, ph), (0, pw), (0, 0)),
+                                               mode="edge")), norm.intensity_range(raw))
+        p = torch.from_numpy(np.pad(maps, ((0, 0), (0, ph), (0, pw))))[None]
+        prob = torch.sigmoid(model.eval()(x, p).float())[0, 0, : r1 - r0, : c1 - c0].numpy()
+    parts, n = ndi.label(prob > threshold)
+    out = np.zeros((h, w), bool)
+    if n:
+        cy, cx = int(round(centre[0])) - r0, int(round(centre[1])) - c0
+        label = parts[cy, cx] or np.bincount(parts.ravel())[1:].argmax() + 1
+        out[r0:r1, c0:c1] = parts == label
+    return out

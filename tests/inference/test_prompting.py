@@ -1,0 +1,58 @@
+"""A prompt's answer merged into a labels plane, and the network's prompt path on one plane."""
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from napari_fmbff.inference.prompting import add_object, answer_click, network_mask
+
+
+def test_add_object_writes_only_background_and_never_protected_pixels():
+    labels = np.zeros((6, 6), np.int32)
+    labels[0, :] = 2
+    mask = np.zeros((6, 6), bool)
+    mask[:3, :3] = True
+    protected = np.zeros((6, 6), bool)
+    protected[2, 2] = True
+    out = add_object(labels, mask, 5, protected)
+    assert (out[0] == 2).all()  # another object keeps its pixels
+    assert (out[1:3, :3][~protected[1:3, :3]] == 5).all() and out[2, 2] == 0
+    assert labels.max() == 2  # the input is not changed
+
+
+def test_clicks_grow_make_and_cut():
+    labels = np.zeros((8, 8), np.int32)
+    labels[2:4, 2:4] = 3
+    region = np.zeros((8, 8), bool)
+    region[2:6, 2:6] = True
+    grown, label = answer_click(labels, region, 2, 2, True, 9)
+    assert label == 3 and (grown[region] == 3).all()
+    made, label = answer_click(labels, region, 5.2, 4.8, True, 9)  # pixel (5, 5): background
+    assert label == 9 and (made[region & (labels == 0)] == 9).all() and (made[2:4, 2:4] == 3).all()
+    protected = np.zeros((8, 8), bool)
+    protected[3, 3] = True
+    cut, label = answer_click(grown, region, 3, 3, False, 9, protected)
+    assert label == 3 and cut[3, 3] == 3 and cut.sum() == 3
+    same, label = answer_click(labels, region, 7, 7, False, 9)
+    assert label == 0 and np.array_equal(same, labels)
+
+
+def test_network_mask_answers_with_a_promptable_network_and_refuses_one_without():
+    import torch
+
+    from napari_fmbff import FMBFFNet
+
+    torch.manual_seed(0)
+    plane = np.zeros((40, 50), np.uint8)
+    plane[10:30, 15:35] = 200
+    with pytest.raises(ValueError, match="no trained prompt path"):
+        network_mask(FMBFFNet(tiny_config()).eval(), plane, box=(15, 10, 34, 29))
+    net = FMBFFNet(tiny_config(prompts=True)).eval()
+    with torch.no_grad():  # a prompt path that says "foreground inside the box"
+        net.prompt_conv.weight[:, 0] = 5.0
+    out = network_mask(net, plane, box=(15, 10, 34, 29))
+    assert out.shape == (40, 50) and out.dtype == bool
+    out = network_mask(net, plane, click=(25, 20, True))
+    assert out.shape == (40, 50)
+    with pytest.raises(ValueError, match="outside"):
+        network_mask(net, plane, click=(80, 20, True))
