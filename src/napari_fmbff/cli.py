@@ -119,6 +119,25 @@ def _add_segment_parser(sub) -> None:
                           "or large images, the first batch waits for the compiler")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_large_args(seg)
+    _add_prompt_args(seg)
+
+
+def _add_prompt_args(seg) -> None:
+    from .jobs.prompted import ENGINES
+
+    group = seg.add_argument_group(
+        "prompts", "only the prompted objects of ONE input are written, as labels "
+                   "(STEM.tif; NIfTI labels for a NIfTI / DICOM volume). Pixel coordinates as "
+                   "napari shows the opened image: X the column, Y the row, Z the slice")
+    group.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@Z]",
+                       help="a box around one object: a new object (repeat for more)")
+    group.add_argument("--point", action="append", default=[], metavar="X,Y[@Z][:neg]",
+                       help="a click: grows the object under it or makes a new one; :neg cuts "
+                            "its region out of the object under it")
+    group.add_argument("--box-engine", default="auto", choices=ENGINES,
+                       help="how a prompt is answered: Otsu inside the box (no network), or "
+                            "the model's prompt path when it has one (auto: the network when "
+                            "the model has a prompt path, else Otsu)")
 
 
 def _add_run_args(seg) -> None:
@@ -410,6 +429,8 @@ class SegmentPlan:
 
 
 def cmd_segment(args) -> int:
+    if args.box or args.point:
+        return _segment_prompted(args)
     plan = _plan_segment(args)
     if plan.volumes:
         _segment_volumes(plan)
@@ -429,6 +450,50 @@ def cmd_segment(args) -> int:
             print("fmbff: finished chunks of large images are kept; run the same command with "
                   "--resume to continue", file=sys.stderr)
         raise
+
+
+def _segment_prompted(args) -> int:
+    """`fmbff segment INPUT --box ... --point ...`: only the prompted objects of one input."""
+    from .data.medical import is_medical, read_volume
+    from .jobs.prompted import (
+        answer_prompts,
+        choose_engine,
+        parse_prompt,
+        prompt_record,
+        write_prompted,
+    )
+
+    prompts = ([parse_prompt("box", b) for b in args.box]
+               + [parse_prompt("point", p) for p in args.point])
+    if len(args.inputs) != 1:
+        raise CliError("--box / --point are pixel coordinates of one image: give one input")
+    source = args.inputs[0]
+    volume = read_volume(source) if is_medical(source) else None
+    data, rgb = (volume.data, False) if volume is not None else _prompt_image(source)
+    model_name = _model_name(args.model)
+    model = _load(model_name) if args.box_engine != "otsu" else None
+    engine = choose_engine(args.box_engine, model)
+    labels = answer_prompts(data, prompts, rgb, engine, model)
+    record = prompt_record(prompts, engine, model_name, source)
+    written = write_prompted(source, labels, args.out, record, volume, args.overwrite)
+    print(f"fmbff segment: {len(prompts)} prompt(s), {int(labels.max())} object(s) "
+          f"({record['engine']}): {source} -> {written}", file=sys.stderr)
+    return 0
+
+
+def _prompt_image(source) -> tuple:
+    """(pixels, rgb) of a 2D image or a TIFF stack, read whole."""
+    import tifffile
+
+    from .data.image_io import is_stack, read_image
+
+    path = Path(source)
+    if not path.is_file():
+        raise CliError(f"{source}: no such file")
+    if is_stack(path):
+        return tifffile.imread(path), False
+    image = read_image(path)
+    return image, image.ndim == 3
 
 
 def _plan_segment(args) -> SegmentPlan:

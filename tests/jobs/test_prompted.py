@@ -1,0 +1,88 @@
+"""fmbff segment INPUT --box / --point: only the prompted objects, as labels."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_fmbff.cli import main
+from napari_fmbff.data.image_io import read_provenance
+from napari_fmbff.jobs.prompted import answer_prompts, parse_prompt
+
+
+def disks(n=3, size=96):
+    yy, xx = np.mgrid[:size, :size]
+    a = (yy - 30) ** 2 + (xx - 30) ** 2 < 100
+    b = (yy - 65) ** 2 + (xx - 65) ** 2 < 150
+    rng = np.random.default_rng(0)
+    plane = (rng.normal(60, 6, (size, size)) + 120 * (a | b)).clip(0, 255).astype(np.uint8)
+    return np.stack([plane] * n), a, b
+
+
+def test_boxes_make_objects_clicks_grow_and_cut():
+    stack, a, b = disks()
+    prompts = [parse_prompt("box", "15,15,45,45@1"), parse_prompt("box", "48,48,82,82@1"),
+               parse_prompt("point", "65,65@2"), parse_prompt("point", "30,30@1:neg")]
+    labels = answer_prompts(stack, prompts)
+    assert set(np.unique(labels[1])) == {0, 2} and (labels[1][b] == 2).mean() > 0.9
+    assert (labels[2][b] == 3).mean() > 0.9 and not labels[0].any()  # a click: a new object
+    assert not labels[1][a].any()  # the negative click cut the first box's object away
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    ("box", "1,2,3", "X0,Y0,X1,Y1"), ("point", "a,b", "X,Y"), ("box", "1,2,3,4@x", "X0,Y0"),
+])
+def test_prompt_syntax_is_one_line(kind, text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_prompt(kind, text)
+
+
+def test_cli_writes_only_the_prompted_object_with_its_record(tmp_path, capsys):
+    stack, a, b = disks()
+    tifffile.imwrite(tmp_path / "scan.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(out),
+                 "--box", "48,48,82,82@0", "--box-engine", "otsu"]) == 0
+    labels = tifffile.imread(out / "scan.tif")
+    assert labels.shape == stack.shape and set(np.unique(labels)) == {0, 1}
+    assert (labels[0][b] == 1).mean() > 0.9 and not labels[0][a].any()
+    record = read_provenance(out / "scan.tif")
+    assert record["prompts"][0]["values"] == [48.0, 48.0, 82.0, 82.0]
+    assert record["engine"].startswith("Otsu")
+    assert "1 object(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "40,40,50,50"], "say which one with @Z"),
+    (["--box", "40,40,50,50@9"], "slice 9 is outside"),
+    (["--box", "200,200,300,300@0"], "outside the 96 x 96 image"),
+    (["--box", "40,40,40,50@0"], "zero area"),
+    (["--point", "500,3@0"], "outside the 96 x 96 image"),
+    (["--box", "40,40,50,50@0", "--box-engine", "network"], "no prompt path"),
+])
+def test_bad_prompts_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
+    stack, _, _ = disks()
+    tifffile.imwrite(tmp_path / "scan.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_nifti_volume_gets_nifti_labels_and_two_inputs_are_refused(tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
+    stack, a, b = disks()
+    affine = np.diag([0.8, 0.8, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(stack.transpose(2, 1, 0).astype(np.int16), affine),
+             str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out),
+                 "--box", "15,15,45,45@2"]) == 0
+    img = nib.load(str(out / "ct.nii.gz"))
+    labels = np.asarray(img.dataobj).transpose(2, 1, 0)
+    np.testing.assert_allclose(img.affine, affine)
+    assert (labels[2][a] == 1).mean() > 0.9 and not labels[[0, 1]].any()
+    assert (out / "ct.json").exists()
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct.nii.gz"), "-o",
+                 str(out), "--box", "1,1,5,5@0"]) == 2
+    assert "give one input" in capsys.readouterr().err
