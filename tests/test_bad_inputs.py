@@ -1144,3 +1144,61 @@ def test_review_without_a_ranked_stack_notifies_and_changes_nothing(
         assert len(prompt_notified) == 2 and "\n" not in prompt_notified[1]
     _same_layers(viewer, before)
     assert viewer.dims.current_step == step
+
+
+# ---- issue 22: Propagate through the volume (the Fine-tune dock) ------------------------------
+# Each refusal is one notification before anything runs: no layer changes, no model is saved.
+
+def _propagate_viewer(viewer, case):
+    """A viewer set up for one bad Propagate: the image, and Segment's output layer (made as
+    the Segment widget makes it) with the user's edits the case needs."""
+    from napari_fmbff._widgets._common import IMAGE_TAG, OUTPUT_TAG
+    from napari_fmbff._widgets._proposal import proposal_of
+
+    shape = {"one-slice": (1, 32, 32), "2d-image": (32, 32)}.get(case, (4, 32, 32))
+    image = viewer.add_image(np.full(shape, 50, np.uint8), name="scan")
+    if case in ("no-output", "2d-image"):
+        return image
+    out = viewer.add_labels(np.zeros(shape, np.int32), name="scan fmbff",
+                            metadata={OUTPUT_TAG: "labels", IMAGE_TAG: "scan"})
+    edited = proposal_of(out).edited
+    if case == "every-slice-corrected":
+        edited[:] = True
+    elif case in ("one-slice", "wrong-shape"):
+        edited[0] = True
+    if case == "wrong-shape":
+        viewer.add_labels(np.ones((4, 16, 16), np.int32), name="mine")
+    return image
+
+
+PROPAGATE_CASES = {
+    "no-output": "no Segment output layer",
+    "no-slice-corrected": "not corrected or accepted",
+    "every-slice-corrected": "every one of the 4 slices",
+    "wrong-shape": "have shape (4, 16, 16)",
+    "one-slice": "one slice has nothing to propagate",
+    "2d-image": "needs a stack",
+}
+
+
+@needs_napari
+@pytest.mark.parametrize("case", list(PROPAGATE_CASES), ids=list(PROPAGATE_CASES))
+def test_propagate_widget_refuses_in_one_line_and_changes_nothing(case, make_napari_viewer,
+                                                                   notified, models_dir,
+                                                                   model_file):
+    from napari_fmbff._widgets import FineTuneWidget
+
+    (models_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
+    viewer = make_napari_viewer()
+    image = _propagate_viewer(viewer, case)
+    widget = FineTuneWidget(viewer)
+    widget.image.value = image
+    widget.model.value = "tiny"
+    if case == "wrong-shape":
+        widget.labels_layer.value = viewer.layers["mine"]
+    before, files = _layers(viewer), sorted(models_dir.iterdir())
+    assert widget.propagate() is None
+    assert len(notified) == 1 and PROPAGATE_CASES[case] in notified[0], notified
+    assert "\n" not in notified[0] and "Traceback" not in notified[0]
+    _same_layers(viewer, before)
+    assert sorted(models_dir.iterdir()) == files

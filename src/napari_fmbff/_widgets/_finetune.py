@@ -1,8 +1,11 @@
-"""The Fine-tune dock widget: learn from the user's corrected labels, save and register."""
+"""The Fine-tune dock widget: learn from the user's corrected labels, save and register;
+and Propagate: learn from the corrected / accepted slices of a stack, then segment the rest."""
 
 from __future__ import annotations
 
+import functools
 import threading
+import weakref
 
 import numpy as np
 from magicgui.widgets import (
@@ -18,7 +21,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Labels
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..inference.runtime import DEVICES
 from ..inference.stacks import (
@@ -45,7 +48,8 @@ from ._common import (
     tab_with_our_other_dock,
     wrap,
 )
-from ._proposal import proposal_of
+from ._proposal import proposal_of, unproxied
+from ._segment import PROVENANCE_TAG
 from ._settings import apply_saved_models_folder, remember_fields
 from ._tooltips import tooltip
 
@@ -100,12 +104,78 @@ def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threadi
                "intensity": setting.describe()}))
 
 
+@thread_worker(ignore_errors=True)  # errors go to our own notification
+def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Event,
+               image_name: str, intensity: dict, threshold):
+    """Worker: yields ("train", TrainEvent) then ("segment", done, total); returns the
+    engine's ``PropagateResult``, or None when cancelled. On Cancel the engine is closed at
+    its next step, so nothing is trained further or saved; a model it had saved already is
+    removed, so a cancelled propagation leaves the models folder as it was."""
+    from ..inference.intensity import intensity_setting
+    from ..model.checkpoint import load_model
+    from ..model.normalization import default_normalization
+    from ..model.registry import unique_model_path
+    from ..training.propagate import iter_propagate
+
+    net = load_model(base_ref)
+    setting = intensity_setting(default_normalization(net), **intensity)
+    out = unique_model_path(name)
+    steps = iter_propagate(net, volume, labels, out, slices=slices, normalization=setting,
+                           cfg=cfg, base=base_ref, image_name=image_name, threshold=threshold,
+                           should_stop=stop.is_set, keep_on_cancel=False,
+                           extra={"layout": "napari layers", "encoder_init": None,
+                                  "intensity": setting.describe()})
+    result = None
+    try:
+        while not stop.is_set():
+            try:
+                step = next(steps)
+            except StopIteration as done:
+                result = done.value
+                break
+            if not stop.is_set():
+                yield step
+    finally:
+        steps.close()
+    if stop.is_set():
+        _forget_model(out)
+        return None
+    return result
+
+
+def _forget_model(path) -> None:
+    """Remove a model this run saved (and its log and plot): the run was cancelled."""
+    from ..model.registry import companions
+
+    for file in (path, *companions(path)):
+        file.unlink(missing_ok=True)
+
+
+#: The last propagation into each output Labels layer (a ``PropagateResult``: its ``probs``
+#: and per-slice ``uncertainty`` are what "next slice to check" reads); see
+#: ``last_propagation``.
+_PROPAGATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def last_propagation(layer):
+    """The ``PropagateResult`` last written into ``layer`` (probabilities, per-slice
+    uncertainty, the slices learnt from), or None."""
+    return _PROPAGATIONS.get(unproxied(layer))
+
+
+def accepted_slices(proposal) -> set[int]:
+    """The slices the user accepted in Segment's output layer (none if not recorded)."""
+    return {int(a[0]) if isinstance(a, tuple) else int(a)
+            for a in getattr(proposal, "accepted", set())}
+
+
 #: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections);
 #: the live training plot comes below them.
 FINETUNE_LAYOUT = (
     "image", "labels_layer", "model", "intensity", "intensity_low", "intensity_high",
     "slices", "epochs", "lr", "freeze_encoder", "val_fraction", "tile_size", "batch_size",
-    "device", "new_name", "keep_on_cancel", "run_button", "cancel_button", "progress",
+    "device", "new_name", "keep_on_cancel", "run_button", "propagate_button", "cancel_button",
+    "progress",
     "status", "restore_button",
 )
 
@@ -176,8 +246,10 @@ class FineTuneWidget(Container):
                                        value=d["keep_on_cancel"])
 
     def _create_run_controls_section(self) -> None:
-        """Fine-tune, Cancel, the progress bar and the status line."""
+        """Fine-tune, Propagate, Cancel, the progress bar and the status line."""
         self.run_button = PushButton(text="Fine-tune")
+        self.propagate_button = PushButton(text="Propagate through the volume",
+                                           tooltip=tooltip("finetune", "propagate_button"))
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = wrap(Label(value=""))
@@ -192,6 +264,7 @@ class FineTuneWidget(Container):
         models (saved or a new folder, from any widget) and the dock closing."""
         self.restore_button.changed.connect(self.settings.restore_defaults)
         self.run_button.changed.connect(self.run)
+        self.propagate_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._on_image_changed)
         self.labels_layer.changed.connect(self._on_labels_changed)
@@ -289,46 +362,62 @@ class FineTuneWidget(Container):
         if self._worker is not None:
             return None
         import_engine(self.status)
-        from ..training.loop import finetune_config
-
         try:
             images, masks = self._training_data()
             image = self.image.value
             intensity = intensity_choice(self, image)
             data = finest_level(image)
             stack = data if len(spatial_shape(data.shape, image.rgb)) > 2 else None
-            if self.model.value is None:
-                raise ValueError("no base model; add one to the models folder or Browse... in Segment")
-            cfg = finetune_config(epochs=self.epochs.value, batch_size=self.batch_size.value,
-                                  lr=self.lr.value, tile_size=self.tile_size.value,
-                                  val_fraction=self.val_fraction.value,
-                                  freeze_encoder=self.freeze_encoder.value,
-                                  device=self.device.value)
+            cfg = self._config()
         except ValueError as err:
             show_error(f"napari-fmbff: cannot fine-tune: {err}")
             return None
-        from ..model.registry import sanitize_name
-
         try:
-            name = sanitize_name(self.new_name.value or "finetuned")
+            name = self._model_name()
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             return None
-        self._stop.clear()
-        self.history = []
         source = f"'{self.image.value.name}' + '{self.labels_layer.value.name}'"
         worker = _fine_tune(self.model.value, images, masks, cfg, name,
                             self.keep_on_cancel.value, self._stop, source, intensity, stack)
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
+        return self._start(worker, "fine-tuning", f"Fine-tuning on {len(images)} slice(s)...")
+
+    def _config(self):
+        """The fine-tuning recipe from the widget's fields (a ValueError if no base model)."""
+        from ..training.loop import finetune_config
+
+        if self.model.value is None:
+            raise ValueError("no base model; add one to the models folder or Browse... in Segment")
+        return finetune_config(epochs=self.epochs.value, batch_size=self.batch_size.value,
+                               lr=self.lr.value, tile_size=self.tile_size.value,
+                               val_fraction=self.val_fraction.value,
+                               freeze_encoder=self.freeze_encoder.value,
+                               device=self.device.value)
+
+    def _model_name(self) -> str:
+        """The new model's name as a file name (a ValueError says what is wrong with it)."""
+        from ..model.registry import sanitize_name
+
+        return sanitize_name(self.new_name.value or "finetuned")
+
+    def _start(self, worker, what: str, status: str):
+        """Start a worker (Fine-tune or Propagate): the buttons, the progress and the status."""
+        self._stop.clear()
+        self.history = []
+        worker.errored.connect(functools.partial(self._on_errored, what=what))
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self._set_running(True)
         self.progress.value = 0
-        self.status.value = f"Fine-tuning on {len(images)} slice(s)..."
+        self.status.value = status
         worker.start()
         return worker
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = self.propagate_button.enabled = not running
+        self.cancel_button.enabled = running
 
     def cancel(self, _=None) -> None:
         """Stop after the current step (the worker then saves the best so far, if asked)."""
@@ -371,12 +460,133 @@ class FineTuneWidget(Container):
         show_info(f"napari-fmbff: {outcome.message} ({outcome.path})")
         model_events.saved.emit(outcome.path.stem)
 
-    def _on_errored(self, err) -> None:
+    def _on_errored(self, err, what: str = "fine-tuning") -> None:
         if not self._closed:
-            show_error(f"napari-fmbff: fine-tuning failed: {err}")
+            show_error(f"napari-fmbff: {what} failed: {err}")
             self.status.value = f"Failed: {err}"
 
     def _on_finished(self) -> None:
         self._worker = None
         if not self._closed:
-            self.run_button.enabled, self.cancel_button.enabled = True, False
+            self._set_running(False)
+
+
+    # ---- propagate through the volume -------------------------------------------------------
+
+    def propagate(self, _=None):
+        """Fine-tune the base model on the slices the user corrected or accepted, then segment
+        every other slice of the stack into Segment's output layer (one undo step); returns
+        the worker (None if nothing started: the reason is a notification)."""
+        if self._worker is not None:
+            return None
+        try:
+            job = self._propagation_job()
+        except ValueError as err:
+            show_error(f"napari-fmbff: cannot propagate: {err}")
+            return None
+        import_engine(self.status)
+        worker = _propagate(job["base"], job["volume"], job["labels"], job["slices"],
+                            job["cfg"], job["name"], self._stop, job["image"].name,
+                            job["intensity"], job["threshold"])
+        worker.yielded.connect(self._on_propagate_step)
+        worker.returned.connect(lambda result: self._on_propagated(job, result))
+        slices = ", ".join(map(str, job["slices"]))
+        return self._start(worker, "propagation",
+                           f"Propagating: fine-tuning '{job['base']}' on slice(s) {slices}...")
+
+    def _propagation_job(self) -> dict:
+        """What Propagate needs, checked before anything runs (a ValueError names what is
+        wrong): a stack, Segment's output layer for it, the slices to learn from."""
+        from ..training.propagate import labelled_slices
+
+        image = self.image.value
+        if image is None:
+            raise ValueError("choose the image layer (a stack of slices) to propagate through")
+        data = finest_level(image)
+        shape = spatial_shape(data.shape, image.rgb)
+        if len(shape) != 3:
+            raise ValueError(f"'{image.name}' is a single 2D image: Propagate needs a stack of "
+                             "slices (use Segment, then Fine-tune, on one image)")
+        target = output_layer(self._viewer, image, "labels")
+        if target is None:
+            raise ValueError(f"'{image.name}' has no Segment output layer: run Segment on the "
+                             "whole stack, then correct or accept a slice")
+        source = self.labels_layer.value or target
+        for layer in {id(target): target, id(source): source}.values():
+            if tuple(layer.data.shape) != shape:
+                raise ValueError(f"labels '{layer.name}' have shape {tuple(layer.data.shape)} "
+                                 f"but image '{image.name}' has {shape}; give this image's labels")
+        own = source.metadata.get(OUTPUT_TAG) == "labels"
+        chosen = self._checked_slices(source) if own else None
+        slices = labelled_slices(source.data, shape[0], chosen)
+        if not slices:
+            raise ValueError(f"you have not corrected or accepted a slice of '{source.name}': "
+                             "paint, fill or erase on one slice (or accept it) first")
+        record = target.metadata.get(PROVENANCE_TAG)
+        return {"image": image, "target": target, "shape": shape, "slices": slices,
+                "volume": np.asarray(data), "labels": np.array(source.data, copy=True),
+                "base": self.model.value, "cfg": self._config(), "name": self._model_name(),
+                "intensity": intensity_choice(self, image),
+                "threshold": record.get("threshold") if isinstance(record, dict) else None}
+
+    @staticmethod
+    def _checked_slices(labels) -> list[int]:
+        """The slices of Segment's output layer the user corrected (any edited pixel) or
+        accepted."""
+        proposal = proposal_of(labels)
+        edited = [z for z in range(proposal.edited.shape[0]) if proposal.edited[z].any()]
+        return sorted(set(edited) | accepted_slices(proposal))
+
+    def _on_propagate_step(self, step) -> None:
+        if self._closed:
+            return
+        if step[0] == "train":
+            self._on_event(step[1])
+            return
+        _, done, total = step
+        self.progress.value = int(1000 * done / total)
+        self.status.value = f"Segmenting slice {done}/{total}..."
+
+    def _on_propagated(self, job, result) -> None:
+        """Write the propagation into Segment's output layer as one undo step: the slices
+        learnt from, corrected or accepted are left as they are, painted pixels too."""
+        if self._closed:
+            return
+        if result is None:
+            self.status.value = "Cancelled: no slice was changed and no model was saved."
+            return
+        outcome, target = result.outcome, job["target"]
+        if outcome.saved:
+            self.last_saved = outcome.path
+            model_events.saved.emit(outcome.path.stem)
+        if target not in self._viewer.layers or tuple(target.data.shape) != job["shape"]:
+            show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
+                         "propagating; the slices were not written.")
+            self.status.value = outcome.message
+            return
+        proposal = proposal_of(target)
+        keep = set(result.slices) | set(self._checked_slices(target))
+        planes = {(z,): result.labels[z] for z in range(job["shape"][0]) if z not in keep}
+        proposal.write(planes, keep_edits=True)
+        _PROPAGATIONS[unproxied(target)] = self.last_propagation = result
+        model = outcome.path.stem if outcome.saved else str(job["base"])
+        record = target.metadata.get(PROVENANCE_TAG)
+        record = record if isinstance(record, dict) else {}
+        record.update(model=model, base_model=str(job["base"]), learned=result.learned,
+                      slices_labelled=list(result.slices), propagated=True)
+        target.metadata[PROVENANCE_TAG] = record
+        self.progress.value = 1000
+        self._say_propagated(job, result, len(planes), model)
+
+    def _say_propagated(self, job, result, n_written: int, model: str) -> None:
+        """The status line (and a notification) after a propagation, saying whether a model
+        learned and which one answered the other slices."""
+        slices = ", ".join(map(str, result.slices))
+        if result.learned:
+            text = (f"Propagated: '{model}' (fine-tuned from '{job['base']}' on slice(s) "
+                    f"{slices}) segmented {n_written} other slice(s). {result.outcome.message}")
+        else:
+            text = (f"{result.outcome.message} The other {n_written} slice(s) got the base "
+                    f"model '{model}''s answer.")
+        self.status.value = text
+        show_info(f"napari-fmbff: {text}")

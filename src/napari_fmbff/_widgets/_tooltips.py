@@ -53,6 +53,11 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "val_fraction": "Held-out share of whole slices; with too few slices nothing is held "
                         "out and every correction is trained on",
         "restore_button": "Every setting above back to its default",
+        "propagate_button": "Stacks: fine-tune the base model on the slices you corrected or "
+                            "accepted in Segment's output layer (or on the labelled slices of "
+                            "the labels layer you chose), save it under the new model name, "
+                            "then segment every other slice into Segment's output layer (one "
+                            "Ctrl-Z); your slices and painted pixels never change",
     },
 }
 

@@ -1,0 +1,130 @@
+"""Propagate through the volume, in a real viewer: the Fine-tune dock learns from the slice
+the user corrected in Segment's output layer and fills the others as one undo step."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
+from napari_fmbff._widgets._finetune import last_propagation  # noqa: E402
+from napari_fmbff._widgets._proposal import proposal_of  # noqa: E402
+from napari_fmbff.model.checkpoint import model_card  # noqa: E402
+
+WAIT_MS = 240_000
+PAINTED = 7  # the id the user gives the lesion on slice 1
+
+
+def disk_stack(n=4, size=64):
+    """Bright disks drifting slowly through a small stack (one lesion in 3D)."""
+    yy, xx = np.mgrid[:size, :size]
+    stack = np.full((n, size, size), 40, np.uint8)
+    for z in range(n):
+        stack[z][np.hypot(yy - 30 - z, xx - 32) < 10] = 220
+    return stack
+
+
+def corrected_viewer(make_napari_viewer, qtbot):
+    """"scan" segmented at threshold 0 (every pixel one object, id 1: a known proposal);
+    the user erases slice 1 with the fill bucket and paints the lesion there."""
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_stack(), name="scan")
+    seg = SegmentWidget(viewer)
+    seg.model.value = "tiny"
+    seg.tile_size.value = 64
+    seg.threshold.value = 0.0
+    seg.scope.value = seg.scope.choices[-1]  # the whole stack
+    assert seg.run() is not None
+    qtbot.waitUntil(lambda: seg._worker is None, timeout=WAIT_MS)
+    labels = viewer.layers["scan fmbff"]
+    assert (labels.data == 1).all()
+    labels.fill((1, 2, 2), 0)
+    labels.brush_size = 16
+    labels.paint((1, 30, 32), PAINTED)
+    assert proposal_of(labels).edited[1].all() and not proposal_of(labels).edited[0].any()
+    return viewer, seg, labels
+
+
+def propagate_widget(viewer, **values):
+    widget = FineTuneWidget(viewer)
+    widget.image.value = viewer.layers["scan"]
+    settings = dict(model="tiny", epochs=2, tile_size=64, batch_size=2, device="cpu",
+                    new_name="scan propagated")
+    settings.update(values)
+    for key, value in settings.items():
+        getattr(widget, key).value = value
+    assert widget.labels_layer.value is viewer.layers["scan fmbff"]
+    return widget
+
+
+def test_propagate_fills_the_other_slices_in_one_undo_step_and_registers_the_model(
+        make_napari_viewer, qtbot, tiny_model, models_dir):
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    before = labels.data.copy()
+    widget = propagate_widget(viewer)
+    assert widget.propagate() is not None
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    # The painted slice is as the user left it; the others hold the lesion under the user's id
+    # (at threshold 0 every voxel of the other slices joins the painted lesion in 3D).
+    np.testing.assert_array_equal(labels.data[1], before[1])
+    for z in (0, 2, 3):
+        assert (labels.data[z] == PAINTED).all(), z
+    result = last_propagation(labels)
+    assert result is not None and result.slices == [1] and result.probs.shape == labels.data.shape
+    # The new model: saved, listed in Segment, its card naming the base and the slice.
+    assert result.learned and (models_dir / "scan_propagated.safetensors").exists()
+    assert "scan_propagated" in seg.model.choices
+    card = model_card("scan_propagated")
+    assert "fine-tuned from tiny" in card and "slice(s) 1" in card
+    record = labels.metadata["napari_fmbff"]
+    assert record["model"] == "scan_propagated" and record["base_model"] == "tiny"
+    assert record["learned"] is True and record["slices_labelled"] == [1]
+    assert "Propagated" in widget.status.value
+    # One Ctrl-Z takes the whole propagation back.
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    # A second propagation never overwrites the first model.
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    assert (models_dir / "scan_propagated-2.safetensors").exists()
+
+
+def test_cancel_leaves_the_layer_and_the_models_folder_unchanged(make_napari_viewer, qtbot,
+                                                                 tiny_model, models_dir):
+    viewer, _seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    before, files = labels.data.copy(), sorted(models_dir.iterdir())
+    widget = propagate_widget(viewer, epochs=500)
+    assert widget.propagate() is not None
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    np.testing.assert_array_equal(labels.data, before)
+    assert sorted(models_dir.iterdir()) == files
+    assert "Cancelled" in widget.status.value and last_propagation(labels) is None
+    assert widget.propagate_button.enabled and not widget.cancel_button.enabled
+
+
+def test_a_run_that_did_not_learn_saves_nothing_and_writes_the_base_models_answer(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    from napari_fmbff.training import run as train_run
+
+    said = "Training did not change the model: no epoch beat the base. Nothing was saved."
+
+    def unchanged(*_args, **_kwargs):  # what train_and_save returns when no epoch helped
+        return train_run.Outcome(SimpleNamespace(cancelled=False, changed=False), None, said)
+        yield
+
+    monkeypatch.setattr(train_run, "train_and_save", unchanged)
+    viewer, _seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    before, files = labels.data.copy(), sorted(models_dir.iterdir())
+    widget = propagate_widget(viewer)
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    assert sorted(models_dir.iterdir()) == files
+    assert said in widget.status.value and "base model 'tiny'" in widget.status.value
+    np.testing.assert_array_equal(labels.data[1], before[1])
+    assert all((labels.data[z] == PAINTED).all() for z in (0, 2, 3))
+    record = labels.metadata["napari_fmbff"]
+    assert record["learned"] is False and record["model"] == "tiny"
