@@ -76,7 +76,8 @@ def test_painted_pixels_survive_rethreshold_and_rerun_from_the_plugin_dock(
                 rerun(widget, qtbot)
             assert (labels.data[painted] == value).all(), (step, threshold)
             untouched = labels.data[~painted]
-            assert (untouched == (1 if threshold == 0.0 else 0)).all() or not untouched.size, \
+            # at threshold 0 the proposal is one object touching the painted one: its id
+            assert (untouched == (value if threshold == 0.0 else 0)).all() or not untouched.size, \
                 (step, threshold)
 
 
@@ -92,3 +93,21 @@ def test_finetune_from_the_plugin_dock_sees_the_slice_you_corrected(make_napari_
     labels.paint((2, 30, 30), 0)  # the user erases in slice 2 only
     images, masks = finetune._training_data()
     assert len(images) == 1 and not masks[0][30, 30] and masks[0][80, 80]
+
+
+def test_a_lesion_keeps_the_id_the_user_painted_across_a_rerun(make_napari_viewer, qtbot,
+                                                                tiny_model):
+    """The user paints id 5 inside the proposal's one object: after a re-threshold the whole
+    object (model pixels and painted ones) is id 5, not the painted pixels 5 and the rest 1."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([blobs()] * 3), name="scan")
+    widget = docked_segment(viewer, qtbot, stack=True)  # threshold 0: one object, id 1
+    labels = viewer.layers["scan fmbff"]
+    viewer.dims.set_current_step(0, 1)
+    labels.brush_size = 5
+    labels.paint((1, 40, 40), 5)
+    widget.threshold.value = 0.0  # unchanged threshold: a re-threshold all the same
+    widget._rethreshold()
+    assert set(np.unique(labels.data)) == {5}
+    rerun(widget, qtbot)
+    assert set(np.unique(labels.data)) == {5}

@@ -163,12 +163,6 @@ def last_propagation(layer):
     return _PROPAGATIONS.get(unproxied(layer))
 
 
-def accepted_slices(proposal) -> set[int]:
-    """The slices the user accepted in Segment's output layer (none if not recorded)."""
-    return {int(a[0]) if isinstance(a, tuple) else int(a)
-            for a in getattr(proposal, "accepted", set())}
-
-
 #: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections);
 #: the live training plot comes below them.
 FINETUNE_LAYOUT = (
@@ -534,8 +528,7 @@ class FineTuneWidget(Container):
         """The slices of Segment's output layer the user corrected (any edited pixel) or
         accepted."""
         proposal = proposal_of(labels)
-        edited = [z for z in range(proposal.edited.shape[0]) if proposal.edited[z].any()]
-        return sorted(set(edited) | accepted_slices(proposal))
+        return [z for z in range(proposal.edited.shape[0]) if proposal.corrected((z,))]
 
     def _on_propagate_step(self, step) -> None:
         if self._closed:
@@ -568,6 +561,8 @@ class FineTuneWidget(Container):
         keep = set(result.slices) | set(self._checked_slices(target))
         planes = {(z,): result.labels[z] for z in range(job["shape"][0]) if z not in keep}
         proposal.write(planes, keep_edits=True)
+        # Segment's re-threshold and review follow the propagation's probabilities from now on.
+        proposal.probs = {(z,): result.probs[z] for z in range(job["shape"][0])}
         _PROPAGATIONS[unproxied(target)] = self.last_propagation = result
         model = outcome.path.stem if outcome.saved else str(job["base"])
         record = target.metadata.get(PROVENANCE_TAG)

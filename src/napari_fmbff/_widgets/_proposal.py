@@ -89,6 +89,9 @@ class Proposal:
         self.region: np.ndarray | None = None
         self.prompted = np.zeros(shape, bool)
         self.accepted: set[tuple] = set()
+        # Propagate's probabilities ({leading index: plane}) when it answered after Segment's
+        # last run (emptied by a new run), so a re-threshold and review follow the newest.
+        self.probs: dict = {}
         self._writing = False
         layer.events.paint.connect(self._on_paint)
 

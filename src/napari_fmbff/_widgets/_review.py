@@ -92,13 +92,15 @@ class ReviewMixin:
         from ..inference.review import slice_uncertainty
 
         result, planes = self._result, plane_indices(shape, False)
-        if (not result or labels is None or result["labels"] is not labels
-                or any(i not in result["probs"] for i in planes)):
+        probs = proposal_of(labels).probs if labels is not None else {}
+        if not probs and result and result["labels"] is labels:
+            probs = result["probs"]
+        if not probs or any(i not in probs for i in planes):
             raise ValueError(NEEDS_STACK_RUN)
-        cached = result.get("uncertainty")
-        if cached is None or cached[0] is not result["probs"]:  # once per run's probabilities
-            cached = result["uncertainty"] = (result["probs"], np.array(
-                [slice_uncertainty(result["probs"][i][None])[0] for i in planes]))
+        cached = self.__dict__.get("_uncertainty")
+        if cached is None or cached[0] is not probs:  # once per set of probabilities
+            cached = self._uncertainty = (probs, np.array(
+                [slice_uncertainty(probs[i][None])[0] for i in planes]))
         return planes, cached[1]
 
     def next_slice_to_check(self):

@@ -495,6 +495,7 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
                 if k not in ("threshold", "min_size", "fill_holes", "split", "objects")}
             prob_layer.refresh()
         self._result = {"labels": labels_layer, "probs": probs, "prob_layer": prob_layer}
+        proposal_of(labels_layer).probs = {}  # a new run replaces a propagation's answer
         self._rethreshold()
         self.progress.value = 1000
         n = sum(int(labels_layer.data[i].max() > 0) for i in probs)
@@ -557,8 +558,13 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
             return
         post = Postprocess(self.threshold.value, self.min_size.value, self.fill_holes.value,
                            labels=self.split.value, per_slice=not self.objects_3d.value)
-        proposals = labels_from_planes(result["probs"], post)
-        proposal_of(result["labels"]).show(proposals)
+        proposal = proposal_of(result["labels"])
+        probs = proposal.probs or result["probs"]  # Propagate's, when it answered last
+        proposals = labels_from_planes(probs, post)
+        if post.labels and proposal.n_edited:
+            proposals = _with_user_ids(proposals, proposal, result["labels"],
+                                       joined=post.joins(len(result["labels"].data.shape) - 2))
+        proposal.show(proposals)
         record = result["labels"].metadata.get(PROVENANCE_TAG)
         if isinstance(record, dict):  # the layer says how its current labels were made
             record.update(threshold=self.threshold.value, min_size=self.min_size.value,
@@ -641,6 +647,23 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         shapes.data = []
         self._viewer.layers.selection.active = labels
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
+
+
+def _with_user_ids(proposals: dict, proposal, layer, joined: bool) -> dict:
+    """The proposed planes with every object that touches pixels the user painted taking the
+    id the user gave them (``postprocess.join_user_ids``): one lesion, one id, whether the
+    model or the brush drew a pixel. Whole-stack 3D ids are joined over the stack, else plane
+    by plane."""
+    from ..inference.postprocess import join_user_ids
+
+    order = sorted(proposals)
+    if joined and len(order) > 1:
+        current = np.stack([np.asarray(layer.data[i]) for i in order])
+        user = np.stack([proposal.edited[i] for i in order])
+        volume = join_user_ids(current, user, np.stack([proposals[i] for i in order]) > 0)
+        return {index: volume[k] for k, index in enumerate(order)}
+    return {i: join_user_ids(np.asarray(layer.data[i]), proposal.edited[i], proposals[i] > 0)
+            for i in order}
 
 
 def _weak_callback(widget, method: str):

@@ -141,6 +141,36 @@ def labels_from_planes(probs, post: Postprocess | None = None, out=None):
     return labeller.result()
 
 
+def join_user_ids(user_labels, user, proposed) -> np.ndarray:
+    """int32 labels: the ``user`` voxels keep their ``user_labels`` values; every object of
+    the ``proposed`` mask that touches a user object takes that object's id (the most common
+    one where it touches several), so a lesion keeps the id the user gave it instead of a
+    second id for the model's rim; the others get new ids above the user's, in order.
+
+    ``user``: bool, the voxels that are the user's (painted pixels, or whole corrected slices);
+    objects are 6-connected in a (Z, Y, X) stack, 4-connected in a plane, through the user's
+    voxels too."""
+    from scipy import ndimage as ndi
+
+    user_labels, user = np.asarray(user_labels), np.asarray(user, bool)
+    parts = ndi.label(np.where(user, user_labels > 0, np.asarray(proposed, bool)))[0]
+    lut = np.zeros(int(parts.max()) + 1, np.int64)
+    painted = user & (user_labels > 0)
+    if painted.any():  # each object the user touched: its most common user id
+        pairs, counts = np.unique(
+            np.stack([parts[painted], user_labels[painted].astype(np.int64)]), axis=1,
+            return_counts=True)
+        order = np.lexsort((-counts, pairs[0]))
+        first = order[np.r_[True, np.diff(pairs[0][order]) != 0]]
+        lut[pairs[0][first]] = pairs[1][first]
+    new = np.flatnonzero(lut == 0)[1:]
+    start = int(user_labels.max(initial=0)) + 1
+    lut[new] = np.arange(start, start + new.size)
+    out = lut[parts].astype(np.int32)
+    out[user] = user_labels[user]
+    return out
+
+
 def labels_from_proba(prob: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_size: int = 0,
                       fill_holes: bool = False, split: bool = True) -> np.ndarray:
     """Threshold a probability map into int32 labels; cheap, so a GUI can redo it live."""

@@ -124,32 +124,24 @@ def _segment_others(model, volume, labels, zs, normalization):
 
 
 def merge_ids(labels, zs, mask, min_size: int = 0) -> np.ndarray:
-    """int32 labels: the slices ``zs`` of ``labels`` verbatim; elsewhere ``mask``'s voxels, each
-    3D object (6-connected, through the labelled slices too) taking the id the user gave the
-    object it touches (the most common one where it touches several), new ids otherwise.
-    Objects of the model under ``min_size`` voxels that touch no user object are dropped."""
-    from ..inference.postprocess import label_volume
+    """int32 labels: the slices ``zs`` of ``labels`` verbatim; elsewhere ``mask``'s voxels,
+    each 3D object taking the id the user gave the object it touches
+    (``postprocess.join_user_ids``), new ids otherwise. The model's objects under
+    ``min_size`` voxels that touch no user object are dropped first."""
+    from ..inference.postprocess import join_user_ids, label_volume
 
     labels = np.asarray(labels)
     user = np.zeros(labels.shape, bool)
     user[zs] = True
-    parts = label_volume(np.where(user, labels > 0, mask)).astype(np.int64)
-    lut = np.zeros(int(parts.max()) + 1, np.int64)
-    painted = user & (labels > 0)
-    if painted.any():  # each object the user touched: its most common user id
-        pairs, counts = np.unique(np.stack([parts[painted], labels[painted].astype(np.int64)]),
-                                  axis=1, return_counts=True)
-        order = np.lexsort((-counts, pairs[0]))
-        first = order[np.r_[True, np.diff(pairs[0][order]) != 0]]
-        lut[pairs[0][first]] = pairs[1][first]
-    sizes = np.bincount(parts[~user], minlength=lut.size)
-    new = np.flatnonzero((lut == 0) & (sizes >= max(min_size, 1)))
-    new = new[new > 0]
-    start = int(labels.max()) + 1 if labels.size else 1
-    lut[new] = np.arange(start, start + new.size)
-    out = lut[parts].astype(np.int32)
-    out[zs] = labels[zs]
-    return out
+    mask = np.asarray(mask, bool) & ~user
+    if min_size > 1:  # small objects of the model's own, unless they touch the user's
+        touching = label_volume(mask | (user & (labels > 0))) if mask.any() else None
+        small = label_volume(mask, min_size) == 0
+        if touching is not None:
+            keep = np.unique(touching[user & (labels > 0)])
+            small &= ~np.isin(touching, keep[keep > 0])
+        mask &= ~small
+    return join_user_ids(labels, user, mask)
 
 
 @dataclass
