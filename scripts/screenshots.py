@@ -8,6 +8,9 @@
    proposal, the user's corrections on 6 slices, Fine-tune with the widget's defaults running.
 3. medical_volume.png: a NIfTI / DICOM volume opened with the plugin's reader and segmented
    (default: nibabel's own test MR volume).
+4. flow.png (--flow VOLUME --flow-box X0,Y0,X1,Y1@Z): the loop on a real scan: one box on
+   one slice (answered at once), Propagate through the volume from that slice, then "next
+   slice to check" moves the slider to the slice the review flags.
 Every window is 1600 x 1000, as the task's screen.
 """
 
@@ -122,10 +125,39 @@ def volume_picture(out: Path, volume: str | None, model: str | None,
     viewer.close()
 
 
+def flow_picture(out: Path, volume: str, box: str) -> None:
+    """One box, Propagate from that slice, then the slice the review flags."""
+    from napari_fmbff.jobs.prompted import parse_prompt
+
+    prompt = parse_prompt("box", box)
+    viewer, segment, tune = viewer_with_docks("napari-fmbff: one box, propagate, review")
+    [layer] = viewer.open(volume, plugin="napari-fmbff")
+    segment.image.value = tune.image.value = layer
+    viewer.dims.set_current_step(0, prompt.z)
+    boxes, _ = segment.add_prompt_layers()
+    x0, y0, x1, y1 = prompt.values
+    z = prompt.z
+    boxes.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float))
+    wait(300)
+    labels = viewer.layers[f"{layer.name} fmbff"]
+    tune.labels_layer.value = labels
+    tune.new_name.value = "flow-propagated"
+    tune.propagate()
+    until(lambda: tune._worker is None, timeout_s=1800)
+    segment.next_slice_to_check()
+    viewer.layers.selection.active = labels
+    segment.native.parentWidget().raise_()
+    shoot(viewer, out / "flow.png")
+    viewer.close()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--only", choices=["segment", "finetune", "volume"], default=None)
+    p.add_argument("--only", choices=["segment", "finetune", "volume", "flow"], default=None)
+    p.add_argument("--flow", default=None, help="a .nii(.gz) or .dcm file for picture 4")
+    p.add_argument("--flow-box", default=None, metavar="X0,Y0,X1,Y1@Z",
+                   help="the one box of picture 4, on the lesion's largest slice")
     p.add_argument("--volume", default=None, help="a .nii(.gz) or .dcm file for picture 3")
     p.add_argument("--volume-model", default=None, help="model for picture 3 (default starter)")
     p.add_argument("--volume-intensity", default=None,
@@ -142,6 +174,8 @@ def main(argv=None) -> int:
         finetune_picture(args.out)
     if args.only in (None, "volume"):
         volume_picture(args.out, args.volume, args.volume_model, args.volume_intensity)
+    if args.flow and args.flow_box and args.only in (None, "flow"):
+        flow_picture(args.out, args.flow, args.flow_box)
     return 0
 
 

@@ -96,7 +96,8 @@ def _threads_from_env() -> int | None:
 
 
 def _cpus_busy_elsewhere(seconds: float = 0.2) -> float | None:
-    """How many CPUs other processes kept busy over ``seconds`` (None: not on Linux)."""
+    """How many CPUs other processes kept busy over ``seconds`` (None: not on Linux); niced
+    processes do not count, since they give way."""
     def sample():
         try:
             with open("/proc/stat", encoding="ascii") as f:
@@ -104,7 +105,9 @@ def _cpus_busy_elsewhere(seconds: float = 0.2) -> float | None:
         except (OSError, ValueError):
             return None
         ours = os.times()
-        return sum(values), sum(values) - values[3] - values[4], ours.user + ours.system
+        # Busy = all but idle, iowait and nice: a niced (background) process yields its CPU.
+        return sum(values), sum(values) - values[1] - values[3] - values[4], \
+            ours.user + ours.system
 
     first = sample()
     if first is None:
