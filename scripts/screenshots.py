@@ -147,6 +147,9 @@ def flow_picture(out: Path, volume: str, box: str) -> None:
     segment.next_slice_to_check()
     viewer.layers.selection.active = labels
     segment.native.parentWidget().raise_()
+    bar = getattr(segment.native, "verticalScrollBar", None)
+    if bar is not None:  # the dock scrolls: show its prompts and review part
+        bar().setValue(bar().maximum())
     shoot(viewer, out / "flow.png")
     viewer.close()
 
