@@ -106,23 +106,10 @@ def filled_box(image, box):
 
 
 def otsu_in_box(image, box):
-    """Otsu's threshold of the (lightly smoothed) box; the side the centre is on; the component
-    at the centre, holes filled."""
-    from scipy import ndimage as ndi
-    from skimage.filters import threshold_otsu
+    """The plugin's own network-free box engine (``inference.box``), as a 0/1 mask."""
+    from napari_fmbff.inference.box import otsu_in_box as engine
 
-    x0, y0, x1, y1 = box
-    crop = ndi.gaussian_filter(np.asarray(image[y0:y1 + 1, x0:x1 + 1], np.float32), 1.0)
-    out = np.zeros(image.shape, np.uint8)
-    if crop.max() == crop.min():
-        return filled_box(image, box)
-    side = crop > threshold_otsu(crop)
-    cy, cx = crop.shape[0] // 2, crop.shape[1] // 2
-    if not side[cy, cx]:
-        side = ~side
-    labels, _ = ndi.label(side)
-    out[y0:y1 + 1, x0:x1 + 1] = ndi.binary_fill_holes(labels == labels[cy, cx])
-    return out
+    return engine(image, box).astype(np.uint8)
 
 
 class LiteMedSAM:

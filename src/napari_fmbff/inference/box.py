@@ -60,10 +60,13 @@ def _central_object(crop: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     if h < 2 or w < 2 or float(crop.max()) == float(crop.min()):
         return np.ones(crop.shape, bool)  # nothing to split: the box itself
+    # Lightly smoothed (Gaussian, sigma 1 px), the object on the side of the box's centre
+    # pixel: pooled Dice 0.796 on the real lesion slices of benchmarks/interactive.py, against
+    # 0.784 unsmoothed with the majority of the box's central third deciding the side.
+    crop = ndi.gaussian_filter(crop, 1.0)
     fg = crop > threshold_otsu(crop)
-    centre = crop[h // 3: h - h // 3 or None, w // 3: w - w // 3 or None]
-    if centre.size and (fg[h // 3: h - h // 3 or None, w // 3: w - w // 3 or None].mean() < 0.5):
-        fg = ~fg  # the centre is mostly the darker class: the object is dark
+    if not fg[h // 2, w // 2]:
+        fg = ~fg  # the box's centre is on the darker class: the object is dark
     parts, n = ndi.label(fg)
     if n == 0:
         return np.ones(crop.shape, bool)
