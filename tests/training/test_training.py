@@ -324,3 +324,17 @@ def test_make_data_writes_a_trainable_folder(tmp_path):
     found = find_pairs(out)
     assert found.layout == "kvasir" and len(found.pairs) == 6 and not found.unpaired
     assert main(["make-data", "--look", "endoscopy", "-n", "1", "--out", str(out)]) == 2
+
+
+def test_augmentation_keeps_the_shape_of_non_square_crops():
+    """A batch of 64 x 128 crops (a 45 x 120 px breast MR slice) stays stackable: 90-degree
+    turns would make some crops 128 x 64."""
+    import torch
+
+    from napari_fmbff.training.augment import Augment
+
+    torch.manual_seed(0)
+    aug = Augment()
+    shapes = {tuple(aug(torch.rand(3, 64, 128), torch.zeros(1, 64, 128))[0].shape)
+              for _ in range(20)}
+    assert shapes == {(3, 64, 128)}

@@ -29,6 +29,8 @@ class Augment:
         from torchvision.transforms.v2 import functional as F
 
         turns = int(torch.randint(0, 4, ()).item())
+        if image.shape[-1] != image.shape[-2]:
+            turns -= turns % 2  # a non-square crop keeps its shape: crops of a batch must agree
         image, mask = torch.rot90(image, turns, (1, 2)), torch.rot90(mask, turns, (1, 2))
         image, mask = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
         # Colour jitter expects [0, 1]; keep what lies outside (percentile-scaled data) intact.
