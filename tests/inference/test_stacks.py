@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from conftest import Planes as PlaneList
 from napari_fmbff import Normalization
 from napari_fmbff.inference.postprocess import Postprocess
 from napari_fmbff.inference.runtime import drain
@@ -9,15 +10,8 @@ from napari_fmbff.inference.stacks import iter_predict_planes, iter_segment_stac
 from napari_fmbff.inference.tiling import Progress
 
 
-class Planes:
-    """A stand-in segmenter that returns given probability planes, in order."""
-
-    def __init__(self, planes):
-        self.planes, self.normalization, self.seen = list(planes), Normalization(), []
-
-    def predict_proba(self, image):
-        self.seen.append(self.normalization)
-        return self.planes.pop(0)
+class Planes(PlaneList):
+    """Given probability planes, in order, with the tiled path's progress too."""
 
     def iter_predict(self, image):
         yield Progress(0, 2)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import Planes
 from napari_fmbff.cli import main
 from napari_fmbff.data.image_io import read_provenance, write_image
 from napari_fmbff.inference.postprocess import Postprocess
@@ -41,15 +42,6 @@ def test_png_and_tiff_outputs_carry_their_provenance(tiny_model, models_dir, inp
     assert read_provenance(tmp_path / "plain.png") == {}
 
 
-class Planes:
-    """A stand-in segmenter that returns given probability planes, in order."""
-
-    def __init__(self, planes):
-        self.planes, self.normalization, self.seen = list(planes), Normalization(), []
-
-    def predict_proba(self, image):
-        self.seen.append(self.normalization)
-        return self.planes.pop(0)
 
 
 def two_objects_over_three_slices():
