@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import weakref
 
 import numpy as np
 from magicgui.widgets import (
@@ -48,7 +47,7 @@ from ._common import (
     tab_with_our_other_dock,
     wrap,
 )
-from ._proposal import proposal_of, unproxied
+from ._proposal import proposal_of
 from ._segment import PROVENANCE_TAG
 from ._settings import apply_saved_models_folder, remember_fields
 from ._tooltips import tooltip
@@ -151,16 +150,10 @@ def _forget_model(path) -> None:
         file.unlink(missing_ok=True)
 
 
-#: The last propagation into each output Labels layer (a ``PropagateResult``: its ``probs``
-#: and per-slice ``uncertainty`` are what "next slice to check" reads); see
-#: ``last_propagation``.
-_PROPAGATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def last_propagation(layer):
     """The ``PropagateResult`` last written into ``layer`` (probabilities, per-slice
     uncertainty, the slices learnt from), or None."""
-    return _PROPAGATIONS.get(unproxied(layer))
+    return proposal_of(layer).propagation
 
 
 #: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections);
@@ -562,8 +555,8 @@ class FineTuneWidget(Container):
         planes = {(z,): result.labels[z] for z in range(job["shape"][0]) if z not in keep}
         proposal.write(planes, keep_edits=True)
         # Segment's re-threshold and review follow the propagation's probabilities from now on.
+        proposal.propagation = self.last_propagation = result
         proposal.probs = {(z,): result.probs[z] for z in range(job["shape"][0])}
-        _PROPAGATIONS[unproxied(target)] = self.last_propagation = result
         model = outcome.path.stem if outcome.saved else str(job["base"])
         record = target.metadata.get(PROVENANCE_TAG)
         record = record if isinstance(record, dict) else {}

@@ -92,6 +92,7 @@ class Proposal:
         # Propagate's probabilities ({leading index: plane}) when it answered after Segment's
         # last run (emptied by a new run), so a re-threshold and review follow the newest.
         self.probs: dict = {}
+        self.propagation = None  # that propagation's PropagateResult (Fine-tune's last_propagation)
         self._writing = False
         layer.events.paint.connect(self._on_paint)
 

@@ -495,7 +495,8 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
                 if k not in ("threshold", "min_size", "fill_holes", "split", "objects")}
             prob_layer.refresh()
         self._result = {"labels": labels_layer, "probs": probs, "prob_layer": prob_layer}
-        proposal_of(labels_layer).probs = {}  # a new run replaces a propagation's answer
+        proposal = proposal_of(labels_layer)
+        proposal.probs, proposal.propagation = {}, None  # a new run replaces a propagation
         self._rethreshold()
         self.progress.value = 1000
         n = sum(int(labels_layer.data[i].max() > 0) for i in probs)
