@@ -51,6 +51,13 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return files
 
 
+def output_stem(path) -> str:
+    """The name an input's outputs take: its file name without the suffix (``.ome.zarr``
+    dropped whole)."""
+    path = Path(path)
+    return path.name[: -len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
+
+
 def regular_images(paths, zarr: bool = True) -> list[Path]:
     """The image files among ``paths`` (and zarr folders, with ``zarr``), in their order.
     Anything else with an image's name (a named pipe, a device, a folder) is skipped with a

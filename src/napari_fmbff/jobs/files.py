@@ -75,10 +75,10 @@ class FileJob:
     @classmethod
     def plan(cls, source: Path, out_dir: Path, post: Postprocess, probabilities: bool,
              force_zarr: bool = False) -> "FileJob":
-        from ..data.image_io import is_large, is_stack
+        from ..data.image_io import is_large, is_stack, output_stem
 
         large = force_zarr or is_large(source)
-        stem = source.name[: -len(".ome.zarr")] if source.name.endswith(".ome.zarr") else source.stem
+        stem = output_stem(source)
         if large:
             suffix, prob_suffix = ".zarr", "_prob.zarr"
         else:  # a stack's masks are a multi-page TIFF: PNG holds one plane

@@ -133,7 +133,7 @@ def write_prompted(source, labels: np.ndarray, out_dir, record: dict, volume=Non
                    overwrite: bool = False) -> Path:
     """Labels in ``out_dir`` under the input's name: NIfTI + JSON record for a NIfTI / DICOM
     volume (``volume``), else a TIFF with the record inside."""
-    from ..data.image_io import write_image
+    from ..data.image_io import output_stem, write_image
     from ..data.medical import series_name, write_labels_and_record
 
     out = Path(out_dir)
@@ -142,4 +142,4 @@ def write_prompted(source, labels: np.ndarray, out_dir, record: dict, volume=Non
         return write_labels_and_record(out / f"{stem}.nii.gz", out / f"{stem}.json", labels,
                                        volume.ras_affine, record, overwrite)
     ids = labels.astype(np.uint16) if labels.max(initial=0) < 2 ** 16 else labels
-    return write_image(out / f"{Path(source).name.split('.')[0]}.tif", ids, overwrite, record)
+    return write_image(out / f"{output_stem(source)}.tif", ids, overwrite, record)

@@ -192,8 +192,9 @@ def read_volume_files(volume_path, labels_path) -> VolumeFiles:
     if labels.shape != data.shape:
         raise ValueError(f"{labels_path}: labels of shape {labels.shape} do not fit the image's "
                          f"{data.shape}; give the labels of this stack")
-    stem = volume_path.name.split(".")[0]
-    return VolumeFiles(data, _label_ids(labels, labels_path), stem)
+    from ..data.image_io import output_stem
+
+    return VolumeFiles(data, _label_ids(labels, labels_path), output_stem(volume_path))
 
 
 def _label_ids(labels, path) -> np.ndarray:
