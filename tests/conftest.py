@@ -109,3 +109,12 @@ class Planes:
     def predict_proba(self, image):
         self.seen.append(self.normalization)
         return self.planes.pop(0)
+
+
+@pytest.fixture
+def prompt_notified(monkeypatch):
+    """The napari notifications of the Segment widget's prompts and review, one per entry."""
+    seen = []
+    for module in ("_prompts", "_review"):
+        monkeypatch.setattr(f"napari_fmbff._widgets.{module}.show_error", seen.append)
+    return seen

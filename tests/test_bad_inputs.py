@@ -1059,14 +1059,6 @@ def test_segmenter_refuses_a_ragged_list_in_one_line(segmenter):
 # drew; nothing else is written, and no labels layer is made).
 
 
-@pytest.fixture
-def prompt_notified(monkeypatch):
-    seen = []
-    for module in ("_prompts", "_review"):
-        monkeypatch.setattr(f"napari_fmbff._widgets.{module}.show_error", seen.append)
-    return seen
-
-
 def _rect(corners, z=None):
     (y0, x0), (y1, x1) = corners
     square = [[y0, x0], [y0, x1], [y1, x1], [y1, x0]]

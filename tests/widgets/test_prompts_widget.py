@@ -40,14 +40,6 @@ def dice(a, b):
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    seen = []
-    for module in ("_prompts", "_review"):
-        monkeypatch.setattr(f"napari_fmbff._widgets.{module}.show_error", seen.append)
-    return seen
-
-
 def prompted(make_napari_viewer, image):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="scan")
@@ -134,12 +126,12 @@ def test_painted_pixels_survive_a_box_over_them(make_napari_viewer):
     assert labels.data[1, 10, 10] == 7
 
 
-def test_prompts_in_3d_are_refused_and_change_nothing(make_napari_viewer, errors):
+def test_prompts_in_3d_are_refused_and_change_nothing(make_napari_viewer, prompt_notified):
     viewer, widget, boxes, clicks = prompted(make_napari_viewer, disk_stack())
     viewer.dims.ndisplay = 3
     boxes.add_rectangles(rect(1, 8, 8, 50, 50))
     clicks.add([1, 32, 32])
-    assert len(errors) == 2 and all("switch to 2D" in e for e in errors)
+    assert len(prompt_notified) == 2 and all("switch to 2D" in e for e in prompt_notified)
     assert "scan fmbff" not in viewer.layers
 
 
@@ -197,7 +189,7 @@ def test_next_slice_moves_the_slider_and_accepted_slices_reach_finetune(
 
 
 def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
-        make_napari_viewer, tiny_model, models_dir, errors):
+        make_napari_viewer, tiny_model, models_dir, prompt_notified):
     from conftest import tiny_config
     from napari_fmbff import FMBFFNet, save_model
 
@@ -214,4 +206,4 @@ def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
     widget.box_engine.value = "network prompt path"
     boxes, _ = widget.add_prompt_layers()
     boxes.add_rectangles(rect(0, 16, 16, 48, 48)[:, 1:])
-    assert not errors and "Box on the image" in widget.prompt_status.value
+    assert not prompt_notified and "Box on the image" in widget.prompt_status.value
