@@ -265,6 +265,13 @@ def _add_recipe_args(train) -> None:
     train.add_argument("--freeze-encoder", action="store_true")
     train.add_argument("--resize", action="store_true", help="resize images to the tile, no crops")
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--prompts", action="store_true",
+                       help="also train the prompt input (boxes and clicks simulated from the "
+                            "masks; a model without one gains it), so the model answers "
+                            "fmbff segment --box / --point and the widget's prompts")
+    train.add_argument("--no-prompt-fraction", type=_fraction, default=None,
+                       help="with --prompts: share of crops trained without any prompt, so "
+                            "automatic segmentation stays trained (0.3)")
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -776,6 +783,10 @@ def _train_config(args):
         given["freeze_encoder"] = True
     if args.no_augment:
         given["augment"] = False
+    if args.prompts:
+        given["prompts"] = True
+    if args.no_prompt_fraction is not None:
+        given["no_prompt_fraction"] = args.no_prompt_fraction
     given.update(resize=args.resize, device=args.device, seed=args.seed, num_workers=args.workers)
     return finetune_config(**given) if args.init else TrainConfig(**given)
 

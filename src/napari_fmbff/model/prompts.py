@@ -145,6 +145,32 @@ def simulate_prompts(mask, rng: np.random.Generator, *, p_none: float = 0.3,
     return SimulatedPrompts(prompt_maps(m.shape, boxes, points, radius), lesion, boxes, points)
 
 
+def corrective_click(target, prediction, rng: np.random.Generator | None = None):
+    """The click a user would give next, ``(x, y, positive)``, or None when ``prediction``
+    (bool, as ``target``) has no error: in the larger of the misses (positive) and the false
+    alarms (negative), at the error pixel farthest from the error's edge (RITM's and
+    nnInteractive's simulated user; ties broken by ``rng``)."""
+    from scipy import ndimage
+
+    target, pred = np.asarray(target) != 0, np.asarray(prediction) != 0
+    missed, false_alarm = target & ~pred, pred & ~target
+    if not (missed.any() or false_alarm.any()):
+        return None
+    positive = int(missed.sum()) >= int(false_alarm.sum())
+    error = missed if positive else false_alarm
+    depth = ndimage.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
+    rows, cols = np.nonzero(depth == depth.max())
+    k = int(rng.integers(len(rows))) if rng is not None else 0
+    return float(cols[k]), float(rows[k]), positive
+
+
+def add_click(maps: np.ndarray, click, radius: float = CLICK_RADIUS) -> np.ndarray:
+    """``maps`` (3, H, W) with one more click ``(x, y, positive)`` drawn in place."""
+    x, y, positive = check_click(click, maps.shape[1:])
+    _draw_disk(maps[1 if positive else 2], x, y, float(radius))
+    return maps
+
+
 def _pick_lesion(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One 8-connected component of ``mask``, each equally likely."""
     from scipy import ndimage

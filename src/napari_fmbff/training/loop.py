@@ -48,6 +48,12 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     num_workers: int = 0        # DataLoader processes preparing crops
+    # Prompts simulated from the masks (boxes, clicks; model/prompts.simulate_prompts) train
+    # the prompt input (a network without one gains it); ``no_prompt_fraction`` of the crops
+    # get none, so automatic segmentation stays trained; half the prompted batches get one
+    # more click in the network's own error (a simulated user's correction).
+    prompts: bool = False
+    no_prompt_fraction: float = 0.3
 
     def __post_init__(self):
         if self.tile_size % 32 or self.tile_size < 32:
@@ -58,6 +64,8 @@ class TrainConfig:
             raise ValueError("epochs and batch size must be at least 1")
         if self.freeze_encoder_epochs < 0:
             raise ValueError("freeze_encoder_epochs must be 0 or more")
+        if not 0 <= self.no_prompt_fraction <= 1:
+            raise ValueError(f"no_prompt_fraction must be in [0, 1], got {self.no_prompt_fraction}")
         if self.lr_schedule not in ("plateau", "cosine", "constant"):
             raise ValueError(f"lr_schedule must be plateau, cosine or constant, "
                              f"got {self.lr_schedule!r}")

@@ -62,7 +62,21 @@ class CropDataset:
         y = torch.from_numpy(mask[None].astype(np.float32))
         if self.augment is not None:
             x, y = self.augment(x, y)
-        return self.norm.standardize(x), (y > 0.5).float()
+        y = (y > 0.5).float()
+        if not self.cfg.prompts:
+            return self.norm.standardize(x), y
+        maps, target = self._prompts(y[0].numpy())
+        return self.norm.standardize(x), torch.from_numpy(target[None]), torch.from_numpy(maps)
+
+    def _prompts(self, mask: np.ndarray):
+        """Prompt maps simulated on the (augmented) crop's mask, and the mask they ask for."""
+        import torch
+
+        from ..model.prompts import simulate_prompts
+
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        sim = simulate_prompts(mask, rng, p_none=self.cfg.no_prompt_fraction)
+        return sim.maps, sim.target.astype(np.float32)
 
     def _sample(self, item: Item, shape):
         # torch's generator: seeded by manual_seed, and differently in each loader worker.

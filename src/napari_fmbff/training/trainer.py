@@ -97,8 +97,8 @@ class Trainer:
         """Generator: one ``train_step`` per batch and a "step" event after each; returns
         whether the epoch finished (False: a stop was asked for within it)."""
         self.losses, self.cancelled = [], False
-        for step, (x, y) in enumerate(self.loader, 1):
-            self.losses.append(self.train_step(x, y))
+        for step, batch in enumerate(self.loader, 1):
+            self.losses.append(self.train_step(*batch))
             yield TrainEvent("step", epoch, step, self.steps, loss=self.losses[-1],
                              best_dice=self.best_dice, lr=self.lr)
             self.cancelled = self._stop_requested()
@@ -106,16 +106,17 @@ class Trainer:
                 break
         return not self.cancelled or len(self.losses) >= self.steps
 
-    def train_step(self, x, y) -> float:
-        """One optimiser step on a batch (AMP where set up); returns its loss."""
+    def train_step(self, x, y, prompts=None) -> float:
+        """One optimiser step on a batch (AMP where set up), with its prompt maps when the
+        recipe trains prompts; returns its loss."""
         import torch
 
         x, y = x.to(self.device), y.to(self.device)
+        if prompts is not None:
+            prompts = self._corrected_prompts(x, y, prompts.to(self.device))
         self.opt.zero_grad(set_to_none=True)
-        ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype)
-               if self.amp_dtype is not None else torch.autocast(self.device.type, enabled=False))
-        with ctx:
-            logits = self.model(x)
+        with self._autocast():
+            logits = self.model(x) if prompts is None else self.model(x, prompts=prompts)
         logits = logits.float()
         loss = (self.cfg.bce_weight * self.bce(logits, y)
                 + self.cfg.dice_weight * (1 - soft_dice(torch.sigmoid(logits), y)))
@@ -123,6 +124,38 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         return loss.item()  # the graph goes with this frame, before the next batch is built
+
+    def _autocast(self):
+        import torch
+
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _corrected_prompts(self, x, y, prompts):
+        """Half the batches: each prompted crop gets one more click where the network, given
+        its prompts, is wrong (the simulated user's correction; ``prompts.corrective_click``)."""
+        import torch
+
+        from ..model.prompts import add_click, corrective_click
+
+        prompted = prompts.flatten(1).amax(1) > 0
+        if not prompted.any() or torch.rand(()) < 0.5:
+            return prompts
+        was_training = self.net.training
+        self.net.eval()  # a look, not a step: no BatchNorm statistics from it
+        with torch.no_grad(), self._autocast():
+            pred = self.net(x[prompted], prompts=prompts[prompted]).float() > 0
+        self.net.train(was_training)
+        if self.frozen:
+            self.net.encoder.eval()
+        maps = prompts.cpu().numpy()
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+        for k, i in enumerate(np.flatnonzero(prompted.cpu().numpy())):
+            click = corrective_click(y[i, 0].cpu().numpy(), pred[k, 0].cpu().numpy(), rng)
+            if click is not None:
+                add_click(maps[i], click)
+        return torch.from_numpy(maps).to(self.device)
 
     def validation_step(self) -> float:
         """Pooled Dice on the held-out items (NaN when nothing is held out)."""
@@ -217,6 +250,8 @@ class Trainer:
         self.device = resolve_device(_ddp.device_for(self.ddp, cfg.device))
         if self.device.type == "cpu":
             fit_cpu_threads()  # as many threads as there are free CPUs now
+        if cfg.prompts and getattr(self.net, "prompt_conv", "none") is None:
+            self.net.add_prompts()  # zero weights: the untrained path changes nothing
         self.net = self.net.to(self.device)
         self._freeze_encoder(cfg.encoder_frozen(1))
         self.model = self._wrap()
