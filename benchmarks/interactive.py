@@ -145,19 +145,37 @@ class LiteMedSAM:
         return (logits[0, 0].numpy() > 0).astype(np.uint8)
 
 
-def box_engines(names):
+class NetworkBox:
+    """A promptable FM-BFF-Net on one slice + box (the plugin's ``network_mask``)."""
+
+    def __init__(self, model):
+        from napari_fmbff import load_model
+
+        self.net = load_model(model).eval()
+        if not self.net.config.prompts:
+            raise SystemExit(f"{model}: this model has no prompt input; train one with "
+                             "fmbff train --prompts (scripts/train_starter_prompts.sh)")
+
+    def __call__(self, image, box):
+        from napari_fmbff.inference.prompting import network_mask
+
+        return network_mask(self.net, image, box=box).astype(np.uint8)
+
+
+def box_engines(names, models=()):
     engines = {"filled box": filled_box, "Otsu in box": otsu_in_box}
     if "litemedsam" in names:
         engines["LiteMedSAM"] = LiteMedSAM()
+    for model in models:
+        engines[f"FM-BFF-Net {Path(model).stem}"] = NetworkBox(model)
     return engines
 
 
-def prompt_support() -> str | None:
-    """None when the starter's config has a prompt input, else why the row is empty."""
+def prompt_support(models=()) -> str | None:
+    """None when a promptable model is in the table, else why our row is empty."""
     from napari_fmbff import load_model
 
-    cfg = vars(load_model("starter").config)
-    if any("prompt" in key and value for key, value in cfg.items()):
+    if models or load_model("starter").config.prompts:
         return None
     return "not available: starter has no prompt path yet"
 
@@ -324,7 +342,8 @@ def print_box_table(table, kinds, prompted):
           "over all of them.\n")
     print("| engine | " + " | ".join(kinds) + " | all | CPU s / slice |")
     print("|---|" + "---:|" * (len(kinds) + 2))
-    print(f"| ours (prompted starter) | {prompted} |" + " |" * (len(kinds) + 1))
+    if prompted != "–" and prompted is not None:
+        print(f"| ours (prompted starter) | {prompted} |" + " |" * (len(kinds) + 1))
     for engine in sorted(table, key=lambda e: -table[e]["all"][0]):
         by_kind = table[engine]
         cells = [f"{by_kind[k][0]:.3f} ({by_kind[k][1]})" if k in by_kind else "–" for k in kinds]
@@ -396,6 +415,9 @@ def parse_args(argv):
     p.add_argument("--volumes", default=",".join(VOLUMES))
     p.add_argument("--rounds", type=int, default=5, help="review rounds (corrections)")
     p.add_argument("--engines", default="litemedsam", help="'litemedsam' or 'none'")
+    p.add_argument("--prompt-model", action="append", default=[], metavar="MODEL",
+                   help="a promptable model (fmbff train --prompts) in the box table; repeatable")
+    p.add_argument("--box-only", action="store_true", help="the box table only")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a FINETUNE_DEFAULTS field (JSON value), e.g. --set epochs=10")
     p.add_argument("--deadline", default=None, help="HH:MM UTC: start no work that ends later")
@@ -429,9 +451,12 @@ def main(argv=None) -> int:
               if k not in ("device", "seed", "amp", "num_workers")}
     print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | volumes {', '.join(volumes)} | fine-tune recipe "
           f"{recipe}")
-    engines = box_engines(args.engines.split(","))
+    engines = box_engines(args.engines.split(","), args.prompt_model)
     box, largest = box_table(volumes, engines, cache)
-    print_box_table(box, kinds, prompt_support() or "–")
+    print_box_table(box, kinds, prompt_support(args.prompt_model))
+    if args.box_only:
+        dump(args.json, box, [], {}, [])
+        return 0
     rows, curves, cut = [], {}, []
     store = Path(args.store) if args.store else None
     props = {name: Propagator(name, load_volume(name, cache)[0], args.overrides, store)
