@@ -72,7 +72,7 @@ def write_dicom_seg(path, labels: np.ndarray, record: dict, provenance: dict | N
     """(Z, Y, X) labels on the recorded DICOM series as a DICOM SEG at ``path`` (atomic;
     nothing replaced unless ``overwrite``). A ValueError says what is wrong in one line."""
     if record.get("format") != "dicom":
-        fmt = record.get("format") or "not DICOM"
+        fmt = {"nifti": "a NIfTI file"}.get(record.get("format"), "not from DICOM")
         raise ValueError(f"the scan {record.get('source', '')} is {fmt}, not a DICOM series: a "
                          "DICOM SEG must reference DICOM slices; save as .nii.gz instead")
     headers = series_headers(record)

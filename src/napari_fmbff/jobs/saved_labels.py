@@ -45,7 +45,8 @@ def scan_labels(labels, record: dict, shape: tuple | None = None) -> np.ndarray:
     if labels.ndim != 3 or (expected is not None and tuple(labels.shape) != tuple(expected)):
         wanted = tuple(expected) if expected is not None else "(slices, rows, columns)"
         raise ValueError(f"the labels have shape {given} but the scan "
-                         f"{record.get('source', '')} has {wanted}")
+                         f"{record.get('source', '')} has {wanted}; draw them on the scan "
+                         "(same shape), or save them as .tif")
     return labels
 
 
