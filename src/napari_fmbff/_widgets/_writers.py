@@ -168,4 +168,4 @@ def carry_scan(image, layer) -> None:
     the scan's grid wherever it goes); nothing for images not opened as a scan."""
     record = image.metadata.get(SOURCE_KEY) if image is not None else None
     if isinstance(record, dict):
-        layer.metadata[SOURCE_KEY] = record
+        layer.metadata[SOURCE_KEY] = dict(record)
