@@ -1194,3 +1194,50 @@ def test_propagate_widget_refuses_in_one_line_and_changes_nothing(case, make_nap
     assert "\n" not in notified[0] and "Traceback" not in notified[0]
     _same_layers(viewer, before)
     assert sorted(models_dir.iterdir()) == files
+
+
+# ---- issue 23: saving Labels (NIfTI / DICOM SEG writers) -------------------------------------
+# Each refusal is one line raised by the writer (napari's save dialog shows it as a
+# notification); nothing is written.
+
+def _writer_case(viewer, case, tmp_path):
+    """(the labels layer to save, the file to save it as) for one bad save."""
+    from test_writers import NIB_DATA, dicom_series
+
+    if case == "no-geometry":
+        viewer.add_image(np.zeros((3, 32, 32), np.uint8), name="plain")
+        return viewer.add_labels(np.ones((3, 32, 32), np.int32), name="x"), "x.nii.gz"
+    if case == "seg-of-nifti":
+        image, = viewer.open(str(NIB_DATA / "anatomical.nii"), plugin="napari-fmbff")
+        shape = image.data.shape
+        return viewer.add_labels(np.ones(shape, np.int32), name="x", scale=image.scale), "x.dcm"
+    image, = viewer.open(str(dicom_series(tmp_path / "series") / "0.dcm"), plugin="napari-fmbff")
+    if case == "other-shape-own-scan":  # a layer that carries the scan's record (as Segment's)
+        return viewer.add_labels(np.ones((3, 64, 64), np.int32), name="x", metadata={
+            "napari_fmbff_source": image.metadata["napari_fmbff_source"]}), "x.nii.gz"
+    return viewer.add_labels(np.ones((3, 64, 64), np.int32), name="x"), "x.dcm"
+
+
+WRITER_CASES = {
+    "no-geometry": "labels 'x' have no scan geometry: they were not made on a DICOM / NIfTI "
+                   "image opened with napari-fmbff",
+    "seg-of-nifti": "is a NIfTI file, not a DICOM series",
+    "other-shape-own-scan": "have shape (3, 64, 64) but the scan",
+    "other-shape": "have shape (3, 64, 64), which is no scan's shape",
+}
+
+
+@needs_napari
+@pytest.mark.parametrize("case", list(WRITER_CASES), ids=list(WRITER_CASES))
+def test_saving_labels_refuses_in_one_line_and_writes_nothing(case, make_napari_viewer,
+                                                               tmp_path):
+    from napari_fmbff._widgets._writers import NotSaved
+
+    viewer = make_napari_viewer()
+    labels, name = _writer_case(viewer, case, tmp_path)
+    viewer.layers.selection.active = labels
+    out = tmp_path / "out"
+    with pytest.raises(NotSaved) as err:
+        viewer.layers.save(str(out / name), selected=True)
+    assert WRITER_CASES[case] in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists() or list(out.iterdir()) == []

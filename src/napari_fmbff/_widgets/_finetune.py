@@ -51,6 +51,7 @@ from ._proposal import proposal_of
 from ._segment import PROVENANCE_TAG
 from ._settings import apply_saved_models_folder, remember_fields
 from ._tooltips import tooltip
+from ._writers import carry_scan
 
 #: Which slices Fine-tune learns from; the first is the default.
 SLICE_CHOICES = ("slices you corrected",) + TRAIN_SLICES
@@ -563,6 +564,7 @@ class FineTuneWidget(Container):
         record.update(model=model, base_model=str(job["base"]), learned=result.learned,
                       slices_labelled=list(result.slices), propagated=True)
         target.metadata[PROVENANCE_TAG] = record
+        carry_scan(job["image"], target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)
 

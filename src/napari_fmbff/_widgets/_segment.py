@@ -54,6 +54,7 @@ from ._proposal import proposal_of
 from ._review import ReviewMixin
 from ._settings import apply_saved_models_folder, remember_fields, set_models_folder
 from ._tooltips import STARTER_NOTE, tooltip
+from ._writers import carry_scan
 
 SCOPES = ("current slice", "whole stack")
 #: What a click on an object of the output layer does (in napari's pan/zoom mode).
@@ -535,6 +536,7 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
             layer = self._viewer.add_labels(
                 np.zeros(shape, np.int32), name=f"{image.name} fmbff",
                 metadata={OUTPUT_TAG: "labels", IMAGE_TAG: image.name}, **geometry_of(image))
+        carry_scan(image, layer)  # the scan's geometry, so the labels save on its grid
         if self._click_callback not in layer.mouse_drag_callbacks:  # a layer of an earlier dock
             layer.mouse_drag_callbacks.append(self._click_callback)
         return layer
