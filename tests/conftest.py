@@ -72,8 +72,21 @@ def write_ome_zarr(path, data, axes="tczyx", scale=None):
 @pytest.fixture(autouse=True)
 def _private_widget_settings(tmp_path_factory, monkeypatch):
     """Every test gets its own empty widget-settings folder: a value one test sets is never
-    what the next widget starts with, and no test touches the user's real settings."""
+    what the next widget starts with, and no test touches the user's real settings (nor
+    napari's Preferences of the plugin: napari >= 0.9 keeps them beside its settings file)."""
     monkeypatch.setenv("FMBFF_CONFIG_DIR", str(tmp_path_factory.mktemp("fmbff-config")))
+    import sys
+
+    napari_settings = sys.modules.get("napari.settings")
+    clear = getattr(napari_settings, "_clear_plugin_settings_cache", None)
+    if clear is not None:
+        folder = tmp_path_factory.mktemp("napari-config")
+        monkeypatch.setattr(napari_settings, "_CFG_PATH", str(folder / "settings.yaml"))
+        clear()
+        yield
+        clear()
+    else:
+        yield
 
 
 def disks(n, size=96, seed=0):

@@ -61,7 +61,7 @@ def test_metadata_extras_and_licence():
     everything = " ".join(project["dependencies"]
                           + sum(project["optional-dependencies"].values(), []))
     assert "pyqt5" not in everything.lower()
-    assert project["optional-dependencies"]["napari"] == ["napari[pyqt6]>=0.6"]
+    assert project["optional-dependencies"]["napari"] == ["napari[pyqt6]>=0.9.2,<0.10"]
     assert not any("distributed" in d for d in project["dependencies"])
     assert any("distributed" in d for d in project["optional-dependencies"]["cluster"])
     for unused in ("superqt", "npe2"):

@@ -21,8 +21,21 @@ MODELS_DIR_ENV = "FMBFF_MODELS_DIR"
 BUNDLED_DIR = Path(__file__).parent.parent / "weights"
 
 
+#: The folder an application chose (``use_models_dir``), used when FMBFF_MODELS_DIR is unset.
+_chosen: tuple[Path, str] | None = None
+
+
+def use_models_dir(folder, where: str = "") -> None:
+    """Use ``folder`` as the models folder when FMBFF_MODELS_DIR is not set (None: back to
+    the default). How the napari widgets pass on the Preferences' models folder without the
+    engine importing napari; ``where`` says in error messages where the folder was set."""
+    global _chosen
+    _chosen = None if folder is None else (Path(folder).expanduser(), where)
+
+
 def models_dir(create: bool = False, check: bool = False) -> Path:
-    """The user's models folder: $FMBFF_MODELS_DIR, else the platform's user data dir.
+    """The user's models folder: $FMBFF_MODELS_DIR, else the folder given to
+    ``use_models_dir``, else the platform's user data dir.
 
     ``create``: make it (and its parents). ``check`` (implied by ``create``): a path that is
     a file, not a folder, is refused in one line saying what the folder should be.
@@ -30,6 +43,8 @@ def models_dir(create: bool = False, check: bool = False) -> Path:
     env = os.environ.get(MODELS_DIR_ENV)
     if env:
         path = Path(env).expanduser()
+    elif _chosen is not None:
+        path = _chosen[0]
     else:
         import platformdirs
 
@@ -43,6 +58,8 @@ def models_dir(create: bool = False, check: bool = False) -> Path:
             raise FileExistsError(path)
     except (FileExistsError, NotADirectoryError):
         where = f"{MODELS_DIR_ENV}={env}" if env else f"the models folder {path}"
+        if not env and _chosen is not None and _chosen[1]:
+            where += f" (set in {_chosen[1]})"
         raise ValueError(f"{where}: a file is in the way (it is not a folder); set "
                          f"{MODELS_DIR_ENV} to an existing folder or one that can be "
                          "created") from None
