@@ -271,6 +271,7 @@ def other_slices(n: int, corrected) -> np.ndarray:
 def propagation_rows(name, sources, image, mask, prop: Propagator):
     """One row per source of the accepted largest slice: 3D Dice / ECE of the other slices."""
     from napari_fmbff.inference.review import expected_calibration_error
+    from napari_fmbff.training.propagate import connected_to_user
 
     top = int(np.argmax(mask.sum(axis=(1, 2))))
     rows = []
@@ -279,9 +280,13 @@ def propagation_rows(name, sources, image, mask, prop: Propagator):
         rest = other_slices(len(image), {top})
         probs = run["probs"][rest]
         lesion = mask[rest].any(axis=(1, 2))
+        labels = np.zeros(mask.shape, np.int32)
+        labels[top] = accepted
+        linked = connected_to_user(run["probs"] >= 0.5, labels, [top])[rest]
         rows.append({"volume": name, "source": source, "slice": top,
                      "accepted_dice": dice(accepted, mask[top]),
                      "dice": dice(probs >= 0.5, mask[rest]),
+                     "connected_dice": dice(linked, mask[rest]),
                      "lesion_dice": dice(probs[lesion] >= 0.5, mask[rest][lesion]),
                      "ece": expected_calibration_error(probs, mask[rest]),
                      "cpu_s": run["cpu_s"], "wall_s": run["wall_s"], "train_s": run["train_s"]})
@@ -356,18 +361,21 @@ def print_propagation_table(rows):
     print("`starter` fine-tuned with `finetune_config()` on the one accepted slice, then every "
           "other slice of the same volume segmented. 3D Dice and expected calibration error "
           "(15 bins) over all the other slices; CPU s and wall s: fine-tune + segment.\n")
-    print("| volume | accepted slice from | its Dice | 3D Dice, other slices | other lesion "
-          "slices only | ECE | CPU s | wall s | of which fine-tune s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| volume | accepted slice from | its Dice | 3D Dice, other slices | connected to "
+          "the accepted lesion | other lesion slices only | ECE | CPU s | wall s | "
+          "of which fine-tune s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['volume']} (z {r['slice']}) | {r['source']} | {r['accepted_dice']:.3f} | "
-              f"{r['dice']:.3f} | {r['lesion_dice']:.3f} | {r['ece']:.4f} | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+              f"{r['dice']:.3f} | {r.get('connected_dice', float('nan')):.3f} | "
+              f"{r['lesion_dice']:.3f} | {r['ece']:.4f} | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
               f"{r['train_s']:.0f} |")
     for source in dict.fromkeys(r["source"] for r in rows):
         mine = [r for r in rows if r["source"] == source]
         print(f"| **mean** ({len(mine)} volumes) | {source} | "
               f"{statistics.mean(r['accepted_dice'] for r in mine):.3f} | "
               f"**{statistics.mean(r['dice'] for r in mine):.3f}** | "
+              f"**{statistics.mean(r.get('connected_dice', float('nan')) for r in mine):.3f}** | "
               f"{statistics.mean(r['lesion_dice'] for r in mine):.3f} | "
               f"{statistics.mean(r['ece'] for r in mine):.4f} | "
               f"{statistics.mean(r['cpu_s'] for r in mine):.0f} | "

@@ -123,17 +123,38 @@ def _segment_others(model, volume, labels, zs, normalization):
     return probs
 
 
-def merge_ids(labels, zs, mask, min_size: int = 0) -> np.ndarray:
+def connected_to_user(mask, labels, zs) -> np.ndarray:
+    """bool: the voxels of ``mask`` (outside the slices ``zs``) in a 3D object (26-connected,
+    with the user's labelled voxels) that touches an object the user labelled on ``zs``: the
+    lesion carried through the volume, without the model's false alarms elsewhere."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    user = np.zeros(labels.shape, bool)
+    user[zs] = True
+    mask = np.asarray(mask, bool) & ~user
+    seeds = user & (labels > 0)
+    parts, n = ndimage.label(mask | seeds, structure=np.ones((3, 3, 3), bool))
+    if not n:
+        return mask
+    keep = np.unique(parts[seeds])
+    return mask & np.isin(parts, keep[keep > 0])
+
+
+def merge_ids(labels, zs, mask, min_size: int = 0, connected: bool = False) -> np.ndarray:
     """int32 labels: the slices ``zs`` of ``labels`` verbatim; elsewhere ``mask``'s voxels,
     each 3D object taking the id the user gave the object it touches
     (``postprocess.join_user_ids``), new ids otherwise. The model's objects under
-    ``min_size`` voxels that touch no user object are dropped first."""
+    ``min_size`` voxels that touch no user object are dropped first; with ``connected`` every
+    object that touches none is dropped (``connected_to_user``)."""
     from ..inference.postprocess import join_user_ids, label_volume
 
     labels = np.asarray(labels)
     user = np.zeros(labels.shape, bool)
     user[zs] = True
     mask = np.asarray(mask, bool) & ~user
+    if connected:
+        mask = connected_to_user(mask, labels, zs)
     if min_size > 1:  # small objects of the model's own, unless they touch the user's
         touching = label_volume(mask | (user & (labels > 0))) if mask.any() else None
         small = label_volume(mask, min_size) == 0
