@@ -1,6 +1,7 @@
 """napari readers: the OME-Zarr results of `fmbff segment` opened through their ``zarr.json``
 (the group itself is left to napari's zarr readers), and CT / MR volumes (a DICOM file opens
-its whole series; NIfTI files) at their voxel spacing in mm.
+its whole series; NIfTI files) at their voxel spacing in mm. A DICOM RTSTRUCT opens as Labels
+on the grid of the series it references (one id per ROI, names in the layer's features).
 
 No reader here accepts folders. napari offers every reader that accepts folders for every
 folder dropped on it, whatever its filename patterns, so a zarr-folder reader of ours would
