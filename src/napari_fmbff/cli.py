@@ -749,6 +749,7 @@ def _train(args, ddp) -> int:
         resume_state=state, checkpoint_fn=resume.save, ddp=ddp,
         extra={"layout": found.layout, "encoder_init": args.encoder_init,
                "window": args.window, "normalize": args.normalize,
+               **({"roi": list(found.roi)} if found.roi else {}),
                **({"volumes": len({item.group for item in items}), "slices": VOLUME_SLICES}
                   if found.is_volumes else {})})
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,

@@ -132,6 +132,26 @@ def test_fmbff_evaluate_on_series_with_rtstructs(tmp_path, tiny_model, capsys):
     assert "patient7" in captured.out and "dicom rtstruct" in captured.err
 
 
+def test_fmbff_train_on_series_with_rtstructs_records_the_roi(tmp_path, capsys):
+    from napari_fmbff import load_model
+    from napari_fmbff.cli import main
+
+    for patient in ("p1", "p2"):
+        series = ct_series(tmp_path / "data" / patient / "CT")
+        lung = np.zeros(SHAPE, bool)
+        lung[1:5, 10:120, 10:120] = True
+        write_rtstruct(series, tmp_path / "data" / patient / "RS.dcm",
+                       {"Lung": lung, "GTV-1": ring_and_box()})
+    out = tmp_path / "gtv.safetensors"
+    assert main(["train", str(tmp_path / "data"), "--roi", "gtv*", "-o", str(out),
+                 "--epochs", "1", "--batch-size", "2", "--tile-size", "64", "--device", "cpu",
+                 "--encoder", "test_efficientnet", "--window", "soft-tissue"]) == 0
+    err = capsys.readouterr().err
+    assert "2 volume pairs (dicom rtstruct layout)" in err and "from 2 volumes" in err
+    prov = load_model(out).metadata["provenance"]  # no held-out volume: saved as trained
+    assert prov["layout"] == "dicom rtstruct" and prov["roi"] == ["gtv*"]
+
+
 def test_napari_opens_an_rtstruct_as_labels_on_its_series_grid(make_napari_viewer, tmp_path):
     pytest.importorskip("napari")
     series = ct_series(tmp_path / "ct")
