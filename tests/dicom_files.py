@@ -31,10 +31,14 @@ def ct_series(folder, n: int = 6, step: float = 2.5) -> Path:
 def write_rtstruct(series_folder, path, rois: dict[str, np.ndarray]) -> Path:
     """An RTSTRUCT drawn on the series in ``series_folder``: one ROI per (name, (Z, Y, X) mask),
     slices in the series' order along its normal (as ``read_dicom_series`` gives them)."""
+    import os
     import warnings
 
-    from rt_utils import RTStructBuilder
+    before = dict(os.environ)
+    from rt_utils import RTStructBuilder  # imports cv2, which points Qt at its own plugins
 
+    os.environ.clear()                    # napari's Qt in this process keeps its own
+    os.environ.update(before)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # rt-utils sets pydicom 3's deprecated encoding flags
         warnings.simplefilter("ignore", DeprecationWarning)
