@@ -1241,3 +1241,77 @@ def test_saving_labels_refuses_in_one_line_and_writes_nothing(case, make_napari_
         viewer.layers.save(str(out / name), selected=True)
     assert WRITER_CASES[case] in str(err.value) and "\n" not in str(err.value)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+# ---- issue 23: RTSTRUCT in (data/rtstruct.py, the reader, find_pairs) -------------------------
+# An RTSTRUCT whose series is missing, one drawn off the series' slice planes, one of several
+# ROIs without --roi (or with a --roi that names none): one line naming the RTSTRUCT, for
+# fmbff train / evaluate (exit 2, the data folder as it was) and for napari (no layer).
+
+def _rtstruct_case(root, case):
+    """root/patient7/CT/ (a 6-slice series, 2.5 mm apart) and root/patient7/RS.dcm (rt-utils),
+    broken as ``case`` says. Returns the RTSTRUCT."""
+    pytest.importorskip("rt_utils")
+    import shutil
+
+    import pydicom
+
+    from dicom_files import ct_series, write_rtstruct
+
+    series = ct_series(Path(root) / "patient7" / "CT")
+    mask = np.zeros((6, 128, 128), bool)
+    mask[2:4, 40:70, 40:80] = True
+    rois = {"GTV": mask, **({"Body": np.ones_like(mask)} if case != "off-plane" else {})}
+    rs = write_rtstruct(series, Path(root) / "patient7" / "RS.dcm", rois)
+    if case == "series-missing":
+        shutil.rmtree(series)
+    if case == "off-plane":  # 20 mm up: past the series' last slice (a contour between two
+        # slices is on the nearer one, as other readers take it; off means over half a slice)
+        ds = pydicom.dcmread(rs)
+        for contour in ds.ROIContourSequence[0].ContourSequence:
+            xyz = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            xyz[:, 2] += 20.0
+            contour.ContourData = [f"{v:.4f}" for v in xyz.ravel()]
+        ds.save_as(rs)
+    return rs
+
+
+RTSTRUCT_CASES = {
+    "series-missing": ((), ["SeriesInstanceUID", "put the series' .dcm files beside it"]),
+    "off-plane": (("--roi", "GTV"), ["'GTV'", "12.5 mm from the nearest slice",
+                                     "export the RTSTRUCT against this series"]),
+    "no-roi-given": ((), ["2 ROIs ('GTV', 'Body')", "--roi NAME"]),
+    "roi-names-none": (("--roi", "PTV*"), ["no ROI matches --roi PTV*", "'Body'"]),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("case", list(RTSTRUCT_CASES), ids=list(RTSTRUCT_CASES))
+def test_an_rtstruct_that_cannot_be_a_mask_is_one_line(case, command, tmp_path, model_file,
+                                                       capsys):
+    rs = _rtstruct_case(tmp_path / "data", case.replace("no-roi-given", "").replace(
+        "roi-names-none", ""))
+    options, says = RTSTRUCT_CASES[case]
+    before = snapshot(tmp_path / "data")
+    rest = (["-o", tmp_path / "m.safetensors", "--epochs", "1", "--device", "cpu"]
+            if command == "train" else ["-m", model_file, "--device", "cpu"])
+    rc, err = cli([command, tmp_path / "data", *options, *rest], capsys)
+    assert_refused(rc, err, command, names=[rs], says=says)
+    assert snapshot(tmp_path / "data") == before
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@needs_napari
+def test_napari_refuses_an_rtstruct_whose_series_is_missing_in_one_line(make_napari_viewer,
+                                                                       tmp_path):
+    rs = _rtstruct_case(tmp_path, "series-missing")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception) as caught:  # napari shows a reader's error as a notification
+        viewer.open(str(rs), plugin="napari-fmbff")
+    chain, err = [], caught.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__
+    ours = [text for text in chain if "put the series' .dcm files beside it" in text]
+    assert ours and str(rs) in ours[0] and "\n" not in ours[0], chain
+    assert len(viewer.layers) == 0

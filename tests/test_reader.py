@@ -86,3 +86,24 @@ def test_our_zarr_json_reader_leaves_other_paths_to_other_readers(tmp_path, resu
     assert get_reader(str(tmp_path / "missing.zarr" / "zarr.json")) is None
     assert get_reader(str(results / "ct.zarr")) is None  # the folder: napari's readers
     assert get_reader(str(results / "ct.zarr" / "zarr.json")) is not None
+
+
+def test_an_rtstruct_opens_as_labels_over_its_series_with_roi_names_on_hover(
+        make_napari_viewer, tmp_path):
+    """An RTSTRUCT and one slice of its series, opened with our reader (napari's builtin
+    imageio reader offers itself for .dcm too): the labels lie on the image, and hovering
+    over an ROI shows its name."""
+    pytest.importorskip("rt_utils")
+    from dicom_files import ct_series, write_rtstruct
+
+    series = ct_series(tmp_path / "patient" / "CT", n=3)
+    gtv = np.zeros((3, 128, 128), bool)
+    gtv[1, 30:60, 30:60] = True
+    rs = write_rtstruct(series, tmp_path / "patient" / "RS.dcm", {"GTV": gtv})
+    viewer = make_napari_viewer()
+    image, = viewer.open(str(next(series.iterdir())), plugin="napari-fmbff")
+    labels, = viewer.open(str(rs), plugin="napari-fmbff")
+    assert type(labels).__name__ == "Labels" and labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_array_equal(labels.data, gtv)
+    assert labels.get_status(position=(1, 45, 45))["coordinates"].endswith("roi: GTV")

@@ -1,6 +1,7 @@
 """napari readers: the OME-Zarr results of `fmbff segment` opened through their ``zarr.json``
 (the group itself is left to napari's zarr readers), and CT / MR volumes (a DICOM file opens
-its whole series; NIfTI files) at their voxel spacing in mm.
+its whole series; NIfTI files) at their voxel spacing in mm. A DICOM RTSTRUCT opens as Labels
+on the grid of the series it references (one id per ROI, names in the layer's features).
 
 No reader here accepts folders. napari offers every reader that accepts folders for every
 folder dropped on it, whatever its filename patterns, so a zarr-folder reader of ours would
@@ -84,17 +85,47 @@ def get_medical_reader(path):
 def read_medical(path):
     """One Image layer in the scanner's units (CT in HU) at the voxel spacing in mm; the
     affine and the series' facts ride along in the layer metadata (labels written back as
-    NIfTI use them)."""
+    NIfTI use them). An RTSTRUCT opens as Labels on its series' grid (``read_rtstruct``)."""
     from .data.medical import read_volume, series_name, window_range
+    from .data.rtstruct import is_rtstruct
 
+    if str(path).lower().endswith(".dcm") and is_rtstruct(path):  # a few header tags
+        return read_rtstruct(path)
     volume = read_volume(path)
     data, scale = volume.data, volume.spacing
     if data.shape[0] == 1:  # one slice: a 2D image
         data, scale = data[0], scale[1:]
-    source = {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
-              "affine": volume.affine.tolist()}
     meta = {"name": series_name(volume), "scale": scale,
-            "metadata": {"napari_fmbff_source": source}}
+            "metadata": {"napari_fmbff_source": _source_metadata(volume)}}
     if volume.metadata.get("units") == "HU":
         meta["contrast_limits"] = window_range("soft-tissue")
     return [(data, meta, "image")]
+
+
+def _source_metadata(volume) -> dict:
+    """The geometry and facts of a volume, as the ``napari_fmbff_source`` layer metadata entry
+    (the same for a series' Image layer and for labels drawn on it)."""
+    return {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
+            "affine": volume.affine.tolist()}
+
+
+def read_rtstruct(path):
+    """A DICOM RTSTRUCT as one Labels layer on its referenced series' grid (same shape, scale
+    and ``napari_fmbff_source`` entry as the series' Image layer, so the two overlay and a
+    writer can save the labels on that grid): one id per ROI, the ROI names in the layer's
+    ``features`` (shown on hover) and in ``metadata["napari_fmbff_rois"]``."""
+    from .data.rtstruct import read_rtstruct as read_structures
+
+    structures = read_structures(path)
+    volume = structures.series
+    data, scale = structures.labels, volume.spacing
+    if data.shape[0] == 1:  # a one-slice series opens as a 2D image: so do its labels
+        data, scale = data[0], scale[1:]
+    ids = list(range(1, len(structures.names) + 1))
+    name = structures.label or Path(path).stem
+    meta = {"name": name, "scale": scale, "opacity": 0.5,
+            "features": {"index": ids, "roi": list(structures.names)},
+            "metadata": {"napari_fmbff_source": _source_metadata(volume),
+                         "napari_fmbff_rois": dict(zip(ids, structures.names)),
+                         "napari_fmbff_rtstruct": str(path)}}
+    return [(data, meta, "labels")]

@@ -204,6 +204,11 @@ def _add_info_parser(sub) -> None:
                       help="describe a fresh (untrained) network with this timm encoder instead")
 
 
+#: RTSTRUCT masks (train, evaluate): which ROI is the lesion (data/rtstruct.py says why).
+ROI_HELP = ("RTSTRUCT masks: the ROI that is the lesion (case-insensitive; a pattern such as "
+            "'GTV*'; repeat to join several); needed when an RTSTRUCT holds several ROIs")
+
+
 def _add_train_parser(sub) -> None:
     train = sub.add_parser(
         "train", help="train or fine-tune a model on a data folder",
@@ -223,6 +228,7 @@ def _add_train_parser(sub) -> None:
                             "recipe (docs/models.md) for every option not given")
     _add_new_model_args(train)
     _add_recipe_args(train)
+    train.add_argument("--roi", action="append", default=None, metavar="NAME", help=ROI_HELP)
     train.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(train.add_argument_group(
         "intensities", "stored in the model, so fmbff segment with its default uses them again"))
@@ -285,6 +291,7 @@ def _add_evaluate_parser(sub) -> None:
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
     ev.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD)
     ev.add_argument("--tile-size", type=_positive_int, default=None)
+    ev.add_argument("--roi", action="append", default=None, metavar="NAME", help=ROI_HELP)
     ev.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(ev)
 
@@ -721,7 +728,7 @@ def _train(args, ddp) -> int:
     _check_intensity(args)
     resume = ResumeFile(out)
     state = resume.load() if args.resume else None
-    found = find_pairs(args.data)
+    found = find_pairs(args.data, roi=args.roi)
     say(found.describe())
     if ddp is not None:
         say(f"DDP over {ddp.world_size} processes, batch {args.batch_size} each "
@@ -749,6 +756,7 @@ def _train(args, ddp) -> int:
         resume_state=state, checkpoint_fn=resume.save, ddp=ddp,
         extra={"layout": found.layout, "encoder_init": args.encoder_init,
                "window": args.window, "normalize": args.normalize,
+               **({"roi": list(found.roi)} if found.roi else {}),
                **({"volumes": len({item.group for item in items}), "slices": VOLUME_SLICES}
                   if found.is_volumes else {})})
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
@@ -845,7 +853,7 @@ def cmd_evaluate(args) -> int:
         if Path(args.csv).is_dir():
             raise CliError(f"--csv {args.csv} is a folder; give a file name ending in .csv")
         refuse_existing(args.csv, args.overwrite)
-    found = find_pairs(args.data)
+    found = find_pairs(args.data, roi=args.roi)
     print(f"fmbff evaluate: {found.describe()}", file=sys.stderr)
     model = _load(args.model)
     setting = intensity_setting(default_normalization(model), args.window, args.normalize)

@@ -15,6 +15,14 @@ CT / MR volumes (``PairedFolder.is_volumes``; read with ``iter_volume_pairs``, o
 - ``nifti volumes``: ``images/`` + ``masks/`` (or ``labels/``) holding NIfTI files
   (``.nii`` / ``.nii.gz``) with the same names; an image may also be a DICOM series folder
   whose mask is ``masks/<folder name>.nii.gz``.
+- ``dicom rtstruct``: DICOM series with an RTSTRUCT beside them (radiotherapy exports): any
+  folder tree (one folder per patient: ``LUNG1-001/CT/*.dcm`` + ``LUNG1-001/RS.dcm``, the
+  RTSTRUCT among the slices, or TCIA's ``study/<CT series>/`` + ``study/<RTSTRUCT series>/``);
+  each RTSTRUCT is paired with the series it names (by Series Instance UID, in its folder, its
+  subfolders or the folders beside it: ``rtstruct.find_series``). The case is the patient
+  folder. Its ROIs become the lesion: the one ROI, or those named with ``roi`` (``--roi GTV``;
+  patterns such as ``GTV*``); an RTSTRUCT of several ROIs and no ``roi`` is refused in one
+  line listing them, since structure sets carry organs and the body outline too.
 Mask volumes: any non-zero voxel is lesion (every class of a multi-class label map: for
 MSD Liver that is liver and tumour; write a mask of the one class to learn only that). A mask
 must lie on its image's voxel grid (same shape; a mask stored in another axis order or
@@ -38,7 +46,7 @@ IMAGE_DIRS = ("images", "image", "imgs", "img", "original", "inputs")
 MIN_EDGE = 32
 MASK_DIRS = ("masks", "mask", "labels", "ground truth", "groundtruth", "gt", "annotations")
 #: Layouts of CT / MR volume pairs (read with ``iter_volume_pairs``, not ``load_pairs``).
-VOLUME_LAYOUTS = ("nnU-Net / MSD", "nifti volumes")
+VOLUME_LAYOUTS = ("nnU-Net / MSD", "nifti volumes", "dicom rtstruct")
 #: Training slices: every slice with lesion, plus as many lesion-free ones (at least this
 #: many), evenly spread through the volume (see ``training_slices``).
 MIN_LESION_FREE_SLICES = 4
@@ -50,6 +58,8 @@ class PairedFolder:
     pairs: list[tuple[Path, list[Path]]]          # image, its mask file(s)
     unpaired: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    roi: tuple[str, ...] = ()                     # RTSTRUCT ROIs that are lesion (names, patterns)
+    names: dict[Path, str] = field(default_factory=dict)   # a mask's case name, where not its stem
 
     @property
     def is_volumes(self) -> bool:
@@ -89,8 +99,9 @@ def _child(root: Path, names) -> Path | None:
     return None
 
 
-def find_pairs(root) -> PairedFolder:
-    """Detect the layout of ``root`` and pair every image with its mask(s)."""
+def find_pairs(root, roi=None) -> PairedFolder:
+    """Detect the layout of ``root`` and pair every image with its mask(s). ``roi``: the
+    RTSTRUCT ROIs that are lesion (names or patterns; ``dicom rtstruct`` layout only)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
@@ -112,18 +123,46 @@ def find_pairs(root) -> PairedFolder:
         elif busi:
             found = _pair_suffixed(files, busi, r"_mask(_\d+)?$", "busi")
         else:
+            found = _rtstruct_pairs(root)
+        if found is None:
             raise ValueError(
                 f"{root}: no known layout. Expected images/ + masks/ (Kvasir-SEG; or NIfTI "
                 "volumes), Original/ + Ground Truth/ (CVC-ClinicDB), ISIC_x.jpg + "
-                "ISIC_x_segmentation.png (ISIC), x.png + x_mask.png (BUSI) or imagesTr/ + "
-                "labelsTr/ (nnU-Net / Medical Segmentation Decathlon)"
+                "ISIC_x_segmentation.png (ISIC), x.png + x_mask.png (BUSI), imagesTr/ + "
+                "labelsTr/ (nnU-Net / Medical Segmentation Decathlon) or DICOM series with an "
+                "RTSTRUCT beside them (patient/CT/*.dcm + patient/RS.dcm)"
             )
     if not found.pairs:
         hint = (" (nnU-Net names them case_0000.nii.gz and case.nii.gz)"
                 if found.layout == "nnU-Net / MSD" else "")
         raise ValueError(f"{root}: {found.layout} layout, but no image has a mask with the "
                          f"same name{hint}")
+    if roi:
+        found.roi = (roi,) if isinstance(roi, str) else tuple(roi)
+        if found.layout != "dicom rtstruct":
+            found.notes.append("--roi applies to RTSTRUCT masks only: left unused")
     return found
+
+
+def _rtstruct_pairs(root: Path) -> PairedFolder | None:
+    """The ``dicom rtstruct`` layout: each RTSTRUCT under ``root`` with one file of its
+    series; None when there is no RTSTRUCT. No series for any: that RTSTRUCT's one line."""
+    from .rtstruct import case_names, find_rtstructs, rtstruct_series
+
+    rtstructs = find_rtstructs(root)
+    if not rtstructs:
+        return None
+    pairs, unpaired, missing = [], [], []
+    for rs in rtstructs:
+        try:
+            pairs.append((rtstruct_series(rs), [rs]))
+        except ValueError as err:
+            unpaired.append(rs)
+            missing.append(err)
+    if not pairs:
+        raise missing[0]
+    return PairedFolder("dicom rtstruct", pairs, unpaired,
+                        names=case_names(root, [rs for _, (rs,) in pairs]))
 
 
 def volume_stem(path) -> str:
@@ -264,14 +303,18 @@ def iter_volume_pairs(found: PairedFolder):
     """Yield each pair of a volume layout as a checked ``VolumePair``, one at a time (CT data
     sets do not fit in memory at once). Errors name the file and say what to do."""
     for image_path, mask_paths in found.pairs:
-        yield load_volume_pair(image_path, mask_paths[0])
+        yield load_volume_pair(image_path, mask_paths[0], found.roi,
+                               found.names.get(mask_paths[0]))
 
 
-def load_volume_pair(image_path, mask_path) -> VolumePair:
+def load_volume_pair(image_path, mask_path, roi=(), name: str | None = None) -> VolumePair:
+    """One checked pair; the mask a NIfTI / DICOM volume or an RTSTRUCT (its ROIs ``roi``,
+    see ``find_pairs``). ``name``: the case, else the mask's name."""
     from .medical import read_volume
+    from .rtstruct import is_rtstruct
 
     image_path, mask_path = Path(image_path), Path(mask_path)
-    image, mask = read_volume(image_path), read_volume(mask_path)
+    image = read_volume(image_path)
     data = image.data
     if min(data.shape[1:]) < MIN_EDGE:
         raise ValueError(f"{image_path}: slices of {data.shape[1]} x {data.shape[2]} px are too "
@@ -279,9 +322,15 @@ def load_volume_pair(image_path, mask_path) -> VolumePair:
     if data.dtype.kind == "f" and not np.isfinite(data).any():
         raise ValueError(f"{image_path}: the volume has no finite values (all NaN or inf); "
                          "remove or repair it")
-    labels = on_image_grid(mask, image, mask_path, image_path)
+    if is_rtstruct(mask_path):
+        from .rtstruct import read_rtstruct
+
+        labels = read_rtstruct(mask_path, roi, series=image, require_choice=True).labels
+    else:
+        labels = on_image_grid(read_volume(mask_path), image, mask_path, image_path)
     lesion = ((labels > 0) | (labels < 0)).astype(np.uint8)  # non-zero; NaN is not lesion
-    return VolumePair(volume_stem(mask_path), data, lesion, image.spacing, image_path, mask_path)
+    return VolumePair(name or volume_stem(mask_path), data, lesion, image.spacing, image_path,
+                      mask_path)
 
 
 def on_image_grid(mask, image, mask_path: Path, image_path: Path) -> np.ndarray:
