@@ -209,3 +209,36 @@ def test_ome_zarr_labels_as_fmbff_segment_writes_them(tmp_path, tiny_model, rng)
     with pytest.raises(FileExistsError, match="choose another name"):
         save_ome_zarr(other, labels, geometry, {}, overwrite=True)
     assert (other / "mine.txt").read_text() == "keep"
+
+
+def test_a_dicom_seg_opens_back_as_labels_on_its_series(tmp_path):
+    from napari_fmbff._reader import get_medical_reader, read_medical
+
+    folder = dicom_series(tmp_path / "series", names=["c.dcm", "a.dcm", "b.dcm"])
+    image, record = opened(folder / "b.dcm")
+    labels = some_labels(image.shape)
+    # Saved inside the series folder, as a PACS export often lays it out.
+    path = write_dicom_seg(folder / "seg.dcm", labels, record, {"model": "tiny"})
+    [(data, meta, kind)] = read_medical(str(path))
+    assert kind == "labels" and get_medical_reader(str(path)) is not None
+    np.testing.assert_array_equal(data, labels)   # napari values back, on the series' Z order
+    assert meta["metadata"]["napari_fmbff_source"]["series_uid"] == record["series_uid"]
+    assert meta["metadata"]["napari_fmbff_segments"] == {3: "label 3", 7: "label 7"}
+    # The SEG beside the slices does not disturb the series itself.
+    [(again, _, kind)] = read_medical(str(folder / "a.dcm"))
+    assert kind == "image" and again.shape == image.shape
+
+
+def test_a_dicom_seg_without_its_series_is_one_line(tmp_path):
+    from napari_fmbff._reader import read_medical
+
+    folder = dicom_series(tmp_path / "series")
+    image, record = opened(folder / "0.dcm")
+    path = write_dicom_seg(tmp_path / "elsewhere" / "seg.dcm", some_labels(image.shape), record)
+    moved = tmp_path / "other" / "patient" / "seg.dcm"   # no series in or beside its folder
+    moved.parent.mkdir(parents=True)
+    path.rename(moved)
+    with pytest.raises(ValueError) as err:
+        read_medical(str(moved))
+    assert "put the series' .dcm files beside it" in str(err.value)
+    assert "\n" not in str(err.value)

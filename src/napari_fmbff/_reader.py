@@ -86,11 +86,14 @@ def read_medical(path):
     """One Image layer in the scanner's units (CT in HU) at the voxel spacing in mm; the
     affine and the series' facts ride along in the layer metadata (labels written back as
     NIfTI use them). An RTSTRUCT opens as Labels on its series' grid (``read_rtstruct``)."""
+    from .data.dicom_seg import is_dicom_seg
     from .data.medical import read_volume, series_name, window_range
     from .data.rtstruct import is_rtstruct
 
     if str(path).lower().endswith(".dcm") and is_rtstruct(path):  # a few header tags
         return read_rtstruct(path)
+    if str(path).lower().endswith(".dcm") and is_dicom_seg(path):
+        return read_seg(path)
     volume = read_volume(path)
     data, scale = volume.data, volume.spacing
     if data.shape[0] == 1:  # one slice: a 2D image
@@ -107,6 +110,21 @@ def _source_metadata(volume) -> dict:
     (the same for a series' Image layer and for labels drawn on it)."""
     return {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
             "affine": volume.affine.tolist()}
+
+
+def read_seg(path):
+    """A DICOM SEG (ours or another tool's) as one Labels layer on its referenced series' grid,
+    like ``read_rtstruct``: each segment keeps the napari value its label records."""
+    from .data.dicom_seg import read_dicom_seg
+
+    labels, volume, names = read_dicom_seg(path)
+    data, scale = labels, volume.spacing
+    if data.shape[0] == 1:
+        data, scale = data[0], scale[1:]
+    meta = {"name": Path(path).stem, "scale": scale, "opacity": 0.5,
+            "metadata": {"napari_fmbff_source": _source_metadata(volume),
+                         "napari_fmbff_segments": names, "napari_fmbff_seg": str(path)}}
+    return [(data, meta, "labels")]
 
 
 def read_rtstruct(path):

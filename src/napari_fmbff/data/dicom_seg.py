@@ -133,3 +133,58 @@ def _segmentation(headers: list, pixels: np.ndarray, values: np.ndarray, provena
                          f"{err})") from err
     seg.SeriesDescription = about[:64]
     return seg
+
+
+#: The SOP Class of a DICOM Segmentation Storage object.
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def is_dicom_seg(path) -> bool:
+    """A DICOM file that is a Segmentation (by SOP Class or Modality); a few tags only."""
+    import pydicom
+
+    if not is_dicom(path):
+        return False
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True,
+                             specific_tags=["SOPClassUID", "Modality"])
+    except Exception:  # noqa: BLE001 - not DICOM after all
+        return False
+    return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS or ds.get("Modality") == "SEG"
+
+
+def read_dicom_seg(path):
+    """(labels (Z, Y, X) int32, the referenced series' ``Volume``, {id: segment label}) of a
+    DICOM SEG, on its series' grid: each segment's voxels get the napari value its label
+    records ("label 7", as ``write_dicom_seg`` names them), else its segment number. The
+    series is looked for beside the SEG as for an RTSTRUCT; one line when it is missing."""
+    import highdicom as hd
+
+    from .medical import read_dicom_series
+    from .rtstruct import find_series
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as err:  # noqa: BLE001 - the user's file: say what it is
+        raise ValueError(f"{path}: cannot read it as a DICOM SEG ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    refs = seg.get("ReferencedSeriesSequence") or []
+    if not refs:
+        raise ValueError(f"{path}: the DICOM SEG names no source series "
+                         "(ReferencedSeriesSequence); export it again with its series")
+    uid = str(refs[0].SeriesInstanceUID)
+    volume = read_dicom_series(find_series(path, uid))
+    uids = [str(h.SOPInstanceUID) for h in series_headers(
+        {"source": volume.source, "series_uid": uid})]
+    labels = np.zeros(volume.data.shape, np.int32)
+    names = {}
+    for number in seg.segment_numbers:
+        text = str(seg.get_segment_description(number).SegmentLabel)
+        value = int(text.split()[-1]) if text.startswith("label ") and \
+            text.split()[-1].isdigit() else int(number)
+        planes = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[number], combine_segments=True,
+            assert_missing_frames_are_empty=True)
+        labels[np.asarray(planes) > 0] = value
+        names[value] = text
+    return labels, volume, names
