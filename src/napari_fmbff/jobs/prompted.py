@@ -4,8 +4,9 @@ Coordinates are napari's for the opened image: x the column, y the row, z the sl
 first axis of a stack or volume (as napari's slider shows it). Each box makes a new object;
 a positive click grows the object under it (or makes a new one); a negative click cuts its
 region out of the object under it (``inference.prompting``, as in the Segment widget). The
-answer comes from Otsu inside the box (``inference.box``) or, with a model whose prompt path
-was trained, from the network (``engine``).
+answer comes from Otsu inside the box (``inference.box``), from LiteMedSAM (boxes; the
+optional extra, ``inference.litemedsam``) or, with a model whose prompt path was trained, from
+the network (``engine``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-#: How a prompt is answered: "auto" is the network when the model has a prompt path, else Otsu.
-ENGINES = ("auto", "otsu", "network")
+#: How a prompt is answered: "auto" is LiteMedSAM when its extra is installed (it measures
+#: best, docs/models.md), else the network when the model has a prompt path, else Otsu.
+ENGINES = ("auto", "otsu", "network", "litemedsam")
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ def parse_prompt(kind: str, text: str) -> Prompt:
 
 
 def answer_prompts(data, prompts: list[Prompt], rgb: bool = False, engine: str = "otsu",
-                   model=None) -> np.ndarray:
-    """int32 labels of ``data``'s spatial shape holding only the prompted objects."""
+                   model=None, device="cpu") -> np.ndarray:
+    """int32 labels of ``data``'s spatial shape holding only the prompted objects
+    (``device``: where LiteMedSAM runs)."""
     data = np.asarray(data) if not hasattr(data, "shape") else data
     shape = data.shape[:-1] if rgb else data.shape
     if len(shape) not in (2, 3):
@@ -64,7 +67,7 @@ def answer_prompts(data, prompts: list[Prompt], rgb: bool = False, engine: str =
     for prompt in prompts:
         index = _plane_index(prompt, shape)
         plane = np.asarray(data[index])
-        mask = _answer(plane, prompt, engine, model)
+        mask = _answer(plane, prompt, engine, model, device)
         if prompt.kind == "box":
             from ..inference.prompting import add_object
 
@@ -94,9 +97,13 @@ def _plane_index(prompt: Prompt, shape) -> tuple:
     return (prompt.z,)
 
 
-def _answer(plane, prompt: Prompt, engine: str, model) -> np.ndarray:
+def _answer(plane, prompt: Prompt, engine: str, model, device="cpu") -> np.ndarray:
     from ..inference.box import otsu_at_click, otsu_in_box
 
+    if engine == "litemedsam" and prompt.kind == "box":  # clicks: Otsu, as the widget
+        from ..inference.litemedsam import litemedsam_box
+
+        return litemedsam_box(plane, prompt.values, device)
     if engine == "network":
         from ..inference.prompting import network_mask
 
@@ -108,10 +115,24 @@ def _answer(plane, prompt: Prompt, engine: str, model) -> np.ndarray:
     return otsu_at_click(plane, *prompt.values)
 
 
+def needs_model(engine: str) -> bool:
+    """Whether ``choose_engine`` needs the FM-BFF-Net model to decide (and to answer)."""
+    from ..inference import litemedsam
+
+    return engine == "network" or (engine == "auto" and not litemedsam.available())
+
+
 def choose_engine(engine: str, model) -> str:
-    """"auto": the network when the model's prompt path exists, else Otsu in the box."""
+    """"auto": LiteMedSAM when its extra is installed, else the network when the model's
+    prompt path exists, else Otsu in the box; "litemedsam" without the extra is refused."""
+    from ..inference import litemedsam
+
     if engine not in ENGINES:
         raise ValueError(f"box engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "litemedsam" or (engine == "auto" and litemedsam.available()):
+        if not litemedsam.available():
+            raise ValueError(litemedsam.MISSING)
+        return "litemedsam"
     has_path = bool(getattr(getattr(model, "config", None), "prompts", False))
     if engine == "network" and not has_path:
         raise ValueError("this model has no prompt path; use --box-engine otsu (or auto)")
@@ -121,12 +142,18 @@ def choose_engine(engine: str, model) -> str:
 def prompt_record(prompts: list[Prompt], engine: str, model_name: str, source) -> dict:
     """The provenance of a prompted result."""
     from .. import __version__
+    from ..inference import litemedsam
 
-    return {"source": str(source), "prompts": [asdict(p) for p in prompts],
-            "engine": "Otsu in box (no network)" if engine == "otsu" else "network prompt path",
-            "model": model_name if engine == "network" else None,
-            "package_version": __version__,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    names = {"otsu": "Otsu in box (no network)", "network": "network prompt path",
+             "litemedsam": litemedsam.LABEL}
+    record = {"source": str(source), "prompts": [asdict(p) for p in prompts],
+              "engine": names[engine],
+              "model": model_name if engine == "network" else None,
+              "package_version": __version__,
+              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if engine == "litemedsam":
+        record["box_engine"] = litemedsam.provenance()
+    return record
 
 
 def write_prompted(source, labels: np.ndarray, out_dir, record: dict, volume=None,
