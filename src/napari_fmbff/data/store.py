@@ -291,18 +291,26 @@ class Store:
             image, labels = image[0], labels[0]
         return image, np.asarray(labels).astype(np.uint8), case.record
 
-    def training_slices(self, cases=None):
+    def training_cases(self, pending: PendingCase | None = None) -> list[str]:
+        """The ids a training run reads: every case, with ``pending`` (a case staged but not
+        committed) last, in place of the case it replaces."""
+        ids = [cid for cid in self.record["cases"] if pending is None or cid != pending.replaces]
+        return ids + ([pending.id] if pending is not None else [])
+
+    def training_slices(self, cases=None, pending: PendingCase | None = None):
         """Yield (image plane, mask plane, case id, z) (a ``TrainingSlice``) for every
-        labelled slice of ``cases`` (default: all), reading one slice at a time; slices that
-        are all ignore are never read, slices partly ignore are skipped (counted in
-        ``skipped_partial``: the trainer has no per-pixel ignore)."""
+        labelled slice of ``cases`` (default: ``training_cases(pending)``), reading one slice
+        at a time; slices that are all ignore are never read, slices partly ignore are
+        skipped (counted in ``skipped_partial``: the trainer has no per-pixel ignore)."""
         import nibabel as nib
 
         self.skipped_partial = 0
         ignore = self.record.get("ignore", IGNORE) if self.record.get("foreign") else IGNORE
-        for case_id in (cases if cases is not None else list(self.record["cases"])):
-            rec = self.case(case_id).record
-            images, label_path = self._files(case_id, self._channels())
+        for case_id in (cases if cases is not None else self.training_cases(pending)):
+            staged = pending is not None and case_id == pending.id
+            rec = pending.entry if staged else self.case(case_id).record
+            images, label_path = self._files(
+                case_id, len(pending.channel_names) if staged else self._channels())
             proxies = [nib.load(str(p)).dataobj for p in images]
             labels = nib.load(str(label_path)).dataobj
             zs = rec.get("corrected_slices")
