@@ -74,6 +74,8 @@ def _private_widget_settings(tmp_path_factory, monkeypatch):
     """Every test gets its own empty widget-settings folder: a value one test sets is never
     what the next widget starts with, and no test touches the user's real settings."""
     monkeypatch.setenv("FMBFF_CONFIG_DIR", str(tmp_path_factory.mktemp("fmbff-config")))
+    # ... and its own corrections store (Fine-tune adds to it by default).
+    monkeypatch.setenv("FMBFF_STORE_DIR", str(tmp_path_factory.mktemp("fmbff-store") / "store"))
 
 
 def disks(n, size=96, seed=0):

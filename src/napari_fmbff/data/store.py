@@ -368,6 +368,8 @@ class Store:
                  "source": str(source), "added": _now(), "updated": _now(),
                  "model": model, "intensity": intensity or {}, "corrected_slices": slices,
                  "shape": list(np.shape(image)), "dtype": str(volume.dtype), "is_2d": is_2d,
+                 "spacing": [float(v) for v in spacing] if spacing is not None else
+                 (source_meta or {}).get("spacing_mm"),
                  "series_uid": (source_meta or {}).get("series_uid"),
                  "modality": (source_meta or {}).get("modality")}
         if old is not None:

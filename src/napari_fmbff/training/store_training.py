@@ -69,12 +69,12 @@ def intensity_record(setting, image=None) -> dict:
 
 def stage(store: Store, image, labels, slices, setting, *, rgb: bool = False, source: str = "",
           name: str = "", source_meta: dict | None = None, proposed_by=None,
-          spacing=None) -> PendingCase:
+          spacing=None, identity: str | None = None) -> PendingCase:
     """Stage the corrected ``slices`` of ``image`` as a case (``Store.stage_case``) with the
     intensity ``setting`` (a Normalization) and the model that proposed the labels."""
     stack = image if (np.ndim(image) == 4 or (np.ndim(image) == 3 and not rgb)) else None
     return store.stage_case(image, labels, slices, rgb=rgb, source=source, name=name,
-                            source_meta=source_meta, spacing=spacing,
+                            source_meta=source_meta, spacing=spacing, identity=identity,
                             model=str(proposed_by) if proposed_by else None,
                             intensity=intensity_record(setting, stack))
 
@@ -209,7 +209,7 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
                          threshold=None, min_size: int = 0, overwrite: bool = False,
                          should_stop=None, keep_on_cancel: bool = False,
                          extra: dict | None = None, source_meta: dict | None = None,
-                         spacing=None, proposed_by=None):
+                         spacing=None, proposed_by=None, identity: str | None = None):
     """Generator: ``propagate.iter_propagate`` with the store: the labelled slices become a
     case, the model trains on the whole store (``train_on_store``), then segments the other
     slices. Yields ("train", TrainEvent) then ("segment", done, total); returns the
@@ -225,7 +225,7 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
     pending = stage(store, np.asarray(volume), np.asarray(labels), zs, setting,
                     source=str((source_meta or {}).get("source") or image_name),
                     name=image_name, source_meta=source_meta, spacing=spacing,
-                    proposed_by=proposed_by or base)
+                    proposed_by=proposed_by or base, identity=identity)
     try:
         lineage = {"base": str(base) if base else None, "slices": zs, "image": image_name}
         outcome = yield from relay(train_on_store(
