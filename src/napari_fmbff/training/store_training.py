@@ -111,6 +111,9 @@ def store_items(store: Store, setting, pending: PendingCase | None = None,
     by_case: dict[str, list] = {}
     for piece in store.training_slices(pending=pending):
         by_case.setdefault(piece.case, []).append(piece)
+    if not by_case:
+        raise ValueError(f"{store.path}: the corrections store has no corrected slice yet; "
+                         "correct a slice and Fine-tune (or fmbff propagate --store) first")
     items = []
     for case_id, pieces in by_case.items():
         planes = [p.image for p in pieces]
