@@ -185,3 +185,28 @@ def test_a_foreign_nnunet_folder_opens_read_only(tmp_path):
     assert [s.z for s in store.training_slices()] == [2] and store.skipped_partial == 1
     with pytest.raises(StoreError, match="never writes into it"):
         store.add_case(image, labels, [1])
+
+
+def test_a_dicom_scan_is_one_case_however_often_it_is_added(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    from napari_fmbff.data.medical import read_volume
+    from napari_fmbff.data.store import source_record
+
+    path = get_testdata_file("CT_small.dcm")
+    volume = read_volume(path)
+    meta = source_record(volume)
+    uid = str(pydicom.dcmread(path).SeriesInstanceUID)
+    identity = identity_of(volume.data[0], meta)
+    assert identity.startswith(f"dicom:{uid}/")
+    store = open_store(tmp_path)
+    labels = np.zeros(volume.data.shape, np.uint8)
+    labels[0, 40:60, 40:60] = 1
+    store.add_case(volume.data, labels, [0], source_meta=meta)
+    store.add_case(volume.data, labels, [0], source_meta=meta)
+    (case,) = store.cases()
+    assert case.record["series_uid"] == uid and case.record["modality"] == "CT"
+    assert json.loads((tmp_path / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
+    img = nib.load(tmp_path / "imagesTr" / f"{case.id}_0000.nii.gz")
+    np.testing.assert_allclose(img.affine[:3, 3], volume.ras_affine[:3, 3])  # the scan's place

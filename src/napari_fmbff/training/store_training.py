@@ -189,6 +189,9 @@ def train_on_store(net, store: Store, cfg, setting, out, *, base=None,
             pending.discard()
         raise
     outcome.store_items = data
+    if data.skipped_partial:
+        outcome.notes.append(f"{data.skipped_partial} slice(s) partly the ignore label were left "
+                             "out (training has no per-pixel ignore)")
     if ddp is not None and not ddp.is_main:
         return outcome
     if pending is None:
