@@ -141,3 +141,23 @@ def test_the_store_rows_tooltips_come_from_the_tooltips_module(make_napari_viewe
     for name in TOOLTIPS["store"]:
         field = getattr(widget, name)
         assert id(field) in nested and field.tooltip == tooltip("store", name)
+
+
+def test_a_multiscale_image_is_refused_by_the_store_in_one_line(make_napari_viewer, tiny_model,
+                                                                monkeypatch):
+    from napari_fmbff._widgets import _finetune
+
+    errors = []
+    monkeypatch.setattr(_finetune, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    base = np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8)
+    viewer.add_image([base, base[::2, ::2]], multiscale=True, name="slide")
+    labels = viewer.add_labels(np.zeros((128, 128), np.int32), name="slide corrections")
+    labels.data[40:60, 40:60] = 1
+    widget = FineTuneWidget(viewer)
+    widget.model.value = tiny_model
+    widget.image.value = viewer.layers["slide"]
+    widget.labels_layer.value = labels
+    widget.slices.value = "all slices with labels"
+    assert widget.run() is None and "multiscale" in errors[-1] and "untick" in errors[-1]
+    assert open_store(widget.store_dir.value).cases() == []

@@ -114,6 +114,8 @@ class StoreSection:
         except ValueError as err:
             self.store_summary.value = f"Store: {err}"
         self.store_case.reset_choices()
+        if self.store_case.value is None and len(self.store_case.choices) > 1:
+            self.store_case.value = self.store_case.choices[-1]  # the newest case
         if not enabled:
             self.store_summary.value = "Store not used: fine-tuning on this image only."
 
@@ -197,6 +199,9 @@ class StoreSection:
         from ._segment import PROVENANCE_TAG
 
         image = self.image.value
+        if image.multiscale:
+            raise ValueError(f"'{image.name}' is a multiscale image: the store keeps images "
+                             "that fit in memory; untick the store to fine-tune on it alone")
         data = np.asarray(data)
         spatial = data.ndim - (1 if image.rgb else 0)
         if spatial not in (2, 3):
