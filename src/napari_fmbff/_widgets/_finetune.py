@@ -390,9 +390,8 @@ class FineTuneWidget(StoreSection, Container):
                              self.keep_on_cancel.value, self._stop, source, intensity, stack))
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
-        what = f"and the store's {store.summary()}" if store else ""
-        return self._start(worker, "fine-tuning",
-                           f"Fine-tuning on {len(planes)} slice(s) {what}...")
+        return self._start(worker, "fine-tuning", f"Fine-tuning on {len(planes)} slice(s)"
+                           + (self.store_status(store) if store else "") + "...")
 
     def _config(self):
         """The fine-tuning recipe from the widget's fields (a ValueError if no base model)."""

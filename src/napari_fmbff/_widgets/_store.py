@@ -218,6 +218,15 @@ class StoreSection:
                 "identity": opened.get("identity"), "spacing": scale,
                 "proposed_by": record.get("model") if isinstance(record, dict) else None}
 
+    def store_status(self, store) -> str:
+        """What a store run learns from, for the status line: the store and the start model."""
+        from pathlib import Path
+
+        from ..training.store_training import start_model
+
+        start = Path(start_model(store, self.model.value)).stem
+        return f" and the store's {store.summary()}, from '{start}'"
+
     def start_store_fine_tune(self, store, job, cfg, name, intensity):
         """The store's Fine-tune worker (not started)."""
         return _store_fine_tune(self.model.value, store, job, cfg, name,

@@ -49,8 +49,6 @@ FORMAT = "napari-fmbff-store/1"
 FILE_ENDING = ".nii.gz"
 LESION, IGNORE = 1, 2
 LABELS = {"background": 0, "lesion": LESION, "ignore": IGNORE}
-#: What the store's own folder may hold besides the record (anything else: not a store).
-_OURS = {RECORD, "dataset.json", "imagesTr", "labelsTr"}
 
 
 class StoreError(ValueError):
