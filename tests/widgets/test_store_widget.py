@@ -161,3 +161,23 @@ def test_a_multiscale_image_is_refused_by_the_store_in_one_line(make_napari_view
     widget.slices.value = "all slices with labels"
     assert widget.run() is None and "multiscale" in errors[-1] and "untick" in errors[-1]
     assert open_store(widget.store_dir.value).cases() == []
+
+
+def test_propagate_adds_the_corrected_slice_and_a_cancel_adds_nothing(
+        make_napari_viewer, qtbot, tiny_model, models_dir):
+    from test_propagate_widget import corrected_viewer, propagate_widget
+
+    viewer, _seg, _labels = corrected_viewer(make_napari_viewer, qtbot)
+    widget = propagate_widget(viewer, epochs=500)
+    widget.propagate_button.native.click()
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
+    widget.cancel_button.native.click()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    assert open_store(widget.store_dir.value).cases() == []  # as it was
+    widget.epochs.value = 1
+    widget.propagate_button.native.click()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    (case,) = open_store(widget.store_dir.value).cases()
+    assert case.slices == [1] and case.name == "scan" and case.record["model"] == "tiny"
+    assert "1 case, 1 corrected slice" in widget.store_summary.value
+    assert read_metadata(widget.last_saved)["provenance"]["store"]["cases"] == [case.id]
