@@ -189,6 +189,9 @@ def train_on_store(net, store: Store, cfg, setting, out, *, base=None,
             pending.discard()
         raise
     outcome.store_items = data
+    if not hold_out:  # run.score_summary's reason for no held-out score is not this one's
+        outcome.message = outcome.message.replace(
+            "too few corrected images to hold any out", "the store holds nothing out")
     if data.skipped_partial:
         outcome.notes.append(f"{data.skipped_partial} slice(s) partly the ignore label were left "
                              "out (training has no per-pixel ignore)")
