@@ -75,6 +75,8 @@ def _private_widget_settings(tmp_path_factory, monkeypatch):
     what the next widget starts with, and no test touches the user's real settings (nor
     napari's Preferences of the plugin: napari >= 0.9 keeps them beside its settings file)."""
     monkeypatch.setenv("FMBFF_CONFIG_DIR", str(tmp_path_factory.mktemp("fmbff-config")))
+    # ... and its own corrections store (Fine-tune adds to it by default).
+    monkeypatch.setenv("FMBFF_STORE_DIR", str(tmp_path_factory.mktemp("fmbff-store") / "store"))
     import sys
 
     napari_settings = sys.modules.get("napari.settings")

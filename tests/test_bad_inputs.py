@@ -1315,3 +1315,109 @@ def test_napari_refuses_an_rtstruct_whose_series_is_missing_in_one_line(make_nap
     ours = [text for text in chain if "put the series' .dcm files beside it" in text]
     assert ours and str(rs) in ours[0] and "\n" not in ours[0], chain
     assert len(viewer.layers) == 0
+
+
+# ---- issue 23: the corrections store (data/store.py, fmbff train STORE, propagate --store) ----
+
+
+def _store_scan(path, seed=0, shape=(4, 64, 64)):
+    """A NIfTI volume with its partial labels (slice 1), for fmbff propagate --store."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    volume = rng.integers(0, 200, shape).astype(np.int16)
+    labels = np.zeros(shape, np.uint8)
+    labels[1, 20:40, 20:40] = 1
+    path.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.eye(4)), str(path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0), np.eye(4)), str(path / "seg.nii.gz"))
+    return volume, labels
+
+
+def _propagate_into(store, tmp_path, model_file):
+    _store_scan(tmp_path / "in")
+    return ["propagate", tmp_path / "in" / "ct.nii.gz", "--labels", tmp_path / "in" / "seg.nii.gz",
+            "-o", tmp_path / "out", "--model", model_file, "--epochs", "1", "--store", store]
+
+
+def _a_store_with_one_case(folder):
+    from napari_fmbff.data.store import open_store
+
+    store = open_store(folder)
+    volume, labels = _store_scan(folder.parent / "first", seed=3)
+    store.add_case(volume, labels, [1], source="first")
+    return store
+
+
+def test_store_folder_that_is_a_file_or_holds_other_files_is_one_line(tmp_path, model_file,
+                                                                       capsys):
+    (tmp_path / "store.txt").write_text("notes")
+    rc, err = cli(_propagate_into(tmp_path / "store.txt", tmp_path, model_file), capsys)
+    assert_refused(rc, err, "propagate", names=["store.txt"], says=["a file is in the way"])
+    assert (tmp_path / "store.txt").read_text() == "notes"
+    other = tmp_path / "papers"
+    other.mkdir()
+    (other / "thesis.pdf").write_bytes(b"%PDF")
+    rc, err = cli(_propagate_into(other, tmp_path, model_file), capsys)
+    assert_refused(rc, err, "propagate", names=["papers", "thesis.pdf"],
+                   says=["not a corrections store", "empty folder"])
+    assert sorted(p.name for p in other.iterdir()) == ["thesis.pdf"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_store_on_a_full_disk_is_one_line_and_left_as_it_was(tmp_path, model_file, capsys,
+                                                             monkeypatch):
+    import errno
+
+    import nibabel as nib
+
+    store = _a_store_with_one_case(tmp_path / "store")
+    before = snapshot(store.path)
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    args = _propagate_into(store.path, tmp_path, model_file)
+    monkeypatch.setattr(nib, "save", full)
+    rc, err = cli(args, capsys)
+    assert_refused(rc, err, "propagate", names=[store.path],
+                   says=["disk is full", "left as it was"])
+    assert snapshot(store.path) == before
+
+
+def test_store_on_a_read_only_disk_is_one_line(small_disk, tmp_path, model_file, capsys):
+    store = _a_store_with_one_case(small_disk / "store")
+    before = snapshot(store.path)
+    read_only(small_disk)
+    rc, err = cli(_propagate_into(store.path, tmp_path, model_file), capsys)
+    assert_refused(rc, err, "propagate", names=[store.path],
+                   says=["read-only", "store folder you can write to"])
+    assert snapshot(store.path) == before
+
+
+def test_same_uid_different_shapes_is_one_line(tmp_path):
+    from napari_fmbff.data.store import StoreError, open_store
+
+    store = open_store(tmp_path / "store")
+    meta = {"format": "dicom", "series_uid": "1.2.840.1", "n_slices": 4}
+    store.add_case(np.zeros((4, 32, 32), np.int16), np.ones((4, 32, 32), np.uint8), [0],
+                   source_meta=meta)
+    before = snapshot(store.path)
+    with pytest.raises(StoreError) as info:
+        store.add_case(np.zeros((4, 32, 40), np.int16), np.ones((4, 32, 40), np.uint8), [0],
+                       source_meta=meta)
+    text = str(info.value)
+    assert "\n" not in text and "1.2.840.1" in text and "(4, 32, 32)" in text
+    assert "(4, 32, 40)" in text and "remove case" in text
+    assert snapshot(store.path) == before
+
+
+def test_removing_the_last_case_then_training_on_the_empty_store(tmp_path, model_file, capsys):
+    store = _a_store_with_one_case(tmp_path / "store")
+    (case,) = store.cases()
+    store.remove_case(case.id)
+    assert store.cases() == [] and "0 cases" in store.summary()
+    rc, err = cli(["train", store.path, "--out", tmp_path / "m.safetensors", "--init",
+                   model_file, "--epochs", "1", "--device", "cpu"], capsys)
+    assert_refused(rc, err, "train", names=[store.path], says=["no corrected slice yet"])
+    assert not (tmp_path / "m.safetensors").exists()

@@ -223,7 +223,8 @@ def _add_train_parser(sub) -> None:
                     "MODEL.log.csv and MODEL.loss.png. "
                     "On several GPUs: torchrun --nproc_per_node N -m napari_fmbff.cli train ... "
                     "(DDP; --batch-size is per process).")
-    train.add_argument("data", help="data folder")
+    train.add_argument("data", help="data folder, or a corrections store (its labelled slices; "
+                                    "slices all of nnU-Net's ignore label are skipped)")
     train.add_argument("--out", "-o", required=True, help="the new model file (.safetensors)")
     train.add_argument("--init", default=None,
                        help="start from this model: fine-tuning, with the measured fine-tuning "
@@ -339,6 +340,10 @@ def _add_propagate_parser(sub) -> None:
     prop.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD)
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
+    prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
+                      help="add the labelled slices to this corrections store and train on all "
+                           "of it, from its latest model (--store alone: the user's store, "
+                           "$FMBFF_STORE_DIR or the user data folder)")
     prop.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -699,6 +704,10 @@ def cmd_info(args) -> int:
         print(f"{key:18s} {value}")
     if source:
         print(f"{'source':18s} {source}")
+    if not args.encoder:
+        from .model.checkpoint import model_card
+
+        print(f"{'card':18s} {model_card(_model_name(args.model))}")
     return 0
 
 
@@ -715,14 +724,13 @@ def cmd_train(args) -> int:
 def _train(args, ddp) -> int:
     import time
 
-    from tqdm import tqdm
-
     from .data.datasets import find_pairs, load_pairs
     from .inference.intensity import intensity_setting
     from .model.normalization import default_normalization
     from .training.loop import make_items
     from .training.resume import ResumeFile
-    from .training.run import build_network, check_output, score_summary, train_and_save
+    from .training.run import build_network, check_output, train_and_save
+    from .training.store_training import is_store
 
     is_main = ddp is None or ddp.is_main
 
@@ -736,6 +744,8 @@ def _train(args, ddp) -> int:
     _check_intensity(args)
     resume = ResumeFile(out)
     state = resume.load() if args.resume else None
+    if is_store(args.data):
+        return _train_store(args, ddp, out, resume, state)
     found = find_pairs(args.data, roi=args.roi)
     say(found.describe())
     if ddp is not None:
@@ -767,6 +777,18 @@ def _train(args, ddp) -> int:
                **({"roi": list(found.roi)} if found.roi else {}),
                **({"volumes": len({item.group for item in items}), "slices": VOLUME_SLICES}
                   if found.is_volumes else {})})
+    return _report_training(gen, cfg, state, resume, ddp,
+                            "slices" if found.is_volumes else "images")
+
+
+def _report_training(gen, cfg, state, resume, ddp, unit: str) -> int:
+    """Run a train-and-save generator with an epoch bar; say its outcome (exit 1: nothing
+    saved)."""
+    from tqdm import tqdm
+
+    from .training.run import score_summary
+
+    is_main = ddp is None or ddp.is_main
     bar = tqdm(total=cfg.epochs, desc="epochs", unit="epoch", initial=state["epoch"] if state else 0,
                disable=not is_main)
     try:  # closed before an error is printed, so the error is the last line
@@ -775,9 +797,12 @@ def _train(args, ddp) -> int:
         bar.close()
     if not is_main:
         return 0
+
+    def say(text):
+        print(f"fmbff train: {text}", file=sys.stderr)
+
     for note in outcome.notes:
         say(note)
-    unit = "slices" if found.is_volumes else "images"
     counts = f"{outcome.n_train} training / {outcome.n_val} held-out {unit}"
     if not outcome.saved:  # nothing learned (or cancelled): no file, and a status to test
         say(f"{outcome.message} ({counts})")
@@ -785,6 +810,39 @@ def _train(args, ddp) -> int:
     resume.remove()
     say(f"{score_summary(outcome.result)} ({counts}); saved {outcome.path}")
     return 0
+
+
+def _train_store(args, ddp, out, resume, state) -> int:
+    """``fmbff train STORE``: every labelled slice of a corrections store (or of an nnU-Net
+    folder with an ignore label), read lazily, each case a group; the store records the model
+    as its latest (lineage)."""
+    import time
+
+    from .data.store import open_store
+    from .inference.intensity import intensity_setting
+    from .model.normalization import default_normalization
+    from .training.run import build_network
+    from .training.store_training import train_on_store
+
+    store = open_store(args.data)
+    if ddp is None or ddp.is_main:
+        print(f"fmbff train: corrections store {store.path}: {store.summary()}"
+              + (" (nnU-Net data set made elsewhere: read only)" if store.read_only else ""),
+              file=sys.stderr)
+    ablate = [m for m in ("fmcab", "vitm", "biffm", "aggregate_skips") if getattr(args, f"no_{m}")]
+    net, _notes = build_network(init=args.init, config=args.config, encoder=args.encoder,
+                                imagenet=args.encoder_weights == "imagenet", ablate=ablate,
+                                encoder_init=args.encoder_init, seed=args.seed)
+    normalization = intensity_setting(default_normalization(net), args.window, args.normalize)
+    cfg = _train_config(args)
+    deadline = time.time() + 60 * args.time_limit if args.time_limit else None
+    gen = train_on_store(net, store, cfg, normalization, out, base=args.init, hold_out=True,
+                         overwrite=args.overwrite, half=args.half,
+                         should_stop=(lambda: time.time() > deadline) if deadline else None,
+                         resume_state=state, checkpoint_fn=resume.save, ddp=ddp,
+                         extra={"layout": "corrections store", "encoder_init": args.encoder_init,
+                                "window": args.window, "normalize": args.normalize})
+    return _report_training(gen, cfg, state, resume, ddp, "slices")
 
 
 def _train_config(args):
@@ -903,6 +961,7 @@ def cmd_propagate(args) -> int:
         read_volume_files,
         write_propagated,
     )
+    from .training.store_training import iter_propagate_store, start_model
 
     _check_intensity(args)
     files = read_volume_files(args.volume, args.labels)
@@ -911,14 +970,19 @@ def cmd_propagate(args) -> int:
     for path in (target, sidecar, model_path):
         if path is not None:
             refuse_existing(path, args.overwrite)
-    name = _model_name(args.model)
+    proposed_by = _model_name(args.model)
+    store = _open_store_arg(args.store)
+    name = start_model(store, proposed_by) if store is not None else proposed_by
     net = _load(name)
     setting = intensity_setting(default_normalization(net), args.window, args.normalize)
     cfg = finetune_config(device=args.device,
                           **({"epochs": args.epochs} if args.epochs else {}))
-    gen = iter_propagate(net, files.data, files.labels, model_path, slices=slices,
-                         normalization=setting, cfg=cfg, base=name, image_name=files.stem,
-                         threshold=args.threshold, overwrite=args.overwrite)
+    common = dict(slices=slices, normalization=setting, cfg=cfg, base=name,
+                  image_name=files.stem, threshold=args.threshold, overwrite=args.overwrite)
+    gen = (iter_propagate(net, files.data, files.labels, model_path, **common) if store is None
+           else iter_propagate_store(net, files.data, files.labels, model_path, store,
+                                     proposed_by=proposed_by,
+                                     **_store_source(files, args.volume), **common))
     with tqdm(desc="propagate", unit="step") as bar:
         result = drain(gen, lambda step: _show_propagation(bar, step))
     outcome = result.outcome
@@ -931,7 +995,28 @@ def cmd_propagate(args) -> int:
               "package_version": _version()}
     written = write_propagated(files, result, args.out, record, args.overwrite)
     print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
+    if store is not None:
+        print(f"fmbff propagate: corrections store {store.path}: {store.summary()}",
+              file=sys.stderr)
     return 0
+
+
+def _open_store_arg(value):
+    """``--store DIR`` (``--store`` alone: the user's store) as an open Store, or None."""
+    if value is None:
+        return None
+    from .data.store import open_store
+
+    return open_store(value or None)
+
+
+def _store_source(files, source) -> dict:
+    """What the store records of a propagated volume: the scan's identity and geometry."""
+    from .data.store import source_record
+
+    if files.volume is None:
+        return {"source_meta": {"source": str(source)}, "spacing": None}
+    return {"source_meta": source_record(files.volume), "spacing": files.volume.spacing}
 
 
 def _slice_list(text):

@@ -50,6 +50,7 @@ from ._common import (
 from ._proposal import proposal_of
 from ._segment import PROVENANCE_TAG
 from ._settings import apply_saved_models_folder, remember_fields
+from ._store import StoreSection
 from ._tooltips import tooltip
 from ._writers import carry_scan
 
@@ -106,11 +107,13 @@ def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threadi
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
 def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Event,
-               image_name: str, intensity: dict, threshold):
+               image_name: str, intensity: dict, threshold, store=None, case=None):
     """Worker: yields ("train", TrainEvent) then ("segment", done, total); returns the
     engine's ``PropagateResult``, or None when cancelled. On Cancel the engine is closed at
     its next step, so nothing is trained further or saved; a model it had saved already is
-    removed, so a cancelled propagation leaves the models folder as it was."""
+    removed, so a cancelled propagation leaves the models folder as it was. With a ``store``
+    (and the ``case`` facts of ``StoreSection.store_job``) the slices join the store and the
+    model trains on all of it; a cancel leaves the store as it was too."""
     from ..inference.intensity import intensity_setting
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
@@ -120,11 +123,18 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
     net = load_model(base_ref)
     setting = intensity_setting(default_normalization(net), **intensity)
     out = unique_model_path(name)
-    steps = iter_propagate(net, volume, labels, out, slices=slices, normalization=setting,
-                           cfg=cfg, base=base_ref, image_name=image_name, threshold=threshold,
-                           should_stop=stop.is_set, keep_on_cancel=False,
-                           extra={"layout": "napari layers", "encoder_init": None,
-                                  "intensity": setting.describe()})
+    common = dict(slices=slices, normalization=setting, cfg=cfg, base=base_ref,
+                  image_name=image_name, threshold=threshold, should_stop=stop.is_set,
+                  keep_on_cancel=False, extra={"layout": "napari layers", "encoder_init": None,
+                                               "intensity": setting.describe()})
+    if store is None:
+        steps = iter_propagate(net, volume, labels, out, **common)
+    else:
+        from ..training.store_training import iter_propagate_store
+
+        steps = iter_propagate_store(net, volume, labels, out, store, **common,
+                                     **{k: case[k] for k in ("source_meta", "spacing",
+                                                             "proposed_by", "identity")})
     result = None
     try:
         while not stop.is_set():
@@ -162,13 +172,14 @@ def last_propagation(layer):
 FINETUNE_LAYOUT = (
     "image", "labels_layer", "model", "intensity", "intensity_low", "intensity_high",
     "slices", "epochs", "lr", "freeze_encoder", "val_fraction", "tile_size", "batch_size",
-    "device", "new_name", "keep_on_cancel", "run_button", "propagate_button", "cancel_button",
+    "device", "new_name", "keep_on_cancel", "store_dir", "use_store", "store_row",
+    "store_summary", "run_button", "propagate_button", "cancel_button",
     "progress",
     "status", "restore_button",
 )
 
 
-class FineTuneWidget(Container):
+class FineTuneWidget(StoreSection, Container):
     """Fine-tune a model on an image and its corrected Labels layer."""
 
     def __init__(self, napari_viewer) -> None:
@@ -188,6 +199,7 @@ class FineTuneWidget(Container):
         self._create_output_section(d)
         self._create_run_controls_section()
         self._create_settings_section()
+        self._create_store_section()
         super().__init__(widgets=[getattr(self, name) for name in FINETUNE_LAYOUT])
         self._canvas, self._axes = self._make_plot()
         if self._canvas is not None:
@@ -260,6 +272,7 @@ class FineTuneWidget(Container):
         model_events.saved.connect(self._on_model_saved)
         model_events.folder_changed.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
+        self._connect_store()
 
     # ---- the labels to learn from ----------------------------------------------------------
 
@@ -313,6 +326,12 @@ class FineTuneWidget(Container):
     # ---- running -------------------------------------------------------------------------
 
     def _training_data(self):
+        data, labels, planes = self._training_selection()
+        return ([np.asarray(plane_of(data, i)) for i in planes],
+                [np.asarray(plane_of(labels.data, i)) > 0 for i in planes])
+
+    def _training_selection(self):
+        """(image data, labels layer, the planes to learn from), checked."""
         image, labels = self.image.value, self.labels_layer.value
         if image is None or labels is None:
             raise ValueError("choose an image layer and the Labels layer with your corrections")
@@ -327,11 +346,8 @@ class FineTuneWidget(Container):
             if labels.metadata.get(OUTPUT_TAG) != "labels":
                 mode = TRAIN_SLICES[1]  # the user's own layer: every slice with labels
             else:
-                return self._corrected_planes(data, image.rgb, labels)
-        planes = training_planes(data.shape, image.rgb, labels.data, mode, current)
-        images = [np.asarray(plane_of(data, i)) for i in planes]
-        masks = [np.asarray(plane_of(labels.data, i)) > 0 for i in planes]
-        return images, masks
+                return data, labels, self._corrected_planes(data, image.rgb, labels)
+        return data, labels, training_planes(data.shape, image.rgb, labels.data, mode, current)
 
     def _corrected_planes(self, data, rgb, labels):
         """The slices of Segment's output layer that the user corrected (any edited pixel,
@@ -343,20 +359,24 @@ class FineTuneWidget(Container):
                 f"you have not corrected '{labels.name}' yet: paint, fill or erase in it, "
                 "prompt it or accept a slice in Segment first (or choose 'all slices with "
                 "labels' to train on it as it is)")
-        return ([np.asarray(plane_of(data, i)) for i in planes],
-                [np.asarray(plane_of(labels.data, i)) > 0 for i in planes])
+        return planes
 
     def run(self, _=None):
         if self._worker is not None:
             return None
         import_engine(self.status)
         try:
-            images, masks = self._training_data()
+            data, labels, planes = self._training_selection()
             image = self.image.value
             intensity = intensity_choice(self, image)
-            data = finest_level(image)
             stack = data if len(spatial_shape(data.shape, image.rgb)) > 2 else None
             cfg = self._config()
+            store = self.store_for_run()
+            if store is not None:
+                job = self.store_job(data, labels, planes)
+            else:
+                images = [np.asarray(plane_of(data, i)) for i in planes]
+                masks = [np.asarray(plane_of(labels.data, i)) > 0 for i in planes]
         except ValueError as err:
             show_error(f"napari-fmbff: cannot fine-tune: {err}")
             return None
@@ -366,11 +386,13 @@ class FineTuneWidget(Container):
             show_error(f"napari-fmbff: {err}")
             return None
         source = f"'{self.image.value.name}' + '{self.labels_layer.value.name}'"
-        worker = _fine_tune(self.model.value, images, masks, cfg, name,
-                            self.keep_on_cancel.value, self._stop, source, intensity, stack)
+        worker = (self.start_store_fine_tune(store, job, cfg, name, intensity) if store else
+                  _fine_tune(self.model.value, images, masks, cfg, name,
+                             self.keep_on_cancel.value, self._stop, source, intensity, stack))
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
-        return self._start(worker, "fine-tuning", f"Fine-tuning on {len(images)} slice(s)...")
+        return self._start(worker, "fine-tuning", f"Fine-tuning on {len(planes)} slice(s)"
+                           + (self.store_status(store) if store else "") + "...")
 
     def _config(self):
         """The fine-tuning recipe from the widget's fields (a ValueError if no base model)."""
@@ -457,6 +479,7 @@ class FineTuneWidget(Container):
         self._worker = None
         if not self._closed:
             self._set_running(False)
+            self.refresh_store()
 
 
     # ---- propagate through the volume -------------------------------------------------------
@@ -475,7 +498,7 @@ class FineTuneWidget(Container):
         import_engine(self.status)
         worker = _propagate(job["base"], job["volume"], job["labels"], job["slices"],
                             job["cfg"], job["name"], self._stop, job["image"].name,
-                            job["intensity"], job["threshold"])
+                            job["intensity"], job["threshold"], job["store"], job["case"])
         worker.yielded.connect(self._on_propagate_step)
         worker.returned.connect(lambda result: self._on_propagated(job, result))
         slices = ", ".join(map(str, job["slices"]))
@@ -511,9 +534,16 @@ class FineTuneWidget(Container):
             raise ValueError(f"you have not corrected or accepted a slice of '{source.name}': "
                              "paint, fill or erase on one slice (or accept it) first")
         record = target.metadata.get(PROVENANCE_TAG)
+        store, base = self.store_for_run(), self.model.value
+        case = self.store_job(data, source, [(z,) for z in slices]) if store else None
+        if store is not None:
+            from ..training.store_training import start_model
+
+            base = start_model(store, base)
         return {"image": image, "target": target, "shape": shape, "slices": slices,
                 "volume": np.asarray(data), "labels": np.array(source.data, copy=True),
-                "base": self.model.value, "cfg": self._config(), "name": self._model_name(),
+                "store": store, "case": case,
+                "base": base, "cfg": self._config(), "name": self._model_name(),
                 "intensity": intensity_choice(self, image),
                 "threshold": record.get("threshold") if isinstance(record, dict) else None}
 

@@ -1,12 +1,14 @@
 """Every tooltip and longer help text of the dock widgets, in one place.
 
-Tooltips are kept per widget ("segment", "finetune"), by the name of the field they belong to
+Tooltips are kept per widget ("segment", "finetune"; "store": the row of the store's cases
+inside Fine-tune), by the name of the field they belong to
 (``SegmentWidget.threshold`` -> ``TOOLTIPS["segment"]["threshold"]``); ``tooltip`` fills the
 few that name something known only at run time (``{models_dir}``, ``{shortcut}``).
 """
 
 from __future__ import annotations
 
+from ..data.store import STORE_DIR_ENV
 from ..model.registry import MODELS_DIR_ENV
 
 TOOLTIPS: dict[str, dict[str, str]] = {
@@ -53,13 +55,31 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "slices": "'slices you corrected': in Segment's output layer, the slices where you "
                   "painted, filled or erased (in another Labels layer: slices with labels)",
         "val_fraction": "Held-out share of whole slices; with too few slices nothing is held "
-                        "out and every correction is trained on",
+                        "out and every correction is trained on (with the store: nothing is "
+                        "held out, every stored slice is trained on)",
+        "use_store": "Fine-tune and Propagate add the slices you corrected to the corrections "
+                     "store and train on every case in it, starting from the store's latest "
+                     "model, the newest case weighted to half the samples (so the next patient "
+                     "starts from everything corrected so far); off: this image only",
+        "store_dir": "The corrections store: a folder in nnU-Net v2's raw layout (imagesTr, "
+                     "labelsTr, dataset.json; uncorrected slices are the ignore label). Default: "
+                     f"the user data folder, or the {STORE_DIR_ENV} environment variable",
+
         "restore_button": "Every setting above back to its default",
         "propagate_button": "Stacks: fine-tune the base model on the slices you corrected or "
                             "accepted in Segment's output layer (or on the labelled slices of "
                             "the labels layer you chose), save it under the new model name, "
                             "then segment every other slice into Segment's output layer (one "
                             "Ctrl-Z); your slices and painted pixels never change",
+    },
+    # The row of the store's cases in the Fine-tune dock (_widgets/_store.py).
+    "store": {
+        "store_case": "The store's cases (one per scan: the same scan again updates its case)",
+        "open_case_button": "Open the chosen case's image and corrected labels as layers "
+                            "(uncorrected slices show as 0)",
+        "remove_case_button": "Remove the chosen case from the store (asks first); models "
+                              "already trained keep what they learned, but the store's next "
+                              "fine-tune does not start from them",
     },
 }
 

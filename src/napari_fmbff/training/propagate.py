@@ -74,7 +74,6 @@ def iter_propagate(net, volume, labels, out_model, *, slices=None, normalization
     saved as ``out_model`` (nothing is replaced unless ``overwrite``) with its lineage: base
     model, slices and image.
     """
-    from ..inference.postprocess import DEFAULT_THRESHOLD
     from ..inference.runtime import relay
     from ..model.normalization import default_normalization
     from .loop import finetune_config, make_items
@@ -96,12 +95,22 @@ def iter_propagate(net, volume, labels, out_model, *, slices=None, normalization
         training_data=f"{image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}",
         base=base, overwrite=overwrite, keep_on_cancel=keep_on_cancel, should_stop=should_stop,
         extra={"propagated": lineage, **(extra or {})}), lambda event: ("train", event))
-    model = outcome.result.net if outcome.saved else net
-    probs = yield from _segment_others(model, volume, labels, zs, resolved)
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    merged = merge_ids(labels, zs, probs >= threshold, min_size)
+    return (yield from finish_propagation(net, outcome, volume, labels, zs, resolved,
+                                          threshold, min_size))
+
+
+def finish_propagation(net, outcome, volume, labels, zs, normalization, threshold=None,
+                       min_size: int = 0):
+    """Generator: after the training of a propagation (``outcome``), the trained model (or
+    ``net`` when nothing was saved) segments the slices not in ``zs``; returns the
+    ``PropagateResult`` (shared by ``iter_propagate`` and the store's propagation)."""
+    from ..inference.postprocess import DEFAULT_THRESHOLD
     from ..inference.review import slice_uncertainty
 
+    model = outcome.result.net if outcome.saved else net
+    probs = yield from _segment_others(model, volume, labels, zs, normalization)
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    merged = merge_ids(labels, zs, probs >= threshold, min_size)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
     return PropagateResult(merged, probs, zs, outcome, uncertainty)

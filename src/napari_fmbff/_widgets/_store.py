@@ -1,0 +1,233 @@
+"""The corrections store in the Fine-tune dock: where corrections are kept, what is in it, and
+a case removed (after a confirmation) or opened back into napari.
+
+With "add to the store" on, Fine-tune and Propagate add the corrected slices of the image as a
+case of the store and train on all of it (``training.store_training``), from the store's
+latest model when it has one. ``StoreSection`` is a mixin of ``FineTuneWidget``: its fields
+are made in ``_create_store_section`` and wired in ``_connect_store``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from ._common import wrap
+from ._tooltips import tooltip
+
+#: Layer metadata of a case opened from the store: fine-tuning it again updates that case.
+STORE_CASE_TAG = "napari_fmbff_store_case"
+SOURCE_TAG = "napari_fmbff_source"
+
+
+@thread_worker(ignore_errors=True)  # errors go to the widget's own notification
+def _store_fine_tune(base_ref, store, job: dict, cfg, name, keep_on_cancel,
+                     stop: threading.Event, intensity: dict):
+    """Worker: stage the corrected slices as a case, train on the whole store from its latest
+    model (else ``base_ref``); yields TrainEvents, returns the run's Outcome. The case joins
+    the store when the run ends (see ``store_training.train_on_store``)."""
+    from ..inference.intensity import intensity_setting
+    from ..model.checkpoint import load_model
+    from ..model.normalization import default_normalization
+    from ..model.registry import unique_model_path
+    from ..training.store_training import stage, start_model, train_on_store
+
+    start = start_model(store, base_ref)
+    net = load_model(start)
+    setting = intensity_setting(default_normalization(net), **intensity)
+    pending = stage(store, job["data"], job["labels"], job["slices"], setting, rgb=job["rgb"],
+                    source=job["source"], name=job["name"], source_meta=job["source_meta"],
+                    proposed_by=job["proposed_by"], spacing=job["spacing"],
+                    identity=job["identity"])
+    slices = ", ".join(map(str, job["slices"]))
+    return (yield from train_on_store(
+        net, store, cfg, setting, unique_model_path(name), base=start, pending=pending,
+        keep_on_cancel=keep_on_cancel, should_stop=stop.is_set,
+        detail=f"napari layer '{job['name']}', slice(s) {slices}",
+        extra={"layout": "napari layers", "encoder_init": None,
+               "intensity": setting.describe()}))
+
+
+class StoreSection:
+    """The store's fields and actions, for ``FineTuneWidget``."""
+
+    def _create_store_section(self) -> None:
+        from ..data.store import default_store_dir
+
+        self.use_store = CheckBox(text="add corrections to the store, train on all of it",
+                                  value=True, tooltip=tooltip("finetune", "use_store"))
+        self.store_dir = FileEdit(label="store", mode="d", value=str(default_store_dir()),
+                                  tooltip=tooltip("finetune", "store_dir"))
+        self.store_summary = wrap(Label(value=""))
+        # One row for the cases (the dock must fit a 1600 x 1000 screen); their tooltips are
+        # the "store" section's.
+        self.store_case = ComboBox(label="case", choices=self._case_choices, nullable=True,
+                                   tooltip=tooltip("store", "store_case"))
+        self.open_case_button = PushButton(text="Open",
+                                           tooltip=tooltip("store", "open_case_button"))
+        self.remove_case_button = PushButton(text="Remove...",
+                                             tooltip=tooltip("store", "remove_case_button"))
+        self.store_row = Container(layout="horizontal", label="case", labels=False,
+                                   widgets=[self.store_case, self.open_case_button,
+                                            self.remove_case_button])
+        self.store_row.margins = (0, 0, 0, 0)
+
+    def _connect_store(self) -> None:
+        self.store_dir.changed.connect(self.refresh_store)
+        self.use_store.changed.connect(self.refresh_store)
+        self.open_case_button.changed.connect(self.open_case)
+        self.remove_case_button.changed.connect(self.remove_case)
+        self.refresh_store()
+
+    # ---- what is in the store -----------------------------------------------------------
+
+    def open_store(self):
+        """The store of the Store field (a StoreError, a ValueError, says what is wrong)."""
+        from ..data.store import open_store
+
+        return open_store(str(self.store_dir.value))
+
+    def _case_choices(self, _widget=None) -> list:
+        try:
+            return [(case.describe(), case.id) for case in self.open_store().cases()]
+        except ValueError:
+            return []
+
+    def refresh_store(self, _=None) -> None:
+        """The summary line and the case list, read again from the folder."""
+        if getattr(self, "_closed", False):
+            return
+        enabled = bool(self.use_store.value)
+        for field in (self.store_dir, self.store_case, self.open_case_button,
+                      self.remove_case_button):
+            field.enabled = enabled
+        try:
+            store = self.open_store()
+            latest = store.latest_model
+            self.store_summary.value = (
+                f"Store: {store.summary()}" + (f"; latest model '{latest.stem}'" if latest
+                                               else "; no model trained on it yet"))
+        except ValueError as err:
+            self.store_summary.value = f"Store: {err}"
+        self.store_case.reset_choices()
+        if self.store_case.value is None and len(self.store_case.choices) > 1:
+            self.store_case.value = self.store_case.choices[-1]  # the newest case
+        if not enabled:
+            self.store_summary.value = "Store not used: fine-tuning on this image only."
+
+    def open_case(self, _=None):
+        """The chosen case's image and labels as layers (uncorrected slices shown as 0);
+        returns the two layers, or None."""
+        case_id = self.store_case.value
+        if case_id is None:
+            show_error("napari-fmbff: choose a case of the store to open")
+            return None
+        try:
+            image, labels, record = self.open_store().read_case(case_id)
+        except ValueError as err:
+            show_error(f"napari-fmbff: cannot open the case: {err}")
+            return None
+        from ..data.store import IGNORE
+
+        rgb = image.ndim == labels.ndim + 1
+        spacing = record.get("spacing") or [1.0] * 3
+        scale = tuple(spacing[-labels.ndim:]) if len(spacing) >= labels.ndim else None
+        source = {k: record.get(k) for k in ("source", "series_uid", "modality")}
+        name = f"{record.get('name') or case_id} ({case_id})"
+        meta = {SOURCE_TAG: source, STORE_CASE_TAG: {"id": case_id, **record}}
+        image_layer = self._viewer.add_image(image, name=name, rgb=rgb, scale=scale,
+                                             metadata=meta)
+        shown = np.where(labels == IGNORE, 0, labels).astype(np.uint8)
+        labels_layer = self._viewer.add_labels(shown, name=f"{name} labels", scale=scale,
+                                               metadata={STORE_CASE_TAG: {"id": case_id}})
+        return image_layer, labels_layer
+
+    def remove_case(self, _=None) -> bool:
+        """Remove the chosen case after the user confirms; True when removed."""
+        case_id = self.store_case.value
+        if case_id is None:
+            show_error("napari-fmbff: choose a case of the store to remove")
+            return False
+        try:
+            store = self.open_store()
+            case = store.case(case_id)
+            last = len(store.cases()) == 1
+            text = (f"Remove {case.describe()} from the store {store.path}? Its files are "
+                    "deleted; the next fine-tune will not learn from it."
+                    + (" It is the store's last case: the store will be empty and the next "
+                       "fine-tune starts from the base model." if last else ""))
+            if not self._confirm(text):
+                return False
+            store.remove_case(case_id)
+        except ValueError as err:
+            show_error(f"napari-fmbff: cannot remove the case: {err}")
+            return False
+        show_info(f"napari-fmbff: removed {case.describe()}; the store now holds "
+                  f"{store.summary()}")
+        self.refresh_store()
+        return True
+
+    def _confirm(self, text: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self.native, "Remove a case from the store", text,
+                                      QMessageBox.StandardButton.Yes
+                                      | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
+    # ---- fine-tune and propagate with the store ---------------------------------------------
+
+    def store_for_run(self):
+        """The open store when "add to the store" is on, else None; it must be usable before
+        any work starts (a ValueError says why not)."""
+        if not self.use_store.value:
+            return None
+        store = self.open_store()
+        if store.read_only:
+            store._check_writable()  # one line: we never write into another data set
+        return store
+
+    def store_job(self, data, labels_layer, planes) -> dict:
+        """What a case needs from the layers: the image (finest level), its labels, the
+        corrected slices, where it came from (the reader's record, a case opened from the
+        store) and which model proposed the labels."""
+        from ._segment import PROVENANCE_TAG
+
+        image = self.image.value
+        if image.multiscale:
+            raise ValueError(f"'{image.name}' is a multiscale image: the store keeps images "
+                             "that fit in memory; untick the store to fine-tune on it alone")
+        data = np.asarray(data)
+        spatial = data.ndim - (1 if image.rgb else 0)
+        if spatial not in (2, 3):
+            raise ValueError(f"'{image.name}' has {spatial} dimensions: the store keeps 2D "
+                             "images and (Z, Y, X) stacks; untick the store for this image")
+        source_meta = dict(image.metadata.get(SOURCE_TAG) or {})
+        opened = image.metadata.get(STORE_CASE_TAG) or {}
+        record = labels_layer.metadata.get(PROVENANCE_TAG)
+        scale = [float(s) for s in image.scale[-spatial:]]
+        return {"data": data, "labels": np.asarray(labels_layer.data), "rgb": bool(image.rgb),
+                "slices": sorted({int(p[0]) if p else 0 for p in planes}),
+                "source": str(source_meta.get("source") or image.source.path or image.name),
+                "name": image.name, "source_meta": source_meta or None,
+                "identity": opened.get("identity"), "spacing": scale,
+                "proposed_by": record.get("model") if isinstance(record, dict) else None}
+
+    def store_status(self, store) -> str:
+        """What a store run learns from, for the status line: the store and the start model."""
+        from pathlib import Path
+
+        from ..training.store_training import start_model
+
+        start = Path(start_model(store, self.model.value)).stem
+        return f" and the store's {store.summary()}, from '{start}'"
+
+    def start_store_fine_tune(self, store, job, cfg, name, intensity):
+        """The store's Fine-tune worker (not started)."""
+        return _store_fine_tune(self.model.value, store, job, cfg, name,
+                                self.keep_on_cancel.value, self._stop, intensity)

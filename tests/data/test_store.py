@@ -1,0 +1,212 @@
+"""The corrections store: an nnU-Net v2 raw folder with the ignore label, one case per scan."""
+
+import json
+
+import numpy as np
+import pytest
+
+nib = pytest.importorskip("nibabel")
+
+from napari_fmbff.data.datasets import find_pairs  # noqa: E402
+from napari_fmbff.data.store import (  # noqa: E402
+    IGNORE,
+    STORE_DIR_ENV,
+    StoreError,
+    default_store_dir,
+    identity_of,
+    open_store,
+)
+
+
+def volume(seed=0, shape=(5, 40, 48)):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(-1000, 1000, shape).astype(np.int16)  # HU
+    labels = np.zeros(shape, np.int32)
+    labels[:, 10:20, 12:30] = 3  # a lesion id, not 1
+    return image, labels
+
+
+def test_default_folder_honours_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(STORE_DIR_ENV, str(tmp_path / "mine"))
+    assert default_store_dir() == tmp_path / "mine"
+    monkeypatch.delenv(STORE_DIR_ENV)
+    assert default_store_dir().name == "store"
+
+
+def test_a_case_in_nnunet_v2_layout_with_the_ignore_label(tmp_path):
+    image, labels = volume()
+    store = open_store(tmp_path / "store")
+    assert not (tmp_path / "store").exists()  # opening writes nothing
+    intensity = {"setting": {"mode": "fixed", "low": -1000, "high": 400}, "describe": "lung"}
+    case = store.add_case(image, labels, [1, 3], source="/data/lung1.nii.gz", model="starter",
+                          intensity=intensity, spacing=(2.5, 0.7, 0.7))
+    root = tmp_path / "store"
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "lesion": 1, "ignore": 2}
+    assert meta["numTraining"] == 1 and meta["file_ending"] == ".nii.gz"
+    assert meta["channel_names"] == {"0": "image"}
+    img = nib.load(root / "imagesTr" / f"{case}_0000.nii.gz")
+    lab = nib.load(root / "labelsTr" / f"{case}.nii.gz")
+    assert img.get_data_dtype() == np.int16  # the intensities as they were (HU)
+    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), image)
+    np.testing.assert_allclose(img.header.get_zooms(), (0.7, 0.7, 2.5))
+    stored = np.asarray(lab.dataobj).transpose(2, 1, 0)
+    assert (stored[[0, 2, 4]] == IGNORE).all()  # uncorrected slices: ignore, not background
+    np.testing.assert_array_equal(stored[[1, 3]], (labels[[1, 3]] > 0).astype(np.uint8))
+    record = json.loads((root / "fmbff_store.json").read_text())["cases"][case]
+    assert record["model"] == "starter" and record["intensity"] == intensity
+    assert record["corrected_slices"] == [1, 3] and record["source"] == "/data/lung1.nii.gz"
+    assert record["identity"].startswith("sha256:") and record["added"]
+    # fmbff train's nnU-Net reader pairs it as it is.
+    found = find_pairs(root)
+    assert found.layout == "nnU-Net / MSD" and len(found.pairs) == 1
+    back, back_labels, rec = open_store(root).read_case(case)
+    np.testing.assert_array_equal(back, image)
+    assert back_labels.shape == labels.shape and rec["corrected_slices"] == [1, 3]
+
+
+def test_the_same_scan_is_updated_not_duplicated(tmp_path):
+    image, labels = volume()
+    store = open_store(tmp_path)
+    first = store.add_case(image, labels, [1])
+    labels2 = labels.copy()
+    labels2[3] = 0
+    second = store.add_case(image, labels2, [3, 4])
+    assert [c.id for c in store.cases()] == [second] and first != second
+    case = store.case(second)
+    assert case.slices == [1, 3, 4]  # the earlier correction stays
+    _, stored, _ = store.read_case(second)
+    assert stored[1].any() and not stored[3].any() and (stored[[0, 2]] == IGNORE).all()
+    assert not list((tmp_path / "imagesTr").glob(f"{first}_*"))  # the old files are gone
+    assert store.summary() == "1 case, 3 corrected slices"
+    other = store.add_case(volume(seed=1)[0], labels, [2])
+    assert [c.id for c in store.cases()] == [second, other] and store.newest == other
+
+
+def test_dicom_identity_from_the_series_uid():
+    image = np.zeros((3, 8, 8), np.int16)
+    meta = {"format": "dicom", "series_uid": "1.2.3", "n_slices": 3}
+    assert identity_of(image, meta) == "dicom:1.2.3"
+    assert identity_of(image + 1, meta) == "dicom:1.2.3"  # same series, whatever the pixels
+    single = {"format": "dicom", "series_uid": "1.2.3", "n_slices": 1}
+    assert identity_of(image[0], {**single, "sop_instance_uids": ["9.9"]}) == "dicom:1.2.3/9.9"
+    assert identity_of(image[0], single) != identity_of(image[0] + 1, single)
+    assert identity_of(image) == identity_of(image.copy()) != identity_of(image + 1)
+
+
+def test_2d_rgb_images_are_one_slice_cases(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    labels = np.zeros((40, 48), np.uint8)
+    labels[5:15, 5:15] = 1
+    store = open_store(tmp_path)
+    case = store.add_case(image, labels, [], rgb=True, source="polyp.png")
+    assert sorted(p.name for p in (tmp_path / "imagesTr").iterdir()) == [
+        f"{case}_000{c}.nii.gz" for c in range(3)]
+    assert json.loads((tmp_path / "dataset.json").read_text())["channel_names"] == {
+        "0": "R", "1": "G", "2": "B"}
+    back, back_labels, _ = store.read_case(case)
+    np.testing.assert_array_equal(back, image)
+    np.testing.assert_array_equal(back_labels, labels)
+    (plane, mask, cid, z), = list(store.training_slices())
+    np.testing.assert_array_equal(plane, image)
+    assert cid == case and z == 0 and mask.dtype == np.uint8 and mask.sum() == 100
+    with pytest.raises(StoreError, match="RGB images and this image is grey"):
+        store.add_case(image[..., 0], labels, [])
+
+
+def test_training_slices_read_only_the_labelled_slices(tmp_path):
+    store = open_store(tmp_path)
+    a = store.add_case(*volume(0), [1, 3])
+    b = store.add_case(*volume(1), [0])
+    got = [(s.case, s.z) for s in store.training_slices()]
+    assert got == [(a, 1), (a, 3), (b, 0)]
+    first = next(iter(store.training_slices()))
+    assert first.image.shape == (40, 48) and set(np.unique(first.mask)) == {0, 1}
+
+
+def test_remove_case_and_latest_model_lineage(tmp_path):
+    store = open_store(tmp_path / "s")
+    a = store.add_case(*volume(0), [1])
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"x")
+    store.record_model(model, base="starter")
+    assert store.latest_model == model.resolve()
+    b = store.add_case(*volume(1), [2])
+    assert store.latest_model == model.resolve()  # trained on a subset of the store: still ok
+    store.remove_case(a)
+    assert [c.id for c in store.cases()] == [b]
+    assert store.latest_model is None  # it learned a removed case
+    assert not list((tmp_path / "s" / "labelsTr").glob(f"{a}*"))
+    store.remove_case(b)  # the last case: an empty store
+    assert store.cases() == [] and list(store.training_slices()) == []
+    assert json.loads((tmp_path / "s" / "dataset.json").read_text())["numTraining"] == 0
+    with pytest.raises(StoreError, match="no case"):
+        store.remove_case(b)
+
+
+def test_a_discarded_case_leaves_the_store_as_it_was(tmp_path):
+    store = open_store(tmp_path)
+    store.add_case(*volume(0), [1])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    pending = store.stage_case(*volume(1), [2])
+    assert len(store.cases()) == 1  # not part of the store until committed
+    pending.discard()
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_crash_between_stage_and_commit_is_tidied_by_the_next_write(tmp_path):
+    store = open_store(tmp_path)
+    pending = store.stage_case(*volume(1), [2])
+    assert list((tmp_path / "imagesTr").iterdir())  # written, but only pending
+    reopened = open_store(tmp_path)  # the process died here
+    assert reopened.cases() == []
+    case = reopened.add_case(*volume(0), [1])
+    names = {p.name for p in (tmp_path / "imagesTr").iterdir()}
+    assert names == {f"{case}_0000.nii.gz"} and pending.id not in names
+
+
+def test_a_foreign_nnunet_folder_opens_read_only(tmp_path):
+    image, labels = volume()
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    eye = np.eye(4)
+    nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), eye), tmp_path / "imagesTr" / "c1_0000.nii.gz")
+    sparse = np.full(labels.shape, 2, np.uint8)
+    sparse[2] = labels[2] > 0
+    sparse[3, :5] = 0  # partly annotated: skipped (no per-pixel ignore in training)
+    nib.save(nib.Nifti1Image(sparse.transpose(2, 1, 0), eye), tmp_path / "labelsTr" / "c1.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "tumour": 1, "ignore": 2},
+        "numTraining": 1, "file_ending": ".nii.gz"}))
+    store = open_store(tmp_path)
+    assert store.read_only and [c.id for c in store.cases()] == ["c1"]
+    assert [s.z for s in store.training_slices()] == [2] and store.skipped_partial == 1
+    with pytest.raises(StoreError, match="never writes into it"):
+        store.add_case(image, labels, [1])
+
+
+def test_a_dicom_scan_is_one_case_however_often_it_is_added(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    from napari_fmbff.data.medical import read_volume
+    from napari_fmbff.data.store import source_record
+
+    path = get_testdata_file("CT_small.dcm")
+    volume = read_volume(path)
+    meta = source_record(volume)
+    uid = str(pydicom.dcmread(path).SeriesInstanceUID)
+    identity = identity_of(volume.data[0], meta)
+    assert identity.startswith(f"dicom:{uid}/")
+    store = open_store(tmp_path)
+    labels = np.zeros(volume.data.shape, np.uint8)
+    labels[0, 40:60, 40:60] = 1
+    store.add_case(volume.data, labels, [0], source_meta=meta)
+    store.add_case(volume.data, labels, [0], source_meta=meta)
+    (case,) = store.cases()
+    assert case.record["series_uid"] == uid and case.record["modality"] == "CT"
+    assert json.loads((tmp_path / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
+    img = nib.load(tmp_path / "imagesTr" / f"{case.id}_0000.nii.gz")
+    np.testing.assert_allclose(img.affine[:3, 3], volume.ras_affine[:3, 3])  # the scan's place

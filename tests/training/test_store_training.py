@@ -1,0 +1,118 @@
+"""Training on the corrections store: all cases, the newest weighted up, lineage in the model,
+and a store that is as it was after a failed or cancelled run."""
+
+import numpy as np
+import pytest
+
+from conftest import disks
+from napari_fmbff.data.store import open_store
+from napari_fmbff.inference.runtime import drain
+from napari_fmbff.model.normalization import Normalization
+from napari_fmbff.training import store_training
+from napari_fmbff.training.loop import finetune_config
+
+
+def patient(seed, n=4, size=64):
+    pairs = disks(n, size=size, seed=seed)
+    return (np.stack([p[0][..., 0] for p in pairs]),
+            np.stack([p[1] for p in pairs]).astype(np.int32))
+
+
+def tiny_cfg(**kw):
+    return finetune_config(**{"epochs": 1, "tile_size": 64, "batch_size": 2, "device": "cpu",
+                              "min_steps_per_epoch": 1, "freeze_encoder_epochs": 0, **kw})
+
+
+def files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = open_store(tmp_path / "store")
+    image, labels = patient(1)
+    store.add_case(image, labels, [0, 1], source="p1")
+    return store
+
+
+def test_items_hold_only_labelled_slices_and_replay_the_newest(store):
+    image, labels = patient(2)
+    pending = store_training.stage(store, image, labels, [2], Normalization())
+    data = store_training.store_items(store, Normalization(), pending)
+    assert data.cases == [store.cases()[0].id, pending.id] and data.n_slices == 3
+    newest = [item for item in data.items if item.group == pending.id]
+    assert data.repeats == 2 and len(newest) == 2 and len(data.items) == 4  # half the samples
+    assert newest[0] is newest[1]  # repeated, not copied
+    assert data.replay()["newest_share"] == 0.5
+    pending.discard()
+
+
+def test_train_on_store_adds_the_case_and_records_the_lineage(store, tiny_net, tmp_path):
+    from napari_fmbff.model.checkpoint import model_card, read_metadata
+
+    image, labels = patient(2)
+    pending = store_training.stage(store, image, labels, [2, 3], Normalization(),
+                                   source="p2", proposed_by="tiny")
+    out = tmp_path / "m.safetensors"
+    outcome = drain(store_training.train_on_store(tiny_net, store, tiny_cfg(), Normalization(),
+                                                  out, base="tiny", pending=pending))
+    assert outcome.saved and len(store.cases()) == 2 and store.newest == pending.id
+    assert store.latest_model == out.resolve()
+    assert store_training.start_model(store, "starter") == str(out.resolve())
+    prov = read_metadata(out)["provenance"]
+    assert prov["store"]["cases"] == [c.id for c in store.cases()]
+    assert prov["store"]["n_slices"] == 4 and prov["n_train"] == 4
+    assert prov["store"]["replay"]["repeats"] == 1 and prov["finetuned_from"] == "tiny"
+    assert prov["recipe"]["val_fraction"] == 0.0  # nothing held out
+    assert "trained on 2 cases, 4 corrected slices" in model_card(out)
+    assert store.case(pending.id).record["model"] == "tiny"
+
+
+def test_a_failed_or_cancelled_run_leaves_the_store_as_it_was(store, tiny_net, tmp_path,
+                                                              monkeypatch):
+    before = files(store.path)
+    image, labels = patient(2)
+    cancelled = drain(store_training.train_on_store(
+        tiny_net, store, tiny_cfg(), Normalization(), tmp_path / "c.safetensors",
+        pending=store_training.stage(store, image, labels, [2], Normalization()),
+        keep_on_cancel=False, should_stop=lambda: True))
+    assert cancelled.result.cancelled and not cancelled.saved
+    assert files(store.path) == before
+    from napari_fmbff.training import run
+
+    def broken(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+        yield
+
+    monkeypatch.setattr(run, "train_and_save", broken)
+    with pytest.raises(OSError):
+        drain(store_training.train_on_store(
+            tiny_net, store, tiny_cfg(), Normalization(), tmp_path / "d.safetensors",
+            pending=store_training.stage(store, image, labels, [2], Normalization())))
+    assert files(store.path) == before
+
+
+def test_propagate_with_the_store(store, tiny_net, tmp_path):
+    image, labels = patient(3)
+    partial = np.zeros_like(labels)
+    partial[1] = labels[1]
+    before = files(store.path)
+    gen = store_training.iter_propagate_store(tiny_net, image, partial,
+                                              tmp_path / "p.safetensors", store,
+                                              cfg=tiny_cfg(), base="tiny", image_name="p3")
+    next(gen)
+    gen.close()  # cancelled mid-way: nothing joined the store
+    assert files(store.path) == before
+    result = drain(store_training.iter_propagate_store(
+        tiny_net, image, partial, tmp_path / "p.safetensors", store, cfg=tiny_cfg(),
+        base="tiny", image_name="p3"))
+    assert result.slices == [1] and result.labels.shape == labels.shape
+    np.testing.assert_array_equal(result.labels[1], partial[1])
+    assert [c.name for c in store.cases()] == ["p1", "p3"]
+    assert store.case(store.newest).slices == [1]
+    assert store.latest_model == (tmp_path / "p.safetensors").resolve()
+
+
+def test_is_store(store, tmp_path):
+    assert store_training.is_store(store.path)
+    assert not store_training.is_store(tmp_path)
