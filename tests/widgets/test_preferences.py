@@ -174,3 +174,22 @@ def test_without_plugin_preferences_the_settings_file_is_used(make_napari_viewer
     assert again.tile_size.value == 256 and again.device.value == "cpu"
     assert "kept" in again.model.choices
     assert _settings.preferred_store_dir() is None
+
+
+def test_the_store_folder_comes_from_the_preferences_and_a_widget_choice_is_kept(
+        make_napari_viewer, tmp_path, monkeypatch):
+    from napari.settings import get_plugin_settings
+
+    monkeypatch.delenv("FMBFF_STORE_DIR")
+    chosen = tmp_path / "ward-store"
+    chosen.mkdir()
+    get_plugin_settings("napari-fmbff").general.store_folder = str(chosen)
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    assert Path(str(widget.store_dir.value)) == chosen
+    mine = tmp_path / "my-store"
+    mine.mkdir()
+    widget.store_dir.value = str(mine)          # the user picks another folder in the dock
+    assert Path(str(FineTuneWidget(viewer).store_dir.value)) == mine
+    monkeypatch.setenv("FMBFF_STORE_DIR", str(tmp_path / "env-store"))  # the variable wins
+    assert Path(str(FineTuneWidget(viewer).store_dir.value)) == tmp_path / "env-store"

@@ -161,6 +161,24 @@ def preferred_store_dir() -> Path | None:
     return preferred_folder("store_folder")
 
 
+def store_folder() -> Path:
+    """The store folder a widget starts with: $FMBFF_STORE_DIR (it wins, as FMBFF_MODELS_DIR
+    does for models), else the one chosen in a widget or the Preferences
+    (``preferred_store_dir``), else the user data folder's store (``data.store``)."""
+    import os
+
+    from ..data.store import STORE_DIR_ENV, default_store_dir
+
+    if os.environ.get(STORE_DIR_ENV):
+        return default_store_dir()
+    return preferred_store_dir() or default_store_dir()
+
+
+def remember_store_folder(folder) -> None:
+    """A store folder chosen in a widget is the next widget's too (``STORE_FOLDER_KEY``)."""
+    write_key(STORE_FOLDER_KEY, str(folder))
+
+
 def _use_preferred_models_folder() -> None:
     use_models_dir(preferred_folder("models_folder"),
                    where=f"{PREFERENCES_PLACE} > Models folder")

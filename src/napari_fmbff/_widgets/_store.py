@@ -17,6 +17,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ._common import wrap
+from ._settings import remember_store_folder, store_folder
 from ._tooltips import tooltip
 
 #: Layer metadata of a case opened from the store: fine-tuning it again updates that case.
@@ -56,11 +57,9 @@ class StoreSection:
     """The store's fields and actions, for ``FineTuneWidget``."""
 
     def _create_store_section(self) -> None:
-        from ..data.store import default_store_dir
-
         self.use_store = CheckBox(text="add corrections to the store, train on all of it",
                                   value=True, tooltip=tooltip("finetune", "use_store"))
-        self.store_dir = FileEdit(label="store", mode="d", value=str(default_store_dir()),
+        self.store_dir = FileEdit(label="store", mode="d", value=str(store_folder()),
                                   tooltip=tooltip("finetune", "store_dir"))
         self.store_summary = wrap(Label(value=""))
         # One row for the cases (the dock must fit a 1600 x 1000 screen); their tooltips are
@@ -78,6 +77,7 @@ class StoreSection:
 
     def _connect_store(self) -> None:
         self.store_dir.changed.connect(self.refresh_store)
+        self.store_dir.changed.connect(remember_store_folder)
         self.use_store.changed.connect(self.refresh_store)
         self.open_case_button.changed.connect(self.open_case)
         self.remove_case_button.changed.connect(self.remove_case)
