@@ -162,12 +162,54 @@ class NetworkBox:
         return network_mask(self.net, image, box=box).astype(np.uint8)
 
 
-def box_engines(names, models=()):
+PARTNER = {"lung1": "lung2", "lung2": "lung1", "brain1": "brain2", "brain2": "brain1"}
+
+
+class CrossBox:
+    """Our network's box answer after a fine-tune *with prompts* on the other patient of the
+    same kind (every lesion slice of it, ``finetune_config(prompts=True)``, nothing held out):
+    what a user's corrections on one patient give the boxes of the next."""
+
+    def __init__(self, cache, overrides):
+        self.cache, self.overrides, self.nets, self.current = cache, overrides, {}, None
+
+    def for_volume(self, name):
+        partner = PARTNER.get(name)
+        if partner and partner not in self.nets:
+            from napari_fmbff import load_model
+            from napari_fmbff.model.normalization import default_normalization
+            from napari_fmbff.training.loop import finetune_config, make_items, run_training
+
+            image, mask = load_volume(partner, self.cache)
+            zs = np.flatnonzero(mask.any(axis=(1, 2)))
+            net = load_model("starter")
+            norm = default_normalization(net)
+            items = make_items([image[z] for z in zs], [mask[z] for z in zs], norm,
+                               names=[f"z{z}" for z in zs], group=partner)
+            cfg = finetune_config(device="cpu", prompts=True, val_fraction=0, **self.overrides)
+            start = time.process_time()
+            self.nets[partner] = run_training(net, items, [], cfg, norm).net.eval()
+            log(f"cross: starter + prompts fine-tuned on {partner} ({len(zs)} lesion slices, "
+                f"{time.process_time() - start:.0f} CPU s)")
+        self.current = self.nets.get(partner)
+
+    def __call__(self, image, box):
+        from napari_fmbff.inference.prompting import network_mask
+
+        if self.current is None:
+            return np.zeros(np.shape(image)[:2], np.uint8)
+        return network_mask(self.current, image, box=box).astype(np.uint8)
+
+
+def box_engines(names, models=(), cache=None, overrides=None):
     engines = {"filled box": filled_box, "Otsu in box": otsu_in_box}
     if "litemedsam" in names:
         engines["LiteMedSAM"] = LiteMedSAM()
     for model in models:
         engines[f"FM-BFF-Net {Path(model).stem}"] = NetworkBox(model)
+    if "cross" in names:
+        engines["FM-BFF-Net fine-tuned with prompts on the other patient"] = CrossBox(
+            cache, overrides or {})
     return engines
 
 
@@ -188,6 +230,9 @@ def box_table(volumes, engines, cache):
         image, mask = load_volume(name, cache)
         area = mask.sum(axis=(1, 2))
         top = int(np.argmax(area))
+        for fn in engines.values():
+            if hasattr(fn, "for_volume"):
+                fn.for_volume(name)
         for z in np.flatnonzero(area):
             box = grown_box(mask[z])
             for engine, fn in engines.items():
@@ -422,7 +467,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="brain2 only, 2 rounds, 2 epochs")
     p.add_argument("--volumes", default=",".join(VOLUMES))
     p.add_argument("--rounds", type=int, default=5, help="review rounds (corrections)")
-    p.add_argument("--engines", default="litemedsam", help="'litemedsam' or 'none'")
+    p.add_argument("--engines", default="litemedsam", help="comma-separated: 'litemedsam', 'cross' (starter fine-tuned with prompts "
+                        "on the other patient of the same kind), or 'none'")
     p.add_argument("--prompt-model", action="append", default=[], metavar="MODEL",
                    help="a promptable model (fmbff train --prompts) in the box table; repeatable")
     p.add_argument("--box-only", action="store_true", help="the box table only")
@@ -459,7 +505,7 @@ def main(argv=None) -> int:
               if k not in ("device", "seed", "amp", "num_workers")}
     print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | volumes {', '.join(volumes)} | fine-tune recipe "
           f"{recipe}")
-    engines = box_engines(args.engines.split(","), args.prompt_model)
+    engines = box_engines(args.engines.split(","), args.prompt_model, cache, args.overrides)
     box, largest = box_table(volumes, engines, cache)
     print_box_table(box, kinds, prompt_support(args.prompt_model))
     if args.box_only:
