@@ -11,6 +11,11 @@
 4. flow.png (--flow VOLUME --flow-box X0,Y0,X1,Y1@Z): the loop on a real scan: one box on
    one slice (answered at once), Propagate through the volume from that slice, then "next
    slice to check" moves the slider to the slice the review flags.
+5. clinician_day.png (--only day [--day CT.nii.gz --day-mask MASK.nii.gz]): a clinician's day on
+   a DICOM series (written to a temporary folder from the CT, cropped to the lesion's slices;
+   default: procedural CT): Segment the lesion's largest slice, the lesion painted there as the
+   correction, Propagate (the corrections store grows by one case); the Fine-tune dock shows
+   the store.
 Every window is 1600 x 1000, as the task's screen.
 """
 
@@ -154,10 +159,113 @@ def flow_picture(out: Path, volume: str, box: str) -> None:
     viewer.close()
 
 
+def dicom_series(hu, spacing, folder: Path) -> Path:
+    """A (Z, Y, X) volume in HU as a CT series (pydicom's CT_small.dcm as the header); its
+    first file. Written to a temporary folder: no scan is kept or committed."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    src = get_testdata_file("CT_small.dcm")
+    series, study = generate_uid(), generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, plane in enumerate(hu):
+        s = pydicom.dcmread(src)
+        s.StudyInstanceUID, s.SeriesInstanceUID, s.SOPInstanceUID = study, series, generate_uid()
+        s.InstanceNumber, s.SeriesDescription = k + 1, "chest CT"
+        s.Rows, s.Columns = plane.shape
+        s.PixelSpacing = [float(spacing[1]), float(spacing[2])]
+        s.SliceThickness = float(spacing[0])
+        s.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        s.ImagePositionPatient = [0.0, 0.0, float(spacing[0]) * k]
+        stored = np.round(np.clip(plane, -1024, 3071) - float(s.RescaleIntercept))
+        s.PixelData = stored.astype(np.int16).tobytes()
+        for tag in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+            if tag in s:
+                delattr(s, tag)
+        s.save_as(folder / f"ct{k:03d}.dcm")
+    return folder / "ct000.dcm"
+
+
+def day_scan(volume: str | None, mask: str | None):
+    """(HU volume, lesion mask, spacing) for picture 5: the CT and its mask cropped to the
+    lesion's slices and a few around them, else a procedural CT stack."""
+    if volume and mask:
+        from napari_fmbff.data.medical import read_volume
+
+        scan, truth = read_volume(volume), read_volume(mask).data > 0
+        zs = np.nonzero(truth.any(axis=(1, 2)))[0]
+        keep = slice(max(int(zs.min()) - 3, 0), int(zs.max()) + 4)
+        return scan.data[keep].astype(np.float32), truth[keep], scan.spacing
+    from napari_fmbff.data.synthetic import make_sample
+
+    pairs = [make_sample("ct", size=256, seed=300 + s, n_lesions=1) for s in range(8)]
+    return (np.stack([p[0] for p in pairs]).astype(np.float32),
+            np.stack([p[1] for p in pairs]) > 0, (5.0, 0.7, 0.7))
+
+
+def day_picture(out: Path, volume: str | None, mask: str | None) -> None:
+    """Open the series, Segment the slice on screen, paint the lesion there (the user's
+    correction), Propagate: the store grows; the Fine-tune dock shows it over the labels."""
+    hu, truth, spacing = day_scan(volume, mask)
+    first = dicom_series(hu, spacing, Path(tempfile.mkdtemp()) / "patient1")
+    viewer, segment, tune = viewer_with_docks("napari-fmbff: a clinician's day")
+    [layer] = viewer.open(str(first), plugin="napari-fmbff")
+    z = int(truth.sum(axis=(1, 2)).argmax())  # the lesion's largest slice
+    viewer.dims.set_current_step(0, z)
+    segment.image.value = tune.image.value = layer
+    segment.model.value = "starter"
+    segment.scope.value = "current slice"
+    segment.run()
+    until(lambda: segment._worker is None)
+    labels = viewer.layers[f"{layer.name} fmbff"]
+    # The user's correction on that slice: erase what is not the lesion, paint the lesion.
+    for where, value in ((~truth[z] & (labels.data[z] > 0), 0), (truth[z], 1)):
+        ys, xs = np.nonzero(where)
+        labels.data_setitem((np.full(len(ys), z), ys, xs), value)
+    tune.labels_layer.value = labels
+    tune.epochs.value = 10
+    tune.new_name.value = "day-propagated"
+    tune.propagate()
+    until(lambda: tune._worker is None, timeout_s=1800)
+    for k in np.nonzero(truth.any(axis=(1, 2)))[0]:  # how the propagation did, per slice
+        pred, true = labels.data[k] > 0, truth[k]
+        print(f"slice {k}: Dice {2 * (pred & true).sum() / (pred.sum() + true.sum()):.2f}"
+              + (" (corrected)" if k == z else ""))
+    shown = min(z + 1, len(hu) - 1)  # a slice the propagation filled in
+    viewer.dims.set_current_step(0, shown)
+    viewer.layers.selection.active = labels
+    tune.native.parentWidget().raise_()
+    close_notifications(viewer)
+    shoot(viewer, out / "clinician_day.png")
+    viewer.close()
+    smaller_png(out / "clinician_day.png")
+
+
+def close_notifications(viewer) -> None:
+    """Close the notification pop-ups (they would cover the slider)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for popup in viewer.window._qt_window.findChildren(NapariQtNotification):
+        popup.close()
+    wait(300)
+
+
+def smaller_png(path: Path) -> None:
+    """The picture with a 256-colour palette (a third of the size, the same to the eye)."""
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
+    print(f"{path}: {path.stat().st_size // 1024} KB")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--only", choices=["segment", "finetune", "volume", "flow"], default=None)
+    p.add_argument("--only", choices=["segment", "finetune", "volume", "flow", "day"],
+                   default=None)
+    p.add_argument("--day", default=None, help="a CT .nii(.gz) for picture 5")
+    p.add_argument("--day-mask", default=None, help="its lesion mask (the painted correction)")
     p.add_argument("--flow", default=None, help="a .nii(.gz) or .dcm file for picture 4")
     p.add_argument("--flow-box", default=None, metavar="X0,Y0,X1,Y1@Z",
                    help="the one box of picture 4, on the lesion's largest slice")
@@ -168,6 +276,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("FMBFF_MODELS_DIR", tempfile.mkdtemp())
     os.environ.setdefault("FMBFF_CONFIG_DIR", tempfile.mkdtemp())  # default widget settings
+    os.environ.setdefault("FMBFF_STORE_DIR", str(Path(tempfile.mkdtemp()) / "store"))
     args.out.mkdir(parents=True, exist_ok=True)
     import napari  # noqa: F401  (the Qt application)
 
@@ -179,6 +288,8 @@ def main(argv=None) -> int:
         volume_picture(args.out, args.volume, args.volume_model, args.volume_intensity)
     if args.flow and args.flow_box and args.only in (None, "flow"):
         flow_picture(args.out, args.flow, args.flow_box)
+    if args.only in (None, "day"):
+        day_picture(args.out, args.day, args.day_mask)
     return 0
 
 
