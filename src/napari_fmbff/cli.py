@@ -338,6 +338,10 @@ def _add_propagate_parser(sub) -> None:
     prop.add_argument("--epochs", type=_positive_int, default=None,
                       help="fine-tuning epochs (default: the measured recipe's)")
     prop.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD)
+    prop.add_argument("--all-objects", action="store_true",
+                      help="keep every object the model finds on the other slices (default: "
+                           "only those connected in 3D to the objects you labelled, the "
+                           "lesion carried through the volume)")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
@@ -978,7 +982,8 @@ def cmd_propagate(args) -> int:
     cfg = finetune_config(device=args.device,
                           **({"epochs": args.epochs} if args.epochs else {}))
     common = dict(slices=slices, normalization=setting, cfg=cfg, base=name,
-                  image_name=files.stem, threshold=args.threshold, overwrite=args.overwrite)
+                  image_name=files.stem, threshold=args.threshold, overwrite=args.overwrite,
+                  connected=not args.all_objects)
     gen = (iter_propagate(net, files.data, files.labels, model_path, **common) if store is None
            else iter_propagate_store(net, files.data, files.labels, model_path, store,
                                      proposed_by=proposed_by,
@@ -990,7 +995,8 @@ def cmd_propagate(args) -> int:
           f"{outcome.message}", file=sys.stderr)
     record = {"model": str(outcome.path) if result.learned else name, "base_model": name,
               "learned": result.learned, "slices_labelled": result.slices,
-              "threshold": args.threshold, "source": str(args.volume),
+              "threshold": args.threshold, "connected_only": not args.all_objects,
+              "source": str(args.volume),
               "labels_source": str(args.labels), "intensity_setting": setting.to_dict(),
               "package_version": _version()}
     written = write_propagated(files, result, args.out, record, args.overwrite)

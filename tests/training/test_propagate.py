@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from napari_fmbff.training.propagate import iter_propagate, labelled_slices, merge_ids
+from napari_fmbff.training.propagate import (
+    connected_to_user,
+    iter_propagate,
+    labelled_slices,
+    merge_ids,
+)
 
 
 def test_model_voxels_take_the_id_of_the_user_object_they_touch():
@@ -19,6 +24,25 @@ def test_model_voxels_take_the_id_of_the_user_object_they_touch():
     assert set(np.unique(out[3])) == {0, 6}                   # a new id above the user's
     assert out.dtype == np.int32
     assert not merge_ids(labels, [1], mask, min_size=5)[3].any()  # small new objects dropped
+
+
+def test_connected_keeps_the_lesion_carried_from_the_user_objects_only():
+    labels = np.zeros((6, 12, 12), np.int32)
+    labels[2, 3:6, 3:6] = 4                       # the user's lesion on slice 2
+    mask = np.zeros(labels.shape, bool)
+    mask[1, 4:7, 4:7] = mask[0, 5:8, 5:8] = True  # carried down through two slices
+    mask[3, 2:5, 2:5] = True                      # and up one
+    mask[5, 9:12, 9:12] = True                    # a false alarm far away: not connected
+    mask[3, 10:12, 0:2] = True                    # one on a neighbour slice, off the lesion
+    kept = connected_to_user(mask, labels, [2])
+    np.testing.assert_array_equal(kept, mask & ~(np.arange(6)[:, None, None] == 5)
+                                  & ~((np.arange(12)[None, :, None] >= 10)
+                                      & (np.arange(12)[None, None, :] < 2)))
+    out = merge_ids(labels, [2], mask, connected=True)
+    assert set(np.unique(out)) == {0, 4} and not out[5].any()
+    assert merge_ids(labels, [2], mask)[5].max() > 4   # the old rule keeps it, with a new id
+    # an accepted lesion-free slice has no object to carry: nothing of the model's is kept
+    assert not connected_to_user(mask, np.zeros_like(labels), [2]).any()
 
 
 @pytest.mark.parametrize("labels, slices, message", [

@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: What a propagation keeps of the model's voxels on the other slices: only the 3D objects that
+#: touch an object the user labelled (``connected_to_user``), i.e. the corrected lesion
+#: carried through the volume. Chosen by benchmarks/interactive.py on real CT / MR: one
+#: corrected slice gives a model that also marks lesion-free slices far from the tumour, and
+#: keeping only what is connected to the correction raised the 3D Dice of the other slices
+#: (docs/models.md, "Propagation keeps the corrected lesion"). ``fmbff propagate
+#: --all-objects`` keeps everything the model found.
+KEEP_CONNECTED = True
+
 
 @dataclass
 class PropagateResult:
@@ -64,13 +73,15 @@ def labelled_slices(labels, n_image_slices: int, slices=None) -> list[int]:
 def iter_propagate(net, volume, labels, out_model, *, slices=None, normalization=None,
                    cfg=None, base=None, image_name: str = "", threshold: float | None = None,
                    min_size: int = 0, overwrite: bool = False, should_stop=None,
-                   keep_on_cancel: bool = False, extra: dict | None = None):
+                   keep_on_cancel: bool = False, extra: dict | None = None,
+                   connected: bool = KEEP_CONNECTED):
     """Generator: yields ("train", TrainEvent) while fine-tuning, then ("segment", done,
     total); returns a ``PropagateResult``.
 
     ``volume``: (Z, Y, X) grey slices (napari layer data or an array); ``labels`` the same
     shape. ``normalization``: the intensity setting (default: the model's own), resolved for
-    this volume. ``cfg``: the fine-tuning recipe (default ``finetune_config()``). The model is
+    this volume. ``cfg``: the fine-tuning recipe (default ``finetune_config()``).
+    ``connected``: keep only the model's objects touching the user's (``KEEP_CONNECTED``). The model is
     saved as ``out_model`` (nothing is replaced unless ``overwrite``) with its lineage: base
     model, slices and image.
     """
@@ -96,11 +107,11 @@ def iter_propagate(net, volume, labels, out_model, *, slices=None, normalization
         base=base, overwrite=overwrite, keep_on_cancel=keep_on_cancel, should_stop=should_stop,
         extra={"propagated": lineage, **(extra or {})}), lambda event: ("train", event))
     return (yield from finish_propagation(net, outcome, volume, labels, zs, resolved,
-                                          threshold, min_size))
+                                          threshold, min_size, connected))
 
 
 def finish_propagation(net, outcome, volume, labels, zs, normalization, threshold=None,
-                       min_size: int = 0):
+                       min_size: int = 0, connected: bool = KEEP_CONNECTED):
     """Generator: after the training of a propagation (``outcome``), the trained model (or
     ``net`` when nothing was saved) segments the slices not in ``zs``; returns the
     ``PropagateResult`` (shared by ``iter_propagate`` and the store's propagation)."""
@@ -110,7 +121,7 @@ def finish_propagation(net, outcome, volume, labels, zs, normalization, threshol
     model = outcome.result.net if outcome.saved else net
     probs = yield from _segment_others(model, volume, labels, zs, normalization)
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    merged = merge_ids(labels, zs, probs >= threshold, min_size)
+    merged = merge_ids(labels, zs, probs >= threshold, min_size, connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
     return PropagateResult(merged, probs, zs, outcome, uncertainty)

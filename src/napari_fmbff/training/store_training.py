@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.store import RECORD, PendingCase, Store
+from .propagate import KEEP_CONNECTED
 
 #: The newest case's share of the training samples (replay of the older cases fills the rest).
 REPLAY_SHARE = 0.5
@@ -218,7 +219,8 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
                          threshold=None, min_size: int = 0, overwrite: bool = False,
                          should_stop=None, keep_on_cancel: bool = False,
                          extra: dict | None = None, source_meta: dict | None = None,
-                         spacing=None, proposed_by=None, identity: str | None = None):
+                         spacing=None, proposed_by=None, identity: str | None = None,
+                         connected: bool = KEEP_CONNECTED):
     """Generator: ``propagate.iter_propagate`` with the store: the labelled slices become a
     case, the model trains on the whole store (``train_on_store``), then segments the other
     slices. Yields ("train", TrainEvent) then ("segment", done, total); returns the
@@ -244,7 +246,8 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
             detail=f"{image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}",
             extra={"propagated": lineage, **(extra or {})}), lambda event: ("train", event))
         result = yield from finish_propagation(net, outcome, volume, labels, zs,
-                                               setting.for_stack(volume), threshold, min_size)
+                                               setting.for_stack(volume), threshold, min_size,
+                                               connected)
     except BaseException:
         pending.discard()
         raise
