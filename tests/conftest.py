@@ -91,6 +91,17 @@ def _private_widget_settings(tmp_path_factory, monkeypatch):
         yield
 
 
+def disk_volume(n=4, size=64, seed=0, dtype=np.uint8):
+    """A (n, size, size) stack with the same bright disk on every slice over noise, and the
+    disk's 2D mask: what the propagate and store tests learn from one slice of."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
+    volume = np.stack([(rng.normal(60, 10, (size, size)) + 120 * disk).clip(0, 255)
+                       for _ in range(n)]).astype(dtype)
+    return volume, disk
+
+
 def disks(n, size=96, seed=0):
     """Bright disks on a noisy background: easy, so a few epochs must learn them."""
     rng = np.random.default_rng(seed)

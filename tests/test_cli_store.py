@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import disk_volume
 from napari_fmbff.cli import main
 from napari_fmbff.data.store import open_store
 
@@ -12,12 +13,7 @@ nib = pytest.importorskip("nibabel")
 
 
 def scan(seed=0, n=4, size=64):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
-    volume = np.stack([(rng.normal(60, 10, (size, size)) + 120 * disk).clip(0, 255)
-                       for _ in range(n)]).astype(np.int16)
-    return volume, disk
+    return disk_volume(n, size, seed, np.int16)
 
 
 def test_train_on_a_store_records_the_model_as_its_latest(tmp_path, tiny_model, models_dir,

@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import disk_volume
 from napari_fmbff.cli import main
 
 
-def stack(n=4, size=64, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
-    volume = np.stack([(rng.normal(60, 10, (size, size)) + 120 * disk).clip(0, 255)
-                       for _ in range(n)]).astype(np.uint8)
-    return volume, disk
+def stack(seed=0, n=4, size=64):
+    return disk_volume(n, size, seed, np.uint8)
 
 
 def test_tiff_stack_in_tiff_labels_out_labelled_slice_verbatim(tmp_path, tiny_model, capsys):
