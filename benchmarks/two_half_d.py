@@ -79,8 +79,11 @@ def score(name, arm, count, seed, zs, mask, run) -> dict:
     rest = interactive.other_slices(len(mask), set(zs))
     probs = run["probs"][rest]
     lesion = mask[rest].any(axis=(1, 2))
+    from napari_fmbff.training.metrics import confusion
+
+    whole = confusion(probs >= 0.5, mask[rest]).scores()
     return {"volume": name, "arm": arm, "corrected": count, "seed": seed, "slices": zs,
-            "dice": interactive.dice(probs >= 0.5, mask[rest]),
+            "dice": whole["dice"], "precision": whole["precision"], "recall": whole["recall"],
             "lesion_dice": interactive.dice(probs[lesion] >= 0.5, mask[rest][lesion]),
             "cpu_s": run["cpu_s"], "wall_s": run["wall_s"]}
 
@@ -103,13 +106,14 @@ def run_all(args, deadline) -> tuple[list, list]:
         norm = volume_normalization(image, args.intensity)
         overrides = {**args.overrides, "seed": seed}
         for arm in ARMS:
-            if interactive.past(deadline, last_wall):
-                cut.append(f"{name} {arm}, {count} slice(s), seed {seed}")
-                continue
             data = image if arm == "2D" else neighbour_channels(image)
             tag = f"{arm} {args.intensity}"  # the store key: arm and intensity
             prop = interactive.Propagator(name, data, overrides, store)
             prop.norm = norm
+            stored = prop._stored((tag, tuple(zs))) is not None
+            if not stored and (args.table_only or interactive.past(deadline, last_wall)):
+                cut.append(f"{name} {arm}, {count} slice(s), seed {seed}")
+                continue
             try:
                 run = prop({z: mask[z] for z in zs}, tag=tag)
             except RuntimeError as err:
@@ -136,23 +140,27 @@ def paired(rows) -> dict:
     return out
 
 
+def pr(row) -> str:
+    return f"{row['precision']:.2f} / {row['recall']:.2f}"
+
+
 def print_table(rows, intensity) -> None:
     print(f"\n#### 2.5D input: 3D Dice of the other slices (intensity: {intensity})\n")
     print("| volume | corrected slices | seed | 2D | 2.5D | 2.5D - 2D | lesion slices 2D "
-          "| lesion slices 2.5D | CPU s 2D / 2.5D |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| lesion slices 2.5D | precision / recall 2D | precision / recall 2.5D | CPU s 2D / 2.5D |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (count, seed), pairs in paired(rows).items():
         for name, zs, a, b in pairs:
             print(f"| {name} | {', '.join(map(str, zs))} | {seed} | {a['dice']:.3f} | "
                   f"{b['dice']:.3f} | {b['dice'] - a['dice']:+.3f} | {a['lesion_dice']:.3f} | "
-                  f"{b['lesion_dice']:.3f} | {a['cpu_s']:.0f} / {b['cpu_s']:.0f} |")
+                  f"{b['lesion_dice']:.3f} | {pr(a)} | {pr(b)} | {a['cpu_s']:.0f} / {b['cpu_s']:.0f} |")
         gains = [b["dice"] - a["dice"] for _, _, a, b in pairs]
         print(f"| **mean** ({len(pairs)} volumes) | {count} | {seed} | "
               f"**{statistics.mean(a['dice'] for _, _, a, _ in pairs):.3f}** | "
               f"**{statistics.mean(b['dice'] for _, _, _, b in pairs):.3f}** | "
               f"**{statistics.mean(gains):+.3f}** | "
               f"{statistics.mean(a['lesion_dice'] for _, _, a, _ in pairs):.3f} | "
-              f"{statistics.mean(b['lesion_dice'] for _, _, _, b in pairs):.3f} | "
+              f"{statistics.mean(b['lesion_dice'] for _, _, _, b in pairs):.3f} | | | "
               f"{statistics.mean(a['cpu_s'] for _, _, a, _ in pairs):.0f} / "
               f"{statistics.mean(b['cpu_s'] for _, _, _, b in pairs):.0f} |")
     print()
@@ -184,6 +192,8 @@ def parse_args(argv):
     p.add_argument("--cache", default=None, help="data cache (FMBFF_BENCH_CACHE)")
     p.add_argument("--store", default=None, help="folder keeping each run's probabilities")
     p.add_argument("--json", default=None, help="also write every number here")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: the table of the runs already in --store")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     args.overrides = few_shot.parse_overrides(args.set)
@@ -201,7 +211,7 @@ def main(argv=None) -> int:
           f"{args.overrides or ''} | torch threads {args.threads or 'default'}")
     print_table(rows, args.intensity)
     if cut:
-        print(f"\nNot run (deadline {args.deadline} UTC or failed): " + "; ".join(cut) + ".")
+        print("\nNot run (deadline, not in --store with --table-only, or failed): " + "; ".join(cut) + ".")
     dump(args.json, rows, cut)
     return 0
 
