@@ -21,7 +21,7 @@ import numpy as np
 #: carried through the volume. Chosen by benchmarks/interactive.py on real CT / MR: one
 #: corrected slice gives a model that also marks lesion-free slices far from the tumour, and
 #: keeping only what is connected to the correction raised the 3D Dice of the other slices
-#: (docs/models.md, "Propagation keeps the corrected lesion"). ``fmbff propagate
+#: (docs/models.md, "Propagation keeps the corrected lesion (connected in 3D)"). ``fmbff propagate
 #: --all-objects`` keeps everything the model found.
 KEEP_CONNECTED = True
 
