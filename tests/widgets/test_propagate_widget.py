@@ -128,3 +128,23 @@ def test_a_run_that_did_not_learn_saves_nothing_and_writes_the_base_models_answe
     assert all((labels.data[z] == PAINTED).all() for z in (0, 2, 3))
     record = labels.metadata["napari_fmbff"]
     assert record["learned"] is False and record["model"] == "tiny"
+
+
+def test_a_rethreshold_after_propagate_keeps_only_the_lesion_connected_to_the_correction(
+        make_napari_viewer, qtbot, tiny_model, models_dir):
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    widget = propagate_widget(viewer)
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
+    proposal = proposal_of(labels)
+    assert proposal.propagation is not None and proposal.propagation.connected
+    # Probabilities as a propagated model might give them: the lesion on every slice, and
+    # a false alarm in a far corner of slice 3 (connected to nothing the user labelled).
+    yy, xx = np.mgrid[:64, :64]
+    lesion = np.hypot(yy - 30, xx - 32) < 10
+    far = (yy > 55) & (xx > 55)
+    proposal.probs = {(z,): (lesion | (far & (z == 3))).astype(np.float32) for z in range(4)}
+    seg.threshold.value = 0.5            # the re-threshold a user makes with the slider
+    for z in (0, 2, 3):
+        assert (labels.data[z][lesion] == PAINTED).all(), z   # carried, with the user's id
+    assert not labels.data[3][far].any()                      # the false alarm stays out

@@ -564,6 +564,8 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         proposal = proposal_of(result["labels"])
         probs = proposal.probs or result["probs"]  # Propagate's, when it answered last
         proposals = labels_from_planes(probs, post)
+        if proposal.propagation is not None and proposal.propagation.connected:
+            proposals = _connected_only(proposals, proposal.propagation.slices, result["labels"])
         if post.labels and proposal.n_edited:
             proposals = _with_user_ids(proposals, proposal, result["labels"],
                                        joined=post.joins(len(result["labels"].data.shape) - 2))
@@ -650,6 +652,23 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         shapes.data = []
         self._viewer.layers.selection.active = labels
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
+
+
+def _connected_only(proposals: dict, slices, layer) -> dict:
+    """After a propagation, re-thresholded planes keep what Propagate keeps: the objects
+    connected in 3D to the ones on the user's labelled ``slices``
+    (``training.propagate.connected_to_user``); those slices are left as proposed."""
+    from ..training.propagate import connected_to_user
+
+    order = sorted(proposals)
+    at = {index[0]: k for k, index in enumerate(order) if len(index) == 1}
+    zs = [at[z] for z in slices if z in at]
+    if len(at) != len(order) or not zs:
+        return proposals  # not one stack of planes: nothing to connect through
+    mask = np.stack([proposals[i] for i in order]) > 0
+    keep = connected_to_user(mask, np.stack([np.asarray(layer.data[i]) for i in order]), zs)
+    keep[zs] = mask[zs]
+    return {i: np.where(keep[k], proposals[i], 0) for k, i in enumerate(order)}
 
 
 def _with_user_ids(proposals: dict, proposal, layer, joined: bool) -> dict:

@@ -33,6 +33,7 @@ class PropagateResult:
     slices: list                # the slices trained on (verbatim in ``labels``)
     outcome: object             # training.run.Outcome: the saved model, or why none was
     uncertainty: np.ndarray = field(default=None)  # per slice (inference.review); 0 when labelled
+    connected: bool = KEEP_CONNECTED  # only the objects connected to the user's were kept
 
     @property
     def learned(self) -> bool:
@@ -124,7 +125,7 @@ def finish_propagation(net, outcome, volume, labels, zs, normalization, threshol
     merged = merge_ids(labels, zs, probs >= threshold, min_size, connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
-    return PropagateResult(merged, probs, zs, outcome, uncertainty)
+    return PropagateResult(merged, probs, zs, outcome, uncertainty, connected)
 
 
 def _segment_others(model, volume, labels, zs, normalization):
