@@ -132,6 +132,7 @@ def volume_picture(out: Path, volume: str | None, model: str | None,
 
 def flow_picture(out: Path, volume: str, box: str) -> None:
     """One box, Propagate from that slice, then the slice the review flags."""
+    from napari_fmbff._widgets._prompts import OTSU_ENGINE
     from napari_fmbff.jobs.prompted import parse_prompt
 
     prompt = parse_prompt("box", box)
@@ -140,6 +141,7 @@ def flow_picture(out: Path, volume: str, box: str) -> None:
     segment.image.value = tune.image.value = layer
     viewer.dims.set_current_step(0, prompt.z)
     boxes, _ = segment.add_prompt_layers()
+    segment.box_engine.value = OTSU_ENGINE  # answered at once, with or without the extra
     x0, y0, x1, y1 = prompt.values
     z = prompt.z
     boxes.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float))
