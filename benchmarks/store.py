@@ -166,7 +166,7 @@ class Bench:
                 "b_before": before, "b_after": self.dice(key, run["net"], b, True),
                 "a_own": first["own"], "a_after": self.dice(key, run["net"], a, True),
                 "cpu_s": run["cpu_s"], "wall_s": run["wall_s"], "cases": run["cases"],
-                "replay": run["replay"]}
+                "replay": run["replay"], "seed": self.seed}
 
     def starter(self):
         from napari_fmbff import load_model
@@ -193,11 +193,11 @@ def print_table(rows, recipe_text):
           "B's other slices after its one corrected slice. A own: A's other slices with A's "
           "model; A after B: the same slices with B's model (forgetting: A after B - A own). "
           "CPU s: the training on B.\n")
-    print("| sequence | arm | recipe | B before | B after one slice | A own | A after B | "
+    print("| sequence | arm | seed | B before | B after one slice | A own | A after B | "
           "forgetting | CPU s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['sequence']} | {r['arm']} | {r['recipe']} | {r['b_before']:.3f} | "
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["sequence"], ARMS.index(r["arm"]), r["seed"])):
+        print(f"| {r['sequence']} | {r['arm']} | {r['seed']} | {r['b_before']:.3f} | "
               f"{r['b_after']:.3f} | {r['a_own']:.3f} | {r['a_after']:.3f} | "
               f"{r['a_after'] - r['a_own']:+.3f} | {r['cpu_s']:.0f} |")
     groups = dict.fromkeys((r["arm"], r["recipe"]) for r in rows)
@@ -205,7 +205,7 @@ def print_table(rows, recipe_text):
         mine = [r for r in rows if (r["arm"], r["recipe"]) == (arm, recipe)]
         mean = {k: statistics.mean(r[k] for r in mine)
                 for k in ("b_before", "b_after", "a_own", "a_after", "cpu_s")}
-        print(f"| **mean** ({len(mine)}) | {arm} | {recipe} | {mean['b_before']:.3f} | "
+        print(f"| **mean** ({len(mine)} rows) | {arm} | | {mean['b_before']:.3f} | "
               f"**{mean['b_after']:.3f}** | {mean['a_own']:.3f} | **{mean['a_after']:.3f}** | "
               f"{mean['a_after'] - mean['a_own']:+.3f} | {mean['cpu_s']:.0f} |")
 
@@ -230,6 +230,8 @@ def parse_args(argv):
     p.add_argument("--json", default=None, help="also write every number here")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
+    p.add_argument("--tables", nargs="+", metavar="JSON",
+                   help="print the tables of earlier --json files (seeds pooled), run nothing")
     args = p.parse_args(argv)
     args.overrides = few_shot.parse_overrides(args.set)
     args.alt = few_shot.parse_overrides(args.alt)
@@ -259,6 +261,8 @@ def main(argv=None) -> int:
     from napari_fmbff.training.store_training import REPLAY_SHARE
 
     args = parse_args(argv)
+    if args.tables:
+        return print_saved(args.tables)
     deadline = interactive.parse_deadline(args.deadline)
     if args.threads:
         import torch
@@ -292,6 +296,23 @@ def main(argv=None) -> int:
     if cut:
         print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
     dump(args.json, args, shown, rows, cut)
+    return 0
+
+
+def print_saved(paths) -> int:
+    """The tables of earlier runs' --json files, their rows pooled (each row keeps its seed)."""
+    rows, cut = [], []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        rows += [{"seed": saved["seed"], **r, "recipe": json.dumps(saved["recipes"][r["recipe"]])}
+                 for r in saved["rows"]]  # pooled by what the recipe is, not by its name
+        cut += [f"{c} (seed {saved['seed']})" for c in saved["cut"]]
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"# store benchmark | {len(paths)} run(s), seeds {seeds}")
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        print_table([r for r in rows if r["recipe"] == recipe], recipe)
+    if cut:
+        print("\nCut by the deadline: " + "; ".join(cut) + ".")
     return 0
 
 
