@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .data.medical import source_record
+
 
 def _result(path):
     """(array, ome metadata, our provenance) of a result folder of ``fmbff segment``, else None."""
@@ -99,17 +101,10 @@ def read_medical(path):
     if data.shape[0] == 1:  # one slice: a 2D image
         data, scale = data[0], scale[1:]
     meta = {"name": series_name(volume), "scale": scale,
-            "metadata": {"napari_fmbff_source": _source_metadata(volume)}}
+            "metadata": {"napari_fmbff_source": source_record(volume)}}
     if volume.metadata.get("units") == "HU":
         meta["contrast_limits"] = window_range("soft-tissue")
     return [(data, meta, "image")]
-
-
-def _source_metadata(volume) -> dict:
-    """The geometry and facts of a volume, as the ``napari_fmbff_source`` layer metadata entry
-    (the same for a series' Image layer and for labels drawn on it)."""
-    return {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
-            "affine": volume.affine.tolist()}
 
 
 def read_seg(path):
@@ -122,7 +117,7 @@ def read_seg(path):
     if data.shape[0] == 1:
         data, scale = data[0], scale[1:]
     meta = {"name": Path(path).stem, "scale": scale, "opacity": 0.5,
-            "metadata": {"napari_fmbff_source": _source_metadata(volume),
+            "metadata": {"napari_fmbff_source": source_record(volume),
                          "napari_fmbff_segments": names, "napari_fmbff_seg": str(path)}}
     return [(data, meta, "labels")]
 
@@ -143,7 +138,7 @@ def read_rtstruct(path):
     name = structures.label or Path(path).stem
     meta = {"name": name, "scale": scale, "opacity": 0.5,
             "features": {"index": ids, "roi": list(structures.names)},
-            "metadata": {"napari_fmbff_source": _source_metadata(volume),
+            "metadata": {"napari_fmbff_source": source_record(volume),
                          "napari_fmbff_rois": dict(zip(ids, structures.names)),
                          "napari_fmbff_rtstruct": str(path)}}
     return [(data, meta, "labels")]

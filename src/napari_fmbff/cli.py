@@ -1018,7 +1018,7 @@ def _open_store_arg(value):
 
 def _store_source(files, source) -> dict:
     """What the store records of a propagated volume: the scan's identity and geometry."""
-    from .data.store import source_record
+    from .data.medical import source_record
 
     if files.volume is None:
         return {"source_meta": {"source": str(source)}, "spacing": None}

@@ -191,15 +191,15 @@ def test_a_dicom_scan_is_one_case_however_often_it_is_added(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
-    from napari_fmbff.data.medical import read_volume
-    from napari_fmbff.data.store import source_record
+    from napari_fmbff.data.medical import read_volume, source_record
 
     path = get_testdata_file("CT_small.dcm")
     volume = read_volume(path)
     meta = source_record(volume)
     uid = str(pydicom.dcmread(path).SeriesInstanceUID)
+    sop = str(pydicom.dcmread(path).SOPInstanceUID)
     identity = identity_of(volume.data[0], meta)
-    assert identity.startswith(f"dicom:{uid}/")
+    assert identity == f"dicom:{uid}/{sop}"   # the reader records the slice's SOP UID
     store = open_store(tmp_path)
     labels = np.zeros(volume.data.shape, np.uint8)
     labels[0, 40:60, 40:60] = 1

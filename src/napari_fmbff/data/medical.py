@@ -47,6 +47,14 @@ class Volume:
         return self.affine
 
 
+def source_record(volume: Volume) -> dict:
+    """A volume's geometry and facts as one plain record: what the reader puts in an Image
+    layer's ``napari_fmbff_source`` metadata (and labels drawn on it carry), what the writers
+    place labels by and what the corrections store identifies a scan by."""
+    return {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
+            "affine": np.asarray(volume.affine).tolist()}
+
+
 def window_range(window) -> tuple[float, float]:
     """A window name (``CT_WINDOWS``) or "LOW,HIGH" (or a pair) -> (low, high) intensities."""
     if isinstance(window, str) and window in CT_WINDOWS:
@@ -185,6 +193,7 @@ def read_dicom_series(path) -> Volume:
     meta = {"format": "dicom", "modality": modality,
             "series_description": str(first.get("SeriesDescription", "")),
             "series_uid": str(uid), "n_slices": len(slices), "slice_positions_mm": heights,
+            "sop_instance_uids": [str(ds.get("SOPInstanceUID", "")) for _, ds in slices],
             "units": "HU" if modality == "CT" else ""}
     return Volume(data, spacing, affine, str(folder), meta)
 

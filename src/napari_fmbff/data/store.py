@@ -97,13 +97,6 @@ def identity_of(image, source: dict | None = None) -> str:
     return content_hash(image)
 
 
-def source_record(volume) -> dict:
-    """A ``data.medical.Volume``'s facts as the store (and the reader's layer metadata,
-    ``napari_fmbff_source``) keep them: format, DICOM UIDs, modality, source, affine."""
-    return {**volume.metadata, "source": volume.source, "spacing_mm": list(volume.spacing),
-            "affine": np.asarray(volume.affine).tolist()}
-
-
 @dataclass
 class Case:
     """One case as the record keeps it (``Store.cases``)."""
