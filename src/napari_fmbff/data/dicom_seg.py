@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_path
-from .medical import is_dicom
+from .medical import is_dicom, series_headers_of
 
 #: Segment property codes: a morphologically abnormal structure, a lesion (SNOMED CT).
 _CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
@@ -32,22 +32,16 @@ _TYPE = ("52988006", "SCT", "Lesion")
 def series_headers(record: dict) -> list:
     """The headers (no pixels) of the recorded DICOM series, in the volume's Z order; a
     ValueError when the series is gone or is no longer the one that was opened."""
-    import pydicom
 
     folder, uid = Path(str(record.get("source", ""))), record.get("series_uid")
     if not folder.is_dir():
         raise ValueError(f"the DICOM series folder {folder} is no longer there; open the scan "
                          "again from where it is now")
-    headers = []
-    for path in sorted(folder.iterdir()):
-        if not is_dicom(path):
-            continue
-        try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - not a DICOM file after all
-            continue
-        if ds.get("SeriesInstanceUID") == uid and "ImagePositionPatient" in ds:
-            headers.append(ds)
+    try:
+        found, _ = series_headers_of(folder, uid)
+    except ValueError:
+        found = []
+    headers = [ds for _, ds in found if ds.get("SeriesInstanceUID") == uid]
     if not headers:
         raise ValueError(f"{folder}: the series {uid} is no longer there; open the scan again")
     iop = [float(v) for v in headers[0].get("ImageOrientationPatient", (1, 0, 0, 0, 1, 0))]

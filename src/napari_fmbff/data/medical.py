@@ -173,7 +173,7 @@ def read_dicom_series(path) -> Volume:
     sorted along the slice normal by ImagePositionPatient, in Hounsfield units for CT."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    slices, uid = _series_headers(path)
+    slices, uid = series_headers_of(path)
     first = slices[0][1]
     rows, cols = _orientation(first)
     normal = np.cross(rows, cols)
@@ -198,9 +198,10 @@ def read_dicom_series(path) -> Volume:
     return Volume(data, spacing, affine, str(folder), meta)
 
 
-def _series_headers(path: Path) -> tuple[list, str]:
+def series_headers_of(path: Path, uid: str | None = None) -> tuple[list, str]:
     """(file, header) of every image slice of the wanted series, and its Series UID: the
-    series of the given file, or the only series of the given folder."""
+    series ``uid``, else the series of the given file, or the only series of the given
+    folder. Headers only (no pixels), in file-name order."""
     import pydicom
 
     folder, wanted = (path, None) if path.is_dir() else (path.parent, path)
@@ -216,9 +217,9 @@ def _series_headers(path: Path) -> tuple[list, str]:
             slices.append((p, ds))
     if not slices:
         raise ValueError(f"{path}: no DICOM image slices found")
-    if wanted is not None:
+    if uid is None and wanted is not None:
         uid = next(ds.get("SeriesInstanceUID") for p, ds in slices if p == wanted)
-    else:
+    elif uid is None:
         uids = {ds.get("SeriesInstanceUID") for _, ds in slices}
         if len(uids) > 1:
             raise ValueError(f"{folder}: holds {len(uids)} DICOM series; open one file of the "
