@@ -38,10 +38,9 @@ def series_headers(record: dict) -> list:
         raise ValueError(f"the DICOM series folder {folder} is no longer there; open the scan "
                          "again from where it is now")
     try:
-        found, _ = series_headers_of(folder, uid)
-    except ValueError:
-        found = []
-    headers = [ds for _, ds in found if ds.get("SeriesInstanceUID") == uid]
+        headers = [ds for _, ds in series_headers_of(folder, uid)[0]]
+    except ValueError:  # no image slices left in the folder
+        headers = []
     if not headers:
         raise ValueError(f"{folder}: the series {uid} is no longer there; open the scan again")
     iop = [float(v) for v in headers[0].get("ImageOrientationPatient", (1, 0, 0, 0, 1, 0))]

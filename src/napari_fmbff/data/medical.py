@@ -55,6 +55,12 @@ def source_record(volume: Volume) -> dict:
             "affine": np.asarray(volume.affine).tolist()}
 
 
+def record_ras_affine(record: dict) -> np.ndarray:
+    """The RAS+ affine of a ``source_record`` (what ``Volume.ras_affine`` gives the volume)."""
+    affine = np.asarray(record["affine"], float)
+    return LPS_TO_RAS @ affine if record.get("format") == "dicom" else affine
+
+
 def window_range(window) -> tuple[float, float]:
     """A window name (``CT_WINDOWS``) or "LOW,HIGH" (or a pair) -> (low, high) intensities."""
     if isinstance(window, str) and window in CT_WINDOWS:
@@ -127,22 +133,20 @@ def read_nifti(path) -> Volume:
                   {"format": "nifti", "description": _nifti_description(img)})
 
 
-def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False,
-                       description: str = "") -> Path:
-    """(Z, Y, X) labels as a NIfTI file with the source's affine in RAS+ (``Volume.ras_affine``;
-    atomic, never over a file)."""
+def write_nifti(path, zyx: np.ndarray, affine: np.ndarray, overwrite: bool = False,
+                description: str = "", intent: str | None = None) -> Path:
+    """A (Z, Y, X) array as a NIfTI file (``.nii`` or ``.nii.gz`` by the name), its dtype
+    kept, on ``affine`` ((z, y, x, 1) -> RAS+ mm); atomic, never over a file unless
+    ``overwrite``. The one home of our NIfTI writes (labels, the corrections store)."""
     import nibabel as nib
 
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels[None]
-    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16 if labels.max() < 65536 \
-        else np.uint32
-    img = nib.Nifti1Image(np.transpose(labels.astype(dtype), (2, 1, 0)),
+    img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(zyx, (2, 1, 0))),
                           np.asarray(affine, float) @ _SWAP_ZYX)
     img.header.set_xyzt_units("mm")
+    img.header.set_data_dtype(zyx.dtype)
     img.header["descrip"] = description.encode()[:79]
-    img.header.set_intent("label")
+    if intent:
+        img.header.set_intent(intent)
     path = Path(path)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     with atomic_path(path, overwrite) as tmp:
@@ -153,6 +157,18 @@ def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: 
         finally:
             target.unlink(missing_ok=True)
     return path
+
+
+def write_nifti_labels(path, labels: np.ndarray, affine: np.ndarray, overwrite: bool = False,
+                       description: str = "") -> Path:
+    """(Z, Y, X) labels as a NIfTI file with the source's affine in RAS+ (``Volume.ras_affine``;
+    atomic, never over a file), in the smallest unsigned type that holds their ids."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16 if labels.max() < 65536 \
+        else np.uint32
+    return write_nifti(path, labels.astype(dtype), affine, overwrite, description, "label")
 
 
 def write_labels_and_record(target, sidecar, labels: np.ndarray, affine: np.ndarray,

@@ -424,9 +424,10 @@ class Store:
                 images, label_path = self._files(case_id, len(channel_names))
                 planes = [volume] if volume.ndim == 3 else \
                     [volume[..., c] for c in range(volume.shape[3])]
+                from .medical import write_nifti, write_nifti_labels
+
                 for path, plane in zip(images, planes):
-                    _write_volume(path, plane, affine)
-                from .medical import write_nifti_labels
+                    write_nifti(path, plane, affine)
 
                 write_nifti_labels(label_path, labels, affine, description="fmbff corrections")
         except BaseException:
@@ -593,37 +594,17 @@ def _labels_grid(labels, shape, is_2d: bool) -> np.ndarray:
 def _case_affine(source_meta, spacing, is_2d: bool) -> np.ndarray:
     """(z, y, x, 1) -> RAS mm: the source scan's affine where the reader recorded one (DICOM's
     LPS turned to RAS), else the layer's spacing, else 1 mm voxels."""
-    from .medical import LPS_TO_RAS
+    from .medical import record_ras_affine
 
     meta = source_meta or {}
     if meta.get("affine") is not None:
-        affine = np.asarray(meta["affine"], float)
-        return LPS_TO_RAS @ affine if meta.get("format") == "dicom" else affine
+        return record_ras_affine(meta)
     affine = np.eye(4)
     if spacing is not None:
         steps = [float(s) for s in spacing][-3:]
         steps = [1.0] * (3 - len(steps)) + steps
         affine[[0, 1, 2], [0, 1, 2]] = steps
     return affine
-
-
-def _write_volume(path: Path, zyx: np.ndarray, affine: np.ndarray) -> None:
-    """A (Z, Y, X) image as NIfTI (atomic), its dtype kept, on ``affine``'s grid."""
-    import nibabel as nib
-
-    from .medical import _SWAP_ZYX
-
-    img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(zyx, (2, 1, 0))),
-                          np.asarray(affine, float) @ _SWAP_ZYX)
-    img.header.set_xyzt_units("mm")
-    img.header.set_data_dtype(zyx.dtype)
-    with atomic_path(path) as tmp:
-        target = tmp.with_name(tmp.name + ".nii.gz")  # nibabel picks compression by the name
-        try:
-            nib.save(img, str(target))
-            target.replace(tmp)
-        finally:
-            target.unlink(missing_ok=True)
 
 
 def _labelled_slices(labels: np.ndarray, ignore) -> list[int]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import check_folders
-from ..data.medical import Volume, write_labels_and_record
+from ..data.medical import record_ras_affine, write_labels_and_record
 
 #: The Image layer metadata key of a scan's geometry (written by ``_reader.read_medical``).
 SOURCE_KEY = "napari_fmbff_source"
@@ -48,14 +48,6 @@ def scan_labels(labels, record: dict, shape: tuple | None = None) -> np.ndarray:
                          f"{record.get('source', '')} has {wanted}; draw them on the scan "
                          "(same shape), or save them as .tif")
     return labels
-
-
-def ras_affine(record: dict) -> np.ndarray:
-    """The recorded scan's affine in NIfTI's RAS+ (``Volume.ras_affine``)."""
-    volume = Volume(np.empty((0, 0, 0)), tuple(record.get("spacing_mm", (1.0, 1.0, 1.0))),
-                    np.asarray(record["affine"], float), str(record.get("source", "")),
-                    {"format": record.get("format")})
-    return volume.ras_affine
 
 
 def provenance_of(record: dict, made_by: dict | None, layer: str = "") -> dict:
@@ -87,7 +79,7 @@ def save_nifti(path, labels: np.ndarray, record: dict, provenance: dict,
     """The labels on the scan's grid as NIfTI with its RAS affine, and the provenance as a
     JSON sidecar beside it (both atomic)."""
     path = Path(path)
-    target = write_labels_and_record(path, nifti_sidecar(path), labels, ras_affine(record),
+    target = write_labels_and_record(path, nifti_sidecar(path), labels, record_ras_affine(record),
                                      provenance, overwrite)
     return [target, nifti_sidecar(path)]
 
