@@ -17,6 +17,7 @@ from napari_fmbff.data.medical import (
     window_range,
     write_nifti_labels,
 )
+from napari_fmbff.inference.runtime import drain
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -122,12 +123,7 @@ def test_segment_a_nifti_volume_into_nifti_labels_with_its_affine(tiny_net, tmp_
                          threshold=0.0, window="-100,300",
                          provenance={"model": "tiny"})
     steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            out = stop.value
-            break
+    out = drain(gen, steps.append)
     img = nib.load(str(src))
     assert steps[-1] == (img.shape[2], img.shape[2])
     back = nib.load(str(out))

@@ -63,11 +63,7 @@ def test_chunked_zarr_output_matches_whole_objects_and_holds_only_chunks(seg, rn
 
     progress = []
     gen = iter_segment_chunked(seg, image, prob_out=np.zeros(image.shape, np.float32), chunk=128)
-    try:
-        while True:
-            progress.append(next(gen))
-    except StopIteration as stop:
-        assert stop.value == fg
+    assert drain(gen, progress.append) == fg
     assert [(p.done, p.total) for p in progress] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
 
 

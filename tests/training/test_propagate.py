@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_fmbff.inference.runtime import drain
 from napari_fmbff.training.propagate import (
     connected_to_user,
     iter_propagate,
@@ -75,12 +76,7 @@ def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_pat
     events = []
     gen = iter_propagate(tiny_net, volume, labels, out, base="tiny", image_name="scan",
                          cfg=finetune_config(epochs=3, tile_size=64, batch_size=2))
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(gen, events.append)
     assert {e[0] for e in events} == {"train", "segment"}
     assert [e[1:] for e in events if e[0] == "segment"] == [(1, 3), (2, 3), (3, 3)]
     np.testing.assert_array_equal(result.labels[1], labels[1])

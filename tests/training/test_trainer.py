@@ -9,6 +9,7 @@ import torch
 
 from conftest import disks, tiny_config
 from napari_fmbff import FMBFFNet
+from napari_fmbff.inference.runtime import drain
 from napari_fmbff.model.normalization import default_normalization
 from napari_fmbff.training.loop import TrainConfig, iter_train, make_items
 from napari_fmbff.training.resume import ResumeFile
@@ -17,13 +18,9 @@ from napari_fmbff.training.trainer import Trainer
 
 
 def _run(trainer, resume_state=None):
-    gen = trainer.run_training(resume_state)
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    result = drain(trainer.run_training(resume_state), events.append)
+    return events, result
 
 
 def _small(n=6):
@@ -65,12 +62,7 @@ def test_iter_train_is_the_trainer_run_and_resumes_from_its_checkpoint(tmp_path)
     file = ResumeFile(tmp_path / "m.safetensors")
     gen = iter_train(net, train, val, cfg, norm, checkpoint_fn=file.save)
     kinds = []
-    while True:
-        try:
-            kinds.append(next(gen).kind)
-        except StopIteration as stop:
-            whole = stop.value
-            break
+    whole = drain(gen, lambda event: kinds.append(event.kind))
     assert kinds == ["start", "step", "epoch", "step", "epoch"]
     state = file.load()
     assert state["epoch"] == 2 and len(state["history"]) == 2

@@ -9,6 +9,7 @@ from napari_fmbff import FMBFFNet, load_model
 from napari_fmbff.cli import main
 from napari_fmbff.data.datasets import find_pairs, load_mask, write_dataset
 from napari_fmbff.data.image_io import write_image
+from napari_fmbff.inference.runtime import drain
 from napari_fmbff.model.normalization import default_normalization
 from napari_fmbff.training.loop import (
     TrainConfig,
@@ -162,13 +163,7 @@ def test_without_validation_a_fixed_budget_trains_on_every_pixel_and_keeps_the_l
     cfg = TrainConfig(epochs=6, batch_size=4, tile_size=64, lr=5e-3, device="cpu",
                       min_steps_per_epoch=4)
     events = []
-    gen = iter_train(net, train, val, cfg, norm)
-    result = None
-    while result is None:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
+    result = drain(iter_train(net, train, val, cfg, norm), events.append)
     assert not result.validated and result.changed
     assert result.epochs_run == 6 and not result.stopped_early and result.best_epoch == 6
     epochs = [e for e in events if e.kind == "epoch"]
