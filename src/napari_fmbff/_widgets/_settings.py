@@ -165,8 +165,6 @@ def store_folder() -> Path:
     """The store folder a widget starts with: $FMBFF_STORE_DIR (it wins, as FMBFF_MODELS_DIR
     does for models), else the one chosen in a widget or the Preferences
     (``preferred_store_dir``), else the user data folder's store (``data.store``)."""
-    import os
-
     from ..data.store import STORE_DIR_ENV, default_store_dir
 
     if os.environ.get(STORE_DIR_ENV):
