@@ -153,6 +153,21 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
     return result
 
 
+def refuse_unsaid_empty(labels, planes) -> None:
+    """A ValueError naming the first slice the user edited (not accepted) that holds no
+    lesion: an erased slice, or a box that wrote nothing, must not teach "no lesion" unless
+    the user said so (Accept slice on an empty slice is that statement)."""
+    proposal = proposal_of(labels)
+    for index in planes:
+        index = tuple(int(i) for i in index)
+        if index not in proposal.accepted and not np.asarray(plane_of(labels.data, index)).any():
+            where = "the image" if not index else f"slice {index[0]}"
+            raise ValueError(
+                f"{where} of '{labels.name}' holds no lesion after your edits: draw a box or "
+                "paint the lesion there, or, if it truly has none, press 'Accept slice' in "
+                "Segment to teach it as lesion-free")
+
+
 def _forget_model(path) -> None:
     """Remove a model this run saved (and its log and plot): the run was cancelled."""
     from ..model.registry import companions
@@ -359,6 +374,7 @@ class FineTuneWidget(StoreSection, Container):
                 f"you have not corrected '{labels.name}' yet: paint, fill or erase in it, "
                 "prompt it or accept a slice in Segment first (or choose 'all slices with "
                 "labels' to train on it as it is)")
+        refuse_unsaid_empty(labels, planes)
         return planes
 
     def run(self, _=None):
@@ -530,6 +546,8 @@ class FineTuneWidget(StoreSection, Container):
         own = source.metadata.get(OUTPUT_TAG) == "labels"
         chosen = self._checked_slices(source) if own else None
         slices = labelled_slices(source.data, shape[0], chosen)
+        if own:
+            refuse_unsaid_empty(source, [(z,) for z in slices])
         if not slices:
             raise ValueError(f"you have not corrected or accepted a slice of '{source.name}': "
                              "paint, fill or erase on one slice (or accept it) first")

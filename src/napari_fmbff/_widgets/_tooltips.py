@@ -38,12 +38,16 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                       "without it: Otsu's threshold inside the box, the object at its centre "
                       "(Dice 0.80, docs/models.md). The network's prompt path is offered only "
                       "for a model trained with prompts",
+        "replace_button": "Your last box lay on an object that is yours already (painted or "
+                          "prompted) or on pixels you erased by hand, so it added nothing: this redraws that object from the "
+                          "box's answer, as one Ctrl-Z",
         "negative": "Clicks cut their region out of the object under them (red) instead of "
                     "adding to it (green); Shift-click does the opposite of this setting",
         "next_button": "Moves the slider to the most uncertain slice (expected wrong pixels of "
                        "the last whole-stack run) that you have not corrected nor accepted",
         "accept_button": "The displayed slice is right as it is: it is not offered again, and "
-                         "Fine-tune's 'slices you corrected' trains on it",
+                         "Fine-tune's 'slices you corrected' and Propagate learn it whole "
+                         "(an accepted empty slice is learned as lesion-free)",
         "models_folder": "Where fine-tuned models are saved and looked for (remembered; the "
                          f"{MODELS_DIR_ENV} environment variable, when set, is used instead)",
         "restore_button": "Every setting above back to its default (the models folder stays)",
