@@ -299,20 +299,18 @@ def _functional(seg, frame, name: str, path):
 
 
 def _slice_step(measures, heights: np.ndarray) -> float:
-    """The distance between slices: SpacingBetweenSlices; else the smallest step between the
-    frames' heights, or the slice thickness where that step is a whole number (> 1) of
-    thicknesses (frames of empty slices are left out of a SEG); else the thickness, else 1."""
-    given, thickness = measures.get("SpacingBetweenSlices"), measures.get("SliceThickness")
-    if given is not None and float(given) > 0:
-        return float(given)
-    thickness = float(thickness) if thickness is not None and float(thickness) > 0 else None
+    """The distance between slices: the smallest step between the frames' heights, or
+    SpacingBetweenSlices (else the slice thickness) where that step is a whole number of it
+    (a SEG leaves out the frames of empty slices); one frame height: the header's, else 1."""
+    given = [float(v) for v in (measures.get("SpacingBetweenSlices"),
+                                measures.get("SliceThickness")) if v is not None and float(v) > 0]
     steps = np.diff(np.unique(np.round(heights, 3)))
     if not len(steps):
-        return thickness or 1.0
+        return given[0] if given else 1.0
     step = float(steps.min())
-    if thickness and step > 1.5 * thickness and abs(step / thickness - round(step / thickness)) \
-            < 0.05:
-        return thickness
+    for spacing in given:  # a header's value that the frames contradict is not used
+        if step >= 0.95 * spacing and abs(step / spacing - round(step / spacing)) < 0.05:
+            return spacing
     return step
 
 
