@@ -161,7 +161,7 @@ def nifti_labels(path, volume) -> tuple[str, dict | None] | None:
     (1) beside it is the JSON sidecar napari-fmbff writes (``mask.nii.gz`` -> ``mask.json``,
     ``our_sidecar``), or (2) its header's intent is NIFTI_INTENT_LABEL (as napari-fmbff
     writes labels), or (3) it is an integer mask beside its scan: integer voxels >= 0, at
-    most ``MASK_MAX_IDS`` distinct values, more than half of them 0, and another NIfTI in the
+    most ``MASK_MAX_IDS`` distinct values, more than half the voxels 0, and another NIfTI in the
     same folder on the same grid (shape and affine) is not such a mask."""
     data = volume.data
     sidecar = our_sidecar(path)
@@ -223,7 +223,7 @@ def _intent_is_label(path) -> bool:
 
 
 def _mask_like(data) -> bool:
-    """Integer voxels >= 0, at most ``MASK_MAX_IDS`` distinct values, more than half 0."""
+    """Integer voxels >= 0, at most ``MASK_MAX_IDS`` distinct values, more than half the voxels 0."""
     data = np.asarray(data)
     if data.dtype.kind not in "iub" or not data.size or data.min() < 0 or data.max() >= 1 << 24:
         return False
