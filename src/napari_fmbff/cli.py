@@ -957,6 +957,7 @@ def cmd_propagate(args) -> int:
     from tqdm import tqdm
 
     from .inference.intensity import intensity_setting
+    from .jobs.saved_labels import run_record
     from .model.normalization import default_normalization
     from .training.loop import finetune_config
     from .training.propagate import (
@@ -993,12 +994,11 @@ def cmd_propagate(args) -> int:
     outcome = result.outcome
     print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
           f"{outcome.message}", file=sys.stderr)
-    record = {"model": str(outcome.path) if result.learned else name, "base_model": name,
-              "learned": result.learned, "slices_labelled": result.slices,
-              "threshold": args.threshold, "connected_only": not args.all_objects,
-              "source": str(args.volume),
-              "labels_source": str(args.labels), "intensity_setting": setting.to_dict(),
-              "package_version": _version()}
+    record = run_record(outcome.path if result.learned else name, base=name,
+                        learned=result.learned, slices_labelled=result.slices,
+                        threshold=args.threshold, connected_only=not args.all_objects,
+                        source=str(args.volume), labels_source=str(args.labels),
+                        intensity_setting=setting.to_dict(), package_version=_version())
     written = write_propagated(files, result, args.out, record, args.overwrite)
     print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
     if store is not None:

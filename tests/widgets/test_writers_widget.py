@@ -229,8 +229,6 @@ def _segment_whole_stack(viewer, seg, image, qtbot):
     return viewer.layers[f"{image.name} fmbff"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs FineTuneWidget._on_propagated to record its run "
-                   "with jobs.saved_labels.run_record (one call, added by the lead)")
 def test_docked_propagate_saves_the_model_file_it_made(make_napari_viewer, qtbot, tiny_model,
                                                        tmp_path):
     """Issue 28, item 6, as a user does it (docks from the Plugins menu, napari's brush and

@@ -30,6 +30,7 @@ from ..inference.stacks import (
     spatial_shape,
     training_planes,
 )
+from ..jobs.saved_labels import run_record
 from ._common import (
     BROWSE,
     INTENSITY_DEFAULTS,
@@ -607,11 +608,10 @@ class FineTuneWidget(StoreSection, Container):
         proposal.propagation = self.last_propagation = result
         proposal.probs = {(z,): result.probs[z] for z in range(job["shape"][0])}
         model = outcome.path.stem if outcome.saved else str(job["base"])
-        record = target.metadata.get(PROVENANCE_TAG)
-        record = record if isinstance(record, dict) else {}
-        record.update(model=model, base_model=str(job["base"]), learned=result.learned,
-                      slices_labelled=list(result.slices), propagated=True)
-        target.metadata[PROVENANCE_TAG] = record
+        target.metadata[PROVENANCE_TAG] = run_record(
+            outcome.path if outcome.saved else job["base"], target.metadata.get(PROVENANCE_TAG),
+            base=job["base"], learned=result.learned, slices_labelled=list(result.slices),
+            propagated=True)
         carry_scan(job["image"], target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)
