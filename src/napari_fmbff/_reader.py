@@ -21,6 +21,10 @@ from pathlib import Path
 
 from .data.medical import source_record
 
+#: The unit of medical layers' scale (voxel spacing): napari shows it on the scale bar and in
+#: the status bar instead of "pixel".
+MM = "mm"
+
 
 def _result(path):
     """(array, ome metadata, our provenance) of a result folder of ``fmbff segment``, else None."""
@@ -107,7 +111,7 @@ def read_medical(path):
     data, scale = volume.data, volume.spacing
     if data.shape[0] == 1:  # one slice: a 2D image
         data, scale = data[0], scale[1:]
-    meta = {"name": series_name(volume), "scale": scale,
+    meta = {"name": series_name(volume), "scale": scale, "units": MM,
             "metadata": {"napari_fmbff_source": source_record(volume)}}
     if volume.metadata.get("units") == "HU":
         meta["contrast_limits"] = window_range("soft-tissue")
@@ -138,7 +142,7 @@ def read_nifti_labels(path, volume):
     if sidecar is not None:
         metadata["napari_fmbff"] = {k: v for k, v in sidecar.items()
                                     if k != "napari_fmbff_source"}
-    return [(data, {"name": series_name(volume), "scale": scale, "opacity": 0.5,
+    return [(data, {"name": series_name(volume), "scale": scale, "units": MM, "opacity": 0.5,
                     "metadata": metadata}, "labels")]
 
 
@@ -155,7 +159,7 @@ def read_seg(path):
     data, scale = labels, volume.spacing
     if data.shape[0] == 1:
         data, scale = data[0], scale[1:]
-    meta = {"name": Path(path).stem, "scale": scale, "opacity": 0.5,
+    meta = {"name": Path(path).stem, "scale": scale, "units": MM, "opacity": 0.5,
             "metadata": {"napari_fmbff_source": source_record(volume),
                          "napari_fmbff_segments": names, "napari_fmbff_seg": str(path)}}
     note = volume.metadata.get("grid_note")
@@ -178,7 +182,7 @@ def read_rtstruct(path):
         data, scale = data[0], scale[1:]
     ids = list(range(1, len(structures.names) + 1))
     name = structures.label or Path(path).stem
-    meta = {"name": name, "scale": scale, "opacity": 0.5,
+    meta = {"name": name, "scale": scale, "units": MM, "opacity": 0.5,
             "features": {"index": ids, "roi": list(structures.names)},
             "metadata": {"napari_fmbff_source": source_record(volume),
                          "napari_fmbff_rois": dict(zip(ids, structures.names)),
