@@ -156,17 +156,6 @@ def test_a_discarded_case_leaves_the_store_as_it_was(tmp_path):
     assert after == before
 
 
-def test_a_crash_between_stage_and_commit_is_tidied_by_the_next_write(tmp_path):
-    store = open_store(tmp_path)
-    pending = store.stage_case(*volume(1), [2])
-    assert list((tmp_path / "imagesTr").iterdir())  # written, but only pending
-    reopened = open_store(tmp_path)  # the process died here
-    assert reopened.cases() == []
-    case = reopened.add_case(*volume(0), [1])
-    names = {p.name for p in (tmp_path / "imagesTr").iterdir()}
-    assert names == {f"{case}_0000.nii.gz"} and pending.id not in names
-
-
 def test_a_foreign_nnunet_folder_opens_read_only(tmp_path):
     image, labels = volume()
     (tmp_path / "imagesTr").mkdir()
