@@ -13,8 +13,9 @@ import pytest
 
 nib = pytest.importorskip("nibabel")
 
-from napari_fmbff.data.store import StoreWarning, open_store  # noqa: E402
 from store_writer import case_volume  # noqa: E402
+
+from napari_fmbff.data.store import StoreWarning, open_store  # noqa: E402
 
 WRITER = Path(__file__).with_name("store_writer.py")
 
