@@ -60,6 +60,9 @@ def test_the_gate_compares_on_the_earlier_cases(store, tiny_net, tmp_path):
     assert same.promoted  # no worse is enough
     # Only the case a new one replaces is left out: with no earlier case, it is promoted.
     assert store_training.promotion(store, nothing, exclude=[store.newest]).promoted
+    everything.write_bytes(b"damaged")  # a latest model that cannot be read keeps nothing
+    damaged = store_training.promotion(store, nothing, device="cpu", tile_size=64)
+    assert damaged.promoted and "cannot be read" in damaged.message
 
 
 def test_a_model_that_predicts_nothing_is_registered_not_promoted(store, tiny_net, tmp_path):

@@ -283,8 +283,13 @@ def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None)
                "no earlier case to compare it on")
         return Promotion(True, f"'{name}' is the store's latest model now ({why}): Segment "
                                "offers it first.", record)
+    try:
+        current = load_model(latest)
+    except (OSError, ValueError) as err:  # the latest's file damaged: nothing to keep it for
+        return Promotion(True, f"'{name}' is the store's latest model now (the previous "
+                               f"latest '{latest.stem}' cannot be read: {err}).", record)
     new = store_dice(store, load_model(model), earlier, device, tile_size)
-    old = store_dice(store, load_model(latest), earlier, device, tile_size)
+    old = store_dice(store, current, earlier, device, tile_size)
     if new != new or old != old:  # no labelled slice to score on
         return Promotion(True, f"'{name}' is the store's latest model now (no labelled slice "
                                "of an earlier case to compare it on).", record)
