@@ -12,7 +12,7 @@ pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
 from napari_fmbff.data.medical import read_volume  # noqa: E402
-from napari_fmbff.data.store import open_store  # noqa: E402
+from napari_fmbff.data.store import open_store_for  # noqa: E402
 from napari_fmbff.jobs.saved_labels import SOURCE_KEY  # noqa: E402
 from napari_fmbff.model.checkpoint import model_card  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_a_clinicians_day(make_napari_viewer, qtbot, tiny_model, models_dir, tmp
         getattr(tune, key).value = value
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
-    store = open_store(tune.store_dir.value)
+    store = open_store_for(tune.store_dir.value)  # its store of grey images
     (case,) = store.cases()
     assert case.slices == [z] and case.record["model"] == tiny_model
     assert "1 case, 1 corrected slice" in tune.store_summary.value

@@ -485,7 +485,7 @@ class FineTuneWidget(StoreSection, Container):
             return
         self.last_saved = outcome.path
         show_info(f"napari-fmbff: {outcome.message} ({outcome.path})")
-        model_events.saved.emit(outcome.path.stem)
+        self.announce_model(outcome)
 
     def _on_errored(self, err, what: str = "fine-tuning") -> None:
         if not self._closed:
@@ -594,7 +594,7 @@ class FineTuneWidget(StoreSection, Container):
         outcome, target = result.outcome, job["target"]
         if outcome.saved:
             self.last_saved = outcome.path
-            model_events.saved.emit(outcome.path.stem)
+            self.announce_model(outcome)
         if target not in self._viewer.layers or tuple(target.data.shape) != job["shape"]:
             show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
                          "propagating; the slices were not written.")

@@ -62,12 +62,14 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                         "out and every correction is trained on (with the store: nothing is "
                         "held out, every stored slice is trained on)",
         "use_store": "Fine-tune and Propagate add the slices you corrected to the corrections "
-                     "store and train on every case in it, starting from the store's latest "
-                     "model, the newest case weighted to half the samples (so the next patient "
-                     "starts from everything corrected so far); off: this image only",
-        "store_dir": "The corrections store: a folder in nnU-Net v2's raw layout (imagesTr, "
-                     "labelsTr, dataset.json; uncorrected slices are the ignore label). Default: "
-                     f"the user data folder, or the {STORE_DIR_ENV} environment variable",
+                     "store and train on every case in it, starting from the base model above, "
+                     "the newest case weighted to half the samples; the new model becomes the "
+                     "store's latest (Segment's default) only if it is no worse on the earlier "
+                     "cases; off: this image only",
+        "store_dir": "The corrections store folder: one store per kind of image (grey/, rgb/), "
+                     "each a folder in nnU-Net v2's raw layout (imagesTr, labelsTr, "
+                     "dataset.json; uncorrected slices are the ignore label). Default: the user "
+                     f"data folder, or the {STORE_DIR_ENV} environment variable",
 
         "restore_button": "Every setting above back to its default",
         "propagate_button": "Stacks: fine-tune the base model on the slices you corrected or "
