@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..inference.stacks import plane_indices, spatial_shape
 from ._common import displayed_plane, finest_level, output_layer, wrap
-from ._proposal import proposal_of
+from ._proposal import proposal_of, unproxied
 from ._tooltips import tooltip
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -93,7 +93,8 @@ class ReviewMixin:
 
         result, planes = self._result, plane_indices(shape, False)
         probs = proposal_of(labels).probs if labels is not None else {}
-        if not probs and result and result["labels"] is labels:
+        # Not ``is``: docked from the Plugins menu, each lookup of a layer is a new proxy.
+        if not probs and result and unproxied(result["labels"]) is unproxied(labels):
             probs = result["probs"]
         if not probs or any(i not in probs for i in planes):
             raise ValueError(NEEDS_STACK_RUN)
