@@ -28,6 +28,10 @@ volume is only scored on the other slices of that same volume, never across volu
    ones below it), (c) at random (seed 0) over all slices; the starter is fine-tuned again on
    all corrected slices and the volume re-segmented. The volume's 3D Dice (corrected slices
    hold their ground truth, as propagate keeps them) after 0..R corrections.
+4. The picks: after each propagation of (a), the first 3 slices "next slice to check" offers
+   (``review_scores``, the widget's, and ``slice_uncertainty``, the score it replaced), each
+   with its true error (wrong pixels of the mask the user sees, 1 - Dice) and its rank among
+   the open slices. ``--review-only --orders uncertainty --rounds 0`` gives this table alone.
 
 ``--deadline HH:MM`` (UTC) stops starting new work in time; the tables say what was cut.
 """
