@@ -116,6 +116,7 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
     (and the ``case`` facts of ``StoreSection.store_job``) the slices join the store and the
     model trains on all of it; a cancel leaves the store as it was too."""
     from ..inference.intensity import intensity_setting
+    from ..inference.runtime import cpus_kept_free
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
@@ -137,17 +138,19 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
                                      **{k: case[k] for k in ("source_meta", "spacing",
                                                              "proposed_by", "identity")})
     result = None
-    try:
-        while not stop.is_set():
-            try:
-                step = next(steps)
-            except StopIteration as done:
-                result = done.value
-                break
-            if not stop.is_set():
-                yield step
-    finally:
-        steps.close()
+    # torch leaves a CPU to the window's own threads (it runs beside them in one process).
+    with cpus_kept_free(1):
+        try:
+            while not stop.is_set():
+                try:
+                    step = next(steps)
+                except StopIteration as done:
+                    result = done.value
+                    break
+                if not stop.is_set():
+                    yield step
+        finally:
+            steps.close()
     if stop.is_set():
         _forget_model(out)
         return None

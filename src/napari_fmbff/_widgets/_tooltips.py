@@ -43,8 +43,9 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                           "box's answer, as one Ctrl-Z",
         "negative": "Clicks cut their region out of the object under them (red) instead of "
                     "adding to it (green); Shift-click does the opposite of this setting",
-        "next_button": "Moves the slider to the most uncertain slice (expected wrong pixels of "
-                       "the last whole-stack run) that you have not corrected nor accepted",
+        "next_button": "Moves the slider to the slice with the most expected wrong pixels "
+                       "near the lesion shown (from the last whole-stack run or propagation) "
+                       "that you have not corrected nor accepted",
         "accept_button": "The displayed slice is right as it is: it is not offered again, and "
                          "Fine-tune's 'slices you corrected' and Propagate learn it whole "
                          "(an accepted empty slice is learned as lesion-free)",
