@@ -33,6 +33,14 @@ volume is only scored on the other slices of that same volume, never across volu
    with its true error (wrong pixels of the mask the user sees, 1 - Dice) and its rank among
    the open slices. ``--review-only --orders uncertainty --rounds 0`` gives this table alone.
 
+5. The order people work in (``--box-orders``): on the largest lesion slice, (a) one box alone
+   (Otsu in the box) and (b) Segment the slice with ``starter`` first, then the same box,
+   as the Segment widget writes it: now (``inference.prompting.confirmed_objects``: the
+   model's objects the user did not confirm are cleared by the box) and as it was before
+   (starter's objects stayed beside the box's object). Each slice is accepted and propagated;
+   the table gives the 3D Dice of the other slices per order. ``--box-orders`` alone runs only
+   this table (the lung volumes by default).
+
 ``--deadline HH:MM`` (UTC) stops starting new work in time; the tables say what was cut.
 """
 
@@ -344,6 +352,47 @@ def propagation_rows(name, sources, image, mask, prop: Propagator):
     return rows
 
 
+def box_order_sources(image, mask) -> dict:
+    """The accepted largest slice in the three orders of item 5 (0/1 masks)."""
+    from napari_fmbff import Segmenter, load_model
+    from napari_fmbff.inference.prompting import add_object, confirmed_objects
+
+    top = int(np.argmax(mask.sum(axis=(1, 2))))
+    box = otsu_in_box(image[top], grown_box(mask[top]))
+    starter = Segmenter(load_model("starter"), device="cpu", tile_size=512)
+    proposal = np.asarray(starter.segment(image[top]), np.int32)  # Segment's objects
+    label = int(proposal.max()) + 1
+    now = add_object(confirmed_objects(proposal, np.zeros(proposal.shape, bool)), box, label)
+    before = add_object(proposal, box, label)
+    log(f"orders: {len(np.unique(proposal)) - 1} starter objects ({int((proposal > 0).sum())} "
+        f"px) on slice {top}; box alone {int(box.sum())} px")
+    return {"box alone": box, "Segment, box (now)": (now > 0).astype(np.uint8),
+            "Segment, box (before)": (before > 0).astype(np.uint8)}
+
+
+def print_order_table(rows) -> None:
+    print("\n## Segment first, then a box, against the box alone (3D Dice of the other slices)\n")
+    print("| volume | order | accepted slice Dice | 3D Dice | lesion slices | same mask as box alone |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['volume']} | {r['source']} | {r['accepted_dice']:.3f} | "
+              f"{r['connected_dice']:.3f} | {r['lesion_dice']:.3f} | {r['same']} |")
+
+
+def order_rows(volumes, cache, overrides, store) -> list:
+    rows = []
+    for name in volumes:
+        image, mask = load_volume(name, cache)
+        sources = box_order_sources(image, mask)
+        prop = Propagator(name, image, overrides, store)
+        for source, accepted in sources.items():
+            tag = "box alone" if np.array_equal(accepted, sources["box alone"]) else source
+            row = propagation_rows(name, {tag: accepted}, image, mask, prop)[0]
+            row.update(source=source, same=tag == "box alone")
+            rows.append(row)
+    return rows
+
+
 # ---- review --------------------------------------------------------------------------------------
 
 def shown_mask(probs, mask, corrected) -> np.ndarray:
@@ -570,6 +619,8 @@ def parse_args(argv):
     p.add_argument("--prompt-model", action="append", default=[], metavar="MODEL",
                    help="a promptable model (fmbff train --prompts) in the box table; repeatable")
     p.add_argument("--box-only", action="store_true", help="the box table only")
+    p.add_argument("--box-orders", action="store_true",
+                   help="only item 5: Segment-then-box against box alone (lung volumes)")
     p.add_argument("--review-only", action="store_true",
                    help="no box table and no Otsu-accepted propagation: the ground-truth "
                         "propagation, the review rounds and the picks table only")
@@ -586,6 +637,8 @@ def parse_args(argv):
                    help="folder keeping each fine-tune's probabilities (a rerun resumes)")
     args = p.parse_args(argv)
     args.overrides = few_shot.parse_overrides(args.set)
+    if args.box_orders and args.volumes == ",".join(VOLUMES):
+        args.volumes = "lung1,lung2"
     if args.quick:
         args.volumes, args.rounds = "brain2", min(args.rounds, 2)
         args.overrides.setdefault("epochs", 2)
@@ -609,6 +662,10 @@ def main(argv=None) -> int:
     print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | volumes {', '.join(volumes)} | fine-tune recipe "
           f"{recipe}")
     engines, box, largest = {}, {}, {}
+    if args.box_orders:
+        store = Path(args.store) if args.store else None
+        print_order_table(order_rows(volumes, cache, args.overrides, store))
+        return 0
     if not args.review_only:
         engines = box_engines(args.engines.split(","), args.prompt_model, cache, args.overrides)
         box, largest = box_table(volumes, engines, cache)

@@ -845,8 +845,12 @@ def test_interrupted_large_job_resumes_to_the_same_result(sig, large_job, tmp_pa
     # The job stands still after its first chunk until the signal comes (a test-only hook), so
     # the signal always finds it running, on a fast machine as on a busy one.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", HOLD_AFTER_CHUNKS: "1"}
+    # A shell that starts jobs in the background hands them SIGINT ignored, and Python then
+    # never turns SIGINT into KeyboardInterrupt: the child gets the default back, as a
+    # terminal's Ctrl-C would find it.
     proc = subprocess.Popen([sys.executable, "-m", "napari_fmbff.cli", *args, "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (done.is_dir() and len(list(done.iterdir())) >= 1):
