@@ -28,6 +28,10 @@ volume is only scored on the other slices of that same volume, never across volu
    ones below it), (c) at random (seed 0) over all slices; the starter is fine-tuned again on
    all corrected slices and the volume re-segmented. The volume's 3D Dice (corrected slices
    hold their ground truth, as propagate keeps them) after 0..R corrections.
+4. The picks: after each propagation of (a), the first 3 slices "next slice to check" offers
+   (``review_scores``, the widget's, and ``slice_uncertainty``, the score it replaced), each
+   with its true error (wrong pixels of the mask the user sees, 1 - Dice) and its rank among
+   the open slices. ``--review-only --orders uncertainty --rounds 0`` gives this table alone.
 
 ``--deadline HH:MM`` (UTC) stops starting new work in time; the tables say what was cut.
 """
@@ -342,17 +346,74 @@ def propagation_rows(name, sources, image, mask, prop: Propagator):
 
 # ---- review --------------------------------------------------------------------------------------
 
-def choose(order: str, probs, done: set, first_lesion: int, rng) -> int | None:
-    from napari_fmbff.inference.review import next_slice, slice_uncertainty
+def shown_mask(probs, mask, corrected) -> np.ndarray:
+    """What the user sees after a propagation: the model's objects connected in 3D to the
+    corrected slices' lesion (the widget's and ``fmbff propagate``'s default rule), and the
+    corrected slices as corrected (their ground truth here)."""
+    from napari_fmbff.training.propagate import connected_to_user
+
+    zs = sorted(corrected)
+    labels = np.zeros(mask.shape, np.int32)
+    for z in zs:
+        labels[z] = mask[z] > 0
+    shown = connected_to_user(probs >= 0.5, labels, zs)
+    shown[zs] = mask[zs] > 0
+    return shown
+
+
+#: The review scores compared per pick: the widget's (``review_scores`` of the shown mask)
+#: and the one it replaced (``slice_uncertainty``, the expected wrong pixels of the slice).
+SCORES = ("shown mask", "whole slice")
+
+
+def review_score(kind: str, probs, mask, corrected) -> np.ndarray:
+    from napari_fmbff.inference.review import review_scores, slice_uncertainty
+
+    if kind == "whole slice":
+        return slice_uncertainty(probs)
+    return review_scores(probs, shown_mask(probs, mask, corrected))
+
+
+def choose(order: str, probs, done: set, first_lesion: int, rng, mask=None) -> int | None:
+    from napari_fmbff.inference.review import next_slice
 
     n = len(probs)
     if order == "uncertainty":
-        return next_slice(slice_uncertainty(probs), done)
+        return next_slice(review_score(SCORES[0], probs, mask, done), done)
     if order == "in order":
         seq = list(range(first_lesion, n)) + list(range(first_lesion - 1, -1, -1))
         return next((z for z in seq if z not in done), None)
     left = [z for z in range(n) if z not in done]
     return int(rng.choice(left)) if left else None
+
+
+def pick_rows(name, probs, mask, corrected, step: int, picks: int = 3) -> list[dict]:
+    """Per score, the first ``picks`` slices "next slice to check" offers on one propagation
+    (each pick counted as checked before the next): the picked slice's true error (wrong
+    pixels of the shown mask, and 1 - Dice; 0 when both are empty) and its rank among the
+    slices still open (1: the most wrong pixels; ties share the best rank)."""
+    from napari_fmbff.inference.review import next_slice
+
+    shown = shown_mask(probs, mask, corrected)
+    truth = mask > 0
+    errors = (shown != truth).sum(axis=(1, 2))
+    rows = []
+    for kind in SCORES:
+        scores, done = review_score(kind, probs, mask, corrected), set(corrected)
+        for k in range(picks):
+            z = next_slice(scores, done)
+            if z is None:
+                break
+            others = [q for q in range(len(probs)) if q not in done]
+            both = shown[z].sum() + truth[z].sum()
+            rows.append({"volume": name, "round": step, "score": kind, "pick": k + 1,
+                         "slice": z, "error_px": int(errors[z]),
+                         "one_minus_dice": float(errors[z] / both) if both else 0.0,
+                         "rank": 1 + int(sum(errors[q] > errors[z] for q in others)),
+                         "open": len(others),
+                         "with_error": int(sum(errors[q] > 0 for q in others))})
+            done.add(z)
+    return rows
 
 
 def volume_dice(probs, mask, corrected) -> float:
@@ -362,19 +423,27 @@ def volume_dice(probs, mask, corrected) -> float:
     return dice(pred, mask)
 
 
-def review(name, image, mask, prop: Propagator, rounds: int, deadline):
+def review(name, image, mask, prop: Propagator, rounds: int, deadline, picks: list,
+           orders=ORDERS):
     """{order: [volume Dice after 0..k corrections]}; the orders take turns round by round, so
-    a deadline cuts them evenly (k < rounds when it did)."""
+    a deadline cuts them evenly (k < rounds when it did). ``picks`` gets ``pick_rows`` of the
+    uncertainty order's propagation at every round."""
     area = mask.sum(axis=(1, 2))
     top, first = int(np.argmax(area)), int(np.flatnonzero(area)[0])
-    rngs = {order: np.random.default_rng(0) for order in ORDERS}
-    corrected = {order: {top: mask[top]} for order in ORDERS}
-    runs = {order: prop(corrected[order]) for order in ORDERS}
+    orders = ("uncertainty", *(o for o in orders if o != "uncertainty"))  # its picks reported
+    rngs = {order: np.random.default_rng(0) for order in orders}
+    corrected = {order: {top: mask[top]} for order in orders}
+    runs = {order: prop(corrected[order]) for order in orders}
     curves = {order: [volume_dice(runs[order]["probs"], mask, corrected[order])]
-              for order in ORDERS}
-    for _ in range(rounds):
-        for order in ORDERS:
-            z = choose(order, runs[order]["probs"], set(corrected[order]), first, rngs[order])
+              for order in orders}
+    for step in range(rounds + 1):
+        picks += pick_rows(name, runs["uncertainty"]["probs"], mask, corrected["uncertainty"],
+                           step)
+        if step == rounds:
+            break
+        for order in orders:
+            z = choose(order, runs[order]["probs"], set(corrected[order]), first, rngs[order],
+                       mask)
             if z is None or past(deadline, prop.last_wall):
                 continue
             corrected[order][z] = mask[z]
@@ -443,6 +512,35 @@ def print_review_table(curves, rounds):
             print(f"| {name} | {order} | " + " | ".join(cells) + f" | {'–' if hit is None else hit} |")
 
 
+def print_pick_table(picks):
+    if not picks:
+        return
+    print("\n### Next slice to check: the picked slice's true error\n")
+    print("After each propagation (round 0: from the largest lesion slice, corrected), the "
+          "first 3 slices 'next slice to check' offers, each counted as checked before the "
+          "next. Error: wrong pixels of the mask the user sees (the model's objects connected "
+          "to the corrected lesion, threshold 0.5) against the ground truth; rank among the "
+          "slices still open by that error (1: the worst; ties share the best rank); "
+          "'with error': open slices with any wrong pixel. 'shown mask': "
+          "``review_scores`` (the widget's); 'whole slice': ``slice_uncertainty``, the score "
+          "it replaced.\n")
+    print("| volume | round | score | pick | slice | error px | 1 - Dice | rank | with error |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in picks:
+        print(f"| {r['volume']} | {r['round']} | {r['score']} | {r['pick']} | {r['slice']} | "
+              f"{r['error_px']} | {r['one_minus_dice']:.3f} | {r['rank']} | "
+              f"{r['with_error']}/{r['open']} |")
+    print("\nPicks among the 3 worst open slices (and with an error): ")
+    for kind in SCORES:
+        mine = [r for r in picks if r["score"] == kind]
+        first = [r for r in mine if r["pick"] == 1]
+        hit = [r for r in mine if r["rank"] <= 3 and r["error_px"] > 0]
+        hit1 = [r for r in first if r["rank"] <= 3 and r["error_px"] > 0]
+        zero = [r for r in first if r["error_px"] == 0]
+        print(f"- {kind}: first picks {len(hit1)}/{len(first)} (with zero error: {len(zero)}); "
+              f"all picks {len(hit)}/{len(mine)}")
+
+
 # ---- main ------------------------------------------------------------------------------------------
 
 def log(text):
@@ -472,6 +570,11 @@ def parse_args(argv):
     p.add_argument("--prompt-model", action="append", default=[], metavar="MODEL",
                    help="a promptable model (fmbff train --prompts) in the box table; repeatable")
     p.add_argument("--box-only", action="store_true", help="the box table only")
+    p.add_argument("--review-only", action="store_true",
+                   help="no box table and no Otsu-accepted propagation: the ground-truth "
+                        "propagation, the review rounds and the picks table only")
+    p.add_argument("--orders", default=",".join(ORDERS),
+                   help=f"review orders to run, comma-separated (of {', '.join(ORDERS)})")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a FINETUNE_DEFAULTS field (JSON value), e.g. --set epochs=10")
     p.add_argument("--deadline", default=None, help="HH:MM UTC: start no work that ends later")
@@ -505,13 +608,16 @@ def main(argv=None) -> int:
               if k not in ("device", "seed", "amp", "num_workers")}
     print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | volumes {', '.join(volumes)} | fine-tune recipe "
           f"{recipe}")
-    engines = box_engines(args.engines.split(","), args.prompt_model, cache, args.overrides)
-    box, largest = box_table(volumes, engines, cache)
-    print_box_table(box, kinds, prompt_support(args.prompt_model))
+    engines, box, largest = {}, {}, {}
+    if not args.review_only:
+        engines = box_engines(args.engines.split(","), args.prompt_model, cache, args.overrides)
+        box, largest = box_table(volumes, engines, cache)
+        print_box_table(box, kinds, prompt_support(args.prompt_model))
     if args.box_only:
         dump(args.json, box, [], {}, [])
         return 0
-    rows, curves, cut = [], {}, []
+    rows, curves, cut, picks = [], {}, [], []
+    orders = tuple(args.orders.split(","))
     store = Path(args.store) if args.store else None
     props = {name: Propagator(name, load_volume(name, cache)[0], args.overrides, store)
              for name in volumes}
@@ -528,21 +634,24 @@ def main(argv=None) -> int:
         image, mask = load_volume(name, cache)
         if not any(r["volume"] == name and r["source"] == "ground truth" for r in rows):
             continue
-        curves[name] = review(name, image, mask, prop, args.rounds, deadline)
+        curves[name] = review(name, image, mask, prop, args.rounds, deadline, picks, orders)
         short = [o for o, c in curves[name].items() if len(c) < args.rounds + 1]
         if short:
             cut.append(f"review of {name} ({', '.join(short)}: fewer rounds)")
         dump(args.json, box, rows, curves, cut)
     for name, prop in props.items():
+        if args.review_only:
+            break
         image, mask = load_volume(name, cache)
         rows += propagate_until(name, {"Otsu in box": largest[name]["Otsu in box"]}, image,
                                 mask, prop, deadline, cut)
         dump(args.json, box, rows, curves, cut)
     print_propagation_table(rows)
     print_review_table(curves, args.rounds)
+    print_pick_table(picks)
     if cut:
         print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
-    dump(args.json, box, rows, curves, cut)
+    dump(args.json, box, rows, curves, cut, picks)
     return 0
 
 
@@ -561,10 +670,10 @@ def propagate_until(name, sources, image, mask, prop, deadline, cut) -> list:
     return rows
 
 
-def dump(path, box, rows, curves, cut) -> None:
+def dump(path, box, rows, curves, cut, picks=()) -> None:
     if path:
         Path(path).write_text(json.dumps({"box": box, "propagation": rows, "review": curves,
-                                          "cut": cut}, indent=1))
+                                          "picks": list(picks), "cut": cut}, indent=1))
 
 
 if __name__ == "__main__":

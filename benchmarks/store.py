@@ -87,15 +87,16 @@ class Bench:
 
     def train(self, store_dir: Path, name: str, start, recipe: str) -> dict:
         """Stage ``name``'s largest lesion slice (ground truth) in the store at ``store_dir``
-        and ``train_on_store`` from ``start`` (None: the store's latest model, else starter),
-        as the Fine-tune dock does; the trained net, its path and its CPU / wall s."""
+        and ``train_on_store`` from ``start`` (None: the store's latest model, else starter:
+        the start this benchmark measured; the dock now starts from the base model chosen);
+        the trained net, its path and its CPU / wall s."""
         from napari_fmbff import load_model
         from napari_fmbff.data.store import open_store
-        from napari_fmbff.training.store_training import stage, start_model, train_on_store
+        from napari_fmbff.training.store_training import stage, train_on_store
 
         image, mask, top = self.volume(name)
         store = open_store(store_dir)
-        base = str(start) if start is not None else start_model(store, "starter")
+        base = str(start) if start is not None else str(store.latest_model or "starter")
         self.count += 1
         out = self.work / "models" / f"m{self.count:02d}-{name}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@
    slice to check" moves the slider to the slice the review flags.
 5. clinician_day.png (--only day [--day CT.nii.gz --day-mask MASK.nii.gz]): a clinician's day on
    a DICOM series (written to a temporary folder from the CT, cropped to the lesion's slices;
-   default: procedural CT): Segment the lesion's largest slice, the lesion painted there as the
-   correction, Propagate (the corrections store grows by one case); the Fine-tune dock shows
-   the store.
+   default: procedural CT), in the README's order: Segment the whole stack, one box on the
+   lesion's largest slice, Propagate (the corrections store grows by one case), Next slice to
+   check.
 Every window is 1600 x 1000, as the task's screen.
 """
 
@@ -207,37 +207,53 @@ def day_scan(volume: str | None, mask: str | None):
 
 
 def day_picture(out: Path, volume: str | None, mask: str | None) -> None:
-    """Open the series, Segment the slice on screen, paint the lesion there (the user's
-    correction), Propagate: the store grows; the Fine-tune dock shows it over the labels."""
+    """The README's order on a DICOM series: Segment the whole stack (starter), one box on
+    the lesion's largest slice (the box states what that slice holds: starter's other objects
+    there are cleared), Propagate with the dock's defaults (the corrections store grows by one
+    case), then Next slice to check. Prints the 3D Dice of the other slices, the time of the
+    propagation and the pick's true error and rank."""
+    import time
+
     hu, truth, spacing = day_scan(volume, mask)
     first = dicom_series(hu, spacing, Path(tempfile.mkdtemp()) / "patient1")
     viewer, segment, tune = viewer_with_docks("napari-fmbff: a clinician's day")
     [layer] = viewer.open(str(first), plugin="napari-fmbff")
     z = int(truth.sum(axis=(1, 2)).argmax())  # the lesion's largest slice
-    viewer.dims.set_current_step(0, z)
     segment.image.value = tune.image.value = layer
     segment.model.value = "starter"
-    segment.scope.value = "current slice"
+    segment.scope.value = "whole stack"
     segment.run()
     until(lambda: segment._worker is None)
     labels = viewer.layers[f"{layer.name} fmbff"]
-    # The user's correction on that slice: erase what is not the lesion, paint the lesion.
-    for where, value in ((~truth[z] & (labels.data[z] > 0), 0), (truth[z], 1)):
-        ys, xs = np.nonzero(where)
-        labels.data_setitem((np.full(len(ys), z), ys, xs), value)
+    before = int((labels.data[z] > 0).sum())
+    viewer.dims.set_current_step(0, z)
+    boxes, _clicks = segment.add_prompt_layers(layer)
+    ys, xs = np.nonzero(truth[z])
+    y0, y1, x0, x1 = ys.min() - 3, ys.max() + 3, xs.min() - 3, xs.max() + 3
+    boxes.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float))
+    pred = labels.data[z] > 0
+    print(f"slice {z}: starter marked {before} px; after the box {pred.sum()} px, Dice "
+          f"{2 * (pred & truth[z]).sum() / (pred.sum() + truth[z].sum()):.2f} "
+          f"({segment.prompt_status.value})")
     tune.labels_layer.value = labels
-    tune.epochs.value = 10
     tune.new_name.value = "day-propagated"
+    started = time.time()
     tune.propagate()
     until(lambda: tune._worker is None, timeout_s=1800)
-    for k in np.nonzero(truth.any(axis=(1, 2)))[0]:  # how the propagation did, per slice
-        pred, true = labels.data[k] > 0, truth[k]
-        print(f"slice {k}: Dice {2 * (pred & true).sum() / (pred.sum() + true.sum()):.2f}"
-              + (" (corrected)" if k == z else ""))
-    shown = min(z + 1, len(hu) - 1)  # a slice the propagation filled in
-    viewer.dims.set_current_step(0, shown)
+    print(f"Propagate: {time.time() - started:.0f} s wall; {tune.status.value}")
+    other = np.ones(len(truth), bool)
+    other[z] = False
+    pred, true = labels.data[other] > 0, truth[other]
+    print(f"3D Dice of the other slices: {2 * (pred & true).sum() / (pred.sum() + true.sum()):.3f}"
+          f" (precision {(pred & true).sum() / max(pred.sum(), 1):.2f}, recall "
+          f"{(pred & true).sum() / max(true.sum(), 1):.2f}; {len(truth)} slices)")
+    pick = segment.next_slice_to_check()
+    errors = [int(((labels.data[k] > 0) != truth[k]).sum()) for k in range(len(truth))]
+    if pick is not None:
+        k = int(pick[0])
+        rank = 1 + sum(e > errors[k] for e in errors)
+        print(f"Next slice to check: {k} ({errors[k]} wrong px, rank {rank} of {len(errors)})")
     viewer.layers.selection.active = labels
-    tune.native.parentWidget().raise_()
     close_notifications(viewer)
     shoot(viewer, out / "clinician_day.png")
     viewer.close()

@@ -32,6 +32,7 @@ from napari_fmbff import (
     save_model,
 )
 from napari_fmbff.cli import main
+from napari_fmbff.jobs.large_outputs import HOLD_AFTER_CHUNKS
 
 # ---- helpers ---------------------------------------------------------------------------------
 
@@ -841,7 +842,9 @@ def test_interrupted_large_job_resumes_to_the_same_result(sig, large_job, tmp_pa
     args, ref = large_job
     out = tmp_path / "out"
     done = out / ".slide.zarr.partial" / "done"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The job stands still after its first chunk until the signal comes (a test-only hook), so
+    # the signal always finds it running, on a fast machine as on a busy one.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", HOLD_AFTER_CHUNKS: "1"}
     proc = subprocess.Popen([sys.executable, "-m", "napari_fmbff.cli", *args, "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

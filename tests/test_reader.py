@@ -107,3 +107,22 @@ def test_an_rtstruct_opens_as_labels_over_its_series_with_roi_names_on_hover(
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_array_equal(labels.data, gtv)
     assert labels.get_status(position=(1, 45, 45))["coordinates"].endswith("roi: GTV")
+
+
+def test_a_medical_volume_opens_in_mm_and_segment_keeps_the_unit(make_napari_viewer, tmp_path,
+                                                                 tiny_model):
+    """The layer's scale is the voxel spacing in mm, and napari is told so (not "pixel"); the
+    output layers of Segment overlay it with the same units."""
+    nib = pytest.importorskip("nibabel")
+    from napari_fmbff._widgets import SegmentWidget
+
+    volume = np.random.default_rng(0).normal(40, 10, (3, 64, 64)).astype(np.int16)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), affine), str(tmp_path / "ct.nii.gz"))
+    viewer = make_napari_viewer()
+    image, = viewer.open(str(tmp_path / "ct.nii.gz"), plugin="napari-fmbff")
+    assert tuple(image.scale) == pytest.approx((2.5, 0.7, 0.7))
+    assert [str(u) for u in image.units] == ["millimeter"] * 3
+    widget = SegmentWidget(viewer)
+    labels = widget._labels_layer_for(image, volume.shape)
+    assert [str(u) for u in labels.units] == ["millimeter"] * 3

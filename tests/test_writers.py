@@ -229,16 +229,158 @@ def test_a_dicom_seg_opens_back_as_labels_on_its_series(tmp_path):
     assert kind == "image" and again.shape == image.shape
 
 
-def test_a_dicom_seg_without_its_series_is_one_line(tmp_path):
+def test_a_dicom_seg_without_its_series_opens_on_its_own_grid_and_says_so(tmp_path):
+    """Issue 28, item 8b: the SEG alone (no series in or beside its folder) opens on the grid
+    of its own geometry, the same grid as its series', and a warning says so."""
     from napari_fmbff._reader import read_medical
 
-    folder = dicom_series(tmp_path / "series")
-    image, record = opened(folder / "0.dcm")
-    path = write_dicom_seg(tmp_path / "elsewhere" / "seg.dcm", some_labels(image.shape), record)
+    folder = dicom_series(tmp_path / "series", names=["c.dcm", "a.dcm", "b.dcm"])
+    image, record = opened(folder / "b.dcm")
+    labels = some_labels(image.shape)
+    labels[1] = 0  # an empty slice between two: the SEG holds no frame of it
+    path = write_dicom_seg(tmp_path / "elsewhere" / "seg.dcm", labels, record)
     moved = tmp_path / "other" / "patient" / "seg.dcm"   # no series in or beside its folder
     moved.parent.mkdir(parents=True)
     path.rename(moved)
-    with pytest.raises(ValueError) as err:
-        read_medical(str(moved))
-    assert "put the series' .dcm files beside it" in str(err.value)
+    with pytest.warns(UserWarning, match="not beside it, so it opened on the SEG's own grid"):
+        [(data, meta, kind)] = read_medical(str(moved))
+    assert kind == "labels"
+    np.testing.assert_array_equal(data, labels)  # every voxel where it was, the gap kept
+    (_, image_meta, _), = read_medical(str(folder / "b.dcm"))
+    np.testing.assert_allclose(meta["scale"], image_meta["scale"])
+    own = meta["metadata"][SOURCE_KEY]
+    np.testing.assert_allclose(own["affine"], record["affine"], atol=1e-4)
+    # Saved as NIfTI from its own grid, the labels land where the series' labels land.
+    mine, _ = save_nifti(tmp_path / "own.nii.gz", scan_labels(data, own), own,
+                         provenance_of(own, None))
+    theirs, _ = save_nifti(tmp_path / "series.nii.gz", labels, record, provenance_of(record, None))
+    np.testing.assert_allclose(nib.load(mine).affine, nib.load(theirs).affine, atol=1e-4)
+    # A DICOM SEG needs the series to reference: one line saying what to do.
+    with pytest.raises(ValueError, match="put the series' .dcm files beside the SEG") as err:
+        write_dicom_seg(tmp_path / "again.dcm", data, own)
     assert "\n" not in str(err.value)
+
+
+def test_dicom_seg_has_one_segment_per_class_named_as_the_labels_are(tmp_path):
+    """Issue 28, item 8c: a model's objects (ids 2, 5, 71) are one segment "lesion"; labels
+    that came with names (an RTSTRUCT's ROIs) one segment per name; ids without a name keep
+    "label N". Read back, each segment's name comes with it."""
+    from napari_fmbff._reader import read_medical
+    from napari_fmbff.data.dicom_seg import LESION
+
+    folder = dicom_series(tmp_path / "series")
+    image, record = opened(folder / "0.dcm")
+    objects = np.zeros(image.shape, np.int32)
+    objects[0, 10:20, 10:20], objects[1, 40:50, 40:50], objects[2, 60:70, 60:70] = 2, 5, 71
+    path = write_dicom_seg(folder / "model.dcm", objects, record, {"model": "tiny"}, classes=LESION)
+    seg = hd.seg.segread(str(path))
+    assert seg.number_of_segments == 1
+    assert seg.get_segment_description(1).segment_label == "lesion"
+    [(data, meta, _)] = read_medical(str(path))
+    np.testing.assert_array_equal(data, objects > 0)
+    assert meta["metadata"]["napari_fmbff_segments"] == {1: "lesion"}
+
+    rois = np.zeros(image.shape, np.int32)
+    rois[:, 10:30, 10:30], rois[:, 60:90, 60:90], rois[1, 100:110, 100:110] = 1, 2, 3
+    path = write_dicom_seg(folder / "rois.dcm", rois, record, classes={1: "GTV", 2: "Lung"})
+    seg = hd.seg.segread(str(path))
+    assert [seg.get_segment_description(k).segment_label for k in (1, 2, 3)] == \
+        ["GTV", "Lung", "label 3"]
+    ds = pydicom.dcmread(path)
+    assert ds.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Tissue"
+    [(data, meta, _)] = read_medical(str(path))
+    np.testing.assert_array_equal(data, rois)
+    assert meta["metadata"]["napari_fmbff_segments"] == {1: "GTV", 2: "Lung", 3: "label 3"}
+
+
+# ---- a saved NIfTI opened again ---------------------------------------------------------------
+
+def test_a_saved_nifti_reopens_as_labels_on_its_scan(tmp_path):
+    """Issue 28, item 8a: labels saved as NIfTI with napari-fmbff's sidecar open as Labels on
+    the scan they were drawn on (its DICOM record, so they save as a DICOM SEG again), with how
+    they were made; without the sidecar the NIfTI's label intent still says labels."""
+    folder = dicom_series(tmp_path / "series")
+    image, record = opened(folder / "0.dcm")
+    labels = some_labels(image.shape)
+    nii, sidecar = save_nifti(tmp_path / "out" / "mask.nii.gz", labels, record,
+                              provenance_of(record, {"model": "tiny"}, "series fmbff"))
+    [(data, meta, kind)] = read_medical(str(nii))
+    assert kind == "labels"
+    np.testing.assert_array_equal(data, labels)
+    assert meta["metadata"][SOURCE_KEY] == record
+    assert meta["metadata"]["napari_fmbff"]["model"] == "tiny"
+    write_dicom_seg(tmp_path / "again.dcm", data, meta["metadata"][SOURCE_KEY])
+    sidecar.unlink()
+    [(data, meta, kind)] = read_medical(str(nii))
+    assert kind == "labels" and "intent" in meta["metadata"]["napari_fmbff_opened_as_labels"]
+    assert meta["metadata"][SOURCE_KEY]["format"] == "nifti"
+
+
+def test_an_integer_mask_beside_its_scan_opens_as_labels(tmp_path):
+    """Issue 28, item 8a, the rule for NIfTI files other tools wrote: an integer mask (ids >= 0,
+    few of them, mostly background) beside a NIfTI on the same grid that is not such a mask
+    (its scan) is Labels; the scan, a mask alone and two co-registered 8-bit images are
+    Images."""
+    import shutil
+
+    scan = tmp_path / "case" / "t1.nii"
+    scan.parent.mkdir()
+    shutil.copy(NIB_DATA / "anatomical.nii", scan)
+    img = nib.load(str(scan))
+    mask = np.zeros(img.shape[:3], np.uint8)
+    mask[10:20, 10:20, 5:10], mask[30:40, 30:40, 10:15] = 1, 2
+    nib.save(nib.Nifti1Image(mask, img.affine), str(tmp_path / "case" / "t1_seg.nii.gz"))
+    [(data, meta, kind)] = read_medical(str(tmp_path / "case" / "t1_seg.nii.gz"))
+    assert kind == "labels" and "t1.nii" in meta["metadata"]["napari_fmbff_opened_as_labels"]
+    np.testing.assert_array_equal(data, np.transpose(mask, (2, 1, 0)))
+    assert read_medical(str(scan))[0][2] == "image"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "case" / "t1_seg.nii.gz", alone / "mask.nii.gz")
+    assert read_medical(str(alone / "mask.nii.gz"))[0][2] == "image"
+    # Two 8-bit images of the same grid, each mostly background: neither is the other's mask.
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("t1.nii.gz", "t2.nii.gz"):
+        voxels = np.zeros(img.shape[:3], np.uint8)
+        voxels[5:25, 5:25, 2:12] = rng.integers(1, 255, (20, 20, 10))
+        nib.save(nib.Nifti1Image(voxels, img.affine), str(pair / name))
+    assert read_medical(str(pair / "t2.nii.gz"))[0][2] == "image"
+
+
+# ---- provenance: the model file that made the pixels --------------------------------------
+
+def test_a_propagation_record_names_its_own_model_file_hash_and_time(tmp_path, tiny_net,
+                                                                    models_dir):
+    """Issue 28, item 6: the record a propagation leaves on the layer names the model file it
+    saved, that file's SHA-256 and the run's time (Segment's run kept as the previous run);
+    a record whose model was changed without its file is not repeated as that model's."""
+    import datetime
+    import hashlib
+
+    from napari_fmbff import save_model
+    from napari_fmbff.jobs.saved_labels import checked_run, run_record
+
+    save_model(tiny_net, models_dir / "starter2.safetensors")
+    fine = save_model(tiny_net, models_dir / "day1.safetensors", metadata={"note": "tuned"})
+    sha = hashlib.sha256(Path(fine).read_bytes()).hexdigest()
+    segment = {"model": "starter2", "model_file": str(models_dir / "starter2.safetensors"),
+               "model_sha256": "a" * 64, "date": "2020-01-01T00:00:00+00:00", "threshold": 0.4}
+    when = datetime.datetime(2031, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc)
+    record = run_record(fine, segment, when=when, base="starter2", learned=True,
+                        slices_labelled=[1], propagated=True)
+    assert (record["model"], record["model_file"], record["model_sha256"]) == \
+        ("day1", str(fine), sha)
+    assert record["date"] == "2031-05-06T07:08:09+00:00" and record["threshold"] == 0.4
+    assert record["base_model"] == "starter2" and record["base_model_file"].endswith(
+        "starter2.safetensors") and len(record["base_model_sha256"]) == 64
+    assert record["previous_run"] == {k: segment[k] for k in
+                                      ("model", "model_file", "model_sha256", "date")}
+    saved = provenance_of({}, record)
+    assert saved["model_file"] == str(fine) and saved["model_sha256"] == sha
+    # The record Propagate left before: its own model's name with Segment's file and time.
+    stale = checked_run({**segment, "model": "day1", "propagated": True})
+    assert stale["model"] == "day1" and stale["model_file"] is None
+    assert stale["model_sha256"] is None and stale["date"] is None
+    assert "day1" in stale["provenance_note"] and stale["unverified_run"]["model_sha256"] == "a" * 64

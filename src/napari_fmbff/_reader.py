@@ -1,7 +1,10 @@
 """napari readers: the OME-Zarr results of `fmbff segment` opened through their ``zarr.json``
 (the group itself is left to napari's zarr readers), and CT / MR volumes (a DICOM file opens
 its whole series; NIfTI files) at their voxel spacing in mm. A DICOM RTSTRUCT opens as Labels
-on the grid of the series it references (one id per ROI, names in the layer's features).
+on the grid of the series it references (one id per ROI, names in the layer's features); a
+DICOM SEG as Labels on its series' grid, or on its own grid when the series is not beside it;
+a NIfTI of labels (napari-fmbff's sidecar beside it, a label intent, or an integer mask beside
+its scan: ``jobs.saved_labels.nifti_labels``) as Labels.
 
 No reader here accepts folders. napari offers every reader that accepts folders for every
 folder dropped on it, whatever its filename patterns, so a zarr-folder reader of ours would
@@ -17,6 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data.medical import source_record
+
+#: The unit of medical layers' scale (voxel spacing): napari shows it on the scale bar and in
+#: the status bar instead of "pixel".
+MM = "mm"
 
 
 def _result(path):
@@ -97,28 +104,67 @@ def read_medical(path):
     if str(path).lower().endswith(".dcm") and is_dicom_seg(path):
         return read_seg(path)
     volume = read_volume(path)
+    if volume.metadata.get("format") == "nifti":
+        labels = read_nifti_labels(path, volume)
+        if labels is not None:
+            return labels
     data, scale = volume.data, volume.spacing
     if data.shape[0] == 1:  # one slice: a 2D image
         data, scale = data[0], scale[1:]
-    meta = {"name": series_name(volume), "scale": scale,
+    meta = {"name": series_name(volume), "scale": scale, "units": MM,
             "metadata": {"napari_fmbff_source": source_record(volume)}}
     if volume.metadata.get("units") == "HU":
         meta["contrast_limits"] = window_range("soft-tissue")
     return [(data, meta, "image")]
 
 
+def read_nifti_labels(path, volume):
+    """A NIfTI of labels (``saved_labels.nifti_labels`` says which: our sidecar beside it, a
+    label intent, or an integer mask beside its scan) as one Labels layer on the scan's grid,
+    with how it was made (our sidecar's record) in ``metadata["napari_fmbff"]``; None for an
+    image."""
+    import numpy as np
+
+    from .data.medical import series_name
+    from .jobs.saved_labels import labels_record, nifti_labels
+
+    found = nifti_labels(path, volume)
+    if found is None:
+        return None
+    reason, sidecar = found
+    data, scale = volume.data, volume.spacing
+    if data.dtype.kind not in "iu":
+        data = data.astype(np.int32)
+    if data.shape[0] == 1:
+        data, scale = data[0], scale[1:]
+    metadata = {"napari_fmbff_source": labels_record(sidecar, volume),
+                "napari_fmbff_opened_as_labels": reason}
+    if sidecar is not None:
+        metadata["napari_fmbff"] = {k: v for k, v in sidecar.items()
+                                    if k != "napari_fmbff_source"}
+    return [(data, {"name": series_name(volume), "scale": scale, "units": MM, "opacity": 0.5,
+                    "metadata": metadata}, "labels")]
+
+
 def read_seg(path):
-    """A DICOM SEG (ours or another tool's) as one Labels layer on its referenced series' grid,
-    like ``read_rtstruct``: each segment keeps the napari value its label records."""
+    """A DICOM SEG (ours or another tool's) as one Labels layer, like ``read_rtstruct``:
+    each segment keeps the napari value its label records. On its referenced series' grid
+    when the series is beside it; else on the SEG's own grid, with a warning that says so
+    (napari shows it as a notification)."""
+    import warnings
+
     from .data.dicom_seg import read_dicom_seg
 
     labels, volume, names = read_dicom_seg(path)
     data, scale = labels, volume.spacing
     if data.shape[0] == 1:
         data, scale = data[0], scale[1:]
-    meta = {"name": Path(path).stem, "scale": scale, "opacity": 0.5,
+    meta = {"name": Path(path).stem, "scale": scale, "units": MM, "opacity": 0.5,
             "metadata": {"napari_fmbff_source": source_record(volume),
                          "napari_fmbff_segments": names, "napari_fmbff_seg": str(path)}}
+    note = volume.metadata.get("grid_note")
+    if note:
+        warnings.warn(f"napari-fmbff: {note}", UserWarning, stacklevel=2)
     return [(data, meta, "labels")]
 
 
@@ -136,7 +182,7 @@ def read_rtstruct(path):
         data, scale = data[0], scale[1:]
     ids = list(range(1, len(structures.names) + 1))
     name = structures.label or Path(path).stem
-    meta = {"name": name, "scale": scale, "opacity": 0.5,
+    meta = {"name": name, "scale": scale, "units": MM, "opacity": 0.5,
             "features": {"index": ids, "roi": list(structures.names)},
             "metadata": {"napari_fmbff_source": source_record(volume),
                          "napari_fmbff_rois": dict(zip(ids, structures.names)),

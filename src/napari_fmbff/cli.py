@@ -345,9 +345,9 @@ def _add_propagate_parser(sub) -> None:
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
-                      help="add the labelled slices to this corrections store and train on all "
-                           "of it, from its latest model (--store alone: the user's store, "
-                           "$FMBFF_STORE_DIR or the user data folder)")
+                      help="add the labelled slices to this corrections store folder (its grey "
+                           "store) and train on all of it, from --model (--store alone: the "
+                           "user's store, $FMBFF_STORE_DIR or the user data folder)")
     prop.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -957,6 +957,7 @@ def cmd_propagate(args) -> int:
     from tqdm import tqdm
 
     from .inference.intensity import intensity_setting
+    from .jobs.saved_labels import run_record
     from .model.normalization import default_normalization
     from .training.loop import finetune_config
     from .training.propagate import (
@@ -978,6 +979,9 @@ def cmd_propagate(args) -> int:
     store = _open_store_arg(args.store)
     name = start_model(store, proposed_by) if store is not None else proposed_by
     net = _load(name)
+    if store is not None:
+        print(f"fmbff propagate: corrections store {store.describe()}; training starts from "
+              f"'{name}'", file=sys.stderr)
     setting = intensity_setting(default_normalization(net), args.window, args.normalize)
     cfg = finetune_config(device=args.device,
                           **({"epochs": args.epochs} if args.epochs else {}))
@@ -993,12 +997,11 @@ def cmd_propagate(args) -> int:
     outcome = result.outcome
     print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
           f"{outcome.message}", file=sys.stderr)
-    record = {"model": str(outcome.path) if result.learned else name, "base_model": name,
-              "learned": result.learned, "slices_labelled": result.slices,
-              "threshold": args.threshold, "connected_only": not args.all_objects,
-              "source": str(args.volume),
-              "labels_source": str(args.labels), "intensity_setting": setting.to_dict(),
-              "package_version": _version()}
+    record = run_record(outcome.path if result.learned else name, base=name,
+                        learned=result.learned, slices_labelled=result.slices,
+                        threshold=args.threshold, connected_only=not args.all_objects,
+                        source=str(args.volume), labels_source=str(args.labels),
+                        intensity_setting=setting.to_dict(), package_version=_version())
     written = write_propagated(files, result, args.out, record, args.overwrite)
     print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
     if store is not None:
@@ -1008,12 +1011,13 @@ def cmd_propagate(args) -> int:
 
 
 def _open_store_arg(value):
-    """``--store DIR`` (``--store`` alone: the user's store) as an open Store, or None."""
+    """``--store DIR`` (``--store`` alone: the user's store folder) as the open store for
+    grey volumes (``open_store_for``), or None."""
     if value is None:
         return None
-    from .data.store import open_store
+    from .data.store import open_store_for
 
-    return open_store(value or None)
+    return open_store_for(value or None, rgb=False)
 
 
 def _store_source(files, source) -> dict:

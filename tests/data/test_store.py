@@ -156,17 +156,6 @@ def test_a_discarded_case_leaves_the_store_as_it_was(tmp_path):
     assert after == before
 
 
-def test_a_crash_between_stage_and_commit_is_tidied_by_the_next_write(tmp_path):
-    store = open_store(tmp_path)
-    pending = store.stage_case(*volume(1), [2])
-    assert list((tmp_path / "imagesTr").iterdir())  # written, but only pending
-    reopened = open_store(tmp_path)  # the process died here
-    assert reopened.cases() == []
-    case = reopened.add_case(*volume(0), [1])
-    names = {p.name for p in (tmp_path / "imagesTr").iterdir()}
-    assert names == {f"{case}_0000.nii.gz"} and pending.id not in names
-
-
 def test_a_foreign_nnunet_folder_opens_read_only(tmp_path):
     image, labels = volume()
     (tmp_path / "imagesTr").mkdir()
@@ -210,3 +199,46 @@ def test_a_dicom_scan_is_one_case_however_often_it_is_added(tmp_path):
     assert json.loads((tmp_path / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
     img = nib.load(tmp_path / "imagesTr" / f"{case.id}_0000.nii.gz")
     np.testing.assert_allclose(img.affine[:3, 3], volume.ras_affine[:3, 3])  # the scan's place
+
+
+def test_one_store_per_kind_of_image_under_the_store_folder(tmp_path):
+    from napari_fmbff.data.store import open_store_for
+    from napari_fmbff.training.store_training import is_store
+
+    folder = tmp_path / "store"
+    grey, rgb = open_store_for(folder), open_store_for(folder, rgb=True)
+    assert (grey.path, rgb.path) == (folder / "grey", folder / "rgb")
+    assert (grey.kind, rgb.kind) == ("grey", "rgb") and "(grey images)" in grey.describe()
+    grey.add_case(*volume(0), [1])
+    colour = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    rgb.add_case(colour, np.ones((40, 48), np.uint8), [], rgb=True)  # no "one kind" refusal
+    assert [len(open_store_for(folder, rgb=k).cases()) for k in (False, True)] == [1, 1]
+    assert open_store_for(folder, rgb=True).kind == "rgb"
+    # The folder itself is no store: naming it says which to give (fmbff train FOLDER).
+    assert is_store(folder)
+    with pytest.raises(StoreError, match="one corrections store per kind .* give one"):
+        open_store(folder)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="holds other files"):
+        open_store_for(folder)
+
+
+def test_an_earlier_layout_store_is_read_in_place(tmp_path):
+    """A store made before one store per kind (its record at the top of the folder) serves
+    its own kind where it is; the other kind gets its own folder beside it; nothing moves."""
+    from napari_fmbff.data.store import open_store_for
+
+    folder = tmp_path / "store"
+    old = open_store(folder)
+    case = old.add_case(*volume(0), [1])
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    grey = open_store_for(folder)
+    assert grey.path == folder and [c.id for c in grey.cases()] == [case]
+    rgb = open_store_for(folder, rgb=True)
+    assert rgb.path == folder / "rgb" and rgb.cases() == []
+    colour = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    rgb.add_case(colour, np.ones((40, 48), np.uint8), [], rgb=True)
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert {p: after[p] for p in before} == before  # the grey store as it was
+    assert [c.id for c in open_store_for(folder).cases()] == [case]
+    assert len(open_store_for(folder, rgb=True).cases()) == 1

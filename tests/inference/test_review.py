@@ -6,6 +6,7 @@ import pytest
 from napari_fmbff.inference.review import (
     expected_calibration_error,
     next_slice,
+    review_scores,
     slice_uncertainty,
 )
 
@@ -44,3 +45,41 @@ def test_calibration_error_known_values():
     assert expected_calibration_error(prob, truth, bins=2) == pytest.approx(0.25)
     # p = 1.0 lands in the last bin, not past it.
     assert expected_calibration_error(np.ones(2), np.array([1, 0])) == pytest.approx(0.5)
+
+
+def _lesion_stack(n=7, size=64):
+    """Probabilities and the shown mask: a confident square lesion on slices 2..4."""
+    probs = np.zeros((n, size, size), np.float32)
+    shown = np.zeros(probs.shape, bool)
+    shown[2:5, 24:40, 24:40] = True
+    probs[shown] = 0.99
+    return probs, shown
+
+
+def test_review_ranks_doubt_near_the_shown_lesion_above_far_false_alarms():
+    probs, shown = _lesion_stack()
+    probs[3, 0:20, 0:4] = 0.5           # a doubtful blob far from the lesion (hidden): 40
+    probs[3, 0:2, 58:64] = 0.5
+    probs[4, 40:43, 24:40] = 0.4        # a doubtful rim next to the lesion: 48 * 0.4
+    assert next_slice(slice_uncertainty(probs)) == 3    # the old score: the far blob
+    scores = review_scores(probs, shown)
+    assert next_slice(scores) == 4
+    assert scores[4] == pytest.approx(48 * 0.4 + 256 * 0.01, rel=1e-4)
+
+
+def test_review_weighs_down_slices_beyond_the_lesion_ends():
+    probs, shown = _lesion_stack()
+    for z in (1, 6):                   # the same doubt just past the end and 2 slices further
+        probs[z, 30:34, 30:34] = 0.5
+    scores = review_scores(probs, shown)
+    assert scores[1] == pytest.approx(8.0)
+    assert scores[6] == pytest.approx(8.0 * 0.5)
+    assert scores[0] == 0.0
+
+
+def test_review_with_nothing_shown_is_the_whole_slice_doubt():
+    probs = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(review_scores(probs, np.zeros(probs.shape, bool)),
+                               slice_uncertainty(probs), rtol=1e-5)
+    with pytest.raises(ValueError, match="Z, Y, X"):
+        review_scores(probs, np.zeros((3, 8, 7), bool))

@@ -57,8 +57,9 @@ def test_train_on_store_adds_the_case_and_records_the_lineage(store, tiny_net, t
     outcome = drain(store_training.train_on_store(tiny_net, store, tiny_cfg(), Normalization(),
                                                   out, base="tiny", pending=pending))
     assert outcome.saved and len(store.cases()) == 2 and store.newest == pending.id
-    assert store.latest_model == out.resolve()
-    assert store_training.start_model(store, "starter") == str(out.resolve())
+    assert store.latest_model == out.resolve() and outcome.promoted  # the store's first model
+    # The next run starts from the base model chosen, not from the store's latest (issue 28).
+    assert store_training.start_model(store, "starter") == "starter"
     prov = read_metadata(out)["provenance"]
     assert prov["store"]["cases"] == [c.id for c in store.cases()]
     assert prov["store"]["n_slices"] == 4 and prov["n_train"] == 4

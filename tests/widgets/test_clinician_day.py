@@ -12,7 +12,7 @@ pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
 from napari_fmbff.data.medical import read_volume  # noqa: E402
-from napari_fmbff.data.store import open_store  # noqa: E402
+from napari_fmbff.data.store import open_store_for  # noqa: E402
 from napari_fmbff.jobs.saved_labels import SOURCE_KEY  # noqa: E402
 from napari_fmbff.model.checkpoint import model_card  # noqa: E402
 
@@ -84,7 +84,8 @@ def seg_values(path, folder) -> tuple:
     uids = [str(pydicom.dcmread(p).SOPInstanceUID) for p in ordered]
     values = np.zeros((len(uids), SIZE, SIZE), np.int32)
     for number in seg.segment_numbers:
-        value = int(str(seg.get_segment_description(number).SegmentLabel).split()[-1])
+        label = str(seg.get_segment_description(number).SegmentLabel)
+        value = int(label.split()[-1]) if label.startswith("label ") else number
         planes = seg.get_pixels_by_source_instance(
             source_sop_instance_uids=uids, segment_numbers=[number], combine_segments=True)
         values[np.asarray(planes) > 0] = value
@@ -124,7 +125,7 @@ def test_a_clinicians_day(make_napari_viewer, qtbot, tiny_model, models_dir, tmp
         getattr(tune, key).value = value
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
-    store = open_store(tune.store_dir.value)
+    store = open_store_for(tune.store_dir.value)  # its store of grey images
     (case,) = store.cases()
     assert case.slices == [z] and case.record["model"] == tiny_model
     assert "1 case, 1 corrected slice" in tune.store_summary.value
@@ -144,7 +145,9 @@ def test_a_clinicians_day(make_napari_viewer, qtbot, tiny_model, models_dir, tmp
     (dcm,) = labels.save(str(out / "patient1.dcm"), plugin="napari-fmbff")
     referenced, values, uids = seg_values(dcm, p1)
     assert referenced == set(uids)  # patient 1's slices, every one
-    np.testing.assert_array_equal(values, labels.data)
+    # The model's objects are one class: one segment "lesion" over all of them (issue 28).
+    assert [str(s.SegmentLabel) for s in pydicom.dcmread(dcm).SegmentSequence] == ["lesion"]
+    np.testing.assert_array_equal(values > 0, labels.data > 0)
 
     # Next patient: Segment offers the store's model; it finds the lesion better than the
     # model the day started with.

@@ -11,7 +11,7 @@ pytest.importorskip("napari")
 from conftest import disks  # noqa: E402
 from napari_fmbff._widgets import FineTuneWidget  # noqa: E402
 from napari_fmbff._widgets import _store as store_module  # noqa: E402
-from napari_fmbff.data.store import open_store  # noqa: E402
+from napari_fmbff.data.store import open_store_for as open_store  # noqa: E402
 from napari_fmbff.model.checkpoint import read_metadata  # noqa: E402
 
 WAIT_MS = 240_000
@@ -69,12 +69,13 @@ def test_fine_tune_grows_the_store_and_a_case_opens_and_is_removed(
     assert first.slices == [1] and first.name == "p1"
     assert "1 case, 1 corrected slice" in widget.store_summary.value
     assert store.latest_model == widget.last_saved.resolve()
-    # The next patient: its fine-tune starts from the store's model and learns both cases.
+    # The next patient: its fine-tune starts from the base model the dock shows and learns
+    # both cases.
     fine_tune(widget, viewer, "p2", qtbot)
     store = open_store(widget.store_dir.value)
     assert [c.name for c in store.cases()] == ["p1", "p2"]
     prov = read_metadata(widget.last_saved)["provenance"]
-    assert prov["finetuned_from"] == str(store.record["models"][0]["path"])
+    assert prov["finetuned_from"] == widget.model.value == "tiny"
     assert prov["store"]["n_cases"] == 2 and prov["store"]["replay"]["repeats"] == 1
     assert "2 cases, 2 corrected slices" in widget.store_summary.value
     # Open the first case back into napari.

@@ -200,13 +200,18 @@ def tab_with_our_other_dock(widget) -> None:
         if dock is None:  # not docked (scripts, tests)
             return
         window = dock.parent()
+        front = "segment" if type(widget).__name__ == "SegmentWidget" else "other"
         for other in window.findChildren(QDockWidget):
             if (other is not dock and other.property("napari_fmbff") and other.isVisible()
                     and window.dockWidgetArea(other) == window.dockWidgetArea(dock)):
                 window.tabifyDockWidget(other, dock)
-                dock.show()
-                dock.raise_()
+                # Segment, where the day starts, stays in front whichever dock came second.
+                shown = dock if front == "segment" else other
+                if shown.property("napari_fmbff") != "segment" and shown is other:
+                    shown = dock
+                shown.show()
+                shown.raise_()
                 break
-        dock.setProperty("napari_fmbff", True)
+        dock.setProperty("napari_fmbff", front)
 
     QTimer.singleShot(0, tab)

@@ -30,6 +30,7 @@ from ..inference.stacks import (
     spatial_shape,
     training_planes,
 )
+from ..jobs.saved_labels import run_record
 from ._common import (
     BROWSE,
     INTENSITY_DEFAULTS,
@@ -115,6 +116,7 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
     (and the ``case`` facts of ``StoreSection.store_job``) the slices join the store and the
     model trains on all of it; a cancel leaves the store as it was too."""
     from ..inference.intensity import intensity_setting
+    from ..inference.runtime import cpus_kept_free
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
@@ -136,21 +138,38 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
                                      **{k: case[k] for k in ("source_meta", "spacing",
                                                              "proposed_by", "identity")})
     result = None
-    try:
-        while not stop.is_set():
-            try:
-                step = next(steps)
-            except StopIteration as done:
-                result = done.value
-                break
-            if not stop.is_set():
-                yield step
-    finally:
-        steps.close()
+    # torch leaves a CPU to the window's own threads (it runs beside them in one process).
+    with cpus_kept_free(1):
+        try:
+            while not stop.is_set():
+                try:
+                    step = next(steps)
+                except StopIteration as done:
+                    result = done.value
+                    break
+                if not stop.is_set():
+                    yield step
+        finally:
+            steps.close()
     if stop.is_set():
         _forget_model(out)
         return None
     return result
+
+
+def refuse_unsaid_empty(labels, planes) -> None:
+    """A ValueError naming the first slice the user edited (not accepted) that holds no
+    lesion: an erased slice, or a box that wrote nothing, must not teach "no lesion" unless
+    the user said so (Accept slice on an empty slice is that statement)."""
+    proposal = proposal_of(labels)
+    for index in planes:
+        index = tuple(int(i) for i in index)
+        if index not in proposal.accepted and not np.asarray(plane_of(labels.data, index)).any():
+            where = "the image" if not index else f"slice {index[0]}"
+            raise ValueError(
+                f"{where} of '{labels.name}' holds no lesion after your edits: draw a box or "
+                "paint the lesion there, or, if it truly has none, press 'Accept slice' in "
+                "Segment to teach it as lesion-free")
 
 
 def _forget_model(path) -> None:
@@ -359,6 +378,7 @@ class FineTuneWidget(StoreSection, Container):
                 f"you have not corrected '{labels.name}' yet: paint, fill or erase in it, "
                 "prompt it or accept a slice in Segment first (or choose 'all slices with "
                 "labels' to train on it as it is)")
+        refuse_unsaid_empty(labels, planes)
         return planes
 
     def run(self, _=None):
@@ -468,7 +488,7 @@ class FineTuneWidget(StoreSection, Container):
             return
         self.last_saved = outcome.path
         show_info(f"napari-fmbff: {outcome.message} ({outcome.path})")
-        model_events.saved.emit(outcome.path.stem)
+        self.announce_model(outcome)
 
     def _on_errored(self, err, what: str = "fine-tuning") -> None:
         if not self._closed:
@@ -530,6 +550,8 @@ class FineTuneWidget(StoreSection, Container):
         own = source.metadata.get(OUTPUT_TAG) == "labels"
         chosen = self._checked_slices(source) if own else None
         slices = labelled_slices(source.data, shape[0], chosen)
+        if own:
+            refuse_unsaid_empty(source, [(z,) for z in slices])
         if not slices:
             raise ValueError(f"you have not corrected or accepted a slice of '{source.name}': "
                              "paint, fill or erase on one slice (or accept it) first")
@@ -575,7 +597,7 @@ class FineTuneWidget(StoreSection, Container):
         outcome, target = result.outcome, job["target"]
         if outcome.saved:
             self.last_saved = outcome.path
-            model_events.saved.emit(outcome.path.stem)
+            self.announce_model(outcome)
         if target not in self._viewer.layers or tuple(target.data.shape) != job["shape"]:
             show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
                          "propagating; the slices were not written.")
@@ -589,11 +611,10 @@ class FineTuneWidget(StoreSection, Container):
         proposal.propagation = self.last_propagation = result
         proposal.probs = {(z,): result.probs[z] for z in range(job["shape"][0])}
         model = outcome.path.stem if outcome.saved else str(job["base"])
-        record = target.metadata.get(PROVENANCE_TAG)
-        record = record if isinstance(record, dict) else {}
-        record.update(model=model, base_model=str(job["base"]), learned=result.learned,
-                      slices_labelled=list(result.slices), propagated=True)
-        target.metadata[PROVENANCE_TAG] = record
+        target.metadata[PROVENANCE_TAG] = run_record(
+            outcome.path if outcome.saved else job["base"], target.metadata.get(PROVENANCE_TAG),
+            base=job["base"], learned=result.learned, slices_labelled=list(result.slices),
+            propagated=True)
         carry_scan(job["image"], target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)

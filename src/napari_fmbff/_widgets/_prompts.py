@@ -24,7 +24,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, PushButton
 from napari.layers import Points, Shapes
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
 from ..inference import litemedsam
 from ..inference.stacks import plane_of, spatial_shape
@@ -87,12 +87,16 @@ class PromptsMixin:
         self.negative = CheckBox(text="negative clicks (or Shift-click)", value=False,
                                  tooltip=tooltip("segment", "negative"))
         self.prompt_status = wrap(Label(value=""))
+        self.replace_button = PushButton(text="Replace the object under the box", visible=False,
+                                         tooltip=tooltip("segment", "replace_button"))
+        self._refused_box = None  # (image, shape, index, mask) of a box that added nothing
         self._box_queue: list = []  # boxes waiting for LiteMedSAM's worker
         self._box_worker = None
 
     def _connect_prompts(self) -> None:
         self.prompts_button.changed.connect(lambda _=None: self.add_prompt_layers())
         self.negative.changed.connect(self._on_negative)
+        self.replace_button.changed.connect(self.replace_under_box)
         self.model.changed.connect(lambda _=None: self.box_engine.reset_choices())
 
     # ---- the prompt layers ---------------------------------------------------------------
@@ -194,14 +198,58 @@ class PromptsMixin:
         return self._write_box(image, shape, index, mask)
 
     def _write_box(self, image, shape, index, mask) -> int:
-        """A box's mask written as a new object on its slice (one undo step)."""
-        from ..inference.prompting import add_object
+        """A box's mask written as a new object on its slice (one undo step). The box states
+        what its slice holds: the model's objects there that the user has not confirmed
+        (painted, prompted or clicked) are cleared in the same step, so the slice is learned
+        the same whether Segment ran before the box or not. A box that adds nothing (its area
+        is the user's object already) says so in a notification and offers Replace."""
+        from ..inference.prompting import add_object, confirmed_objects
 
         labels, proposal, current = self._prompt_target(image, shape, index)
+        painted = proposal.painted(index)
+        mine = confirmed_objects(current, proposal.edited[index])
         label = int(labels.data.max()) + 1
-        n = proposal.write_as_user(index, add_object(current, mask, label, proposal.painted(index)))
-        self._said(f"Box on {_where(index)}: object {label} ({n} px)." if n else
-                   f"Box on {_where(index)}: nothing new (its object is labelled or painted).")
+        plane = add_object(mine, mask, label, painted)
+        self._refused_box = None
+        if not (plane == label).any():
+            return self._box_added_nothing(image, shape, index, mask)
+        cleared = int(((current > 0) & (mine == 0)).sum())
+        proposal.write_as_user(index, plane)
+        n = int((np.asarray(labels.data[index]) == label).sum())
+        self._said(f"Box on {_where(index)}: object {label} ({n} px)"
+                   + (f"; {cleared} px of the model's objects you had not confirmed there "
+                      "were cleared (the box says what this slice holds)." if cleared else "."))
+        return n
+
+    def _box_added_nothing(self, image, shape, index, mask) -> int:
+        """The box lies on the user's own object: nothing written; a notification says so
+        and 'Replace the object under the box' does what the user most likely meant."""
+        self._refused_box = (image, shape, index, mask)
+        self.replace_button.visible = True
+        text = (f"Box on {_where(index)}: nothing new, its area is already your object or "
+                "pixels you erased by hand. Press 'Replace the object under the box' to redraw "
+                "it from the box.")
+        self._said(text)
+        show_warning(f"napari-fmbff: {text}")
+        return 0
+
+    def replace_under_box(self, _=None) -> int:
+        """Redraw the object(s) under the last refused box from the box's answer (one undo
+        step, the largest one's id kept). Returns the pixels of the new object."""
+        if self._refused_box is None:
+            return 0
+        image, shape, index, mask = self._refused_box
+        self._refused_box, self.replace_button.visible = None, False
+        labels, proposal, current = self._prompt_target(image, shape, index)
+        mask = np.asarray(mask, bool)
+        ids, counts = np.unique(current[mask & (current > 0)], return_counts=True)
+        label = int(ids[np.argmax(counts)]) if ids.size else int(labels.data.max()) + 1
+        gone = np.isin(current, ids)  # the objects under the box (none: erased pixels only)
+        plane = np.where(gone, 0, current)
+        plane[mask] = label
+        proposal.write_as_user(index, plane, free=gone | mask)
+        n = int((np.asarray(labels.data[index]) == label).sum())
+        self._said(f"Box on {_where(index)}: object {label} redrawn from the box ({n} px).")
         return n
 
     def _queue_litemedsam(self, image, shape, index, plane, box) -> int:
@@ -249,7 +297,7 @@ class PromptsMixin:
     def answer_click(self, layer, point, positive: bool = True) -> int:
         """A click (data coordinates of ``layer``) -> grows, makes or cuts an object on its
         slice. Returns the pixels written (0 when refused, with one notification)."""
-        from ..inference.prompting import answer_click
+        from ..inference.prompting import answer_click, confirmed_objects
 
         try:
             image, shape = self._prompt_image(layer)
@@ -261,9 +309,13 @@ class PromptsMixin:
             show_error(f"napari-fmbff: {err}")
             return 0
         labels, proposal, current = self._prompt_target(image, shape, index)
-        plane, label = answer_click(current, mask, x, y, positive, int(labels.data.max()) + 1,
+        under = current[min(int(np.floor(y + 0.5)), current.shape[0] - 1),
+                        min(int(np.floor(x + 0.5)), current.shape[1] - 1)]
+        confirm = proposal.edited[index] | ((current == under) if under else False)
+        mine = confirmed_objects(current, confirm)  # the model's other objects: not the user's
+        plane, label = answer_click(mine, mask, x, y, positive, int(labels.data.max()) + 1,
                                     proposal.painted(index))
-        n = proposal.write_as_user(index, plane) if label else 0
+        n = proposal.write_as_user(index, plane, confirm=plane > 0) if label else 0
         kind = "Positive" if positive else "Negative"
         self._said(f"{kind} click on {_where(index)}: object {label} ({n} px changed)." if label
                    else f"Negative click on {_where(index)}: no object under it; nothing changed.")

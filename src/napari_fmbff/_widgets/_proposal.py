@@ -173,16 +173,23 @@ class Proposal:
         """bool plane: the pixels of a slice the user painted, filled or erased by hand."""
         return self.edited[index] & ~self.prompted[index]
 
-    def write_as_user(self, index: tuple, plane) -> int:
+    def write_as_user(self, index: tuple, plane, confirm=None, free=None) -> int:
         """Write one plane as the user's own edit (a prompt's answer), as one undo step: the
-        pixels painted by hand keep their values; the pixels it changes then count as edited
-        (kept by re-thresholds and re-runs) and as ``prompted``."""
+        pixels painted by hand keep their values (but for ``free`` ones: the erased pixels a
+        box claims, the object a Replace takes); the pixels it changes, and the ``confirm``
+        ones (the model's object a click confirmed), then count as edited (kept by
+        re-thresholds and re-runs, learned by Fine-tune and Propagate) and as ``prompted``."""
         before = np.array(self.layer.data[index], copy=True)
-        target = np.where(self.painted(index), before, np.asarray(plane, before.dtype))
+        hold = self.painted(index)
+        if free is not None:
+            hold &= ~np.asarray(free, bool)
+        target = np.where(hold, before, np.asarray(plane, before.dtype))
         n = self.write({index: target}, keep_edits=False)
-        changed = np.asarray(self.layer.data[index]) != before
-        self.edited[index] |= changed
-        self.prompted[index] |= changed
+        mark = np.asarray(self.layer.data[index]) != before
+        if confirm is not None:
+            mark |= np.asarray(confirm, bool)
+        self.edited[index] |= mark
+        self.prompted[index] |= mark
         return n
 
     def accept(self, index: tuple) -> None:

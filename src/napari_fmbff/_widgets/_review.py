@@ -1,9 +1,11 @@
 """Segment's review: which slice of a segmented stack to check next, and "accept slice".
 
-The slices are ranked by ``inference.review.slice_uncertainty`` of the last whole-stack run's
-probabilities (the expected number of wrong pixels); "next slice to check" moves napari's
-slider to the most uncertain slice the user has not corrected (any edited pixel, prompts'
-answers included) nor accepted. Accepted slices are kept in the output layer's Proposal, so
+The slices are ranked by ``inference.review.review_scores`` of the last whole-stack run's (or
+propagation's) probabilities and the labels shown (the expected number of wrong pixels near
+the lesion shown); "next slice to check" moves napari's slider to the highest-ranked slice the
+user has not corrected (any edited pixel, prompts' answers included) nor accepted. The ranking
+is computed again at each press of the button (the labels may have changed) and kept for the
+sparkline between presses. Accepted slices are kept in the output layer's Proposal, so
 Fine-tune's "slices you corrected" trains on them too. A one-line sparkline shows the ranking
 along the stack, with the displayed and the next slice marked.
 """
@@ -18,7 +20,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..inference.stacks import plane_indices, spatial_shape
 from ._common import displayed_plane, finest_level, output_layer, wrap
-from ._proposal import proposal_of
+from ._proposal import proposal_of, unproxied
 from ._tooltips import tooltip
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -87,20 +89,19 @@ class ReviewMixin:
             raise ValueError(f"'{image.name}' is a 2D image: review ranks the slices of a stack")
         return image, shape, output_layer(self._viewer, image, "labels", shape=shape)
 
-    def _ranking(self, shape, labels):
-        """(plane indices, uncertainty per plane) of the last whole-stack run into ``labels``."""
-        from ..inference.review import slice_uncertainty
-
+    def _ranking(self, shape, labels, fresh: bool = False):
+        """(plane indices, score per plane) of the last whole-stack run into ``labels``;
+        computed once per set of probabilities, and again when ``fresh``."""
         result, planes = self._result, plane_indices(shape, False)
         probs = proposal_of(labels).probs if labels is not None else {}
-        if not probs and result and result["labels"] is labels:
+        # Not ``is``: docked from the Plugins menu, each lookup of a layer is a new proxy.
+        if not probs and result and unproxied(result["labels"]) is unproxied(labels):
             probs = result["probs"]
         if not probs or any(i not in probs for i in planes):
             raise ValueError(NEEDS_STACK_RUN)
         cached = self.__dict__.get("_uncertainty")
-        if cached is None or cached[0] is not probs:  # once per set of probabilities
-            cached = self._uncertainty = (probs, np.array(
-                [slice_uncertainty(probs[i][None])[0] for i in planes]))
+        if fresh or cached is None or cached[0] is not probs:
+            cached = self._uncertainty = (probs, _scores(probs, planes, labels))
         return planes, cached[1]
 
     def next_slice_to_check(self):
@@ -110,7 +111,7 @@ class ReviewMixin:
 
         try:
             image, shape, labels = self._review_target()
-            planes, scores = self._ranking(shape, labels)
+            planes, scores = self._ranking(shape, labels, fresh=True)
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             return None
@@ -171,6 +172,17 @@ class ReviewMixin:
                 + (_name(planes[upcoming]) if upcoming is not None else "none left")
                 + f"; {len(done)}/{len(planes)} corrected or accepted")
         self.uncertainty.value = f"{line}<br>{said}"
+
+
+def _scores(probs: dict, planes: list, labels) -> np.ndarray:
+    """``review_scores`` of a (Z, Y, X) stack and its shown labels; other stacks (time and
+    depth): ``slice_uncertainty`` of each plane."""
+    from ..inference.review import review_scores, slice_uncertainty
+
+    if planes and len(planes[0]) == 1:
+        stack = np.stack([np.asarray(probs[i], np.float32) for i in planes])
+        return review_scores(stack, np.asarray(labels.data) > 0)
+    return np.array([slice_uncertainty(np.asarray(probs[i])[None])[0] for i in planes])
 
 
 def _name(index: tuple) -> str:

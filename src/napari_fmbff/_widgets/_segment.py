@@ -110,13 +110,17 @@ def _segment_planes(model_ref, data, rgb, planes, options, intensity):
 
 #: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections).
 SEGMENT_LAYOUT = (
-    "image", "model", "model_card", "intensity", "intensity_low", "intensity_high",
-    "device", "device_used", "threshold", "tile_size", "overlap", "batch_size", "min_size",
-    "fill_holes", "split", "objects_3d", "add_probability", "tta", "new_layer", "scope",
+    "image", "model", "model_card", "intensity", "intensity_low", "intensity_high", "scope",
     "run_button", "cancel_button", "progress", "status",
-    "click_mode", "keep_button", "region_button", "edits",
-    "prompts_button", "box_engine", "negative", "prompt_status",
+    "prompts_button", "box_engine", "negative", "prompt_status", "replace_button",
     "next_button", "accept_button", "uncertainty",
+    "click_mode", "keep_button", "region_button", "edits",
+)
+#: The expert settings, in the collapsed "Advanced settings" section below the day's controls
+#: (as cellpose and micro-sam keep theirs), so what a clinician uses fits on one screen.
+SEGMENT_ADVANCED = (
+    "device", "device_used", "threshold", "min_size", "fill_holes", "split", "objects_3d",
+    "tile_size", "overlap", "batch_size", "tta", "add_probability", "new_layer",
     "models_folder", "restore_button",
 )
 
@@ -149,6 +153,7 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         # Scrollable: with prompts and review the fields are taller than a 1000 px screen.
         super().__init__(widgets=[getattr(self, name) for name in SEGMENT_LAYOUT],
                          scrollable=True)
+        self.advanced = self._add_advanced_section()
         self.settings = remember_fields(
             self, "segment", d,
             skip=lambda name, value: name == "model" and (value == BROWSE or value in self._browsed))
@@ -158,6 +163,20 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         self._bind_shortcut()
         tab_with_our_other_dock(self)
         self._follow_active()
+
+    def _add_advanced_section(self):
+        """The expert settings in a collapsed section at the end of the dock (superqt's
+        QCollapsible, napari's own widget library); returns the section's Qt widget."""
+        from superqt import QCollapsible
+
+        inner = Container(widgets=[getattr(self, name) for name in SEGMENT_ADVANCED])
+        inner.margins = (0, 0, 0, 0)
+        section = QCollapsible("Advanced settings")
+        section.addWidget(inner.native)
+        section.collapse(animate=False)
+        self._advanced_fields = inner  # keeps the magicgui container alive with its widgets
+        self._widget._layout.addWidget(section)
+        return section
 
     @property
     def native(self):

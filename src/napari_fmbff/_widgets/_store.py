@@ -2,21 +2,26 @@
 a case removed (after a confirmation) or opened back into napari.
 
 With "add to the store" on, Fine-tune and Propagate add the corrected slices of the image as a
-case of the store and train on all of it (``training.store_training``), from the store's
-latest model when it has one. ``StoreSection`` is a mixin of ``FineTuneWidget``: its fields
-are made in ``_create_store_section`` and wired in ``_connect_store``.
+case of the store and train on all of it (``training.store_training``), from the base model
+the dock shows (resolved once, when the run starts). The store is the one for the image's
+kind (grey or RGB) under the store folder (``data.store.open_store_for``); the dock says
+which. A new model becomes the store's latest (Segment's default) only if it passes the
+promotion gate; the status says whether it did. ``StoreSection`` is a mixin of
+``FineTuneWidget``: its fields are made in ``_create_store_section`` and wired in
+``_connect_store``.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
-from ._common import wrap
+from ._common import model_events, wrap
 from ._settings import remember_store_folder, store_folder
 from ._tooltips import tooltip
 
@@ -26,18 +31,18 @@ SOURCE_TAG = "napari_fmbff_source"
 
 
 @thread_worker(ignore_errors=True)  # errors go to the widget's own notification
-def _store_fine_tune(base_ref, store, job: dict, cfg, name, keep_on_cancel,
+def _store_fine_tune(start, store, job: dict, cfg, name, keep_on_cancel,
                      stop: threading.Event, intensity: dict):
-    """Worker: stage the corrected slices as a case, train on the whole store from its latest
-    model (else ``base_ref``); yields TrainEvents, returns the run's Outcome. The case joins
-    the store when the run ends (see ``store_training.train_on_store``)."""
+    """Worker: stage the corrected slices as a case, train on the whole store from ``start``
+    (the base model resolved when the run was started, and shown); yields TrainEvents,
+    returns the run's Outcome. The case joins the store when the run ends (see
+    ``store_training.train_on_store``)."""
     from ..inference.intensity import intensity_setting
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
-    from ..training.store_training import stage, start_model, train_on_store
+    from ..training.store_training import stage, train_on_store
 
-    start = start_model(store, base_ref)
     net = load_model(start)
     setting = intensity_setting(default_normalization(net), **intensity)
     pending = stage(store, job["data"], job["labels"], job["slices"], setting, rgb=job["rgb"],
@@ -79,6 +84,7 @@ class StoreSection:
         self.store_dir.changed.connect(self.refresh_store)
         self.store_dir.changed.connect(remember_store_folder)
         self.use_store.changed.connect(self.refresh_store)
+        self.image.changed.connect(self.refresh_store)  # grey and RGB images: two stores
         self.open_case_button.changed.connect(self.open_case)
         self.remove_case_button.changed.connect(self.remove_case)
         self.refresh_store()
@@ -86,10 +92,19 @@ class StoreSection:
     # ---- what is in the store -----------------------------------------------------------
 
     def open_store(self):
-        """The store of the Store field (a StoreError, a ValueError, says what is wrong)."""
-        from ..data.store import open_store
+        """The store for the chosen image's kind (grey or RGB) under the Store field's folder
+        (a StoreError, a ValueError, says what is wrong); a case it dropped on opening
+        because its files were gone is said in a notification."""
+        from ..data.store import StoreWarning, open_store_for
 
-        return open_store(str(self.store_dir.value))
+        image = getattr(self, "image", None)  # None while the dock is being made
+        rgb = bool(getattr(image.value if image is not None else None, "rgb", False))
+        with warnings.catch_warnings():  # said once, below (napari would show it again)
+            warnings.simplefilter("ignore", StoreWarning)
+            store = open_store_for(str(self.store_dir.value), rgb=rgb)
+        for line in store.repairs:
+            show_warning(f"napari-fmbff: {line}")
+        return store
 
     def _case_choices(self, _widget=None) -> list:
         try:
@@ -109,8 +124,10 @@ class StoreSection:
             store = self.open_store()
             latest = store.latest_model
             self.store_summary.value = (
-                f"Store: {store.summary()}" + (f"; latest model '{latest.stem}'" if latest
-                                               else "; no model trained on it yet"))
+                f"Store: {store.summary()}" + (f"; latest model '{latest.stem}' (Segment's "
+                                               "default)" if latest else
+                                               "; no model trained on it yet")
+                + f". In use: {store.describe()}")
         except ValueError as err:
             self.store_summary.value = f"Store: {err}"
         self.store_case.reset_choices()
@@ -184,12 +201,16 @@ class StoreSection:
 
     def store_for_run(self):
         """The open store when "add to the store" is on, else None; it must be usable before
-        any work starts (a ValueError says why not)."""
+        any work starts (a ValueError says why not). The model the run starts from is
+        resolved here, once (``store_start``): what the dock shows is what is used."""
         if not self.use_store.value:
             return None
+        from ..training.store_training import start_model
+
         store = self.open_store()
         if store.read_only:
             store._check_writable()  # one line: we never write into another data set
+        self.store_start = start_model(store, self.model.value)
         return store
 
     def store_job(self, data, labels_layer, planes) -> dict:
@@ -219,15 +240,24 @@ class StoreSection:
                 "proposed_by": record.get("model") if isinstance(record, dict) else None}
 
     def store_status(self, store) -> str:
-        """What a store run learns from, for the status line: the store and the start model."""
+        """What a store run learns from, for the status line: the store in use (its folder and
+        kind of image) and the model it starts from (``store_start``)."""
         from pathlib import Path
 
-        from ..training.store_training import start_model
-
-        start = Path(start_model(store, self.model.value)).stem
-        return f" and the store's {store.summary()}, from '{start}'"
+        return (f" and the store's {store.summary()} ({store.describe()}), from "
+                f"'{Path(self.store_start).stem}'")
 
     def start_store_fine_tune(self, store, job, cfg, name, intensity):
-        """The store's Fine-tune worker (not started)."""
-        return _store_fine_tune(self.model.value, store, job, cfg, name,
+        """The store's Fine-tune worker (not started), from the model ``store_for_run``
+        resolved."""
+        return _store_fine_tune(self.store_start, store, job, cfg, name,
                                 self.keep_on_cancel.value, self._stop, intensity)
+
+    def announce_model(self, outcome) -> None:
+        """A saved model, to the other docks (their model lists): Segment selects it when it
+        is the store's latest now (promoted, or a run without the store); a model kept but
+        not promoted is listed, and Segment selects the store's latest (its default)."""
+        chosen = outcome.path
+        if not getattr(outcome, "promoted", True):
+            chosen = getattr(outcome, "store_latest", None) or chosen
+        model_events.saved.emit(chosen.stem)

@@ -38,12 +38,17 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                       "without it: Otsu's threshold inside the box, the object at its centre "
                       "(Dice 0.80, docs/models.md). The network's prompt path is offered only "
                       "for a model trained with prompts",
+        "replace_button": "Your last box lay on an object that is yours already (painted or "
+                          "prompted) or on pixels you erased by hand, so it added nothing: this redraws that object from the "
+                          "box's answer, as one Ctrl-Z",
         "negative": "Clicks cut their region out of the object under them (red) instead of "
                     "adding to it (green); Shift-click does the opposite of this setting",
-        "next_button": "Moves the slider to the most uncertain slice (expected wrong pixels of "
-                       "the last whole-stack run) that you have not corrected nor accepted",
+        "next_button": "Moves the slider to the slice with the most expected wrong pixels "
+                       "near the lesion shown (from the last whole-stack run or propagation) "
+                       "that you have not corrected nor accepted",
         "accept_button": "The displayed slice is right as it is: it is not offered again, and "
-                         "Fine-tune's 'slices you corrected' trains on it",
+                         "Fine-tune's 'slices you corrected' and Propagate learn it whole "
+                         "(an accepted empty slice is learned as lesion-free)",
         "models_folder": "Where fine-tuned models are saved and looked for (remembered; the "
                          f"{MODELS_DIR_ENV} environment variable, when set, is used instead)",
         "restore_button": "Every setting above back to its default (the models folder stays)",
@@ -58,12 +63,14 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                         "out and every correction is trained on (with the store: nothing is "
                         "held out, every stored slice is trained on)",
         "use_store": "Fine-tune and Propagate add the slices you corrected to the corrections "
-                     "store and train on every case in it, starting from the store's latest "
-                     "model, the newest case weighted to half the samples (so the next patient "
-                     "starts from everything corrected so far); off: this image only",
-        "store_dir": "The corrections store: a folder in nnU-Net v2's raw layout (imagesTr, "
-                     "labelsTr, dataset.json; uncorrected slices are the ignore label). Default: "
-                     f"the user data folder, or the {STORE_DIR_ENV} environment variable",
+                     "store and train on every case in it, starting from the base model above, "
+                     "the newest case weighted to half the samples; the new model becomes the "
+                     "store's latest (Segment's default) only if it is no worse on the earlier "
+                     "cases; off: this image only",
+        "store_dir": "The corrections store folder: one store per kind of image (grey/, rgb/), "
+                     "each a folder in nnU-Net v2's raw layout (imagesTr, labelsTr, "
+                     "dataset.json; uncorrected slices are the ignore label). Default: the user "
+                     f"data folder, or the {STORE_DIR_ENV} environment variable",
 
         "restore_button": "Every setting above back to its default",
         "propagate_button": "Stacks: fine-tune the base model on the slices you corrected or "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..jobs.saved_labels import SOURCE_KEY
-from ._common import IMAGE_TAG
+from ._common import IMAGE_TAG, OUTPUT_TAG
 
 #: The Segment / Propagate record of how the labels were made (``_segment.PROVENANCE_TAG``).
 MADE_BY_KEY = "napari_fmbff"
@@ -46,10 +46,33 @@ def write_nifti(path: str, data, meta: dict) -> list[str]:
 
 
 def write_dicom_seg(path: str, data, meta: dict) -> list[str]:
-    """Labels -> a DICOM SEG referencing the series the scan was opened from."""
+    """Labels -> a DICOM SEG referencing the series the scan was opened from, one segment per
+    class of object (``segment_classes``)."""
+    from functools import partial
+
     from ..jobs.saved_labels import save_dicom_seg
 
-    return _save(save_dicom_seg, path, data, meta)
+    return _save(partial(save_dicom_seg, classes=segment_classes(meta)), path, data, meta)
+
+
+def segment_classes(meta: dict):
+    """The classes of a layer's labels, as ``dicom_seg.write_dicom_seg`` takes them: the names
+    they came in with ({value: name}: an RTSTRUCT's ROIs, a DICOM SEG's segments), else
+    "lesion" for a model's labels (Segment's and Propagate's output, or labels reopened with
+    a model's record: every id is an object of that one class), else None (labels painted by
+    hand: one segment per value)."""
+    from ..data.dicom_seg import LESION
+
+    metadata = meta.get("metadata") or {}
+    for key in ("napari_fmbff_rois", "napari_fmbff_segments"):
+        names = metadata.get(key)
+        if isinstance(names, dict) and names:
+            return {int(k): str(v) for k, v in names.items()}
+    made_by = metadata.get(MADE_BY_KEY)
+    if metadata.get(OUTPUT_TAG) == "labels" or (isinstance(made_by, dict)
+                                                 and made_by.get("model")):
+        return LESION
+    return None
 
 
 def write_ome_zarr(path: str, data, meta: dict) -> list[str]:

@@ -13,7 +13,13 @@ as it is::
                                       highest value), so training never reads it as background
     STORE/fmbff_store.json      our record: per case its identity, source, dates, the model
                                 that proposed the labels, the intensity setting, the corrected
-                                slices; and the models trained on the store (lineage)
+                                slices; and the models trained on the store (lineage, and
+                                whether each was promoted to the store's latest)
+
+One store per kind of image under the store folder (issue 28): ``FOLDER/grey`` and
+``FOLDER/rgb``, chosen by the image (``open_store_for``). A store of the earlier layout (its
+record at the top of the folder) is read in place, never moved: it serves its own kind, and
+the other kind gets its subfolder beside it.
 
 One case per image or volume: its identity is the DICOM Series Instance UID (with the SOP
 Instance UID of a single image, where known) when the image came from DICOM, else a hash of
@@ -22,10 +28,20 @@ replace those slices; earlier corrected slices stay). A 2D image is a one-slice 
 
 Writes never leave a half-made store: a case is written under a new id, announced as
 "pending" in the record first, and becomes part of the store only when the record says so
-(``PendingCase.commit``, one atomic rename); ``discard`` (or the next write after a crash)
-removes a pending case's files. An update is a new id replacing the old case in that one
-step. numpy and nibabel only; the callers (training/store_training.py) bring the model side.
-"""
+(``PendingCase.commit``, one atomic rename); ``discard`` removes a pending case's files. An
+update is a new id replacing the old case in that one step.
+
+Several processes share a store (two napari windows, a command-line run beside one): every
+change of the record (staging, commit, discard, removal, a model registered) is made under a
+cross-process lock (``filelock``) on the record as it is on disk at that moment, so two
+writers both land whole. Each pending case also holds a lock of its own until it is committed
+or discarded: a writer removes only the files of pending cases whose writer is gone (a crash:
+the system freed its lock), never a live writer's. A case the record lists whose files are
+gone is dropped when the store is opened, with one warning naming it (``StoreWarning``,
+``Store.repairs``).
+
+numpy, nibabel and filelock only; the callers (training/store_training.py) bring the model
+side."""
 
 from __future__ import annotations
 
@@ -36,6 +52,8 @@ import hashlib
 import json
 import os
 import re
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +67,22 @@ FORMAT = "napari-fmbff-store/1"
 FILE_ENDING = ".nii.gz"
 LESION, IGNORE = 1, 2
 LABELS = {"background": 0, "lesion": LESION, "ignore": IGNORE}
+#: One store per kind of image under the store folder, by the image's channel count.
+KINDS = {1: "grey", 3: "rgb"}
+#: The lock every change of a store's record is made under (another process waits for it).
+LOCK = ".fmbff_store.lock"
+#: Where each pending case's own lock lives (held by its writer until commit or discard).
+PENDING_LOCKS = ".fmbff_pending"
+#: Seconds a writer waits for another process's staging or commit (each takes seconds).
+LOCK_TIMEOUT = 300.0
 
 
 class StoreError(ValueError):
     """A store that cannot be used or changed as asked; the message is one line to act on."""
+
+
+class StoreWarning(UserWarning):
+    """A store repaired when opened: a case listed without its files was dropped."""
 
 
 def default_store_dir() -> Path:
@@ -130,26 +160,76 @@ class TrainingSlice:
         return iter((self.image, self.mask, self.case, self.z))
 
 
+def image_kind(rgb: bool) -> str:
+    """The kind of image a store holds: "rgb" for a colour image (3 or 4 channels), else
+    "grey" (one channel: CT, MR, ultrasound, a grey photo)."""
+    return KINDS[3] if rgb else KINDS[1]
+
+
+def open_store_for(folder=None, *, rgb: bool = False) -> Store:
+    """The store for this kind of image (``image_kind``) under the store folder ``folder``
+    (default ``default_store_dir()``): ``folder/grey`` or ``folder/rgb``, checked but not
+    created. A store of the earlier layout (its record at the top of ``folder``) is read in
+    place for its own kind; an nnU-Net folder made elsewhere opens read-only as it is."""
+    folder = Path(folder).expanduser() if folder else default_store_dir()
+    kind = image_kind(rgb)
+    _check_not_a_file(folder)
+    if (folder / RECORD).exists() or _is_nnunet(folder):
+        top = open_store(folder)
+        if top.read_only or top.kind == kind:
+            return top
+    elif folder.is_dir():
+        _check_only_stores(folder)
+    store = open_store(folder / kind)
+    store.folder_kind = kind
+    return store
+
+
 def open_store(path=None) -> Store:
     """The store in ``path`` (default ``default_store_dir()``), checked but not created (the
-    first case creates it). One line (``StoreError``) for a file in the way, a damaged record,
-    or a folder holding other files. A folder in nnU-Net v2's raw layout that is not ours
-    opens read-only (``fmbff train`` reads it; nothing is added to it)."""
+    first case creates it); a case whose files are gone is dropped (``Store.repairs``). One
+    line (``StoreError``) for a file in the way, a damaged record, a folder holding other
+    files, or a store folder holding one store per kind (name one of them). A folder in
+    nnU-Net v2's raw layout that is not ours opens read-only (``fmbff train`` reads it;
+    nothing is added to it)."""
     path = Path(path).expanduser() if path else default_store_dir()
+    _check_not_a_file(path)
+    if (path / RECORD).exists():
+        store = Store(path, _read_json(path / RECORD, "the store's record"))
+        store.repair()
+        return store
+    if _is_nnunet(path):
+        return Store(path, _foreign_record(path), read_only=True)
+    kinds = [name for name in _visible(path) if name in KINDS.values()]
+    if kinds and kinds == _visible(path):
+        raise StoreError(f"{path}: holds one corrections store per kind of image "
+                         f"({', '.join(kinds)}); give one of them, e.g. {path / kinds[0]}")
+    _check_only_stores(path, allowed=())
+    return Store(path, _new_record())
+
+
+def _visible(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) \
+        if path.is_dir() else []
+
+
+def _is_nnunet(path: Path) -> bool:
+    return (path / "dataset.json").is_file() and (path / "imagesTr").is_dir()
+
+
+def _check_not_a_file(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path}: a file is in the way of the corrections store (it is not a "
                          "folder); choose a folder (empty, or an existing store)")
-    if (path / RECORD).exists():
-        return Store(path, _read_json(path / RECORD, "the store's record"))
-    if (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
-        return Store(path, _foreign_record(path), read_only=True)
-    others = sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) \
-        if path.is_dir() else []
+
+
+def _check_only_stores(path: Path, allowed=tuple(KINDS.values())) -> None:
+    """A StoreError when ``path`` holds files other than the stores ``allowed``."""
+    others = [name for name in _visible(path) if name not in allowed]
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise StoreError(f"{path}: holds other files ({shown}), not a corrections store; "
                          "choose an empty folder or an existing store")
-    return Store(path, _new_record())
 
 
 def _new_record() -> dict:
@@ -206,17 +286,139 @@ def _writing(store: Path):
             from None
 
 
+def _pending_lock(store: Path, case_id: str):
+    """The lock a pending case's writer holds until it commits or discards (any thread may
+    release it: a worker stages, the same worker or its caller commits)."""
+    from filelock import FileLock
+
+    return FileLock(str(store / PENDING_LOCKS / f"{case_id}.lock"), thread_local=False)
+
+
 class Store:
-    """A corrections store (``open_store``). Cases are kept in the order they were last
-    added or updated; the last is the newest."""
+    """A corrections store (``open_store``, ``open_store_for``). Cases are kept in the order
+    they were last added or updated; the last is the newest."""
 
     def __init__(self, path: Path, record: dict, read_only: bool = False):
         self.path, self.record, self.read_only = Path(path), record, read_only
         #: Slices the last ``training_slices`` left out because part of them was ignore.
         self.skipped_partial = 0
+        #: One line per case dropped because its files were gone (see ``repair``).
+        self.repairs: list[str] = []
+        #: The kind of image its folder is for (``open_store_for``), until its record says.
+        self.folder_kind: str | None = None
+        self._held = threading.local()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}: {self.summary()})"
+
+    @property
+    def kind(self) -> str | None:
+        """"grey" or "rgb" (``KINDS``): what its images are, else what its folder is for."""
+        names = self.record.get("channel_names")
+        if names:
+            return KINDS.get(len(names), f"{len(names)}-channel")
+        return self.folder_kind
+
+    def describe(self) -> str:
+        """Which store this is, for a status line: its folder and the kind of image."""
+        kind = self.kind
+        return f"{self.path}" + (f" ({kind} images)" if kind else "")
+
+    # ---- the lock and the record as it is on disk --------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The store's cross-process lock, with the record read again under it (another
+        process may have changed it). Held while staging or committing, never while
+        training; never taken twice by one thread (see ``_holding``)."""
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / LOCK), timeout=LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreError(f"{self.path}: another process has been writing the corrections "
+                             f"store for over {LOCK_TIMEOUT:.0f} s; try again when it is done"
+                             ) from None
+        self._held.on = True
+        try:
+            self._reread()
+            yield
+        except BaseException:
+            with contextlib.suppress(OSError, StoreError):
+                self._reread()  # what the file still says (a write may have failed)
+            raise
+        finally:
+            self._held.on = False
+            lock.release()
+
+    @property
+    def _holding(self) -> bool:
+        return getattr(self._held, "on", False)
+
+    def _reread(self) -> None:
+        path = self.path / RECORD
+        self.record = _read_json(path, "the store's record") if path.exists() else _new_record()
+
+    def reload(self) -> None:
+        """Read the record again (another process may have added a case or a model since
+        this store was opened), then ``repair``."""
+        if self.read_only:
+            self.record = _foreign_record(self.path)
+            return
+        self._reread()
+        self.repair()
+
+    def repair(self) -> list[str]:
+        """Drop every case the record lists whose files are gone, with one warning naming
+        each (``StoreWarning``; kept in ``repairs`` for the dock and the command line). The
+        record remembers them (``lost``); a model trained on them stays usable. Returns the
+        lines of this repair."""
+        if self.read_only or not self._missing():
+            return []
+        if self._holding:
+            lines = self._drop_missing()
+        else:
+            try:
+                with _writing(self.path), self._locked():
+                    lines = self._drop_missing()
+            except StoreError as err:  # a read-only disk: dropped from this view only
+                lines = [f"{line} (not written back: {err})" for line in self._drop_missing(
+                    save=False)]
+        for line in lines:
+            warnings.warn(line, StoreWarning, stacklevel=2)
+        self.repairs += lines
+        return lines
+
+    def _missing(self) -> dict[str, Path]:
+        """The cases whose files are gone -> the first missing file."""
+        missing = {}
+        for case_id in self.record["cases"]:
+            images, label_path = self._files(case_id, self._channels())
+            gone = next((p for p in (*images, label_path) if not p.is_file()), None)
+            if gone is not None:
+                missing[case_id] = gone
+        return missing
+
+    def _drop_missing(self, save: bool = True) -> list[str]:
+        """Drop the cases ``_missing`` finds (their files left are removed by the tidy: a
+        half case is no nnU-Net case); with ``save``, under the lock, written back."""
+        lines = []
+        for case_id, gone in self._missing().items():
+            rec = self.record["cases"].pop(case_id)
+            self.record["pending"].append(case_id)
+            self.record.setdefault("lost", []).append(
+                {"id": case_id, "name": rec.get("name"), "identity": rec.get("identity"),
+                 "missing": gone.name, "dropped": _now()})
+            lines.append(f"{self.path}: case {case_id} ({rec.get('name') or case_id}) was listed "
+                         f"but its files are gone ({gone.name} missing); it was dropped from the "
+                         "store, its other cases are as they were")
+        if lines and save:
+            self._save_record()
+            self._write_dataset_json()
+            self._tidy()
+        return lines
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -250,13 +452,22 @@ class Store:
 
     @property
     def latest_model(self) -> Path | None:
-        """The newest model trained on this store that still exists and learned no case since
-        removed from it (a removed case's knowledge is not carried on); None: use the base."""
-        current = set(self.record["cases"])
+        """The newest model promoted on this store (``record_model``, ``PendingCase.commit``)
+        that still exists and learned no case since removed from it (a removed case's
+        knowledge is not carried on; a case dropped because its files were lost does not
+        count as removed); None: no model yet. Segment's default."""
+        entry = self.latest_entry
+        return Path(entry["path"]) if entry is not None else None
+
+    @property
+    def latest_entry(self) -> dict | None:
+        """The record of ``latest_model`` (its path, base, cases, promotion), or None."""
+        current = set(self.record["cases"]) | {e.get("id") for e in self.record.get("lost", [])}
         for entry in reversed(self.record.get("models", [])):
-            path = Path(entry.get("path", ""))
-            if set(entry.get("cases", [])) <= current and path.is_file():
-                return path
+            if entry.get("promoted", True) is False:
+                continue
+            if set(entry.get("cases", [])) <= current and Path(entry.get("path", "")).is_file():
+                return entry
         return None
 
     def _ending(self) -> str:
@@ -273,7 +484,8 @@ class Store:
     def read_case(self, case_id: str):
         """(image, labels, record) of a case as stored: the image in its stored intensities
         ((Y, X[, C]) for a 2D image, (Z, Y, X[, C]) for a volume), the labels on its grid
-        (1 lesion, 0 background, ``IGNORE`` on slices nobody corrected)."""
+        (1 lesion, 0 background, ``IGNORE`` on slices nobody corrected). A case whose files
+        are gone is dropped (``repair``) and said in one line."""
         import nibabel as nib
 
         case = self.case(case_id)
@@ -281,6 +493,10 @@ class Store:
         try:
             planes = [np.asanyarray(nib.load(str(p)).dataobj).transpose(2, 1, 0) for p in images]
             labels = np.asanyarray(nib.load(str(label_path)).dataobj).transpose(2, 1, 0)
+        except FileNotFoundError:
+            self.repair()
+            raise StoreError(f"{self.path}: case {case_id}'s files are gone; it was dropped "
+                             "from the store") from None
         except (OSError, ValueError) as err:
             raise StoreError(f"{self.path}: case {case_id}'s files cannot be read ({err}); "
                              "remove the case or restore the store") from None
@@ -299,18 +515,21 @@ class Store:
         """Yield (image plane, mask plane, case id, z) (a ``TrainingSlice``) for every
         labelled slice of ``cases`` (default: ``training_cases(pending)``), reading one slice
         at a time; slices that are all ignore are never read, slices partly ignore are
-        skipped (counted in ``skipped_partial``: the trainer has no per-pixel ignore)."""
-        import nibabel as nib
-
+        skipped (counted in ``skipped_partial``: the trainer has no per-pixel ignore). A case
+        whose files went missing meanwhile is dropped (``repair``) and skipped."""
         self.skipped_partial = 0
         ignore = self.record.get("ignore", IGNORE) if self.record.get("foreign") else IGNORE
         for case_id in (cases if cases is not None else self.training_cases(pending)):
             staged = pending is not None and case_id == pending.id
             rec = pending.entry if staged else self.case(case_id).record
-            images, label_path = self._files(
-                case_id, len(pending.channel_names) if staged else self._channels())
-            proxies = [nib.load(str(p)).dataobj for p in images]
-            labels = nib.load(str(label_path)).dataobj
+            try:
+                proxies, labels = self._proxies(
+                    case_id, len(pending.channel_names) if staged else self._channels())
+            except FileNotFoundError:
+                if staged:
+                    raise
+                self.repair()
+                continue
             zs = rec.get("corrected_slices")
             if zs is None:  # a store made elsewhere: the slices not all ignore
                 zs = _labelled_slices(np.asanyarray(labels), ignore)
@@ -322,6 +541,13 @@ class Store:
                 planes = [np.asarray(p[:, :, z]).T for p in proxies]
                 plane = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
                 yield TrainingSlice(plane, (mask > 0).astype(np.uint8), case_id, int(z))
+
+    def _proxies(self, case_id: str, channels: int):
+        """The lazily read images (one per channel) and labels of a case (NIfTI proxies)."""
+        import nibabel as nib
+
+        images, label_path = self._files(case_id, channels)
+        return [nib.load(str(p)).dataobj for p in images], nib.load(str(label_path)).dataobj
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -343,7 +569,8 @@ class Store:
         slices replace the case's, its other corrected slices stay. ``source_meta``: the
         reader's record (DICOM UID, modality, affine); ``model`` and ``intensity`` (the
         setting as recorded, e.g. ``{"setting": ..., "applied": ..., "describe": ...}``)
-        are kept as the case's provenance."""
+        are kept as the case's provenance. Staged under the store's lock, on the record as
+        it is on disk."""
         self._check_writable()
         volume, is_2d = _as_volume(image, rgb)
         grid = _labels_grid(labels, volume.shape[:3], is_2d)
@@ -352,21 +579,21 @@ class Store:
             raise StoreError(f"corrected slices {zs} do not fit the image's {volume.shape[0]} "
                              "slice(s); correct at least one slice of this image")
         identity = identity or identity_of(image, source_meta)
-        old = self.find(identity)
-        merged, slices = self._merged_labels(old, grid, zs, volume.shape[:3], identity)
-        channel_names = self._channel_names(volume, source_meta)
-        entry = {"identity": identity, "name": name or Path(str(source)).name or "image",
-                 "source": str(source), "added": _now(), "updated": _now(),
-                 "model": model, "intensity": intensity or {}, "corrected_slices": slices,
-                 "shape": list(np.shape(image)), "dtype": str(volume.dtype), "is_2d": is_2d,
-                 "spacing": [float(v) for v in spacing] if spacing is not None else
-                 (source_meta or {}).get("spacing_mm"),
-                 "series_uid": (source_meta or {}).get("series_uid"),
-                 "modality": (source_meta or {}).get("modality")}
-        if old is not None:
-            entry["added"] = self.record["cases"][old].get("added", entry["added"])
-        return self._write_pending(volume, merged, entry, old, channel_names,
-                                   _case_affine(source_meta, spacing, is_2d))
+        entry = _case_entry(image, volume, is_2d, identity, source_meta,
+                            dict(name=name, source=source, model=model, intensity=intensity,
+                                 spacing=spacing))
+        with _writing(self.path), self._locked():
+            self.repair()  # an earlier case of this scan whose files are gone is no case
+            self._tidy()
+            old = self.find(identity)
+            merged, entry["corrected_slices"] = self._merged_labels(
+                old, grid, zs, volume.shape[:3], identity)
+            channel_names = self._channel_names(volume, source_meta)
+            if old is not None:
+                entry["added"] = self.record["cases"][old].get("added", entry["added"])
+            pending = self._announce(entry, old, channel_names)
+        self._write_case_files(pending, volume, merged, _case_affine(source_meta, spacing, is_2d))
+        return pending
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -400,68 +627,89 @@ class Store:
         channels = volume.shape[3] if volume.ndim == 4 else 1
         names = ({str(c): n for c, n in enumerate("RGB")} if channels == 3 else
                  {"0": str((source_meta or {}).get("modality") or "image")})
+        self._check_kind(names)
+        return self.record.get("channel_names") or names
+
+    def _check_kind(self, names: dict) -> None:
         have = self.record.get("channel_names")
         if have and len(have) != len(names):
             kinds = {1: "grey", 3: "RGB"}
             raise StoreError(f"{self.path}: the store holds {kinds.get(len(have), len(have))} "
-                             f"images and this image is {kinds[channels]}; one store holds one "
-                             "kind of image: choose another store folder for it")
-        return have or names
+                             f"images and this image is {kinds[len(names)]}; one store holds "
+                             "one kind of image: choose another store folder for it")
 
-    def _write_pending(self, volume, labels, entry, old, channel_names, affine) -> PendingCase:
+    def _announce(self, entry, old, channel_names) -> PendingCase:
+        """Under the lock: a new case id, its own lock taken, announced as pending."""
+        from filelock import Timeout
+
         existed = (self.path / RECORD).exists()
-        with _writing(self.path):
-            self._tidy()
-            before = json.loads(json.dumps(self.record))
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", entry["name"].split(".")[0]).strip("-")[:24]
-            case_id = f"{slug or 'case'}_{int(self.record['next']):03d}"
-            self.record["next"] = int(self.record["next"]) + 1
-            self.record["pending"].append(case_id)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", entry["name"].split(".")[0]).strip("-")[:24]
+        number = int(self.record["next"])
+        case_id = f"{slug or 'case'}_{number:03d}"
+        (self.path / PENDING_LOCKS).mkdir(exist_ok=True)
+        lock = _pending_lock(self.path, case_id)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise StoreError(f"{self.path}: case id {case_id} is in use by another writer; "
+                             "try again") from None
+        pending = PendingCase(self, case_id, entry, old, channel_names, number, existed, lock)
+        self.record["next"] = number + 1
+        self.record["pending"].append(case_id)
+        try:
             self._save_record()
-        pending = PendingCase(self, case_id, entry, old, channel_names, before, existed)
+        except BaseException:
+            pending._release()
+            raise
+        return pending
+
+    def _write_case_files(self, pending: PendingCase, volume, labels, affine) -> None:
+        """The pending case's image and labels files (outside the store's lock: its own lock
+        keeps other writers off them); any error discards the pending case."""
+        from .medical import write_nifti, write_nifti_labels
+
         try:
             with _writing(self.path):
-                images, label_path = self._files(case_id, len(channel_names))
+                images, label_path = self._files(pending.id, len(pending.channel_names))
                 planes = [volume] if volume.ndim == 3 else \
                     [volume[..., c] for c in range(volume.shape[3])]
-                from .medical import write_nifti, write_nifti_labels
-
                 for path, plane in zip(images, planes):
                     write_nifti(path, plane, affine)
-
                 write_nifti_labels(label_path, labels, affine, description="fmbff corrections")
         except BaseException:
             pending.discard()
             raise
-        return pending
 
     def remove_case(self, case_id: str) -> None:
         """Take a case out of the store (its files too). Removing the last case leaves an
         empty store: the next fine-tune starts from the chosen base model again."""
         self._check_writable()
         self.case(case_id)
-        with _writing(self.path):
-            self._tidy()
+        with _writing(self.path), self._locked():
+            self.case(case_id)  # still there on disk (another process may have removed it)
             del self.record["cases"][case_id]
             self.record["pending"].append(case_id)  # its files go in _tidy, even after a crash
             self._save_record()
             self._write_dataset_json()
             self._tidy()
 
-    def record_model(self, path, *, base=None, cases=None, slices: int | None = None) -> None:
+    def record_model(self, path, *, base=None, cases=None, slices: int | None = None,
+                     promoted: bool = True, gate: dict | None = None) -> None:
         """Note a model trained on the store (its lineage: the base and the cases); the
-        newest one is ``latest_model``."""
+        newest one ``promoted`` is ``latest_model``; ``gate``: how the promotion was
+        decided (``store_training.promotion``)."""
         self._check_writable()
-        with _writing(self.path):
-            self.record.setdefault("models", []).append(self._model_entry(path, base, cases,
-                                                                          slices))
+        with _writing(self.path), self._locked():
+            self.record.setdefault("models", []).append(
+                self._model_entry(path, base, cases, slices, promoted, gate))
             self._save_record()
 
-    def _model_entry(self, path, base, cases, slices) -> dict:
+    def _model_entry(self, path, base, cases, slices, promoted=True, gate=None) -> dict:
         cases = list(cases if cases is not None else self.record["cases"])
         return {"path": str(Path(path).resolve()), "name": Path(path).stem,
                 "base": str(base) if base else None, "cases": cases,
-                "slices": slices if slices is not None else self.n_slices, "trained": _now()}
+                "slices": slices if slices is not None else self.n_slices, "trained": _now(),
+                "promoted": bool(promoted), **({"gate": gate} if gate else {})}
 
     def _save_record(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -478,84 +726,135 @@ class Store:
             tmp.write_text(json.dumps(meta, indent=1))
 
     def _tidy(self) -> None:
-        """Remove the files of pending or removed cases (an add that never committed, a
-        case replaced or removed) and forget them."""
+        """Under the lock: remove the files of pending cases whose writer is gone (a crash)
+        and of replaced or removed cases, and forget them. A pending case whose writer still
+        holds its lock (another process, or this one) is left alone."""
         stale = [cid for cid in self.record.get("pending", []) if cid not in self.record["cases"]]
-        if not stale:
-            return
-        for case_id in stale:
+        gone = [case_id for case_id in stale if self._sweep(case_id)]
+        if gone:
+            self.record["pending"] = [c for c in self.record["pending"] if c not in gone]
+            self._save_record()
+
+    def _sweep(self, case_id: str) -> bool:
+        """Remove a stale case's files unless its writer holds its lock; True when removed."""
+        from filelock import Timeout
+
+        (self.path / PENDING_LOCKS).mkdir(exist_ok=True)
+        lock = _pending_lock(self.path, case_id)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False  # a live writer's pending case
+        try:
             images, label_path = self._files(case_id, max(3, self._channels()))
             for path in (*images, label_path):
                 path.unlink(missing_ok=True)
-        self.record["pending"] = [c for c in self.record["pending"] if c not in stale]
-        self._save_record()
+        finally:
+            lock.release()
+            Path(lock.lock_file).unlink(missing_ok=True)
+        return True
+
+
+def _case_entry(image, volume, is_2d, identity, source_meta, facts) -> dict:
+    """A case's record (its identity, source, dates, provenance and geometry); ``facts``:
+    name, source, model, intensity, spacing as ``stage_case`` got them."""
+    meta = source_meta or {}
+    spacing = facts["spacing"]
+    return {"identity": identity,
+            "name": facts["name"] or Path(str(facts["source"])).name or "image",
+            "source": str(facts["source"]), "added": _now(), "updated": _now(),
+            "model": facts["model"], "intensity": facts["intensity"] or {},
+            "corrected_slices": [], "shape": list(np.shape(image)), "dtype": str(volume.dtype),
+            "is_2d": is_2d,
+            "spacing": [float(v) for v in spacing] if spacing is not None else
+            meta.get("spacing_mm"),
+            "series_uid": meta.get("series_uid"), "modality": meta.get("modality")}
 
 
 @dataclass
 class PendingCase:
-    """A case written but not yet in the store (``Store.stage_case``)."""
+    """A case written but not yet in the store (``Store.stage_case``); its writer holds its
+    lock until ``commit`` or ``discard``."""
 
     store: Store
     id: str
     entry: dict
     replaces: str | None
     channel_names: dict
-    _before: dict = field(repr=False, default_factory=dict)
+    number: int = 0
     _existed: bool = True
+    _lock: object = field(default=None, repr=False)
     done: bool = False
 
-    def commit(self, model=None, *, base=None) -> None:
+    def commit(self, model=None, *, base=None, promoted: bool = True,
+               gate: dict | None = None) -> None:
         """Make the case part of the store in one atomic step (replacing the same scan's old
-        case); ``model``: a model just trained on the store with it (lineage, ``base``)."""
+        case), under the store's lock on the record as it is on disk; ``model``: a model
+        just trained on the store with it (lineage, ``base``), the store's latest only if
+        ``promoted`` (``gate``: how that was decided)."""
         if self.done:
             return
         store = self.store
-        record, kept = store.record, json.loads(json.dumps(store.record))
-        with _writing(store.path), _restoring(store, kept):
-            if self.replaces is not None:
-                record["cases"].pop(self.replaces, None)
+        with _writing(store.path), store._locked():
+            record = store.record
+            if self.id not in record["pending"]:
+                raise StoreError(f"{store.path}: case {self.id} is no longer pending in the "
+                                 "store's record (it was changed by hand?); fine-tune again")
+            store._check_kind(self.channel_names)
+            if self.replaces is not None and self.replaces in record["cases"]:
+                record["cases"].pop(self.replaces)
                 record["pending"].append(self.replaces)
             record["cases"][self.id] = self.entry
             record["pending"] = [c for c in record["pending"] if c != self.id]
-            record["channel_names"] = self.channel_names
+            record["channel_names"] = record.get("channel_names") or self.channel_names
             if model is not None:
-                record.setdefault("models", []).append(store._model_entry(model, base, None,
-                                                                          None))
+                record.setdefault("models", []).append(
+                    store._model_entry(model, base, None, None, promoted, gate))
             store._save_record()
             self.done = True
-        with _writing(store.path):
+            self._release()
             store._write_dataset_json()
             store._tidy()
 
     def discard(self) -> None:
-        """Remove the pending case's files and put the record back as it was (best effort:
-        what cannot be removed now is removed by the next write)."""
+        """Remove the pending case's files and its announcement, under the store's lock
+        (best effort: what cannot be removed now is removed by a later write). A store this
+        case created is left as it was before: no record, no folders."""
         if self.done:
             return
         self.done = True
         store = self.store
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, StoreError), store._locked():
             images, label_path = store._files(self.id, len(self.channel_names))
             for path in (*images, label_path):
                 path.unlink(missing_ok=True)
-            store.record = self._before
-            if self._existed:
+            record = store.record
+            record["pending"] = [c for c in record["pending"] if c != self.id]
+            if int(record.get("next", 0)) == self.number + 1:
+                record["next"] = self.number  # nobody took a number since: as it was
+            self._release()
+            if self._existed or record["cases"] or record["pending"] or record.get("models"):
                 store._save_record()
             else:
-                (store.path / RECORD).unlink(missing_ok=True)
-                for sub in ("imagesTr", "labelsTr"):
-                    with contextlib.suppress(OSError):
-                        (store.path / sub).rmdir()
+                _remove_new_store(store)
+        self._release()
+
+    def _release(self) -> None:
+        """Free the case's own lock and remove its lock file."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                lock.release()
+                Path(lock.lock_file).unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _restoring(store: Store, record: dict):
-    """On an error, ``store.record`` back to ``record`` (what the file on disk still says)."""
-    try:
-        yield
-    except BaseException:
-        store.record = record
-        raise
+def _remove_new_store(store: Store) -> None:
+    """Under the lock: the record and folders of a store whose first case was discarded."""
+    (store.path / RECORD).unlink(missing_ok=True)
+    store.record = _new_record()
+    for sub in ("imagesTr", "labelsTr", PENDING_LOCKS):
+        with contextlib.suppress(OSError):
+            (store.path / sub).rmdir()
 
 
 def _as_volume(image, rgb: bool) -> tuple[np.ndarray, bool]:

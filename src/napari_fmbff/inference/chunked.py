@@ -8,11 +8,10 @@ Memory on the host and the device is bounded by the chunk, not by the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .postprocess import DEFAULT_THRESHOLD
+from .regions import Chunk
 from .tiling import Progress
 
 #: Work unit edge in px: big enough that the recomputed halo tiles cost little (about 10 %
@@ -20,25 +19,6 @@ from .tiling import Progress
 DEFAULT_CHUNK = 4096
 #: Chunk edge of the zarr arrays written: what napari and dask read back comfortably.
 STORE_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """The region [rows) x [cols) of one plane of the output that one task computes and
-    writes; ``plane`` indexes the stack axes (empty for a 2D image)."""
-
-    rows: tuple[int, int]
-    cols: tuple[int, int]
-    plane: tuple[int, ...] = ()
-
-    @property
-    def region(self) -> tuple:
-        """The chunk's index into the full (stack) output."""
-        return self.plane + (slice(*self.rows), slice(*self.cols))
-
-    @property
-    def pixels(self) -> int:
-        return (self.rows[1] - self.rows[0]) * (self.cols[1] - self.cols[0])
 
 
 def store_chunk(chunk: int) -> int:

@@ -18,12 +18,10 @@ object.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .chunked import Chunk
+from .regions import Chunk
 
 #: The probability cut everywhere (API, ``fmbff segment``, the widget, the evaluation).
 DEFAULT_THRESHOLD = 0.5

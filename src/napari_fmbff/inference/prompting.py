@@ -12,6 +12,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def confirmed_objects(labels, confirmed) -> np.ndarray:
+    """A copy of a labels plane holding only the objects the user confirmed: the connected
+    objects that hold at least one ``confirmed`` pixel (painted, prompted or clicked by the
+    user). A prompt or a stroke on a slice is the user's statement of what that slice holds,
+    so the model's other objects there are neither kept by a prompt nor learned as lesion."""
+    from scipy import ndimage as ndi
+
+    out = np.array(labels, copy=True)
+    parts, n = ndi.label(out > 0)
+    if not n:
+        return out
+    kept = np.unique(parts[np.asarray(confirmed, bool) & (parts > 0)])
+    out[~np.isin(parts, kept)] = 0
+    return out
+
+
 def add_object(labels, mask, label: int, protected=None) -> np.ndarray:
     """A copy of the labels plane with ``label`` written where ``mask`` lies on the background
     (pixels of other objects and ``protected`` pixels keep their values)."""

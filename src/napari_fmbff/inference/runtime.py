@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 
 #: Where the network can run; "auto" picks CUDA, then Apple MPS, then the CPU.
@@ -46,6 +47,7 @@ def relay(gen, fn):
 #: Set to a whole number to fix torch's CPU threads (otherwise chosen before each CPU run).
 THREADS_ENV = "FMBFF_THREADS"
 _fixed_threads: int | None = None
+_this_thread = threading.local()  # .kept_free: CPUs ``cpus_kept_free`` keeps in this thread
 
 
 def set_cpu_threads(n: int) -> None:
@@ -55,6 +57,25 @@ def set_cpu_threads(n: int) -> None:
 
     _fixed_threads = max(1, int(n))
     torch.set_num_threads(_fixed_threads)
+
+
+@contextlib.contextmanager
+def cpus_kept_free(n: int = 1):
+    """Within this thread, ``fit_cpu_threads`` leaves ``n`` CPUs more free when it would give
+    torch 3 threads or more (Linux; a fixed number, ``FMBFF_THREADS`` or
+    ``set_cpu_threads``, stays as it is).
+
+    For a napari widget's worker: the window's own threads (the Qt main thread, the canvas,
+    software OpenGL) are in the same process, so /proc/stat does not count them as busy
+    elsewhere, yet each time they run they take a core from one of torch's threads and the
+    others wait for it at every layer.
+    """
+    before = getattr(_this_thread, "kept_free", 0)
+    _this_thread.kept_free = before + max(0, int(n))
+    try:
+        yield
+    finally:
+        _this_thread.kept_free = before
 
 
 def fit_cpu_threads() -> int:
@@ -75,10 +96,15 @@ def fit_cpu_threads() -> int:
         busy = _cpus_busy_elsewhere()
         if cpus is None or busy is None:
             return torch.get_num_threads()
-        fixed = max(1, min(cpus, int(cpus - busy + 0.5)))
+        fixed = _keep_free(max(1, min(cpus, int(cpus - busy + 0.5))))
     if torch.get_num_threads() != fixed:
         torch.set_num_threads(fixed)
     return fixed
+
+
+def _keep_free(threads: int) -> int:
+    kept = getattr(_this_thread, "kept_free", 0)
+    return threads - kept if kept and threads >= 3 else threads
 
 
 def _threads_from_env() -> int | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from ..inference.chunked import Chunk, PlaneOf, plan_chunks, plan_stack, store_chunk
@@ -33,6 +34,19 @@ def _marker(done_dir, chunk: Chunk) -> Path:
 
 def mark_done(done_dir, chunk: Chunk) -> None:
     _marker(done_dir, chunk).touch()
+
+
+#: For tests of interrupted jobs only: with this variable set to N, a job run in this process
+#: stops still (until it is signalled) once N chunks are done, so that a signal always arrives
+#: while the job is running, however fast the machine is.
+HOLD_AFTER_CHUNKS = "FMBFF_TEST_HOLD_AFTER_CHUNKS"
+
+
+def _hold_if_asked(done_dir) -> None:
+    hold = os.environ.get(HOLD_AFTER_CHUNKS, "")
+    if hold.isdigit() and len(os.listdir(done_dir)) >= int(hold):
+        while True:  # ends only by the signal the test sends
+            time.sleep(0.05)
 
 
 class LargeOutputs:
@@ -114,6 +128,7 @@ class LargeOutputs:
 
     def mark_done(self, chunk: Chunk) -> None:
         mark_done(self.done_dir, chunk)
+        _hold_if_asked(self.done_dir)
 
     def missing(self) -> list[Chunk]:
         return [c for c in plan_stack(self.shape, self.chunk) if not self.is_done(c)]

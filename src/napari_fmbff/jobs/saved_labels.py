@@ -50,13 +50,77 @@ def scan_labels(labels, record: dict, shape: tuple | None = None) -> np.ndarray:
     return labels
 
 
+#: The keys of a layer's record that say which model run made its pixels: the model's name,
+#: its file, the file's SHA-256 and the time of the run (``run_record``).
+RUN_KEYS = ("model", "model_file", "model_sha256", "date")
+
+
+def run_record(model, previous: dict | None = None, *, when=None, base=None,
+               **settings) -> dict:
+    """The record a labels layer carries after a model run wrote into it (Propagate; Segment
+    builds the same keys from ``Segmenter.record``): ``model`` the model file that made the
+    pixels (or a registered name, resolved to its file), named by its stem, with its SHA-256
+    and ``when`` (a datetime or ISO text; default now, UTC) as the run's ``date``; ``base``
+    the model it was fine-tuned from (name, file, SHA-256 as ``base_model*``); ``settings``
+    what else the run records (``learned``, ``slices_labelled``...). ``previous``: the layer's
+    record before this run; its other keys stay (threshold, image...) and its own run keys
+    move under ``previous_run`` (the run that made the slices this one left as they were)."""
+    previous = dict(previous) if isinstance(previous, dict) else {}
+    previous.pop("previous_run", None)
+    record = {**previous, **_model_file_record(model), "date": _iso(when), **settings}
+    if base is not None:
+        record.update({f"base_{k}": v for k, v in _model_file_record(base).items()})
+    earlier = {k: previous[k] for k in RUN_KEYS if k in previous}
+    if earlier:
+        record["previous_run"] = earlier
+    return record
+
+
+def _model_file_record(model) -> dict:
+    """{model: stem, model_file, model_sha256} of a model file or registered name (the file
+    and hash None when it is neither, so the record never names a file it did not read)."""
+    from ..model.checkpoint import file_sha256
+    from ..model.registry import resolve_model_path
+
+    try:
+        path = resolve_model_path(model)
+        return {"model": path.stem, "model_file": str(path), "model_sha256": file_sha256(path)}
+    except (ValueError, OSError):
+        return {"model": str(model), "model_file": None, "model_sha256": None}
+
+
+def _iso(when) -> str:
+    if when is None:
+        when = datetime.datetime.now(datetime.timezone.utc)
+    return when.isoformat(timespec="seconds") if isinstance(when, datetime.datetime) \
+        else str(when)
+
+
+def checked_run(made_by: dict) -> dict:
+    """A layer's record as a saved file may repeat it: when its ``model_file`` is not the file
+    of its ``model`` (a record whose model was changed without its file, hash and time, as
+    Propagate did before it recorded its own run), the file, hash and time are not that
+    model's; they are moved under ``unverified_run`` and a ``provenance_note`` says so."""
+    made_by = dict(made_by)
+    model, file = made_by.get("model"), made_by.get("model_file")
+    if not file or model is None or Path(str(file)).stem == str(model):
+        return made_by
+    made_by["unverified_run"] = {k: made_by.get(k) for k in RUN_KEYS[1:]}
+    made_by.update(model_file=None, model_sha256=None, date=None,
+                   provenance_note=f"the layer's record names model {model!r} but the file, "
+                   f"SHA-256 and time of another model ({Path(str(file)).name}); "
+                   f"{model!r}'s own are unknown")
+    return made_by
+
+
 def provenance_of(record: dict, made_by: dict | None, layer: str = "") -> dict:
     """What a saved file records: how the labels were made (the Segment / Propagate record,
-    when they were), the scan, this package's version and the date."""
+    when they were: ``checked_run``), the scan, this package's version and the date."""
     from .. import __version__
 
-    made_by = dict(made_by) if isinstance(made_by, dict) else {}
-    return {**made_by, "source": str(record.get("source", made_by.get("source", ""))),
+    made_by = checked_run(made_by) if isinstance(made_by, dict) else {}
+    return {**made_by, "kind": "labels",
+            "source": str(record.get("source", made_by.get("source", ""))),
             "format": record.get("format"), "spacing_mm": record.get("spacing_mm"),
             "series_uid": record.get("series_uid"), "layer": layer,
             "saved_by": "napari-fmbff", "package_version": __version__,
@@ -77,18 +141,126 @@ def nifti_sidecar(path) -> Path:
 def save_nifti(path, labels: np.ndarray, record: dict, provenance: dict,
                overwrite: bool = False) -> list[Path]:
     """The labels on the scan's grid as NIfTI with its RAS affine, and the provenance as a
-    JSON sidecar beside it (both atomic)."""
+    JSON sidecar beside it (both atomic), with the scan's record under ``SOURCE_KEY`` so the
+    labels reopen on that scan (``nifti_labels``)."""
     path = Path(path)
     target = write_labels_and_record(path, nifti_sidecar(path), labels, record_ras_affine(record),
-                                     provenance, overwrite)
+                                     {**provenance, SOURCE_KEY: record}, overwrite)
     return [target, nifti_sidecar(path)]
 
 
+# ---- a saved NIfTI opened again: labels or an image? ------------------------------------------
+
+#: At most this many ids in an integer mask beside its scan (more: an image).
+MASK_MAX_IDS = 1024
+
+
+def nifti_labels(path, volume) -> tuple[str, dict | None] | None:
+    """Whether the NIfTI at ``path`` (read as ``volume``) holds labels, and why: (the reason,
+    our sidecar's record or None), else None (an image). Labels, with whole-number voxels:
+    (1) beside it is the JSON sidecar napari-fmbff writes (``mask.nii.gz`` -> ``mask.json``,
+    ``our_sidecar``), or (2) its header's intent is NIFTI_INTENT_LABEL (as napari-fmbff
+    writes labels), or (3) it is an integer mask beside its scan: integer voxels >= 0, at
+    most ``MASK_MAX_IDS`` distinct values, more than half the voxels 0, and another NIfTI in the
+    same folder on the same grid (shape and affine) is not such a mask."""
+    data = volume.data
+    sidecar = our_sidecar(path)
+    if sidecar is not None and _whole(data):
+        return f"the napari-fmbff record {nifti_sidecar(path).name} is beside it", sidecar
+    if _intent_is_label(path) and _whole(data):
+        return "its NIfTI intent is label", None
+    if _mask_like(data):
+        scan = _scan_beside(Path(path))
+        if scan is not None:
+            return f"an integer mask on the grid of {scan.name} beside it", None
+    return None
+
+
+def our_sidecar(path) -> dict | None:
+    """The JSON record napari-fmbff wrote beside a NIfTI of labels (this writer: ``kind``
+    labels; ``fmbff segment`` / ``propagate``: a ``model`` and a ``package_version``)."""
+    import json
+
+    try:
+        record = json.loads(nifti_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    ours = record.get("kind") == "labels" or ("model" in record and "package_version" in record)
+    return record if ours else None
+
+
+def labels_record(sidecar: dict | None, volume) -> dict:
+    """The scan record of labels opened from a NIfTI: the scan's own (our sidecar's, so they
+    overlay and save on the scan they were drawn on) when it agrees with the file's grid,
+    else the file's (``source_record``)."""
+    from ..data.medical import source_record
+
+    scan = (sidecar or {}).get(SOURCE_KEY)
+    try:
+        if isinstance(scan, dict) and scan.get("n_slices", volume.data.shape[0]) == \
+                volume.data.shape[0] and np.allclose(record_ras_affine(scan), volume.affine,
+                                                     atol=1e-2):
+            return scan
+    except (KeyError, TypeError, ValueError):
+        pass
+    return source_record(volume)
+
+
+def _whole(data) -> bool:
+    data = np.asarray(data)
+    return data.dtype.kind in "iub" or (data.dtype.kind == "f" and bool(np.all(np.mod(data, 1) == 0)))
+
+
+def _intent_is_label(path) -> bool:
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path)).header.get_intent()[0] == "label"
+    except Exception:  # noqa: BLE001 - a header we cannot read says nothing
+        return False
+
+
+def _mask_like(data) -> bool:
+    """Integer voxels >= 0, at most ``MASK_MAX_IDS`` distinct values, more than half the voxels 0."""
+    data = np.asarray(data)
+    if data.dtype.kind not in "iub" or not data.size or data.min() < 0 or data.max() >= 1 << 24:
+        return False
+    counts = np.bincount(data.ravel().astype(np.int64))
+    return np.count_nonzero(counts) <= MASK_MAX_IDS and counts[0] * 2 > data.size
+
+
+def _scan_beside(path: Path):
+    """Another NIfTI in ``path``'s folder on the same grid that is not a mask, else None."""
+    import nibabel as nib
+
+    try:
+        mine = nib.load(str(path))
+        others = sorted(p for p in path.parent.iterdir() if p != path and p.is_file()
+                        and p.name.lower().endswith((".nii", ".nii.gz")))
+    except Exception:  # noqa: BLE001 - no grid to compare
+        return None
+    for other in others:
+        try:
+            img = nib.load(str(other))
+            if img.shape[:3] != mine.shape[:3] or not np.allclose(img.affine, mine.affine,
+                                                                  atol=1e-3):
+                continue
+            if img.get_data_dtype().kind == "f" or not _mask_like(np.asanyarray(img.dataobj)):
+                return other
+        except Exception:  # noqa: BLE001 - a file we cannot read is no scan
+            continue
+    return None
+
+
 def save_dicom_seg(path, labels: np.ndarray, record: dict, provenance: dict,
-                   overwrite: bool = False) -> list[Path]:
+                   overwrite: bool = False, classes: dict | str | None = None) -> list[Path]:
+    """The labels as a DICOM SEG referencing the scan's series, one segment per class
+    (``dicom_seg.write_dicom_seg``'s ``classes``)."""
     from ..data.dicom_seg import write_dicom_seg
 
-    return [write_dicom_seg(path, labels, record, provenance, overwrite)]
+    return [write_dicom_seg(path, labels, record, provenance, overwrite, classes)]
 
 
 def ome_geometry(ndim: int, scale, translate=None, units=None) -> dict:

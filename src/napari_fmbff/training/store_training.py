@@ -2,7 +2,10 @@
 user's corrected slices as a case and trains on the whole store, so the next patient starts
 from everything corrected so far.
 
-- **Start**: the store's latest model (``Store.latest_model``), else the chosen base model.
+- **Start**: the chosen base model (the model the dock's *base model* field shows, or
+  ``--model``), resolved once when the run starts (``start_model``): a store run never starts
+  from a model another run or another process made meanwhile. The store's latest model
+  (``Store.latest_model``) is what Segment offers first; pick it as the base to continue it.
 - **Data**: every labelled slice of every case, read one slice at a time (``Store.
   training_slices``); never a whole volume, never an uncorrected slice. Each case keeps the
   intensity setting it was corrected with (CT: its window), so its slices are presented as
@@ -17,6 +20,10 @@ from everything corrected so far.
   still to be chosen by benchmarks/store.py (issue 23); until then this is the default.
 - **Lineage**: the new model records the store, its cases, the newest case, the replay and
   its base; its card says "trained on N cases, M corrected slices".
+- **Promotion** (issue 28): a new model becomes the store's latest (Segment's default) only
+  if its Dice on the store's earlier cases (their labelled slices) is no worse than the
+  current latest's (``promotion``); otherwise it is kept and registered, not promoted, and
+  the run's message says so (``settle``). The first model of a store is promoted.
 - **Nothing half-done**: the new case is staged and becomes part of the store only when the
   run ends (or, when cancelled, only if a model was kept); an error or a cancel that keeps
   nothing discards it, so the store is as it was.
@@ -29,11 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import RECORD, PendingCase, Store
+from ..data.store import KINDS, RECORD, PendingCase, Store
 from .propagate import KEEP_CONNECTED
 
 #: The newest case's share of the training samples (replay of the older cases fills the rest).
 REPLAY_SHARE = 0.5
+#: A new model is promoted when its Dice on the store's earlier cases, rounded as shown
+#: (this many decimals), is at least the current latest model's.
+GATE_DECIMALS = 3
 #: Said in every store-trained model's record.
 STORE_RECIPE = ("FINETUNE_DEFAULTS with nothing held out (every stored slice is trained on); "
                 "the store's own recipe is to be chosen by benchmarks/store.py")
@@ -45,8 +55,9 @@ def is_store(path) -> bool:
     import json
 
     path = Path(path)
-    if (path / RECORD).is_file():
-        return True
+    if (path / RECORD).is_file() or any((path / kind / RECORD).is_file() for kind in
+                                        KINDS.values()):
+        return True  # a store folder of one store per kind: opening it says which to give
     try:
         meta = json.loads((path / "dataset.json").read_text())
     except (OSError, ValueError):
@@ -55,9 +66,12 @@ def is_store(path) -> bool:
 
 
 def start_model(store: Store, chosen) -> str:
-    """What a store fine-tune starts from: the store's latest model, else ``chosen``."""
-    latest = store.latest_model
-    return str(latest) if latest is not None else str(chosen)
+    """What a store run starts from: ``chosen``, the base model the user sees (the dock's
+    *base model*, ``--model``), never the store's latest model, which another run or
+    another process may have made meanwhile (issue 28). Resolve it once, when the run
+    starts, and pass it on; the store's latest is Segment's default (``Store.latest_model``).
+    """
+    return str(chosen)
 
 
 def intensity_record(setting, image=None) -> dict:
@@ -163,17 +177,20 @@ def train_on_store(net, store: Store, cfg, setting, out, *, base=None,
                    half: bool = False, keep_on_cancel: bool = True, should_stop=None,
                    resume_state=None, checkpoint_fn=None, ddp=None, extra: dict | None = None):
     """Generator: yields ``TrainEvent``; returns the ``run.Outcome`` of training ``net`` on
-    the whole store (``pending`` included) with ``run.train_and_save``.
+    the whole store (``pending`` included; the record read again first: another process may
+    have added a case) with ``run.train_and_save``.
 
     ``replay`` (default: when a case is being added) weights the newest case up;
     ``hold_out`` keeps ``cfg.val_fraction`` (``fmbff train STORE``), else nothing is held
     out. ``commit``: ``pending`` joins the store when the run ends (a cancelled run only if
-    it kept a model), with the new model as the store's latest; False leaves that to the
-    caller (a propagation commits after segmenting). Any error, or a cancel that kept
-    nothing, discards ``pending``: the store is as it was."""
+    it kept a model) and the new model is registered, promoted to the store's latest only
+    if it passes ``promotion`` (``settle``); False leaves that to the caller (a propagation
+    commits after segmenting). Any error, or a cancel that kept nothing, discards
+    ``pending``: the store is as it was."""
     from . import run
 
     try:
+        store.reload()
         data = store_items(store, setting, pending, replay=pending is not None
                            if replay is None else replay)
         lineage = store_lineage(store, data, base)
@@ -185,10 +202,22 @@ def train_on_store(net, store: Store, cfg, setting, out, *, base=None,
             keep_on_cancel=keep_on_cancel, should_stop=should_stop, resume_state=resume_state,
             checkpoint_fn=checkpoint_fn, ddp=ddp,
             extra={**(extra or {}), "store": lineage, "n_train": data.n_slices})
+        _store_notes(outcome, data, hold_out)
+        if ddp is not None and not ddp.is_main:
+            return outcome
+        if pending is not None and not commit:
+            if not keeps_case(outcome):
+                pending.discard()
+            return outcome
+        return settle(store, outcome, pending, base=base, data=data, cfg=cfg)
     except BaseException:
         if pending is not None:
             pending.discard()
         raise
+
+
+def _store_notes(outcome, data: StoreItems, hold_out: bool) -> None:
+    """What a store run's outcome says beyond ``run.train_and_save``'s."""
     outcome.store_items = data
     if not hold_out:  # run.score_summary's reason for no held-out score is not this one's
         outcome.message = outcome.message.replace(
@@ -196,16 +225,110 @@ def train_on_store(net, store: Store, cfg, setting, out, *, base=None,
     if data.skipped_partial:
         outcome.notes.append(f"{data.skipped_partial} slice(s) partly the ignore label were left "
                              "out (training has no per-pixel ignore)")
-    if ddp is not None and not ddp.is_main:
-        return outcome
-    if pending is None:
-        if outcome.saved and not store.read_only:
-            store.record_model(outcome.path, base=base, cases=data.cases, slices=data.n_slices)
-    elif not keeps_case(outcome):
+
+
+def settle(store: Store, outcome, pending: PendingCase | None = None, *, base=None,
+           data: StoreItems | None = None, cfg=None):
+    """After a store run (its main process): the new case joins the store, or is discarded
+    when the run kept nothing (``keeps_case``); a saved model is registered, and becomes the
+    store's latest only if ``promotion`` says so. The outcome says which: ``promoted``, and
+    a sentence added to its message and notes (the dock and the command line show them).
+    Returns the outcome."""
+    if pending is not None and not keeps_case(outcome):
         pending.discard()
-    elif commit:
-        pending.commit(outcome.path, base=base)
+        return outcome
+    gate = None
+    if outcome.saved and not store.read_only:
+        store.reload()  # the latest model and the cases as they are now
+        gate = promotion(store, outcome.path,
+                         exclude=[pending.replaces] if pending is not None else (),
+                         device=getattr(cfg, "device", "auto"),
+                         tile_size=getattr(cfg, "tile_size", None))
+        outcome.promoted = gate.promoted
+        outcome.message = f"{outcome.message} {gate.message}"
+        outcome.notes.append(gate.message)
+    decided = {"promoted": gate.promoted, "gate": gate.record} if gate is not None else {}
+    if pending is not None:
+        pending.commit(outcome.path if outcome.saved else None, base=base, **decided)
+    elif gate is not None:
+        store.record_model(outcome.path, base=base, cases=data.cases if data else None,
+                           slices=data.n_slices if data else None, **decided)
+    outcome.store_latest = store.latest_model
     return outcome
+
+
+@dataclass
+class Promotion:
+    """Whether a new model becomes the store's latest, the sentence that says so, and the
+    scores it was decided on (kept in the store's record)."""
+
+    promoted: bool
+    message: str
+    record: dict = field(default_factory=dict)
+
+
+def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None) -> Promotion:
+    """The promotion gate: ``model`` (a model file just trained on ``store``) becomes the
+    store's latest when the store has no latest model yet, or no earlier case (every case
+    but ``exclude``: the case a new one replaces), or when its Dice on the earlier cases
+    (``store_dice``), rounded to ``GATE_DECIMALS``, is at least the latest model's."""
+    from ..model.checkpoint import load_model
+
+    latest = store.latest_model
+    earlier = [case for case in store.record["cases"] if case not in set(exclude)]
+    name = Path(str(model)).stem
+    record = {"latest": str(latest) if latest else None, "cases": earlier}
+    if latest is None or not earlier:
+        why = ("the first model trained on this store" if latest is None else
+               "no earlier case to compare it on")
+        return Promotion(True, f"'{name}' is the store's latest model now ({why}): Segment "
+                               "offers it first.", record)
+    try:
+        current = load_model(latest)
+    except (OSError, ValueError) as err:  # the latest's file damaged: nothing to keep it for
+        return Promotion(True, f"'{name}' is the store's latest model now (the previous "
+                               f"latest '{latest.stem}' cannot be read: {err}).", record)
+    new = store_dice(store, load_model(model), earlier, device, tile_size)
+    old = store_dice(store, current, earlier, device, tile_size)
+    if new != new or old != old:  # no labelled slice to score on
+        return Promotion(True, f"'{name}' is the store's latest model now (no labelled slice "
+                               "of an earlier case to compare it on).", record)
+    ok = round(new, GATE_DECIMALS) >= round(old, GATE_DECIMALS)
+    record.update(dice=round(new, 4), latest_dice=round(old, 4))
+    where = f"the store's {len(earlier)} earlier case{'s' if len(earlier) != 1 else ''}"
+    if ok:
+        text = (f"'{name}' is the store's latest model now (Segment offers it first): Dice on "
+                f"{where} {new:.3f}, the previous latest '{latest.stem}' {old:.3f}.")
+    else:
+        text = (f"'{name}' was kept and registered but not promoted: its Dice on {where} is "
+                f"{new:.3f}, worse than {old:.3f} for the store's latest model "
+                f"'{latest.stem}', which stays the store's latest (Segment's default).")
+    return Promotion(ok, text, record)
+
+
+def store_dice(store: Store, net, cases, device="auto", tile_size=None) -> float:
+    """``net``'s Dice on the labelled slices of ``cases`` (the ignore label never counts):
+    per case over all its labelled slices (pixels pooled), then the mean over cases, so each
+    patient counts alike; NaN when no case has a labelled slice. Each case is presented with
+    the intensity setting it was corrected with; threshold 0.5."""
+    from ..inference.postprocess import DEFAULT_THRESHOLD
+    from ..inference.segmenter import Segmenter
+    from ..model.normalization import default_normalization
+    from .metrics import Counts, confusion
+
+    per_case = []
+    for case_id in cases:
+        pieces = list(store.training_slices(cases=[case_id]))
+        if not pieces:
+            continue
+        norm = _case_normalization(store, case_id, None, default_normalization(net),
+                                   [p.image for p in pieces])
+        seg = Segmenter(net, device=device, normalization=norm,
+                        **({"tile_size": tile_size} if tile_size else {}))
+        counts = sum((confusion(seg.predict_proba(p.image) >= DEFAULT_THRESHOLD, p.mask)
+                      for p in pieces), Counts())
+        per_case.append(counts.scores()["dice"])
+    return float(np.mean(per_case)) if per_case else float("nan")
 
 
 def keeps_case(outcome) -> bool:
@@ -233,6 +356,7 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
 
     zs = labelled_slices(labels, len(volume), slices)
     setting = normalization or default_normalization(net)
+    cfg = cfg or finetune_config()
     pending = stage(store, np.asarray(volume), np.asarray(labels), zs, setting,
                     source=str((source_meta or {}).get("source") or image_name),
                     name=image_name, source_meta=source_meta, spacing=spacing,
@@ -240,7 +364,7 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
     try:
         lineage = {"base": str(base) if base else None, "slices": zs, "image": image_name}
         outcome = yield from relay(train_on_store(
-            net, store, cfg or finetune_config(), setting, out_model, base=base,
+            net, store, cfg, setting, out_model, base=base,
             pending=pending, commit=False, overwrite=overwrite, should_stop=should_stop,
             keep_on_cancel=keep_on_cancel,
             detail=f"{image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}",
@@ -248,12 +372,8 @@ def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices
         result = yield from finish_propagation(net, outcome, volume, labels, zs,
                                                setting.for_stack(volume), threshold, min_size,
                                                connected)
+        settle(store, outcome, pending, base=base, cfg=cfg)
     except BaseException:
         pending.discard()
         raise
-    if keeps_case(outcome):
-        pending.commit(outcome.path, base=base)
-    else:
-        pending.discard()
     return result
-
