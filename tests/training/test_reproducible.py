@@ -1,7 +1,7 @@
 """A training run can be repeated: the fine-tuning recipe trains as it did when these numbers
 were recorded, and a model records the CPU threads it was trained on, which repeat it bit for
-bit (issue 30's "regression": the same command gave 0.640 and 0.407; the training code had
-not changed, the thread count had)."""
+bit (issue 30's "regression", 0.640 then 0.407 from the same command: the training code had
+not changed; the thread count and the seed move such a run, docs/models.md)."""
 
 import numpy as np
 import pytest
