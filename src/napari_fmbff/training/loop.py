@@ -145,6 +145,10 @@ class TrainResult:
     validated: bool = True     # False: nothing held out; fixed budget, final weights kept
     fit_before: float = float("nan")  # pooled Dice at 0.5 on the training items, before ...
     fit_after: float = float("nan")   # ... and after training (how well it reproduces them)
+    # torch's CPU threads during the run (None off the CPU). Another thread count sums in
+    # another order, and a few-shot fine-tune can end far from where it ended before:
+    # FMBFF_THREADS=N repeats a run bit for bit (docs/models.md, the regression that was not).
+    cpu_threads: int | None = None
 
     @property
     def changed(self) -> bool:

@@ -163,6 +163,7 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
         "stopped_early": result.stopped_early, "cancelled": result.cancelled,
         "train_seconds": round(result.seconds, 1), "device": str(cfg.device),
         "device_name": device_name(cfg.device), "processes": ddp.world_size if ddp else 1,
+        "cpu_threads": result.cpu_threads,
         "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
         "normalization": normalization.to_dict(),

@@ -198,7 +198,8 @@ class Trainer:
         self._freeze_encoder(False)
         result = TrainResult(self.net.eval(), self.history, self.initial, self.best_dice,
                              self.best_epoch, self.epoch, self.stopped_early, 0.0, self.cancelled,
-                             self.validated, self.fit_before, self.fit_before)
+                             self.validated, self.fit_before, self.fit_before,
+                             cpu_threads=self.cpu_threads)
         if result.changed:
             result.fit_after = self.fit()
         result.seconds = time.time() - self.started
@@ -248,8 +249,8 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.device = resolve_device(_ddp.device_for(self.ddp, cfg.device))
-        if self.device.type == "cpu":
-            fit_cpu_threads()  # as many threads as there are free CPUs now
+        # As many threads as there are free CPUs now (kept for the whole run, and recorded).
+        self.cpu_threads = fit_cpu_threads() if self.device.type == "cpu" else None
         if cfg.prompts and getattr(self.net, "prompt_conv", "none") is None:
             self.net.add_prompts()  # zero weights: the untrained path changes nothing
         self.net = self.net.to(self.device)
