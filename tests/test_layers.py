@@ -51,3 +51,52 @@ def test_no_function_in_src_is_longer_than_80_lines():
                 if n > 80:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "\n".join(long)
+
+
+def _module_imports(path: Path, package: str) -> set[str]:
+    """Every module of ``package`` that ``path`` imports: module level, inside functions and
+    under ``TYPE_CHECKING`` alike (a cycle through any of them is a cycle)."""
+    import ast
+
+    parts = path.relative_to(ROOT / "src").with_suffix("").parts
+    here = list(parts[:-1])  # the package a relative import starts from
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            name = ".".join(base + ([node.module] if node.module else []))
+            if not name.startswith(package):
+                continue
+            found.add(name)
+            found.update(f"{name}.{a.name}" for a in node.names)  # "from . import x"
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith(package))
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    """No module reaches itself through imports (function-level and TYPE_CHECKING counted);
+    a package's ``__init__`` re-exports are not edges into its own modules."""
+    package = "napari_fmbff"
+    files = {".".join(p.relative_to(ROOT / "src").with_suffix("").parts).removesuffix(
+        ".__init__"): p for p in (ROOT / "src" / package).rglob("*.py")}
+    graph = {name: {m for m in _module_imports(path, package) if m in files and m != name}
+             for name, path in files.items() if not path.name == "__init__.py"}
+    graph = {k: {m for m in v if m in graph} for k, v in graph.items()}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -15,145 +15,19 @@ changed at all (``changed``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
 from ..model.normalization import Normalization
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    tile_size: int = 352        # largest crop; smaller images get crops of their own size
-    val_fraction: float = 0.2   # 0: never hold out (see split_items for the small-data rule)
-    patience: int = 15          # epochs without a better validation Dice before stopping
-    lr_patience: int = 5        # epochs without improvement before the lr halves
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    freeze_encoder: bool = False   # encoder frozen for the whole run
-    freeze_encoder_epochs: int = 0  # encoder frozen for the first N epochs, then trained too
-    lr_schedule: str = "plateau"   # "plateau" (halve on a validation plateau; constant without
-    #                                validation), "cosine" (to lr/20 at the last epoch), "constant"
-    augment: bool = True
-    resize: bool = False        # resize whole images to the tile instead of random crops
-    steps_per_epoch: int | None = None   # default: enough batches to see each image once
-    min_steps_per_epoch: int = 1         # ... but at least this many (few images: a budget)
-    lesion_crop_fraction: float = 0.5    # crops centred on a lesion pixel, for small lesions
-    fit_tiles: int = 32         # tiles of the training images scored for fit_before / fit_after
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    num_workers: int = 0        # DataLoader processes preparing crops
-    # Prompts simulated from the masks (boxes, clicks; model/prompts.simulate_prompts) train
-    # the prompt input (a network without one gains it); ``no_prompt_fraction`` of the crops
-    # get none, so automatic segmentation stays trained; half the prompted batches get one
-    # more click in the network's own error (a simulated user's correction).
-    prompts: bool = False
-    no_prompt_fraction: float = 0.3
-
-    def __post_init__(self):
-        if self.tile_size % 32 or self.tile_size < 32:
-            raise ValueError(f"tile size must be a multiple of 32, got {self.tile_size}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
-        if self.freeze_encoder_epochs < 0:
-            raise ValueError("freeze_encoder_epochs must be 0 or more")
-        if not 0 <= self.no_prompt_fraction <= 1:
-            raise ValueError(f"no_prompt_fraction must be in [0, 1], got {self.no_prompt_fraction}")
-        if self.lr_schedule not in ("plateau", "cosine", "constant"):
-            raise ValueError(f"lr_schedule must be plateau, cosine or constant, "
-                             f"got {self.lr_schedule!r}")
-
-    def encoder_frozen(self, epoch: int) -> bool:
-        """Whether the encoder is frozen during ``epoch`` (1-based)."""
-        return self.freeze_encoder or epoch <= self.freeze_encoder_epochs
-
-
-# The one home of the fine-tuning recipe (the Fine-tune widget and `fmbff train --init`).
-# Chosen from benchmarks/few_shot.py on real CT / MR lesions (docs/models.md has the table):
-# lr 1e-3 reproduces the corrections (lr 3e-4 and 1e-4 under-fit them in this budget); the
-# encoder frozen for the first 5 epochs generalised best to another patient; batches of 4
-# crops keep a 2-core CPU under 2 GB; at least 3 steps per epoch give 1-3 slices a budget.
-FINETUNE_DEFAULTS: dict = {
-    "epochs": 20,
-    "lr": 1e-3,
-    "batch_size": 4,
-    "tile_size": 256,
-    "freeze_encoder": False,
-    "freeze_encoder_epochs": 5,
-    "val_fraction": 0.2,
-    "patience": 20,
-    "lr_schedule": "cosine",
-    "lesion_crop_fraction": 0.5,
-    "augment": True,
-    "min_steps_per_epoch": 3,
-}
-
-
-def finetune_config(**overrides) -> TrainConfig:
-    """The fine-tuning recipe (``FINETUNE_DEFAULTS``) with ``overrides`` (TrainConfig fields)."""
-    return TrainConfig(**{**FINETUNE_DEFAULTS, **overrides})
-
-
-@dataclass
-class Item:
-    """One training image in memory: raw pixels, 0/1 mask, its intensity range, and its
-    group: the slices of one volume share one, so ``split_items`` never puts a patient on
-    both sides of the split (default: the item's own name, a group of its own)."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    name: str = ""
-    intensity_range: tuple[float, float] = (0.0, 255.0)
-    group: str | None = None
-
-    def __post_init__(self):
-        if self.group is None:
-            self.group = self.name
-
-
-@dataclass
-class TrainEvent:
-    kind: str                  # "start", "step" or "epoch"
-    epoch: int
-    step: int = 0
-    steps: int = 0
-    loss: float = float("nan")
-    val_dice: float = float("nan")   # NaN when nothing is held out
-    best_dice: float = float("nan")
-    lr: float = float("nan")
-    fit: float = float("nan")        # "start": Dice on the training items' own pixels
-
-
-@dataclass
-class TrainResult:
-    net: object
-    history: list = field(default_factory=list)
-    initial_dice: float = float("nan")   # held-out Dice before training (NaN: not validated)
-    best_dice: float = float("nan")
-    best_epoch: int = 0
-    epochs_run: int = 0
-    stopped_early: bool = False
-    seconds: float = 0.0
-    cancelled: bool = False
-    validated: bool = True     # False: nothing held out; fixed budget, final weights kept
-    fit_before: float = float("nan")  # pooled Dice at 0.5 on the training items, before ...
-    fit_after: float = float("nan")   # ... and after training (how well it reproduces them)
-    # torch's CPU threads during the run (None off the CPU). Another thread count sums in
-    # another order, and a few-shot fine-tune can end far from where it ended before:
-    # FMBFF_THREADS=N repeats a run bit for bit (docs/models.md, the regression that was not).
-    cpu_threads: int | None = None
-
-    @property
-    def changed(self) -> bool:
-        """True when the returned weights differ from the initial ones."""
-        return self.best_epoch > 0 if self.validated else self.epochs_run > 0
+from .config import (  # noqa: F401  (the recipe's types, imported from here by callers)
+    FINETUNE_DEFAULTS,
+    Item,
+    TrainConfig,
+    TrainEvent,
+    TrainResult,
+    finetune_config,
+)
 
 
 def make_items(images, masks, normalization: Normalization, names=None, *,

@@ -13,7 +13,7 @@ from ..model.normalization import Normalization, as_three_channels
 from .metrics import Counts, confusion
 
 if TYPE_CHECKING:
-    from .loop import Item, TrainConfig
+    from .config import Item, TrainConfig
 
 
 def crop_shape(shape, tile_size: int) -> tuple[int, int]:

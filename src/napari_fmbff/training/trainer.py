@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import ddp as _ddp
-from .loop import TrainEvent, TrainResult
+from .config import TrainEvent, TrainResult
 from .metrics import Counts, soft_dice
 from .samples import CropDataset, ShapeBatchSampler, grid_counts
 
 if TYPE_CHECKING:
     from ..model.normalization import Normalization
-    from .loop import TrainConfig
+    from .config import TrainConfig
 
 
 class Trainer:
