@@ -177,3 +177,20 @@ def test_the_day_fits_one_screen_and_segment_is_in_front(make_napari_viewer, qtb
     for button in (segment.run_button, segment.next_button, segment.accept_button):
         bottom = button.native.mapTo(viewport, button.native.rect().bottomLeft()).y()
         assert 0 < bottom <= viewport.height(), (button.text, bottom, viewport.height())
+
+
+def test_accept_the_rest_makes_the_whole_reviewed_stack_training_data(make_napari_viewer, qtbot,
+                                                                     tiny_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_stack(n=4), name="scan")
+    segment = docked(viewer)
+    segment_all(segment, qtbot, threshold=0.5)
+    tune = docked(viewer, "Fine-tune")
+    labels = box_on_slice(viewer, segment, 1)  # one slice corrected by a box
+    assert [p for p in tune._training_selection()[2]] == [(1,)]
+    segment.accept_rest_button.changed.emit(True)  # the button, as a click sends it
+    assert "3 slice(s) accepted" in segment.uncertainty.value
+    data, layer, planes = tune._training_selection()
+    assert planes == [(0,), (1,), (2,), (3,)] and layer is not None
+    job = tune.store_job(data, labels, planes)
+    assert job["slices"] == [0, 1, 2, 3]  # the store's case holds the whole reviewed stack

@@ -61,11 +61,14 @@ class ReviewMixin:
                                       tooltip=tooltip("segment", "next_button"))
         self.accept_button = PushButton(text="Accept slice",
                                         tooltip=tooltip("segment", "accept_button"))
+        self.accept_rest_button = PushButton(text="Accept the rest",
+                                             tooltip=tooltip("segment", "accept_rest_button"))
         self.uncertainty = wrap(Label(label="uncertainty", value=""))
 
     def _connect_review(self) -> None:
         self.next_button.changed.connect(lambda _=None: self.next_slice_to_check())
         self.accept_button.changed.connect(lambda _=None: self.accept_slice())
+        self.accept_rest_button.changed.connect(lambda _=None: self.accept_the_rest())
         ref = weakref.ref(self)
 
         def on_step(_event=None):
@@ -138,6 +141,30 @@ class ReviewMixin:
         proposal_of(labels).accept(index)
         self._refresh_review()
         return index
+
+    def accept_the_rest(self) -> list | None:
+        """Once the user is satisfied with a reviewed stack: every slice not yet corrected or
+        accepted is accepted as it is (an empty one as lesion-free), so Fine-tune and the
+        corrections store learn the whole reviewed lesion, not only the corrected slices.
+        Returns the slices accepted now (None if refused)."""
+        from ..inference.stacks import plane_indices
+
+        try:
+            image, shape, labels = self._review_target()
+            if labels is None:
+                raise ValueError(f"'{image.name}' has no result to accept yet; Segment it (or "
+                                 "answer a prompt) first")
+        except ValueError as err:
+            show_error(f"napari-fmbff: {err}")
+            return None
+        proposal = proposal_of(labels)
+        rest = [i for i in plane_indices(shape, False) if not proposal.corrected(i)]
+        for index in rest:
+            proposal.accept(index)
+        self._refresh_review()
+        self.uncertainty.value = (f"{len(rest)} slice(s) accepted as they are; every slice is "
+                                  "now reviewed: Fine-tune learns them all")
+        return rest
 
     def _show_plane(self, image, index: tuple) -> None:
         """Move napari's sliders so that ``image`` shows the plane at leading ``index``."""

@@ -113,7 +113,7 @@ SEGMENT_LAYOUT = (
     "image", "model", "model_card", "intensity", "intensity_low", "intensity_high", "scope",
     "run_button", "cancel_button", "progress", "status",
     "prompts_button", "box_engine", "negative", "prompt_status", "replace_button",
-    "next_button", "accept_button", "uncertainty",
+    "next_button", "accept_button", "accept_rest_button", "uncertainty",
     "click_mode", "keep_button", "region_button", "edits",
 )
 #: The expert settings, in the collapsed "Advanced settings" section below the day's controls

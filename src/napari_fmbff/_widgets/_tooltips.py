@@ -49,6 +49,10 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "accept_button": "The displayed slice is right as it is: it is not offered again, and "
                          "Fine-tune's 'slices you corrected' and Propagate learn it whole "
                          "(an accepted empty slice is learned as lesion-free)",
+        "accept_rest_button": "When the stack is right after your review: every slice you have "
+                              "not corrected or accepted is accepted as it is (empty ones as "
+                              "lesion-free), so Fine-tune and the corrections store learn the "
+                              "whole reviewed lesion; unreviewed slices otherwise stay out",
         "models_folder": "Where fine-tuned models are saved and looked for (remembered; the "
                          f"{MODELS_DIR_ENV} environment variable, when set, is used instead)",
         "restore_button": "Every setting above back to its default (the models folder stays)",
