@@ -593,6 +593,8 @@ def _chunks_done(job) -> int:
 
 def _segment_volumes(plan: SegmentPlan) -> None:
     """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
+    import dataclasses
+
     from tqdm import tqdm
 
     from .jobs.volumes import segment_volume
@@ -600,9 +602,8 @@ def _segment_volumes(plan: SegmentPlan) -> None:
     model, spec, post = _load(plan.spec.model_path), plan.spec, plan.post
     for item in plan.volumes:
         gen = segment_volume(
-            model, spec.settings, item, plan.out, post.threshold, post.min_size,
-            post.fill_holes, labels=True, window=spec.window, normalize=spec.normalize,
-            per_slice=post.per_slice, overwrite=plan.overwrite)
+            model, spec, item, plan.out, dataclasses.replace(post, labels=True),
+            overwrite=plan.overwrite)
         with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
             target = drain(gen, lambda step: _show_slice(bar, *step))
         print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
@@ -654,6 +655,7 @@ def _segment_on_cluster(plan: SegmentPlan) -> int:
     from tqdm import tqdm
 
     from .jobs.cluster import cpu_threads_per_worker, iter_run_jobs, start_client
+    from .jobs.files import WriteOptions
 
     spec, jobs = plan.spec, plan.jobs
     if plan.workers is not None:
@@ -665,8 +667,8 @@ def _segment_on_cluster(plan: SegmentPlan) -> int:
         n_workers = len(client.scheduler_info()["workers"])
         print(f"fmbff: {len(jobs)} image(s) on a dask cluster of {n_workers} worker(s) "
               f"({plan.scheduler or 'local'})", file=sys.stderr)
-        gen = iter_run_jobs(client, spec, jobs, plan.post, normalization, plan.chunk,
-                            plan.overwrite, plan.resume, plan.settings)
+        gen = iter_run_jobs(client, spec, jobs, plan.post, normalization,
+                            WriteOptions(plan.chunk, plan.overwrite, plan.resume, plan.settings))
         with tqdm(desc="tasks", unit="task") as bar:
             drain(gen, lambda step: _show_tasks(bar, *step))
     print(f"fmbff: wrote {len(jobs)} mask(s) to {plan.out}", file=sys.stderr)

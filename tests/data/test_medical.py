@@ -115,12 +115,15 @@ def test_napari_opens_dicom_and_nifti_at_their_spacing(make_napari_viewer, tmp_p
 
 
 def test_segment_a_nifti_volume_into_nifti_labels_with_its_affine(tiny_net, tmp_path):
+    from napari_fmbff.inference.postprocess import Postprocess
     from napari_fmbff.inference.segmenter import SegmentSettings
+    from napari_fmbff.jobs.files import SegmenterSpec
     from napari_fmbff.jobs.volumes import segment_volume
 
     src = NIB_DATA / "anatomical.nii"
-    gen = segment_volume(tiny_net, SegmentSettings(device="cpu", tile_size=64), src, tmp_path,
-                         threshold=0.0, window="-100,300",
+    spec = SegmenterSpec("tiny", SegmentSettings(device="cpu", tile_size=64),
+                         window="-100,300")
+    gen = segment_volume(tiny_net, spec, src, tmp_path, Postprocess(threshold=0.0, labels=True),
                          provenance={"model": "tiny"})
     steps = []
     out = drain(gen, steps.append)
