@@ -249,7 +249,7 @@ def test_resume_without_validation(tmp_path):
     states = []
     torch.manual_seed(0)
     first = run_training(FMBFFNet(tiny_config()), items, [], TrainConfig(
-        **{**cfg.__dict__, "epochs": 1}), norm, checkpoint_fn=states.append)
+        **{**cfg.__dict__, "epochs": 1}), norm, RunControl(checkpoint_fn=states.append))
     torch.save(states[-1], tmp_path / "r.pt")
     state = torch.load(tmp_path / "r.pt", weights_only=True)
     assert state["validated"] is False and state["epoch"] == 1
