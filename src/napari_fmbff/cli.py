@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import check_folders, refuse_existing
+from ._files import check_folders, os_error_hint, refuse_existing
 from .inference.postprocess import DEFAULT_THRESHOLD
 from .inference.runtime import DEVICES, PRECISIONS, drain
 from .inference.segmenter import SegmentSettings
@@ -396,18 +395,7 @@ def one_line(err: BaseException) -> str:
     """An exception as one line a user can act on (the path of an OSError included)."""
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename else ""
-        hint = {errno.ENOSPC: " (free some space or write elsewhere)",
-                errno.EDQUOT: " (over your disk quota: free some space or write elsewhere)",
-                errno.EACCES: " (no permission: write elsewhere or ask for access)",
-                errno.EPERM: " (not permitted: write elsewhere or ask for access)",
-                errno.EROFS: " (read-only: write elsewhere)",
-                errno.ENOTDIR: " (a part of this path is a file, not a folder: choose "
-                               "another path)",
-                errno.EISDIR: " (a folder: give a file name)",
-                errno.ENOENT: " (check the path)",
-                errno.ENAMETOOLONG: " (choose a shorter name)",
-                }.get(err.errno, " (check the path and try again)")
-        return f"{where}{err.strerror}{hint}"
+        return f"{where}{err.strerror} ({os_error_hint(err)})"
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
     if not isinstance(err, (CliError, ValueError, OSError, MemoryError)):

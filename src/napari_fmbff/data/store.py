@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -59,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_path
+from .._files import atomic_path, os_error_hint
 
 STORE_DIR_ENV = "FMBFF_STORE_DIR"
 RECORD = "fmbff_store.json"
@@ -299,14 +298,8 @@ def _writing(store: Path):
     try:
         yield
     except OSError as err:
-        hint = {errno.ENOSPC: "the disk is full: free some space or choose another store "
-                              "folder",
-                errno.EDQUOT: "over the disk quota: free some space or choose another store "
-                              "folder",
-                errno.EROFS: "read-only: choose a store folder you can write to",
-                errno.EACCES: "no permission: choose a store folder you can write to",
-                errno.EPERM: "not permitted: choose a store folder you can write to",
-                }.get(err.errno, "check the folder and try again")
+        hint = os_error_hint(err, "choose a store folder you can write to",
+                             "check the folder and try again")
         where = err.filename or store
         raise StoreError(f"{where}: cannot write the corrections store "
                          f"({err.strerror or err}); {hint}; the store was left as it was") \
