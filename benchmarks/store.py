@@ -91,8 +91,9 @@ class Bench:
         the start this benchmark measured; the dock now starts from the base model chosen);
         the trained net, its path and its CPU / wall s."""
         from napari_fmbff import load_model
-        from napari_fmbff.data.store import open_store
-        from napari_fmbff.training.store_training import stage, train_on_store
+        from napari_fmbff.data.store import CaseSource, open_store
+        from napari_fmbff.training.requests import ModelOut
+        from napari_fmbff.training.store_training import StoreRun, stage, train_on_store
 
         image, mask, top = self.volume(name)
         store = open_store(store_dir)
@@ -103,10 +104,11 @@ class Bench:
         wall, cpu = time.perf_counter(), time.process_time()
         labels = np.zeros(mask.shape, np.uint8)
         labels[top] = mask[top]
-        pending = stage(store, image, labels, [top], self.setting, source=name, name=name,
-                        proposed_by=base)
-        gen = train_on_store(load_model(base), store, self.cfg(recipe), self.setting, out,
-                             base=base, pending=pending, detail=f"{name} z{top}")
+        pending = stage(store, image, labels, [top], self.setting,
+                        CaseSource(source=name, name=name, model=base))
+        gen = train_on_store(load_model(base), store, self.cfg(recipe), self.setting,
+                             ModelOut(out, training_data=f"{name} z{top}", base=base),
+                             store_run=StoreRun(pending))
         outcome = _drain(gen)
         run = {"path": outcome.path, "net": outcome.result.net, "base": base,
                "cases": outcome.store_items.cases, "replay": outcome.store_items.replay(),

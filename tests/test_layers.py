@@ -53,6 +53,26 @@ def test_no_function_in_src_is_longer_than_80_lines():
     assert not long, "\n".join(long)
 
 
+def test_no_function_in_src_takes_more_than_8_parameters():
+    """Narrow signatures (issue 29): wider input is a typed request object (a frozen
+    dataclass such as ``SegmentSettings``, ``training.requests.RunControl``,
+    ``propagate.PropagateRequest``), never a long argument list. ``self`` / ``cls``,
+    ``*args`` and ``**kwargs`` are not counted."""
+    import ast
+
+    wide = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs
+                         if a.arg not in ("self", "cls")]
+                if len(names) > 8:
+                    wide.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                                f"({len(names)} parameters)")
+    assert not wide, "\n".join(wide)
+
+
 def _module_imports(path: Path, package: str) -> set[str]:
     """Every module of ``package`` that ``path`` imports: module level, inside functions and
     under ``TYPE_CHECKING`` alike (a cycle through any of them is a cycle)."""

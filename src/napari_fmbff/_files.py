@@ -17,6 +17,31 @@ def _umask() -> int:
     return mask
 
 
+#: What an OSError means for the user and what to do about it, by errno: (what it is, what to
+#: do). "{elsewhere}" is said the caller's way ("write elsewhere", "choose a store folder you
+#: can write to"). The one table for the command line's errors and the store's.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: ("the disk is full", "free some space or {elsewhere}"),
+    errno.EDQUOT: ("over your disk quota", "free some space or {elsewhere}"),
+    errno.EACCES: ("no permission", "{elsewhere} or ask for access"),
+    errno.EPERM: ("not permitted", "{elsewhere} or ask for access"),
+    errno.EROFS: ("read-only", "{elsewhere}"),
+    errno.ENOTDIR: ("a part of this path is a file, not a folder", "choose another path"),
+    errno.EISDIR: ("a folder", "give a file name"),
+    errno.ENOENT: ("", "check the path"),
+    errno.ENAMETOOLONG: ("", "choose a shorter name"),
+}
+
+
+def os_error_hint(err: OSError, elsewhere: str = "write elsewhere",
+                  otherwise: str = "check the path and try again") -> str:
+    """What ``err`` means and what to do, in a few words (``OS_ERROR_HINTS``); ``otherwise``
+    for an errno the table does not know."""
+    cause, action = OS_ERROR_HINTS.get(err.errno, ("", otherwise))
+    action = action.format(elsewhere=elsewhere)
+    return f"{cause}: {action}" if cause else action
+
+
 def check_folders(path) -> None:
     """A NotADirectoryError naming the first existing part of ``path``'s folders that is a
     file (``out.png/masks/a.png``): said before any work, not when the first write fails."""

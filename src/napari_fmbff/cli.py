@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import check_folders, refuse_existing
+from ._files import check_folders, os_error_hint, refuse_existing
 from .inference.postprocess import DEFAULT_THRESHOLD
 from .inference.runtime import DEVICES, PRECISIONS, drain
 from .inference.segmenter import SegmentSettings
@@ -396,18 +395,7 @@ def one_line(err: BaseException) -> str:
     """An exception as one line a user can act on (the path of an OSError included)."""
     if isinstance(err, OSError) and err.strerror:
         where = f"{err.filename}: " if err.filename else ""
-        hint = {errno.ENOSPC: " (free some space or write elsewhere)",
-                errno.EDQUOT: " (over your disk quota: free some space or write elsewhere)",
-                errno.EACCES: " (no permission: write elsewhere or ask for access)",
-                errno.EPERM: " (not permitted: write elsewhere or ask for access)",
-                errno.EROFS: " (read-only: write elsewhere)",
-                errno.ENOTDIR: " (a part of this path is a file, not a folder: choose "
-                               "another path)",
-                errno.EISDIR: " (a folder: give a file name)",
-                errno.ENOENT: " (check the path)",
-                errno.ENAMETOOLONG: " (choose a shorter name)",
-                }.get(err.errno, " (check the path and try again)")
-        return f"{where}{err.strerror}{hint}"
+        return f"{where}{err.strerror} ({os_error_hint(err)})"
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
     if not isinstance(err, (CliError, ValueError, OSError, MemoryError)):
@@ -593,6 +581,8 @@ def _chunks_done(job) -> int:
 
 def _segment_volumes(plan: SegmentPlan) -> None:
     """DICOM series and NIfTI files -> NIfTI labels (+ JSON provenance) in --out."""
+    import dataclasses
+
     from tqdm import tqdm
 
     from .jobs.volumes import segment_volume
@@ -600,9 +590,8 @@ def _segment_volumes(plan: SegmentPlan) -> None:
     model, spec, post = _load(plan.spec.model_path), plan.spec, plan.post
     for item in plan.volumes:
         gen = segment_volume(
-            model, spec.settings, item, plan.out, post.threshold, post.min_size,
-            post.fill_holes, labels=True, window=spec.window, normalize=spec.normalize,
-            per_slice=post.per_slice, overwrite=plan.overwrite)
+            model, spec, item, plan.out, dataclasses.replace(post, labels=True),
+            overwrite=plan.overwrite)
         with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
             target = drain(gen, lambda step: _show_slice(bar, *step))
         print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
@@ -654,6 +643,7 @@ def _segment_on_cluster(plan: SegmentPlan) -> int:
     from tqdm import tqdm
 
     from .jobs.cluster import cpu_threads_per_worker, iter_run_jobs, start_client
+    from .jobs.files import WriteOptions
 
     spec, jobs = plan.spec, plan.jobs
     if plan.workers is not None:
@@ -665,8 +655,8 @@ def _segment_on_cluster(plan: SegmentPlan) -> int:
         n_workers = len(client.scheduler_info()["workers"])
         print(f"fmbff: {len(jobs)} image(s) on a dask cluster of {n_workers} worker(s) "
               f"({plan.scheduler or 'local'})", file=sys.stderr)
-        gen = iter_run_jobs(client, spec, jobs, plan.post, normalization, plan.chunk,
-                            plan.overwrite, plan.resume, plan.settings)
+        gen = iter_run_jobs(client, spec, jobs, plan.post, normalization,
+                            WriteOptions(plan.chunk, plan.overwrite, plan.resume, plan.settings))
         with tqdm(desc="tasks", unit="task") as bar:
             drain(gen, lambda step: _show_tasks(bar, *step))
     print(f"fmbff: wrote {len(jobs)} mask(s) to {plan.out}", file=sys.stderr)
@@ -726,12 +716,11 @@ def cmd_train(args) -> int:
 
 
 def _train(args, ddp) -> int:
-    import time
-
     from .data.datasets import find_pairs, load_pairs
     from .inference.intensity import intensity_setting
     from .model.normalization import default_normalization
     from .training.loop import make_items
+    from .training.requests import ModelOut
     from .training.resume import ResumeFile
     from .training.run import build_network, check_output, train_and_save
     from .training.store_training import is_store
@@ -770,17 +759,16 @@ def _train(args, ddp) -> int:
              else make_items(images, masks, normalization, names))
     if state:
         say(f"resuming after epoch {state['epoch']}")
-    deadline = time.time() + 60 * args.time_limit if args.time_limit else None
-    gen = train_and_save(
-        net, items, cfg, normalization, out, training_data=str(Path(args.data).resolve()),
-        base=args.init, overwrite=args.overwrite, half=args.half,
-        should_stop=(lambda: time.time() > deadline) if deadline else None,
-        resume_state=state, checkpoint_fn=resume.save, ddp=ddp,
+    model_out = ModelOut(
+        out, training_data=str(Path(args.data).resolve()), base=args.init,
+        overwrite=args.overwrite, half=args.half,
         extra={"layout": found.layout, "encoder_init": args.encoder_init,
                "window": args.window, "normalize": args.normalize,
                **({"roi": list(found.roi)} if found.roi else {}),
                **({"volumes": len({item.group for item in items}), "slices": VOLUME_SLICES}
                   if found.is_volumes else {})})
+    gen = train_and_save(net, items, cfg, normalization, model_out,
+                         _train_control(args, state, resume, ddp))
     return _report_training(gen, cfg, state, resume, ddp,
                             "slices" if found.is_volumes else "images")
 
@@ -820,13 +808,12 @@ def _train_store(args, ddp, out, resume, state) -> int:
     """``fmbff train STORE``: every labelled slice of a corrections store (or of an nnU-Net
     folder with an ignore label), read lazily, each case a group; the store records the model
     as its latest (lineage)."""
-    import time
-
     from .data.store import open_store
     from .inference.intensity import intensity_setting
     from .model.normalization import default_normalization
+    from .training.requests import ModelOut
     from .training.run import build_network
-    from .training.store_training import train_on_store
+    from .training.store_training import StoreRun, train_on_store
 
     store = open_store(args.data)
     if ddp is None or ddp.is_main:
@@ -839,14 +826,24 @@ def _train_store(args, ddp, out, resume, state) -> int:
                                 encoder_init=args.encoder_init, seed=args.seed)
     normalization = intensity_setting(default_normalization(net), args.window, args.normalize)
     cfg = _train_config(args)
-    deadline = time.time() + 60 * args.time_limit if args.time_limit else None
-    gen = train_on_store(net, store, cfg, normalization, out, base=args.init, hold_out=True,
-                         overwrite=args.overwrite, half=args.half,
-                         should_stop=(lambda: time.time() > deadline) if deadline else None,
-                         resume_state=state, checkpoint_fn=resume.save, ddp=ddp,
+    model_out = ModelOut(out, base=args.init, overwrite=args.overwrite, half=args.half,
                          extra={"layout": "corrections store", "encoder_init": args.encoder_init,
                                 "window": args.window, "normalize": args.normalize})
+    gen = train_on_store(net, store, cfg, normalization, model_out,
+                         _train_control(args, state, resume, ddp), StoreRun(hold_out=True))
     return _report_training(gen, cfg, state, resume, ddp, "slices")
+
+
+def _train_control(args, state, resume, ddp):
+    """How ``fmbff train`` runs: stopped after ``--time-limit`` minutes (keeping the best so
+    far), resumed from ``state``, checkpointed to ``resume``, under DDP."""
+    import time
+
+    from .training.requests import RunControl
+
+    deadline = time.time() + 60 * args.time_limit if args.time_limit else None
+    return RunControl(should_stop=(lambda: time.time() > deadline) if deadline else None,
+                      resume_state=state, checkpoint_fn=resume.save, ddp=ddp)
 
 
 def _train_config(args):
@@ -961,6 +958,7 @@ def cmd_propagate(args) -> int:
     from .model.normalization import default_normalization
     from .training.loop import finetune_config
     from .training.propagate import (
+        PropagateRequest,
         iter_propagate,
         labelled_slices,
         read_volume_files,
@@ -985,13 +983,13 @@ def cmd_propagate(args) -> int:
     setting = intensity_setting(default_normalization(net), args.window, args.normalize)
     cfg = finetune_config(device=args.device,
                           **({"epochs": args.epochs} if args.epochs else {}))
-    common = dict(slices=slices, normalization=setting, cfg=cfg, base=name,
-                  image_name=files.stem, threshold=args.threshold, overwrite=args.overwrite,
-                  connected=not args.all_objects)
-    gen = (iter_propagate(net, files.data, files.labels, model_path, **common) if store is None
-           else iter_propagate_store(net, files.data, files.labels, model_path, store,
-                                     proposed_by=proposed_by,
-                                     **_store_source(files, args.volume), **common))
+    request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
+                               normalization=setting, cfg=cfg, base=name,
+                               image_name=files.stem, threshold=args.threshold,
+                               overwrite=args.overwrite, connected=not args.all_objects)
+    gen = (iter_propagate(net, request) if store is None else
+           iter_propagate_store(net, request, store, _store_source(files, args.volume,
+                                                                   proposed_by)))
     with tqdm(desc="propagate", unit="step") as bar:
         result = drain(gen, lambda step: _show_propagation(bar, step))
     outcome = result.outcome
@@ -1020,13 +1018,16 @@ def _open_store_arg(value):
     return open_store_for(value or None, rgb=False)
 
 
-def _store_source(files, source) -> dict:
-    """What the store records of a propagated volume: the scan's identity and geometry."""
+def _store_source(files, source, proposed_by):
+    """What the store records of a propagated volume: the scan's identity and geometry, and
+    the model that proposed its labels (a ``CaseSource``)."""
     from .data.medical import source_record
+    from .data.store import CaseSource
 
     if files.volume is None:
-        return {"source_meta": {"source": str(source)}, "spacing": None}
-    return {"source_meta": source_record(files.volume), "spacing": files.volume.spacing}
+        return CaseSource(source_meta={"source": str(source)}, model=proposed_by)
+    return CaseSource(source_meta=source_record(files.volume), spacing=files.volume.spacing,
+                      model=proposed_by)
 
 
 def _slice_list(text):

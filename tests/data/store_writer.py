@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_fmbff.data.store import open_store
+from napari_fmbff.data.store import CaseSource, open_store
 
 
 def case_volume(seed: int, shape=(4, 40, 48)):
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         if step == "open":
             store = open_store(folder)
         elif step == "stage":
-            pending = store.stage_case(*case_volume(seed), [1], name=name, source=name)
+            pending = store.stage_case(*case_volume(seed), [1], CaseSource(name=name, source=name))
         elif step == "commit":
             pending.commit()
             print(pending.id, flush=True)

@@ -115,12 +115,15 @@ def test_napari_opens_dicom_and_nifti_at_their_spacing(make_napari_viewer, tmp_p
 
 
 def test_segment_a_nifti_volume_into_nifti_labels_with_its_affine(tiny_net, tmp_path):
+    from napari_fmbff.inference.postprocess import Postprocess
     from napari_fmbff.inference.segmenter import SegmentSettings
+    from napari_fmbff.jobs.files import SegmenterSpec
     from napari_fmbff.jobs.volumes import segment_volume
 
     src = NIB_DATA / "anatomical.nii"
-    gen = segment_volume(tiny_net, SegmentSettings(device="cpu", tile_size=64), src, tmp_path,
-                         threshold=0.0, window="-100,300",
+    spec = SegmenterSpec("tiny", SegmentSettings(device="cpu", tile_size=64),
+                         window="-100,300")
+    gen = segment_volume(tiny_net, spec, src, tmp_path, Postprocess(threshold=0.0, labels=True),
                          provenance={"model": "tiny"})
     steps = []
     out = drain(gen, steps.append)
@@ -177,3 +180,28 @@ def test_fmbff_segment_on_a_dicom_series_and_a_nifti(tiny_model, tmp_path, capsy
     assert main(["segment", str(folder), "-m", tiny_model, "-o", str(out),
                  "--tile-size", "64"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_the_volume_and_a_dicom_seg_on_it_share_one_series_order(tmp_path):
+    """One home for the DICOM series sort (``medical.sorted_series``): the volume's Z order
+    and the headers a DICOM SEG is written on agree, with file names against the anatomy
+    order; slices at one height keep their file order."""
+    from dicom_files import ct_series
+    from napari_fmbff.data import dicom_seg
+    from napari_fmbff.data.medical import series_headers_of, sorted_series
+
+    folder = ct_series(tmp_path / "ct", n=5)
+    volume = read_dicom_series(folder)
+    heights = volume.metadata["slice_positions_mm"]
+    assert heights == sorted(heights) and len(set(heights)) == 5
+    record = {"source": str(folder), "series_uid": volume.metadata["series_uid"],
+              "slice_positions_mm": heights}
+    uids = [str(ds.SOPInstanceUID) for ds in dicom_seg.series_headers(record)]
+    assert uids == volume.metadata["sop_instance_uids"]
+    found, _ = series_headers_of(folder)
+    assert [p.name for p, _ in found] == sorted(p.name for p, _ in found)
+    assert [str(ds.SOPInstanceUID) for _, ds in sorted_series(found).slices] == uids
+    same = [(p, ds) for p, ds in found]
+    for _, ds in same:
+        ds.ImagePositionPatient = [0.0, 0.0, 1.0]
+    assert [p for p, _ in sorted_series(same).slices] == [p for p, _ in found]

@@ -242,3 +242,28 @@ def test_an_earlier_layout_store_is_read_in_place(tmp_path):
     assert {p: after[p] for p in before} == before  # the grey store as it was
     assert [c.id for c in open_store_for(folder).cases()] == [case]
     assert len(open_store_for(folder, rgb=True).cases()) == 1
+
+
+def test_the_store_and_the_command_line_read_one_os_error_table(tmp_path, monkeypatch):
+    """One home for what an OSError means and what to do (``_files.OS_ERROR_HINTS``): the
+    store's write errors and the command line's one-line errors both say it, each in its own
+    words for "elsewhere"."""
+    import errno
+
+    from napari_fmbff import _files
+    from napari_fmbff.cli import one_line
+    from napari_fmbff.data.store import StoreError, _writing
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    def store_says(err):
+        with pytest.raises(StoreError) as caught, _writing(tmp_path):
+            raise err
+        return str(caught.value)
+
+    assert ("the disk is full: free some space or choose a store folder you can write to"
+            in store_says(full))
+    assert one_line(full).endswith("(the disk is full: free some space or write elsewhere)")
+    monkeypatch.setitem(_files.OS_ERROR_HINTS, errno.ENOSPC, ("out of room", "{elsewhere}"))
+    assert "out of room: choose a store folder you can write to" in store_says(full)
+    assert one_line(full).endswith("(out of room: write elsewhere)")

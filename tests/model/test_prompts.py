@@ -13,6 +13,7 @@ from napari_fmbff import FMBFFNet, load_model, save_model
 from napari_fmbff.model import (
     PROMPT_CHANNELS,
     ModelConfig,
+    PromptSampling,
     prompt_maps,
     simulate_prompts,
     with_prompts,
@@ -96,7 +97,7 @@ def test_simulated_box_contains_most_of_its_lesion():
     mask, rng = _two_lesions(), np.random.default_rng(0)
     seen = 0
     for _ in range(40):
-        s = simulate_prompts(mask, rng, p_none=0.0, p_box=1.0)
+        s = simulate_prompts(mask, rng, PromptSampling(p_none=0.0, p_box=1.0))
         assert len(s.boxes) == 1 and s.maps.shape == (3, 96, 96)
         target = s.target
         assert target.any() and not (target & (mask == 0)).any()
@@ -114,7 +115,7 @@ def test_simulated_clicks_fall_in_the_lesion_or_near_it_outside():
     mask, rng = _two_lesions(), np.random.default_rng(1)
     n_pos = n_neg = 0
     for _ in range(60):
-        s = simulate_prompts(mask, rng, p_none=0.0, p_box=0.0)
+        s = simulate_prompts(mask, rng, PromptSampling(p_none=0.0, p_box=0.0))
         assert s.points and s.points[0][2] is True  # no box: the first click is positive
         for x, y, positive in s.points:
             r, c = int(y), int(x)
@@ -133,11 +134,11 @@ def test_simulated_clicks_fall_in_the_lesion_or_near_it_outside():
 
 def test_simulated_no_prompt_some_of_the_time_and_for_empty_masks():
     mask, rng = _two_lesions(), np.random.default_rng(2)
-    runs = [simulate_prompts(mask, rng, p_none=0.3) for _ in range(200)]
+    runs = [simulate_prompts(mask, rng, PromptSampling(p_none=0.3)) for _ in range(200)]
     empty = [s for s in runs if not s.boxes and not s.points]
     assert 30 < len(empty) < 90
     assert all(not s.maps.any() and np.array_equal(s.target, mask != 0) for s in empty)
-    blank = simulate_prompts(np.zeros((32, 32)), rng, p_none=0.0)
+    blank = simulate_prompts(np.zeros((32, 32)), rng, PromptSampling(p_none=0.0))
     assert not blank.maps.any() and not blank.target.any()
 
 
@@ -147,7 +148,8 @@ def test_simulated_clicks_go_to_the_prediction_errors():
     prediction[20:50, 30:40] = False   # a miss inside the big lesion
     prediction[55:58, 30:70] = True    # a false alarm just below it
     for _ in range(40):
-        s = simulate_prompts(mask, rng, p_none=0.0, p_box=0.0, prediction=prediction)
+        s = simulate_prompts(mask, rng, PromptSampling(p_none=0.0, p_box=0.0),
+                             prediction=prediction)
         if s.target.sum() != 30 * 40:
             continue
         for x, y, positive in s.points:

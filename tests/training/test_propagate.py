@@ -5,6 +5,7 @@ import pytest
 
 from napari_fmbff.inference.runtime import drain
 from napari_fmbff.training.propagate import (
+    PropagateRequest,
     connected_to_user,
     iter_propagate,
     labelled_slices,
@@ -74,8 +75,9 @@ def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_pat
     labels[1, 0, 0] = 9  # a stray user pixel: kept verbatim
     out = tmp_path / "prop.safetensors"
     events = []
-    gen = iter_propagate(tiny_net, volume, labels, out, base="tiny", image_name="scan",
-                         cfg=finetune_config(epochs=3, tile_size=64, batch_size=2))
+    gen = iter_propagate(tiny_net, PropagateRequest(
+        volume, labels, out, base="tiny", image_name="scan",
+        cfg=finetune_config(epochs=3, tile_size=64, batch_size=2)))
     result = drain(gen, events.append)
     assert {e[0] for e in events} == {"train", "segment"}
     assert [e[1:] for e in events if e[0] == "segment"] == [(1, 3), (2, 3), (3, 3)]

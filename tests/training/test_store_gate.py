@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from napari_fmbff import load_model
-from napari_fmbff.data.store import open_store
+from napari_fmbff.data.store import CaseSource, open_store
 from napari_fmbff.inference.runtime import drain
 from napari_fmbff.model.normalization import Normalization
 from napari_fmbff.training import store_training
 from napari_fmbff.training.loop import finetune_config
+from napari_fmbff.training.requests import ModelOut
 
 
 def patient(seed, n=3, size=64):
@@ -70,10 +71,12 @@ def test_a_model_that_predicts_nothing_is_registered_not_promoted(store, tiny_ne
     store.record_model(everything, base="starter")
     net = load_model(
         constant_model(tiny_net, tmp_path / "nothing.safetensors", -50.0))
-    pending = store_training.stage(store, *patient(2), [2], Normalization(), name="p2")
+    pending = store_training.stage(store, *patient(2), [2], Normalization(),
+                                   CaseSource(name="p2"))
     out = tmp_path / "new.safetensors"
-    outcome = drain(store_training.train_on_store(net, store, tiny_cfg(), Normalization(), out,
-                                                  base="nothing", pending=pending))
+    outcome = drain(store_training.train_on_store(
+        net, store, tiny_cfg(), Normalization(), ModelOut(out, base="nothing"),
+        store_run=store_training.StoreRun(pending)))
     assert outcome.saved and not outcome.promoted
     assert "not promoted" in outcome.message and outcome.notes[-1] in outcome.message
     store = open_store(store.path)
@@ -90,12 +93,14 @@ def test_the_first_model_of_a_store_is_promoted_and_fmbff_train_is_gated(tmp_pat
     store.add_case(*patient(1), [0, 1], name="p1")
     net = load_model(
         constant_model(tiny_net, tmp_path / "nothing.safetensors", -50.0))
-    first = drain(store_training.train_on_store(net, store, tiny_cfg(), Normalization(),
-                                                tmp_path / "a.safetensors", base="nothing"))
+    first = drain(store_training.train_on_store(
+        net, store, tiny_cfg(), Normalization(),
+        ModelOut(tmp_path / "a.safetensors", base="nothing")))
     assert first.promoted and "latest model now" in first.message
     assert open_store(store.path).latest_model == (tmp_path / "a.safetensors").resolve()
     # fmbff train STORE (no new case): the same gate against that latest model.
-    again = drain(store_training.train_on_store(net, store, tiny_cfg(), Normalization(),
-                                                tmp_path / "b.safetensors", base="nothing"))
+    again = drain(store_training.train_on_store(
+        net, store, tiny_cfg(), Normalization(),
+        ModelOut(tmp_path / "b.safetensors", base="nothing")))
     assert again.promoted  # both predict nothing: no worse
     assert open_store(store.path).latest_model == (tmp_path / "b.safetensors").resolve()

@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 
 from conftest import disks
-from napari_fmbff.data.store import open_store
+from napari_fmbff.data.store import CaseSource, open_store
 from napari_fmbff.inference.runtime import drain
 from napari_fmbff.model.normalization import Normalization
 from napari_fmbff.training import store_training
 from napari_fmbff.training.loop import finetune_config
+from napari_fmbff.training.propagate import PropagateRequest
+from napari_fmbff.training.requests import ModelOut, RunControl
+from napari_fmbff.training.store_training import StoreRun
 
 
 def patient(seed, n=4, size=64):
@@ -52,10 +55,11 @@ def test_train_on_store_adds_the_case_and_records_the_lineage(store, tiny_net, t
 
     image, labels = patient(2)
     pending = store_training.stage(store, image, labels, [2, 3], Normalization(),
-                                   source="p2", proposed_by="tiny")
+                                   CaseSource(source="p2", model="tiny"))
     out = tmp_path / "m.safetensors"
-    outcome = drain(store_training.train_on_store(tiny_net, store, tiny_cfg(), Normalization(),
-                                                  out, base="tiny", pending=pending))
+    outcome = drain(store_training.train_on_store(
+        tiny_net, store, tiny_cfg(), Normalization(), ModelOut(out, base="tiny"),
+        store_run=StoreRun(pending)))
     assert outcome.saved and len(store.cases()) == 2 and store.newest == pending.id
     assert store.latest_model == out.resolve() and outcome.promoted  # the store's first model
     # The next run starts from the base model chosen, not from the store's latest (issue 28).
@@ -74,9 +78,9 @@ def test_a_failed_or_cancelled_run_leaves_the_store_as_it_was(store, tiny_net, t
     before = files(store.path)
     image, labels = patient(2)
     cancelled = drain(store_training.train_on_store(
-        tiny_net, store, tiny_cfg(), Normalization(), tmp_path / "c.safetensors",
-        pending=store_training.stage(store, image, labels, [2], Normalization()),
-        keep_on_cancel=False, should_stop=lambda: True))
+        tiny_net, store, tiny_cfg(), Normalization(), ModelOut(tmp_path / "c.safetensors"),
+        RunControl(should_stop=lambda: True, keep_on_cancel=False),
+        StoreRun(store_training.stage(store, image, labels, [2], Normalization()))))
     assert cancelled.result.cancelled and not cancelled.saved
     assert files(store.path) == before
     from napari_fmbff.training import run
@@ -88,8 +92,9 @@ def test_a_failed_or_cancelled_run_leaves_the_store_as_it_was(store, tiny_net, t
     monkeypatch.setattr(run, "train_and_save", broken)
     with pytest.raises(OSError):
         drain(store_training.train_on_store(
-            tiny_net, store, tiny_cfg(), Normalization(), tmp_path / "d.safetensors",
-            pending=store_training.stage(store, image, labels, [2], Normalization())))
+            tiny_net, store, tiny_cfg(), Normalization(), ModelOut(tmp_path / "d.safetensors"),
+            store_run=StoreRun(store_training.stage(store, image, labels, [2],
+                                                    Normalization()))))
     assert files(store.path) == before
 
 
@@ -98,15 +103,13 @@ def test_propagate_with_the_store(store, tiny_net, tmp_path):
     partial = np.zeros_like(labels)
     partial[1] = labels[1]
     before = files(store.path)
-    gen = store_training.iter_propagate_store(tiny_net, image, partial,
-                                              tmp_path / "p.safetensors", store,
-                                              cfg=tiny_cfg(), base="tiny", image_name="p3")
+    request = PropagateRequest(image, partial, tmp_path / "p.safetensors", cfg=tiny_cfg(),
+                               base="tiny", image_name="p3")
+    gen = store_training.iter_propagate_store(tiny_net, request, store)
     next(gen)
     gen.close()  # cancelled mid-way: nothing joined the store
     assert files(store.path) == before
-    result = drain(store_training.iter_propagate_store(
-        tiny_net, image, partial, tmp_path / "p.safetensors", store, cfg=tiny_cfg(),
-        base="tiny", image_name="p3"))
+    result = drain(store_training.iter_propagate_store(tiny_net, request, store))
     assert result.slices == [1] and result.labels.shape == labels.shape
     np.testing.assert_array_equal(result.labels[1], partial[1])
     assert [c.name for c in store.cases()] == ["p1", "p3"]

@@ -12,6 +12,7 @@ from napari_fmbff import FMBFFNet
 from napari_fmbff.inference.runtime import drain
 from napari_fmbff.model.normalization import default_normalization
 from napari_fmbff.training.loop import TrainConfig, iter_train, make_items
+from napari_fmbff.training.requests import RunControl
 from napari_fmbff.training.resume import ResumeFile
 from napari_fmbff.training.run import build_network, check_output
 from napari_fmbff.training.trainer import Trainer
@@ -60,7 +61,7 @@ def test_iter_train_is_the_trainer_run_and_resumes_from_its_checkpoint(tmp_path)
                       fit_tiles=2)
     start = {k: v.clone() for k, v in net.state_dict().items()}
     file = ResumeFile(tmp_path / "m.safetensors")
-    gen = iter_train(net, train, val, cfg, norm, checkpoint_fn=file.save)
+    gen = iter_train(net, train, val, cfg, norm, RunControl(checkpoint_fn=file.save))
     kinds = []
     whole = drain(gen, lambda event: kinds.append(event.kind))
     assert kinds == ["start", "step", "epoch", "step", "epoch"]

@@ -19,6 +19,7 @@ from napari_fmbff.training.loop import (
     split_items,
 )
 from napari_fmbff.training.metrics import Counts, confusion, scores, summarize
+from napari_fmbff.training.requests import RunControl
 
 
 @pytest.fixture
@@ -184,7 +185,7 @@ def test_cancelled_in_the_first_epoch_returns_the_initial_weights_unchanged():
     items, norm = _items(2)
     cfg = TrainConfig(epochs=3, batch_size=2, tile_size=64, lr=1e-2, device="cpu",
                       min_steps_per_epoch=3)
-    result = run_training(net, items, [], cfg, norm, should_stop=lambda: True)
+    result = run_training(net, items, [], cfg, norm, RunControl(should_stop=lambda: True))
     assert result.cancelled and result.epochs_run == 0 and not result.changed
     assert all(torch.equal(before[k], v) for k, v in result.net.state_dict().items())
     assert result.fit_after == result.fit_before
@@ -248,11 +249,12 @@ def test_resume_without_validation(tmp_path):
     states = []
     torch.manual_seed(0)
     first = run_training(FMBFFNet(tiny_config()), items, [], TrainConfig(
-        **{**cfg.__dict__, "epochs": 1}), norm, checkpoint_fn=states.append)
+        **{**cfg.__dict__, "epochs": 1}), norm, RunControl(checkpoint_fn=states.append))
     torch.save(states[-1], tmp_path / "r.pt")
     state = torch.load(tmp_path / "r.pt", weights_only=True)
     assert state["validated"] is False and state["epoch"] == 1
-    resumed = run_training(FMBFFNet(tiny_config()), items, [], cfg, norm, resume_state=state)
+    resumed = run_training(FMBFFNet(tiny_config()), items, [], cfg, norm,
+                           RunControl(resume_state=state))
     assert resumed.epochs_run == 2 and not resumed.validated and resumed.changed
     assert resumed.fit_before == first.fit_before and len(resumed.history) == 2
 

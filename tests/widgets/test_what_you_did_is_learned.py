@@ -73,8 +73,8 @@ def test_segment_then_box_leaves_the_slice_the_box_alone_leaves(make_napari_view
     tune = docked(viewer_a, "Fine-tune")
     labels_a.redo()
     job = tune._propagation_job()
-    assert job["slices"] == [1]
-    np.testing.assert_array_equal(job["labels"][1] > 0, labels_b.data[1] > 0)
+    assert job.slices == [1]
+    np.testing.assert_array_equal(job.labels[1] > 0, labels_b.data[1] > 0)
 
 
 def test_a_click_confirms_the_object_under_it_and_clears_the_others(make_napari_viewer, qtbot,
@@ -160,7 +160,7 @@ def test_an_erased_slice_is_refused_unless_accepted_as_lesion_free(make_napari_v
     segment.accept_slice()
     box_on_slice(viewer, segment, 1)
     job = tune._propagation_job()
-    assert job["slices"] == [1, 2] and not job["labels"][2].any() and job["labels"][1].any()
+    assert job.slices == [1, 2] and not job.labels[2].any() and job.labels[1].any()
 
 
 def test_the_day_fits_one_screen_and_segment_is_in_front(make_napari_viewer, qtbot):

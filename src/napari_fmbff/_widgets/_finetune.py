@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from magicgui.widgets import (
@@ -22,6 +23,7 @@ from napari.layers import Labels
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..data.store import CaseSource
 from ..inference.runtime import DEVICES
 from ..inference.stacks import (
     TRAIN_SLICES,
@@ -80,63 +82,120 @@ def finetune_widget_defaults() -> dict:
     }
 
 
+@dataclass(frozen=True)
+class FineTuneJob:
+    """What a Fine-tune run (without the store) takes from the dock, checked before it runs.
+
+    ``intensity``: ``intensity_setting`` keywords; ``stack``: the whole stack the slices come
+    from (a "volume" scope's range), or None."""
+
+    base: object
+    images: list
+    masks: list
+    cfg: object
+    name: str
+    keep_on_cancel: bool
+    source: str
+    intensity: dict
+    stack: object = None
+
+
+@dataclass(frozen=True)
+class PropagateJob:
+    """What Propagate takes from the dock (``FineTuneWidget._propagation_job``), checked
+    before it runs: the image and Segment's output layer (``target``, of ``shape``), the
+    slices learnt from, copies of the volume and labels, the store and the case's facts
+    (``_store.StoreCaseJob``; None without the store), the base model, the recipe, the new
+    model's name, the intensity choice and the threshold of Segment's run."""
+
+    image: object
+    target: object
+    shape: tuple
+    slices: list
+    volume: np.ndarray
+    labels: np.ndarray
+    store: object
+    case: object
+    base: object
+    cfg: object
+    name: str
+    intensity: dict
+    threshold: float | None
+
+
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _fine_tune(base_ref, images, masks, cfg, name, keep_on_cancel, stop: threading.Event,
-               source: str, intensity: dict, stack=None):
+def _fine_tune(job: FineTuneJob, stop: threading.Event):
     """Worker: yields TrainEvents; returns a train_run.Outcome (path None if nothing saved).
 
-    ``intensity``: ``intensity_setting`` keywords. The slices are normalised with it (a
-    "volume" scope: the range of the whole ``stack`` they come from) and the new model stores
-    the setting, so Segment's "model default" uses it again on the next image."""
+    The slices are normalised with ``job.intensity`` (a "volume" scope: the range of the
+    whole ``job.stack`` they come from) and the new model stores the setting, so Segment's
+    "model default" uses it again on the next image."""
     from ..inference.intensity import intensity_setting
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
     from ..training.loop import make_items
+    from ..training.requests import ModelOut, RunControl
     from ..training.run import train_and_save
 
-    net = load_model(base_ref)
-    setting = intensity_setting(default_normalization(net), **intensity)
-    items = make_items(images, masks, setting.for_stack(stack) if stack is not None else setting)
+    net = load_model(job.base)
+    setting = intensity_setting(default_normalization(net), **job.intensity)
+    items = make_items(job.images, job.masks,
+                       setting.for_stack(job.stack) if job.stack is not None else setting)
+    out = ModelOut(unique_model_path(job.name), base=job.base,
+                   training_data=f"napari layers {job.source} (user corrections)",
+                   extra={"layout": "napari layers", "encoder_init": None,
+                          "intensity": setting.describe()})
     return (yield from train_and_save(
-        net, items, cfg, setting, unique_model_path(name), base=base_ref,
-        training_data=f"napari layers {source} (user corrections)",
-        keep_on_cancel=keep_on_cancel, should_stop=stop.is_set,
-        extra={"layout": "napari layers", "encoder_init": None,
-               "intensity": setting.describe()}))
+        net, items, job.cfg, setting, out,
+        RunControl(should_stop=stop.is_set, keep_on_cancel=job.keep_on_cancel)))
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Event,
-               image_name: str, intensity: dict, threshold, store=None, case=None):
+def _propagate(job: PropagateJob, stop: threading.Event):
     """Worker: yields ("train", TrainEvent) then ("segment", done, total); returns the
     engine's ``PropagateResult``, or None when cancelled. On Cancel the engine is closed at
     its next step, so nothing is trained further or saved; a model it had saved already is
-    removed, so a cancelled propagation leaves the models folder as it was. With a ``store``
-    (and the ``case`` facts of ``StoreSection.store_job``) the slices join the store and the
-    model trains on all of it; a cancel leaves the store as it was too."""
+    removed, so a cancelled propagation leaves the models folder as it was. With a
+    ``job.store`` (and the ``job.case`` facts of ``StoreSection.store_job``) the slices join
+    the store and the model trains on all of it; a cancel leaves the store as it was too."""
     from ..inference.intensity import intensity_setting
-    from ..inference.runtime import cpus_kept_free
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
-    from ..training.propagate import iter_propagate
+    from ..training.propagate import PropagateRequest, iter_propagate
+    from ..training.requests import RunControl
 
-    net = load_model(base_ref)
-    setting = intensity_setting(default_normalization(net), **intensity)
-    out = unique_model_path(name)
-    common = dict(slices=slices, normalization=setting, cfg=cfg, base=base_ref,
-                  image_name=image_name, threshold=threshold, should_stop=stop.is_set,
-                  keep_on_cancel=False, extra={"layout": "napari layers", "encoder_init": None,
-                                               "intensity": setting.describe()})
-    if store is None:
-        steps = iter_propagate(net, volume, labels, out, **common)
+    net = load_model(job.base)
+    setting = intensity_setting(default_normalization(net), **job.intensity)
+    out = unique_model_path(job.name)
+    request = PropagateRequest(
+        job.volume, job.labels, out, slices=job.slices, normalization=setting, cfg=job.cfg,
+        base=job.base, image_name=job.image.name, threshold=job.threshold,
+        extra={"layout": "napari layers", "encoder_init": None,
+               "intensity": setting.describe()})
+    control = RunControl(should_stop=stop.is_set, keep_on_cancel=False)
+    if job.store is None:
+        steps = iter_propagate(net, request, control)
     else:
         from ..training.store_training import iter_propagate_store
 
-        steps = iter_propagate_store(net, volume, labels, out, store, **common,
-                                     **{k: case[k] for k in ("source_meta", "spacing",
-                                                             "proposed_by", "identity")})
+        about = job.case.about
+        steps = iter_propagate_store(net, request, job.store, CaseSource(
+            source_meta=about.source_meta, spacing=about.spacing, model=about.model,
+            identity=about.identity), control)
+    result = yield from _run_until_stopped(steps, stop)
+    if stop.is_set():
+        _forget_model(out)
+        return None
+    return result
+
+
+def _run_until_stopped(steps, stop: threading.Event):
+    """Generator: pass ``steps`` on until it ends (returns its value) or ``stop`` is set
+    (closes it: returns None)."""
+    from ..inference.runtime import cpus_kept_free
+
     result = None
     # torch leaves a CPU to the window's own threads (it runs beside them in one process).
     with cpus_kept_free(1):
@@ -151,9 +210,6 @@ def _propagate(base_ref, volume, labels, slices, cfg, name, stop: threading.Even
                     yield step
         finally:
             steps.close()
-    if stop.is_set():
-        _forget_model(out)
-        return None
     return result
 
 
@@ -407,8 +463,9 @@ class FineTuneWidget(StoreSection, Container):
             return None
         source = f"'{self.image.value.name}' + '{self.labels_layer.value.name}'"
         worker = (self.start_store_fine_tune(store, job, cfg, name, intensity) if store else
-                  _fine_tune(self.model.value, images, masks, cfg, name,
-                             self.keep_on_cancel.value, self._stop, source, intensity, stack))
+                  _fine_tune(FineTuneJob(self.model.value, images, masks, cfg, name,
+                                         self.keep_on_cancel.value, source, intensity, stack),
+                             self._stop))
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
         return self._start(worker, "fine-tuning", f"Fine-tuning on {len(planes)} slice(s)"
@@ -516,16 +573,14 @@ class FineTuneWidget(StoreSection, Container):
             show_error(f"napari-fmbff: cannot propagate: {err}")
             return None
         import_engine(self.status)
-        worker = _propagate(job["base"], job["volume"], job["labels"], job["slices"],
-                            job["cfg"], job["name"], self._stop, job["image"].name,
-                            job["intensity"], job["threshold"], job["store"], job["case"])
+        worker = _propagate(job, self._stop)
         worker.yielded.connect(self._on_propagate_step)
         worker.returned.connect(lambda result: self._on_propagated(job, result))
-        slices = ", ".join(map(str, job["slices"]))
+        slices = ", ".join(map(str, job.slices))
         return self._start(worker, "propagation",
-                           f"Propagating: fine-tuning '{job['base']}' on slice(s) {slices}...")
+                           f"Propagating: fine-tuning '{job.base}' on slice(s) {slices}...")
 
-    def _propagation_job(self) -> dict:
+    def _propagation_job(self) -> PropagateJob:
         """What Propagate needs, checked before anything runs (a ValueError names what is
         wrong): a stack, Segment's output layer for it, the slices to learn from."""
         from ..training.propagate import labelled_slices
@@ -562,12 +617,12 @@ class FineTuneWidget(StoreSection, Container):
             from ..training.store_training import start_model
 
             base = start_model(store, base)
-        return {"image": image, "target": target, "shape": shape, "slices": slices,
-                "volume": np.asarray(data), "labels": np.array(source.data, copy=True),
-                "store": store, "case": case,
-                "base": base, "cfg": self._config(), "name": self._model_name(),
-                "intensity": intensity_choice(self, image),
-                "threshold": record.get("threshold") if isinstance(record, dict) else None}
+        return PropagateJob(
+            image=image, target=target, shape=shape, slices=slices, volume=np.asarray(data),
+            labels=np.array(source.data, copy=True), store=store, case=case, base=base,
+            cfg=self._config(), name=self._model_name(),
+            intensity=intensity_choice(self, image),
+            threshold=record.get("threshold") if isinstance(record, dict) else None)
 
     @staticmethod
     def _checked_slices(labels) -> list[int]:
@@ -594,28 +649,28 @@ class FineTuneWidget(StoreSection, Container):
         if result is None:
             self.status.value = "Cancelled: no slice was changed and no model was saved."
             return
-        outcome, target = result.outcome, job["target"]
+        outcome, target = result.outcome, job.target
         if outcome.saved:
             self.last_saved = outcome.path
             self.announce_model(outcome)
-        if target not in self._viewer.layers or tuple(target.data.shape) != job["shape"]:
+        if target not in self._viewer.layers or tuple(target.data.shape) != job.shape:
             show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
                          "propagating; the slices were not written.")
             self.status.value = outcome.message
             return
         proposal = proposal_of(target)
         keep = set(result.slices) | set(self._checked_slices(target))
-        planes = {(z,): result.labels[z] for z in range(job["shape"][0]) if z not in keep}
+        planes = {(z,): result.labels[z] for z in range(job.shape[0]) if z not in keep}
         proposal.write(planes, keep_edits=True)
         # Segment's re-threshold and review follow the propagation's probabilities from now on.
         proposal.propagation = self.last_propagation = result
-        proposal.probs = {(z,): result.probs[z] for z in range(job["shape"][0])}
-        model = outcome.path.stem if outcome.saved else str(job["base"])
+        proposal.probs = {(z,): result.probs[z] for z in range(job.shape[0])}
+        model = outcome.path.stem if outcome.saved else str(job.base)
         target.metadata[PROVENANCE_TAG] = run_record(
-            outcome.path if outcome.saved else job["base"], target.metadata.get(PROVENANCE_TAG),
-            base=job["base"], learned=result.learned, slices_labelled=list(result.slices),
+            outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
+            base=job.base, learned=result.learned, slices_labelled=list(result.slices),
             propagated=True)
-        carry_scan(job["image"], target)  # Segment's layer has it; one made otherwise gets it
+        carry_scan(job.image, target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)
 
@@ -624,7 +679,7 @@ class FineTuneWidget(StoreSection, Container):
         learned and which one answered the other slices."""
         slices = ", ".join(map(str, result.slices))
         if result.learned:
-            text = (f"Propagated: '{model}' (fine-tuned from '{job['base']}' on slice(s) "
+            text = (f"Propagated: '{model}' (fine-tuned from '{job.base}' on slice(s) "
                     f"{slices}) segmented {n_written} other slice(s). {result.outcome.message}")
         else:
             text = (f"{result.outcome.message} The other {n_written} slice(s) got the base "

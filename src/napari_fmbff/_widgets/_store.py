@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..data.store import CaseSource
 from ._common import model_events, wrap
 from ._settings import remember_store_folder, store_folder
 from ._tooltips import tooltip
@@ -30,8 +32,19 @@ STORE_CASE_TAG = "napari_fmbff_store_case"
 SOURCE_TAG = "napari_fmbff_source"
 
 
+@dataclass(frozen=True)
+class StoreCaseJob:
+    """What a case needs from the layers (``StoreSection.store_job``): the image (finest
+    level), its labels, the corrected slices and what the store records about them."""
+
+    data: np.ndarray
+    labels: np.ndarray
+    slices: list
+    about: CaseSource
+
+
 @thread_worker(ignore_errors=True)  # errors go to the widget's own notification
-def _store_fine_tune(start, store, job: dict, cfg, name, keep_on_cancel,
+def _store_fine_tune(start, store, job: StoreCaseJob, cfg, name, keep_on_cancel,
                      stop: threading.Event, intensity: dict):
     """Worker: stage the corrected slices as a case, train on the whole store from ``start``
     (the base model resolved when the run was started, and shown); yields TrainEvents,
@@ -41,21 +54,20 @@ def _store_fine_tune(start, store, job: dict, cfg, name, keep_on_cancel,
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
-    from ..training.store_training import stage, train_on_store
+    from ..training.requests import ModelOut, RunControl
+    from ..training.store_training import StoreRun, stage, train_on_store
 
     net = load_model(start)
     setting = intensity_setting(default_normalization(net), **intensity)
-    pending = stage(store, job["data"], job["labels"], job["slices"], setting, rgb=job["rgb"],
-                    source=job["source"], name=job["name"], source_meta=job["source_meta"],
-                    proposed_by=job["proposed_by"], spacing=job["spacing"],
-                    identity=job["identity"])
-    slices = ", ".join(map(str, job["slices"]))
+    pending = stage(store, job.data, job.labels, job.slices, setting, job.about)
+    slices = ", ".join(map(str, job.slices))
+    out = ModelOut(unique_model_path(name), base=start,
+                   training_data=f"napari layer '{job.about.name}', slice(s) {slices}",
+                   extra={"layout": "napari layers", "encoder_init": None,
+                          "intensity": setting.describe()})
     return (yield from train_on_store(
-        net, store, cfg, setting, unique_model_path(name), base=start, pending=pending,
-        keep_on_cancel=keep_on_cancel, should_stop=stop.is_set,
-        detail=f"napari layer '{job['name']}', slice(s) {slices}",
-        extra={"layout": "napari layers", "encoder_init": None,
-               "intensity": setting.describe()}))
+        net, store, cfg, setting, out,
+        RunControl(should_stop=stop.is_set, keep_on_cancel=keep_on_cancel), StoreRun(pending)))
 
 
 class StoreSection:
@@ -213,7 +225,7 @@ class StoreSection:
         self.store_start = start_model(store, self.model.value)
         return store
 
-    def store_job(self, data, labels_layer, planes) -> dict:
+    def store_job(self, data, labels_layer, planes) -> StoreCaseJob:
         """What a case needs from the layers: the image (finest level), its labels, the
         corrected slices, where it came from (the reader's record, a case opened from the
         store) and which model proposed the labels."""
@@ -232,12 +244,13 @@ class StoreSection:
         opened = image.metadata.get(STORE_CASE_TAG) or {}
         record = labels_layer.metadata.get(PROVENANCE_TAG)
         scale = [float(s) for s in image.scale[-spatial:]]
-        return {"data": data, "labels": np.asarray(labels_layer.data), "rgb": bool(image.rgb),
-                "slices": sorted({int(p[0]) if p else 0 for p in planes}),
-                "source": str(source_meta.get("source") or image.source.path or image.name),
-                "name": image.name, "source_meta": source_meta or None,
-                "identity": opened.get("identity"), "spacing": scale,
-                "proposed_by": record.get("model") if isinstance(record, dict) else None}
+        about = CaseSource(
+            rgb=bool(image.rgb), name=image.name, identity=opened.get("identity"),
+            source=str(source_meta.get("source") or image.source.path or image.name),
+            source_meta=source_meta or None, spacing=scale,
+            model=record.get("model") if isinstance(record, dict) else None)
+        return StoreCaseJob(data, np.asarray(labels_layer.data),
+                            sorted({int(p[0]) if p else 0 for p in planes}), about)
 
     def store_status(self, store) -> str:
         """What a store run learns from, for the status line: the store in use (its folder and

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_path
-from .medical import is_dicom, series_headers_of
+from .medical import is_dicom, series_headers_of, sorted_series
 
 #: Segment property codes: a morphologically abnormal structure, a lesion (SNOMED CT).
 _CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
@@ -51,16 +51,13 @@ def series_headers(record: dict) -> list:
         raise ValueError(f"the DICOM series folder {folder} is no longer there; open the scan "
                          "again from where it is now")
     try:
-        headers = [ds for _, ds in series_headers_of(folder, uid)[0]]
+        found = series_headers_of(folder, uid)[0]
     except ValueError:  # no image slices left in the folder
-        headers = []
-    if not headers:
+        found = []
+    if not found:
         raise ValueError(f"{folder}: the series {uid} is no longer there; open the scan again")
-    iop = [float(v) for v in headers[0].get("ImageOrientationPatient", (1, 0, 0, 0, 1, 0))]
-    normal = np.cross(iop[:3], iop[3:])
-    heights = [float(np.asarray(ds.ImagePositionPatient, float) @ normal) for ds in headers]
-    order = np.argsort(heights, kind="stable")
-    headers, heights = [headers[i] for i in order], [heights[i] for i in order]
+    series = sorted_series(found)  # the volume's own Z order
+    headers, heights = [ds for _, ds in series.slices], series.heights
     recorded = record.get("slice_positions_mm")
     if recorded is not None and (len(recorded) != len(heights)
                                  or not np.allclose(recorded, heights, atol=1e-3)):

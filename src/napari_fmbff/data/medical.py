@@ -189,16 +189,13 @@ def read_dicom_series(path) -> Volume:
     sorted along the slice normal by ImagePositionPatient, in Hounsfield units for CT."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    slices, uid = series_headers_of(path)
+    found, uid = series_headers_of(path)
+    series = sorted_series(found)
+    slices, normal, positions, heights = (series.slices, series.normal, series.positions,
+                                          series.heights)
     first = slices[0][1]
     rows, cols = _orientation(first)
-    normal = np.cross(rows, cols)
-    positions = [np.asarray(ds.get("ImagePositionPatient", (0, 0, 0)), float) for _, ds in slices]
-    order = np.argsort([float(pos @ normal) for pos in positions], kind="stable")
-    slices = [slices[i] for i in order]
-    positions = [positions[i] for i in order]
     data = _series_pixels([p for p, _ in slices], folder)
-    heights = [float(pos @ normal) for pos in positions]
     spacing = _series_spacing(first, heights)
     affine = np.eye(4)
     affine[:3, 0] = normal * spacing[0]   # z index along the slice normal
@@ -212,6 +209,29 @@ def read_dicom_series(path) -> Volume:
             "sop_instance_uids": [str(ds.get("SOPInstanceUID", "")) for _, ds in slices],
             "units": "HU" if modality == "CT" else ""}
     return Volume(data, spacing, affine, str(folder), meta)
+
+
+@dataclass
+class SortedSeries:
+    """A DICOM series' slices in the volume's Z order (``sorted_series``)."""
+
+    slices: list            # (file, header) pairs, along the slice normal
+    normal: np.ndarray      # the slice normal (row direction x column direction)
+    positions: list         # each slice's ImagePositionPatient (mm), in that order
+    heights: list           # each slice's position along the normal (mm), ascending
+
+
+def sorted_series(slices: list) -> SortedSeries:
+    """The one Z order of a DICOM series (the volume ``read_dicom_series`` reads, the SEG
+    ``dicom_seg`` writes on it): ``slices`` ((file, header) pairs) sorted along the first
+    slice's normal by ImagePositionPatient; slices at the same height keep their order."""
+    rows, cols = _orientation(slices[0][1])
+    normal = np.cross(rows, cols)
+    positions = [np.asarray(ds.get("ImagePositionPatient", (0, 0, 0)), float) for _, ds in slices]
+    heights = [float(pos @ normal) for pos in positions]
+    order = np.argsort(heights, kind="stable")
+    return SortedSeries([slices[i] for i in order], normal, [positions[i] for i in order],
+                        [heights[i] for i in order])
 
 
 def series_headers_of(path: Path, uid: str | None = None) -> tuple[list, str]:

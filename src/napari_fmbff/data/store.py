@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import hashlib
 import json
 import os
@@ -59,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_path
+from .._files import atomic_path, os_error_hint
 
 STORE_DIR_ENV = "FMBFF_STORE_DIR"
 RECORD = "fmbff_store.json"
@@ -125,6 +124,33 @@ def identity_of(image, source: dict | None = None) -> str:
         sop = sops[0] if len(sops) == 1 and sops[0] else None
         return f"dicom:{uid}/{sop}" if sop else f"dicom:{uid}/{content_hash(image)}"
     return content_hash(image)
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """What a new case records of its image and its labels (``Store.stage_case``).
+
+    Args:
+        rgb: the image is one colour picture (Y, X, 3|4), not a stack.
+        source: where the image came from (a file, a layer).
+        name: the case's name (default: the source's file name).
+        identity: the scan's identity (default ``identity_of(image, source_meta)``): the
+            same scan again updates its case.
+        source_meta: the reader's record (DICOM UID, modality, affine).
+        model: the model that proposed the labels.
+        intensity: the intensity setting as recorded (``{"setting", "applied",
+            "describe"}``).
+        spacing: the voxel spacing (mm), when the reader knows it.
+    """
+
+    rgb: bool = False
+    source: str = ""
+    name: str = ""
+    identity: str | None = None
+    source_meta: dict | None = None
+    model: str | None = None
+    intensity: dict | None = None
+    spacing: tuple | list | None = None
 
 
 @dataclass
@@ -272,14 +298,8 @@ def _writing(store: Path):
     try:
         yield
     except OSError as err:
-        hint = {errno.ENOSPC: "the disk is full: free some space or choose another store "
-                              "folder",
-                errno.EDQUOT: "over the disk quota: free some space or choose another store "
-                              "folder",
-                errno.EROFS: "read-only: choose a store folder you can write to",
-                errno.EACCES: "no permission: choose a store folder you can write to",
-                errno.EPERM: "not permitted: choose a store folder you can write to",
-                }.get(err.errno, "check the folder and try again")
+        hint = os_error_hint(err, "choose a store folder you can write to",
+                             "check the folder and try again")
         where = err.filename or store
         raise StoreError(f"{where}: cannot write the corrections store "
                          f"({err.strerror or err}); {hint}; the store was left as it was") \
@@ -551,26 +571,25 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def add_case(self, image, labels, corrected_slices, **kwargs) -> str:
-        """``stage_case`` and commit at once; returns the case id."""
-        pending = self.stage_case(image, labels, corrected_slices, **kwargs)
+    def add_case(self, image, labels, corrected_slices, **about) -> str:
+        """``stage_case`` and commit at once; ``about``: the ``CaseSource`` fields. Returns
+        the case id."""
+        pending = self.stage_case(image, labels, corrected_slices, CaseSource(**about))
         pending.commit()
         return pending.id
 
-    def stage_case(self, image, labels, corrected_slices, *, rgb: bool = False,
-                   source: str = "", name: str = "", identity: str | None = None,
-                   source_meta: dict | None = None, model: str | None = None,
-                   intensity: dict | None = None, spacing=None) -> PendingCase:
+    def stage_case(self, image, labels, corrected_slices,
+                   about: CaseSource | None = None) -> PendingCase:
         """Write an image and its corrected slices as a pending case (not yet part of the
         store: ``commit`` or ``discard`` it). ``labels``: the image's labels (any lesion id
         counts as lesion); ``corrected_slices``: the slices the user corrected or accepted
-        (z of a volume; [0] or [] for a 2D image: its one slice). The same scan again
-        (``identity``, default ``identity_of(image, source_meta)``) updates its case: these
-        slices replace the case's, its other corrected slices stay. ``source_meta``: the
-        reader's record (DICOM UID, modality, affine); ``model`` and ``intensity`` (the
-        setting as recorded, e.g. ``{"setting": ..., "applied": ..., "describe": ...}``)
-        are kept as the case's provenance. Staged under the store's lock, on the record as
-        it is on disk."""
+        (z of a volume; [0] or [] for a 2D image: its one slice). ``about``
+        (``CaseSource``): where the image came from and who proposed the labels; the same
+        scan again (``about.identity``, default ``identity_of(image, about.source_meta)``)
+        updates its case: these slices replace the case's, its other corrected slices stay.
+        Staged under the store's lock, on the record as it is on disk."""
+        about = about or CaseSource()
+        rgb, source_meta, spacing = about.rgb, about.source_meta, about.spacing
         self._check_writable()
         volume, is_2d = _as_volume(image, rgb)
         grid = _labels_grid(labels, volume.shape[:3], is_2d)
@@ -578,10 +597,8 @@ class Store:
         if not zs or not all(0 <= z < volume.shape[0] for z in zs):
             raise StoreError(f"corrected slices {zs} do not fit the image's {volume.shape[0]} "
                              "slice(s); correct at least one slice of this image")
-        identity = identity or identity_of(image, source_meta)
-        entry = _case_entry(image, volume, is_2d, identity, source_meta,
-                            dict(name=name, source=source, model=model, intensity=intensity,
-                                 spacing=spacing))
+        identity = about.identity or identity_of(image, source_meta)
+        entry = _case_entry(image, volume, is_2d, identity, about)
         with _writing(self.path), self._locked():
             self.repair()  # an earlier case of this scan whose files are gone is no case
             self._tidy()
@@ -755,15 +772,15 @@ class Store:
         return True
 
 
-def _case_entry(image, volume, is_2d, identity, source_meta, facts) -> dict:
-    """A case's record (its identity, source, dates, provenance and geometry); ``facts``:
-    name, source, model, intensity, spacing as ``stage_case`` got them."""
-    meta = source_meta or {}
-    spacing = facts["spacing"]
+def _case_entry(image, volume, is_2d, identity, about: CaseSource) -> dict:
+    """A case's record (its identity, source, dates, provenance and geometry) from what
+    ``stage_case`` was told ``about`` it."""
+    meta = about.source_meta or {}
+    spacing = about.spacing
     return {"identity": identity,
-            "name": facts["name"] or Path(str(facts["source"])).name or "image",
-            "source": str(facts["source"]), "added": _now(), "updated": _now(),
-            "model": facts["model"], "intensity": facts["intensity"] or {},
+            "name": about.name or Path(str(about.source)).name or "image",
+            "source": str(about.source), "added": _now(), "updated": _now(),
+            "model": about.model, "intensity": about.intensity or {},
             "corrected_slices": [], "shape": list(np.shape(image)), "dtype": str(volume.dtype),
             "is_2d": is_2d,
             "spacing": [float(v) for v in spacing] if spacing is not None else

@@ -17,6 +17,7 @@ from ..inference.postprocess import Postprocess
 from .files import (
     FileJob,
     SegmenterSpec,
+    WriteOptions,
     open_large_job,
     result_provenance,
     segment_chunk_into,
@@ -97,12 +98,15 @@ def _awaited(future, source: str):
 
 
 def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postprocess,
-                  normalization, chunk: int, overwrite: bool = False, resume: bool = False,
-                  settings: dict | None = None):
+                  normalization, writes: WriteOptions):
     """Submit every job (large ones as their missing chunks); yields (tasks done, tasks in
     all) as they finish; returns {source: foreground pixels}. On the first failure the rest
-    is cancelled and a ValueError names the input; finished chunks stay for ``resume``."""
+    is cancelled and a ValueError names the input; finished chunks stay for
+    ``writes.resume``."""
     from distributed import as_completed
+
+    chunk, overwrite, resume, settings = (writes.chunk, writes.overwrite, writes.resume,
+                                          writes.settings)
 
     tasks, outputs, remaining, foreground, provenance = {}, {}, {}, {}, {}
     try:

@@ -244,6 +244,18 @@ def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
     return foreground
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a run writes its outputs: large images in chunks of ``chunk`` pixels a side,
+    existing outputs replaced only with ``overwrite``, a stopped large job continued with
+    ``resume`` (with the same ``settings``, which its working folder records)."""
+
+    chunk: int
+    overwrite: bool = False
+    resume: bool = False
+    settings: dict | None = None
+
+
 def open_large_job(job: FileJob, post: Postprocess, chunk: int, overwrite: bool = False,
                    resume: bool = False, settings: dict | None = None):
     """(lazy source, LargeOutputs) of a large job: its working folder created or reopened."""

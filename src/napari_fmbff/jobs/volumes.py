@@ -15,8 +15,11 @@ import numpy as np
 
 from .._files import refuse_existing
 from ..data.medical import read_volume, series_name, write_labels_and_record
-from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess
-from .files import result_provenance
+from ..inference.postprocess import Postprocess
+from .files import SegmenterSpec, result_provenance
+
+#: What ``segment_volume`` writes by default: labelled 3D objects at the default threshold.
+LABELS_3D = Postprocess(labels=True)
 
 
 def output_paths(volume, out_dir) -> tuple[Path, Path]:
@@ -24,31 +27,29 @@ def output_paths(volume, out_dir) -> tuple[Path, Path]:
     return Path(out_dir) / f"{stem}.nii.gz", Path(out_dir) / f"{stem}.json"
 
 
-def segment_volume(model, settings, path, out_dir, threshold: float = DEFAULT_THRESHOLD,
-                   min_size: int = 0, fill_holes: bool = False, labels: bool = True, window=None,
-                   normalize: str = "model", per_slice: bool = False, overwrite: bool = False,
-                   provenance: dict | None = None):
+def segment_volume(model, spec: SegmenterSpec, path, out_dir, post: Postprocess = LABELS_3D,
+                   *, overwrite: bool = False, provenance: dict | None = None):
     """Generator: yields (slice, slices) while segmenting; returns the NIfTI path written.
-    Labels are 3D objects (``min_size`` in voxels) unless ``per_slice``; ``labels=False``
-    writes the 0/1 mask of those same objects (so ``min_size`` still counts voxels)."""
-    from ..inference.intensity import intensity_setting
+    ``model``: the network (loaded once for all volumes); ``spec``: its ``settings`` and
+    the intensity choice (``window`` / ``normalize``, resolved for the whole volume).
+    ``post`` (``Postprocess``): labels are 3D objects (``min_size`` in voxels) unless
+    ``per_slice``; ``labels=False`` writes the 0/1 mask of those same objects (so
+    ``min_size`` still counts voxels)."""
     from ..inference.segmenter import Segmenter
     from ..inference.stacks import iter_segment_stack
-    from ..model.normalization import default_normalization
 
-    post = Postprocess(threshold, min_size, fill_holes, labels, per_slice)
     volume = read_volume(path)
     target, sidecar = output_paths(volume, out_dir)
     refuse_existing(target, overwrite)
     refuse_existing(sidecar, overwrite)
-    chosen = intensity_setting(default_normalization(model), window, normalize)
-    seg = Segmenter(model, settings, normalization=chosen.for_stack(volume.data))
+    chosen = spec.intensity(model)
+    seg = Segmenter(model, spec.settings, normalization=chosen.for_stack(volume.data))
     out = yield from iter_segment_stack(seg, volume.data, False, replace(post, labels=True))
-    if not labels:
+    if not post.labels:
         out = (out > 0).astype(np.uint8)
     record = {**result_provenance(seg, post, volume.source),
               "format": volume.metadata.get("format"), "spacing_mm": list(volume.spacing),
-              "labels": "3D objects" if not per_slice else "per slice",
-              "window": window, "normalize": normalize, "intensity_setting": chosen.to_dict(),
+              "labels": "3D objects" if not post.per_slice else "per slice",
+              "window": spec.window, "normalize": spec.normalize, "intensity_setting": chosen.to_dict(),
               **(provenance or {})}
     return write_labels_and_record(target, sidecar, out, volume.ras_affine, record, overwrite)

@@ -18,6 +18,7 @@ _LAZY = {
     "PROMPT_CHANNELS": ".prompts",
     "prompt_maps": ".prompts",
     "simulate_prompts": ".prompts",
+    "PromptSampling": ".prompts",
     "SimulatedPrompts": ".prompts",
 }
 

@@ -10,6 +10,7 @@ box when its centre does (``(10, 20, 30, 40)`` covers columns 10..30 and rows 20
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -111,11 +112,31 @@ class SimulatedPrompts(NamedTuple):
     points: list
 
 
-def simulate_prompts(mask, rng: np.random.Generator, *, p_none: float = 0.3,
-                     p_box: float = 0.7, max_clicks: int = 3, jitter: float = 0.05,
-                     pad: float = 5.0, radius: float = CLICK_RADIUS,
+@dataclass(frozen=True)
+class PromptSampling:
+    """How ``simulate_prompts`` draws a training sample's prompts.
+
+    Args:
+        p_none: share of samples with no prompt (automatic segmentation stays trained).
+        p_box: share of prompted samples with a box.
+        max_clicks: at most this many clicks.
+        jitter: each box side moves by up to this share of the lesion's size either way.
+        pad: ... plus up to this many pixels outward (a user's loose box).
+        radius: a click's disk radius in pixels.
+    """
+
+    p_none: float = 0.3
+    p_box: float = 0.7
+    max_clicks: int = 3
+    jitter: float = 0.05
+    pad: float = 5.0
+    radius: float = CLICK_RADIUS
+
+
+def simulate_prompts(mask, rng: np.random.Generator, sampling: PromptSampling | None = None,
                      prediction=None) -> SimulatedPrompts:
-    """Prompts a user could give for one lesion of a 2D ``mask``, for training.
+    """Prompts a user could give for one lesion of a 2D ``mask``, for training, drawn as
+    ``sampling`` (``PromptSampling``) says.
 
     No prompt ``p_none`` of the time (and for an empty mask), so automatic segmentation stays
     trained. Otherwise one lesion (an 8-connected component) gets, ``p_box`` of the time, its
@@ -126,6 +147,9 @@ def simulate_prompts(mask, rng: np.random.Generator, *, p_none: float = 0.3,
     ``prediction`` (bool, same shape), in its misses and false alarms there, as interactive
     training does.
     """
+    how = sampling or PromptSampling()
+    p_none, p_box, max_clicks, jitter, pad, radius = (how.p_none, how.p_box, how.max_clicks,
+                                                      how.jitter, how.pad, how.radius)
     m = np.asarray(mask) != 0
     if m.ndim != 2:
         raise ValueError(f"simulate_prompts needs a 2D mask, got shape {m.shape}")

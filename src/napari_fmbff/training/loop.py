@@ -28,6 +28,7 @@ from .config import (  # noqa: F401  (the recipe's types, imported from here by 
     TrainResult,
     finetune_config,
 )
+from .requests import RunControl
 
 
 def make_items(images, masks, normalization: Normalization, names=None, *,
@@ -96,29 +97,31 @@ def split_items(items: list[Item], val_fraction: float, seed: int = 0,
 
 
 def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Normalization,
-               resume_state: dict | None = None, checkpoint_fn=None, should_stop=None,
-               ddp=None):
+               control: RunControl | None = None):
     """Generator: yields ``TrainEvent`` (start, every step, every epoch); returns TrainResult.
 
     With ``val_items``: Dice on them after every epoch drives the lr plateau schedule and
     early stopping, and the best epoch's weights are returned. With no ``val_items``: no
-    validation, ``cfg.epochs`` (or until ``should_stop``) and the final weights are returned;
-    events carry ``val_dice`` NaN. Either way ``fit_before`` / ``fit_after`` score the model
-    on the training items' own pixels (at most ``cfg.fit_tiles`` tiles).
+    validation, ``cfg.epochs`` (or until ``control.should_stop``) and the final weights are
+    returned; events carry ``val_dice`` NaN. Either way ``fit_before`` / ``fit_after`` score
+    the model on the training items' own pixels (at most ``cfg.fit_tiles`` tiles).
 
-    ``should_stop()`` is asked after every step: when true, training ends there and the result
-    (best weights so far, or the last ones without validation; ``cancelled=True``) is returned
-    as usual. ``checkpoint_fn(state)`` is called after each epoch with a resumable state
-    (tensors and plain values only: loadable with weights_only=True); ``resume_state``
-    continues from one. ``ddp`` (``ddp.Ddp``, under torchrun): this process trains on its
-    share of the crops and validation tiles; gradients, validation counts and stop decisions
-    are shared, and only rank 0 calls ``checkpoint_fn``. The work is ``trainer.Trainer``'s.
+    ``control`` (``RunControl``): ``should_stop()`` is asked after every step: when true,
+    training ends there and the result (best weights so far, or the last ones without
+    validation; ``cancelled=True``) is returned as usual. ``checkpoint_fn(state)`` is called
+    after each epoch with a resumable state (tensors and plain values only: loadable with
+    weights_only=True); ``resume_state`` continues from one. ``ddp`` (``ddp.Ddp``, under
+    torchrun): this process trains on its share of the crops and validation tiles;
+    gradients, validation counts and stop decisions are shared, and only rank 0 calls
+    ``checkpoint_fn``. The work is ``trainer.Trainer``'s.
     """
     from .trainer import Trainer
 
-    trainer = Trainer(net, train_items, val_items, cfg, normalization, should_stop=should_stop,
-                      checkpoint_fn=checkpoint_fn, ddp=ddp)
-    return (yield from trainer.run_training(resume_state))
+    control = control or RunControl()
+    trainer = Trainer(net, train_items, val_items, cfg, normalization,
+                      should_stop=control.should_stop, checkpoint_fn=control.checkpoint_fn,
+                      ddp=control.ddp)
+    return (yield from trainer.run_training(control.resume_state))
 
 
 def run_training(*args, **kwargs) -> TrainResult:

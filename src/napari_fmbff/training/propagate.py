@@ -12,9 +12,13 @@ widget's Propagate both run ``iter_propagate``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from .requests import ModelOut, RunControl
 
 #: What a propagation keeps of the model's voxels on the other slices: only the 3D objects that
 #: touch an object the user labelled (``connected_to_user``), i.e. the corrected lesion
@@ -71,61 +75,102 @@ def labelled_slices(labels, n_image_slices: int, slices=None) -> list[int]:
     return slices
 
 
-def iter_propagate(net, volume, labels, out_model, *, slices=None, normalization=None,
-                   cfg=None, base=None, image_name: str = "", threshold: float | None = None,
-                   min_size: int = 0, overwrite: bool = False, should_stop=None,
-                   keep_on_cancel: bool = False, extra: dict | None = None,
-                   connected: bool = KEEP_CONNECTED):
+@dataclass(frozen=True)
+class PropagateRequest:
+    """What a propagation learns from, what it runs on and where its model goes.
+
+    Args:
+        volume: (Z, Y, X) grey slices (napari layer data or an array).
+        labels: the user's labels, the same shape (any lesion id counts).
+        out_model: the fine-tuned model's file (nothing is replaced unless ``overwrite``).
+        slices: the slices to learn from (default: every slice with a label;
+            ``labelled_slices``).
+        normalization: the intensity setting (default: the model's own), resolved for this
+            volume.
+        cfg: the fine-tuning recipe (default ``finetune_config()``).
+        base: the model it starts from, as its record names it.
+        image_name: the volume's name in the model's lineage and messages.
+        threshold: probability -> lesion (default ``postprocess.DEFAULT_THRESHOLD``).
+        min_size: the model's objects smaller than this (voxels) touching no user object
+            are dropped.
+        overwrite: replace an existing model of that name.
+        extra: more provenance keys for the model's record.
+        connected: keep only the model's objects touching the user's (``KEEP_CONNECTED``).
+    """
+
+    volume: Any
+    labels: Any
+    out_model: Any
+    slices: Sequence[int] | None = None
+    normalization: Any = None
+    cfg: Any = None
+    base: Any = None
+    image_name: str = ""
+    threshold: float | None = None
+    min_size: int = 0
+    overwrite: bool = False
+    extra: Mapping = field(default_factory=dict)
+    connected: bool = KEEP_CONNECTED
+
+    def lineage(self, zs) -> dict:
+        """The ``propagated`` record of the model: its base, the slices and the image."""
+        return {"base": str(self.base) if self.base else None, "slices": zs,
+                "image": self.image_name}
+
+    def describe(self, zs) -> str:
+        """What the model learned from, in words."""
+        return f"{self.image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}"
+
+
+def iter_propagate(net, request: PropagateRequest, control: RunControl | None = None):
     """Generator: yields ("train", TrainEvent) while fine-tuning, then ("segment", done,
     total); returns a ``PropagateResult``.
 
-    ``volume``: (Z, Y, X) grey slices (napari layer data or an array); ``labels`` the same
-    shape. ``normalization``: the intensity setting (default: the model's own), resolved for
-    this volume. ``cfg``: the fine-tuning recipe (default ``finetune_config()``).
-    ``connected``: keep only the model's objects touching the user's (``KEEP_CONNECTED``). The model is
-    saved as ``out_model`` (nothing is replaced unless ``overwrite``) with its lineage: base
-    model, slices and image.
+    ``request`` (``PropagateRequest``): the volume, the user's labels, the slices to learn
+    from, the recipe and the model's file; the model is saved with its lineage (base model,
+    slices and image). ``control`` (``RunControl``; default: a cancel keeps nothing): stop
+    and keep on cancel.
     """
     from ..inference.runtime import relay
     from ..model.normalization import default_normalization
     from .loop import finetune_config, make_items
     from .run import train_and_save
 
-    zs = labelled_slices(labels, len(volume), slices)
-    setting = normalization or default_normalization(net)
+    volume, labels, name = request.volume, request.labels, request.image_name
+    zs = labelled_slices(labels, len(volume), request.slices)
+    setting = request.normalization or default_normalization(net)
     resolved = setting.for_stack(volume)
     items = make_items([np.asarray(volume[z]) for z in zs],
                        [np.asarray(labels[z]) > 0 for z in zs], resolved,
-                       [f"{image_name or 'volume'} slice {z}" for z in zs],
-                       group=image_name or "volume", require_lesion=False)
+                       [f"{name or 'volume'} slice {z}" for z in zs],
+                       group=name or "volume", require_lesion=False)
     if not any(item.mask.any() for item in items):
         raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
                          "one slice before propagating")
-    lineage = {"base": str(base) if base else None, "slices": zs, "image": image_name}
+    out = ModelOut(request.out_model, request.describe(zs), request.base, request.overwrite,
+                   extra={"propagated": request.lineage(zs), **request.extra})
     outcome = yield from relay(train_and_save(
-        net, items, cfg or finetune_config(), setting, out_model,
-        training_data=f"{image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}",
-        base=base, overwrite=overwrite, keep_on_cancel=keep_on_cancel, should_stop=should_stop,
-        extra={"propagated": lineage, **(extra or {})}), lambda event: ("train", event))
-    return (yield from finish_propagation(net, outcome, volume, labels, zs, resolved,
-                                          threshold, min_size, connected))
+        net, items, request.cfg or finetune_config(), setting, out,
+        control or RunControl(keep_on_cancel=False)), lambda event: ("train", event))
+    return (yield from finish_propagation(net, outcome, request, zs, resolved))
 
 
-def finish_propagation(net, outcome, volume, labels, zs, normalization, threshold=None,
-                       min_size: int = 0, connected: bool = KEEP_CONNECTED):
+def finish_propagation(net, outcome, request: PropagateRequest, zs, normalization):
     """Generator: after the training of a propagation (``outcome``), the trained model (or
-    ``net`` when nothing was saved) segments the slices not in ``zs``; returns the
-    ``PropagateResult`` (shared by ``iter_propagate`` and the store's propagation)."""
+    ``net`` when nothing was saved) segments the slices of ``request.volume`` not in ``zs``
+    with ``normalization`` (resolved for the volume); returns the ``PropagateResult``
+    (shared by ``iter_propagate`` and the store's propagation)."""
     from ..inference.postprocess import DEFAULT_THRESHOLD
     from ..inference.review import slice_uncertainty
 
     model = outcome.result.net if outcome.saved else net
+    volume, labels = request.volume, request.labels
     probs = yield from _segment_others(model, volume, labels, zs, normalization)
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    merged = merge_ids(labels, zs, probs >= threshold, min_size, connected)
+    threshold = DEFAULT_THRESHOLD if request.threshold is None else request.threshold
+    merged = merge_ids(labels, zs, probs >= threshold, request.min_size, request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
-    return PropagateResult(merged, probs, zs, outcome, uncertainty, connected)
+    return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected)
 
 
 def _segment_others(model, volume, labels, zs, normalization):

@@ -19,6 +19,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .requests import ModelOut, RunControl
+
 
 @dataclass
 class Outcome:
@@ -120,41 +122,52 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def train_and_save(net, items, cfg, normalization, out, *, training_data: str, base=None,
-                   overwrite: bool = False, half: bool = False, keep_on_cancel: bool = True,
-                   should_stop=None, resume_state=None, checkpoint_fn=None, ddp=None,
-                   extra: dict | None = None):
+def train_and_save(net, items, cfg, normalization, out: ModelOut,
+                   control: RunControl | None = None):
     """Generator: yields ``TrainEvent``; returns an ``Outcome``.
 
     ``normalization``: the intensity setting the items were made with; the model stores it,
     so segmenting with the model's default applies it again (a "volume" scope stays a scope:
     each new volume gets its own range). The items carry their own resolved ranges.
-    ``out``: the model path; it and its log / plot are checked before training starts, so a
-    run never ends in a refusal to write (nothing is replaced unless ``overwrite``). ``training_data``
-    says what the model learned from (a folder, or the napari layers); ``base`` is the model
-    it started from (None: new weights). ``extra`` adds provenance keys.
+    ``out`` (``ModelOut``): the model path, checked with its log / plot before training
+    starts, so a run never ends in a refusal to write (nothing is replaced unless
+    ``out.overwrite``); ``out.training_data`` says what the model learned from (a folder, or
+    the napari layers), ``out.base`` the model it started from (None: new weights),
+    ``out.extra`` adds provenance keys. ``control`` (``RunControl``): stop, keep on cancel,
+    resume, checkpoints, DDP.
     """
-    from ..model.checkpoint import save_model
-    from .loop import iter_train, recipe, split_items
-    from .reports import write_history
+    from .loop import iter_train, split_items
 
-    out = check_output(out, overwrite, resuming=resume_state is not None)
+    control = control or RunControl()
+    resuming = control.resume_state is not None
+    path = check_output(out.path, out.overwrite, resuming=resuming)
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
-    result = yield from iter_train(net, train, val, cfg, normalization, resume_state,
-                                   checkpoint_fn, should_stop=should_stop, ddp=ddp)
+    result = yield from iter_train(net, train, val, cfg, normalization, control)
     counts = dict(n_train=len(train), n_val=len(val))
     scores = score_summary(result)
-    if ddp is not None and not ddp.is_main:
+    if not control.is_main:
         return Outcome(result, None, "not the main process; rank 0 saves", **counts)
-    if result.cancelled and not keep_on_cancel:
+    if result.cancelled and not control.keep_on_cancel:
         return Outcome(result, None, "Cancelled; no model saved.", **counts)
     if not result.changed:
         return Outcome(result, None, (
             f"Training did not change the model: no epoch beat the base on held-out data "
             f"({scores}). Nothing was saved; try more corrected slices, more epochs or "
             "another learning rate."), **counts)
+    return _save(result, path, cfg, normalization, out, control, counts, scores)
+
+
+def _save(result, path: Path, cfg, normalization, out: ModelOut, control: RunControl,
+          counts: dict, scores: str) -> Outcome:
+    """Save a run's model with its record, log and loss curve."""
+    from ..model.checkpoint import save_model
+    from .loop import recipe
+    from .reports import write_history
+
+    ddp = control.ddp
     metadata = {
-        "training_data": training_data, "finetuned_from": str(base) if base else None,
+        "training_data": out.training_data,
+        "finetuned_from": str(out.base) if out.base else None,
         **counts, "recipe": recipe(cfg), "validated": result.validated,
         "initial_val_dice": result.initial_dice if result.validated else None,
         "best_val_dice": result.best_dice if result.validated else None,
@@ -165,7 +178,7 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
         "device_name": device_name(cfg.device), "processes": ddp.world_size if ddp else 1,
         "cpu_threads": result.cpu_threads,
         "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
+        **out.extra,
         "normalization": normalization.to_dict(),
     }
     # The base model's own record (its data, its scores) describes the base, not this model.
@@ -174,8 +187,8 @@ def train_and_save(net, items, cfg, normalization, out, *, training_data: str, b
     result.net.metadata = inherited
     if base_record.get("training_data"):
         metadata["base_training_data"] = base_record["training_data"]
-    path = out
-    save_model(result.net, path, metadata=metadata, overwrite=overwrite, half=half)
-    notes = write_history(result.history, path, overwrite=overwrite or resume_state is not None)
+    save_model(result.net, path, metadata=metadata, overwrite=out.overwrite, half=out.half)
+    notes = write_history(result.history, path,
+                          overwrite=out.overwrite or control.resume_state is not None)
     kept = (" (cancelled: the best weights so far were kept)" if result.cancelled else "")
     return Outcome(result, path, f"Saved '{path.stem}'{kept}: {scores}.", notes=notes, **counts)

@@ -72,10 +72,10 @@ class CropDataset:
         """Prompt maps simulated on the (augmented) crop's mask, and the mask they ask for."""
         import torch
 
-        from ..model.prompts import simulate_prompts
+        from ..model.prompts import PromptSampling, simulate_prompts
 
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
-        sim = simulate_prompts(mask, rng, p_none=self.cfg.no_prompt_fraction)
+        sim = simulate_prompts(mask, rng, PromptSampling(p_none=self.cfg.no_prompt_fraction))
         return sim.maps, sim.target.astype(np.float32)
 
     def _sample(self, item: Item, shape):

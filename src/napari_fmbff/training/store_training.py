@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.store import KINDS, RECORD, PendingCase, Store
-from .propagate import KEEP_CONNECTED
+from ..data.store import KINDS, RECORD, CaseSource, PendingCase, Store
+from .propagate import PropagateRequest
+from .requests import ModelOut, RunControl
 
 #: The newest case's share of the training samples (replay of the older cases fills the rest).
 REPLAY_SHARE = 0.5
@@ -82,16 +83,37 @@ def intensity_record(setting, image=None) -> dict:
             "describe": setting.describe()}
 
 
-def stage(store: Store, image, labels, slices, setting, *, rgb: bool = False, source: str = "",
-          name: str = "", source_meta: dict | None = None, proposed_by=None,
-          spacing=None, identity: str | None = None) -> PendingCase:
+def stage(store: Store, image, labels, slices, setting,
+          about: CaseSource | None = None) -> PendingCase:
     """Stage the corrected ``slices`` of ``image`` as a case (``Store.stage_case``) with the
-    intensity ``setting`` (a Normalization) and the model that proposed the labels."""
+    intensity ``setting`` (a Normalization) recorded; ``about`` (``CaseSource``) says where
+    the image came from and, as ``model``, the model that proposed the labels."""
+    about = about or CaseSource()
+    rgb = about.rgb
     stack = image if (np.ndim(image) == 4 or (np.ndim(image) == 3 and not rgb)) else None
-    return store.stage_case(image, labels, slices, rgb=rgb, source=source, name=name,
-                            source_meta=source_meta, spacing=spacing, identity=identity,
-                            model=str(proposed_by) if proposed_by else None,
-                            intensity=intensity_record(setting, stack))
+    return store.stage_case(image, labels, slices, replace(
+        about, model=str(about.model) if about.model else None,
+        intensity=intensity_record(setting, stack)))
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    """How a store run treats its new case and its data.
+
+    Args:
+        pending: the new case (``stage``), trained on with the store; None: the store alone.
+        commit: ``pending`` joins the store when the run ends and the new model is
+            registered (``settle``); False leaves that to the caller (a propagation commits
+            after segmenting).
+        replay: weight the newest case up (``REPLAY_SHARE``); None: when a case is added.
+        hold_out: keep ``cfg.val_fraction`` of the cases for validation (``fmbff train
+            STORE``); else nothing is held out.
+    """
+
+    pending: PendingCase | None = None
+    commit: bool = True
+    replay: bool | None = None
+    hold_out: bool = False
 
 
 @dataclass
@@ -171,45 +193,41 @@ def store_lineage(store: Store, data: StoreItems, base) -> dict:
             None, "recipe_note": STORE_RECIPE}
 
 
-def train_on_store(net, store: Store, cfg, setting, out, *, base=None,
-                   pending: PendingCase | None = None, commit: bool = True, replay=None,
-                   hold_out: bool = False, detail: str = "", overwrite: bool = False,
-                   half: bool = False, keep_on_cancel: bool = True, should_stop=None,
-                   resume_state=None, checkpoint_fn=None, ddp=None, extra: dict | None = None):
+def train_on_store(net, store: Store, cfg, setting, out: ModelOut,
+                   control: RunControl | None = None, store_run: StoreRun = StoreRun()):
     """Generator: yields ``TrainEvent``; returns the ``run.Outcome`` of training ``net`` on
-    the whole store (``pending`` included; the record read again first: another process may
-    have added a case) with ``run.train_and_save``.
+    the whole store (``store_run.pending`` included; the record read again first: another
+    process may have added a case) with ``run.train_and_save``.
 
-    ``replay`` (default: when a case is being added) weights the newest case up;
-    ``hold_out`` keeps ``cfg.val_fraction`` (``fmbff train STORE``), else nothing is held
-    out. ``commit``: ``pending`` joins the store when the run ends (a cancelled run only if
-    it kept a model) and the new model is registered, promoted to the store's latest only
-    if it passes ``promotion`` (``settle``); False leaves that to the caller (a propagation
-    commits after segmenting). Any error, or a cancel that kept nothing, discards
-    ``pending``: the store is as it was."""
+    ``out`` (``ModelOut``): the model's file, base and provenance; its ``training_data``,
+    when given, says what the newest case is (the model's record says the store and its
+    cases). ``store_run`` (``StoreRun``): the new case, whether it is committed here,
+    replay and hold-out. ``commit``: ``pending`` joins the store when the run ends (a
+    cancelled run only if it kept a model) and the new model is registered, promoted to the
+    store's latest only if it passes ``promotion`` (``settle``). Any error, or a cancel
+    that kept nothing, discards ``pending``: the store is as it was."""
     from . import run
 
+    control, pending = control or RunControl(), store_run.pending
     try:
         store.reload()
         data = store_items(store, setting, pending, replay=pending is not None
-                           if replay is None else replay)
-        lineage = store_lineage(store, data, base)
+                           if store_run.replay is None else store_run.replay)
         training_data = (f"corrections store {store.path}: trained on {data.describe()}"
-                         + (f"; newest: {detail}" if detail else ""))
+                         + (f"; newest: {out.training_data}" if out.training_data else ""))
+        out = replace(out, training_data=training_data, extra={
+            **out.extra, "store": store_lineage(store, data, out.base), "n_train": data.n_slices})
         outcome = yield from run.train_and_save(
-            net, data.items, cfg if hold_out else replace(cfg, val_fraction=0.0), setting, out,
-            training_data=training_data, base=base, overwrite=overwrite, half=half,
-            keep_on_cancel=keep_on_cancel, should_stop=should_stop, resume_state=resume_state,
-            checkpoint_fn=checkpoint_fn, ddp=ddp,
-            extra={**(extra or {}), "store": lineage, "n_train": data.n_slices})
-        _store_notes(outcome, data, hold_out)
-        if ddp is not None and not ddp.is_main:
+            net, data.items, cfg if store_run.hold_out else replace(cfg, val_fraction=0.0),
+            setting, out, control)
+        _store_notes(outcome, data, store_run.hold_out)
+        if not control.is_main:
             return outcome
-        if pending is not None and not commit:
+        if pending is not None and not store_run.commit:
             if not keeps_case(outcome):
                 pending.discard()
             return outcome
-        return settle(store, outcome, pending, base=base, data=data, cfg=cfg)
+        return settle(store, outcome, pending, base=out.base, data=data, cfg=cfg)
     except BaseException:
         if pending is not None:
             pending.discard()
@@ -337,42 +355,38 @@ def keeps_case(outcome) -> bool:
     return outcome.saved or not outcome.result.cancelled
 
 
-def iter_propagate_store(net, volume, labels, out_model, store: Store, *, slices=None,
-                         normalization=None, cfg=None, base=None, image_name: str = "",
-                         threshold=None, min_size: int = 0, overwrite: bool = False,
-                         should_stop=None, keep_on_cancel: bool = False,
-                         extra: dict | None = None, source_meta: dict | None = None,
-                         spacing=None, proposed_by=None, identity: str | None = None,
-                         connected: bool = KEEP_CONNECTED):
-    """Generator: ``propagate.iter_propagate`` with the store: the labelled slices become a
-    case, the model trains on the whole store (``train_on_store``), then segments the other
-    slices. Yields ("train", TrainEvent) then ("segment", done, total); returns the
-    ``PropagateResult``. The case joins the store once the run is done; closed or failed
-    before that, the store is as it was."""
+def iter_propagate_store(net, request: PropagateRequest, store: Store,
+                         about: CaseSource | None = None, control: RunControl | None = None):
+    """Generator: ``propagate.iter_propagate`` with the store: the labelled slices of
+    ``request`` become a case (``about``: where the volume came from; its name, source and
+    proposing model default to the request's image name and base), the model trains on the
+    whole store (``train_on_store``), then segments the other slices. Yields ("train",
+    TrainEvent) then ("segment", done, total); returns the ``PropagateResult``. The case
+    joins the store once the run is done; closed or failed before that, the store is as it
+    was. ``control`` (``RunControl``; default: a cancel keeps nothing)."""
     from ..inference.runtime import relay
     from ..model.normalization import default_normalization
     from .loop import finetune_config
     from .propagate import finish_propagation, labelled_slices
 
-    zs = labelled_slices(labels, len(volume), slices)
-    setting = normalization or default_normalization(net)
-    cfg = cfg or finetune_config()
-    pending = stage(store, np.asarray(volume), np.asarray(labels), zs, setting,
-                    source=str((source_meta or {}).get("source") or image_name),
-                    name=image_name, source_meta=source_meta, spacing=spacing,
-                    proposed_by=proposed_by or base, identity=identity)
+    volume, labels, name = request.volume, request.labels, request.image_name
+    zs = labelled_slices(labels, len(volume), request.slices)
+    setting = request.normalization or default_normalization(net)
+    cfg = request.cfg or finetune_config()
+    about = about or CaseSource()
+    about = replace(about, source=about.source or str((about.source_meta or {}).get("source")
+                                                       or name),
+                    name=about.name or name, model=about.model or request.base)
+    pending = stage(store, np.asarray(volume), np.asarray(labels), zs, setting, about)
     try:
-        lineage = {"base": str(base) if base else None, "slices": zs, "image": image_name}
+        out = ModelOut(request.out_model, request.describe(zs), request.base, request.overwrite,
+                       extra={"propagated": request.lineage(zs), **request.extra})
         outcome = yield from relay(train_on_store(
-            net, store, cfg, setting, out_model, base=base,
-            pending=pending, commit=False, overwrite=overwrite, should_stop=should_stop,
-            keep_on_cancel=keep_on_cancel,
-            detail=f"{image_name or 'a volume'}, slice(s) {', '.join(map(str, zs))}",
-            extra={"propagated": lineage, **(extra or {})}), lambda event: ("train", event))
-        result = yield from finish_propagation(net, outcome, volume, labels, zs,
-                                               setting.for_stack(volume), threshold, min_size,
-                                               connected)
-        settle(store, outcome, pending, base=base, cfg=cfg)
+            net, store, cfg, setting, out, control or RunControl(keep_on_cancel=False),
+            StoreRun(pending, commit=False)), lambda event: ("train", event))
+        result = yield from finish_propagation(net, outcome, request, zs,
+                                               setting.for_stack(volume))
+        settle(store, outcome, pending, base=request.base, cfg=cfg)
     except BaseException:
         pending.discard()
         raise
