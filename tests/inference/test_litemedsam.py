@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 def blob(h=72, w=100, seed=0):
     """An int16 slice (non-square, so padding and the box's scaling matter) with a bright,
     slightly irregular blob; its mask."""

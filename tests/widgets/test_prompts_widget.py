@@ -219,7 +219,10 @@ def test_box_engine_lists_litemedsam_first_when_it_can_be_imported(
     assert "LiteMedSAM" not in widget.box_engine.choices  # not importable (autouse)
     monkeypatch.setattr(litemedsam, "available", lambda: True)
     widget.box_engine.reset_choices()
-    assert list(widget.box_engine.choices) == ["LiteMedSAM", "Otsu in box (no network)"]
+    assert set(widget.box_engine.choices) == {"LiteMedSAM", "Otsu in box (no network)"}
+    fresh = SegmentWidget(viewer)  # a new widget: LiteMedSAM first, the default
+    assert list(fresh.box_engine.choices) == ["LiteMedSAM", "Otsu in box (no network)"]
+    assert fresh.box_engine.value == "LiteMedSAM"
     monkeypatch.setattr(litemedsam, "available", lambda: False)
     widget.box_engine.reset_choices()
     assert list(widget.box_engine.choices) == ["Otsu in box (no network)"]
