@@ -246,15 +246,18 @@ def test_without_litemedsam_boxes_use_otsu_and_one_notification_says_why(
 
 
 def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
-        litemedsam, make_napari_viewer, qtbot, prompt_notified):  # skipped before a viewer
+        litemedsam, make_napari_viewer, qtbot, prompt_notified, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(disks=((20, 20, 9), (44, 44, 10))), name="scan")
     widget = SegmentWidget(viewer)
     widget.device.value = "cpu"
     assert widget.box_engine.value == "LiteMedSAM"  # the default
-    encoded = []
+    encoded, ranges = [], []
     hook = litemedsam.model("cpu").image_encoder.register_forward_hook(
         lambda *_: encoded.append(1))
+    real_range = litemedsam.volume_range
+    monkeypatch.setattr(litemedsam, "volume_range",
+                        lambda *a: ranges.append(a) or real_range(*a))
     boxes, clicks = widget.add_prompt_layers()
     boxes.add_rectangles(rect(1, 8, 8, 32, 32))
     boxes.add_rectangles(rect(1, 30, 30, 58, 58))  # drawn while the first is answered
@@ -267,6 +270,7 @@ def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
     assert dice(labels.data[1] == 2, disk(44, 44, 10)) > 0.8
     hook.remove()
     assert len(encoded) == 1  # two boxes on one slice: the slice encoded once
+    assert len(ranges) == 1 and ranges[0][0].shape == (3, SIZE, SIZE)  # the volume's, once
     assert not labels.data[0].any() and not labels.data[2].any()
     assert proposal_of(labels).corrected((1,)) and "object 2" in widget.prompt_status.value
     labels.undo()  # one undo step per box

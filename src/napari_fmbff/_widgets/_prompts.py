@@ -297,17 +297,18 @@ class PromptsMixin:
 
     def _range_of(self, image):
         """A callable giving LiteMedSAM's intensity range for ``image``'s planes (its
-        ``SCOPE``: the volume's range, computed once per layer data in the worker; or None,
-        each plane its own)."""
+        ``SCOPE``: the volume's range, computed in the worker once per layer data and kept;
+        or None, each plane its own). Only the data travels to the worker, not the layer."""
         if litemedsam.SCOPE != "volume":
             return lambda: None
-        kept, data = self._box_ranges, finest_level(image)
+        kept, key = self._box_ranges, unproxied(image)
+        data, rgb = finest_level(key), bool(key.rgb)
 
         def range_of():
-            known = kept.get(image)
+            known = kept.get(key)
             if known is None or known[0] is not data:
-                known = (data, litemedsam.volume_range(data, image.rgb))
-                kept[image] = known
+                known = (data, litemedsam.volume_range(data, rgb))
+                kept[key] = known
             return known[1]
 
         return range_of
