@@ -142,7 +142,7 @@ class Embedding:
     shape: tuple[int, int]      # the plane's (H, W)
     resized: tuple[int, int]    # its (H, W) inside the 256 x 256 input
     scale: float                # input pixels per plane pixel
-    device: str
+    device: str                 # the device as ``model`` was asked for it
 
 
 def prepare(plane, intensity_range=None):
@@ -173,14 +173,15 @@ def embed(plane, device="cpu", intensity_range=None) -> Embedding:
 
     from .runtime import fit_cpu_threads
 
-    net = model(device)
+    key = str(torch.device(device))  # ``model``'s key, so ``decode`` finds the same network
+    net = model(key)
     dev = next(net.parameters()).device
     if dev.type == "cpu":
         fit_cpu_threads()  # as many threads as there are free CPUs now
     x, (shape, resized, scale) = prepare(plane, intensity_range)
     with torch.no_grad():
         features = net.image_encoder(x.to(dev))
-    return Embedding(features, shape, resized, scale, str(dev))
+    return Embedding(features, shape, resized, scale, key)
 
 
 def decode(embedding: Embedding, corners) -> np.ndarray:
