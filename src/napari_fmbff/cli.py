@@ -138,8 +138,7 @@ def _add_prompt_args(seg) -> None:
                        help="how a prompt is answered: LiteMedSAM (boxes; clicks use "
                             "Otsu), Otsu inside the box (no network) or the model's prompt "
                             "path when it has one (auto, as the Segment widget: LiteMedSAM, "
-                            "else the network when the model has a prompt path, else Otsu, "
-                            "which then says why)")
+                            "else Otsu, which then says why)")
 
 
 def _add_run_args(seg) -> None:
