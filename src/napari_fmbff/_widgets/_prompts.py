@@ -11,9 +11,12 @@ user painted never change, and the pixels a prompt wrote count as the user's fro
 (``Proposal.write_as_user``): a re-threshold keeps them and Fine-tune trains on that slice
 (later prompts may still change them).
 Prompts already answered are remembered per layer and never answered again.
-LiteMedSAM (the optional extra, the default box engine when installed) answers boxes in a
-worker thread, one box after another: its first box loads the model for seconds and each takes
-about 2 CPU s, which must not freeze the window.
+The box engine is the one ``inference.prompting.choose_engine`` picks for ``fmbff segment``
+too: LiteMedSAM, else (it cannot be imported: one notification says why and what to install)
+Otsu in the box. LiteMedSAM answers boxes in a worker thread, one box after another: its first
+box loads the model for seconds, the first box on a slice encodes it (about 2 CPU s) and every
+further box on that slice costs its decoder only (about 0.1 s), which must not freeze the
+window.
 """
 
 from __future__ import annotations
@@ -40,12 +43,15 @@ from ._common import (
 from ._proposal import proposal_of, unproxied
 from ._tooltips import tooltip
 
-#: The box engines: LiteMedSAM (only with its optional extra; boxes only, clicks then use
-#: Otsu), the network-free floor, and the network's own prompt path (offered only for a model
-#: whose config has ``prompts``; no shipped model is trained with prompts yet).
+#: The box engines: LiteMedSAM (the default; boxes only, clicks then use Otsu), the
+#: network-free fallback, and the network's own prompt path (offered only for a model whose
+#: config has ``prompts``; no shipped model is trained with prompts yet).
 LITEMEDSAM_ENGINE = litemedsam.LABEL
 OTSU_ENGINE = "Otsu in box (no network)"
 NETWORK_ENGINE = "network prompt path"
+#: The engines' names in the widget, by ``inference.prompting``'s names.
+ENGINE_LABELS = {"litemedsam": LITEMEDSAM_ENGINE, "otsu": OTSU_ENGINE,
+                 "network": NETWORK_ENGINE}
 #: Holding this key while clicking flips the click (negative unless the toggle says negative).
 NEGATIVE_MODIFIER = "Shift"
 #: Colours of positive and negative clicks.
@@ -53,23 +59,13 @@ CLICK_COLOURS = {True: "lime", False: "red"}
 
 
 def prompt_engines(model_ref) -> list[str]:
-    """The box engines a model offers, the default first: LiteMedSAM when its extra is
-    installed (pooled Dice 0.928 against Otsu's 0.796 on real lesion slices, docs/models.md),
-    Otsu always, the network's prompt path when the model's config says ``prompts`` (read
-    from the file's metadata, without torch)."""
-    engines = [LITEMEDSAM_ENGINE] if litemedsam.available() else []
-    engines.append(OTSU_ENGINE)
-    if model_ref is None:
-        return engines
-    try:
-        from ..model.checkpoint import read_metadata
-        from ..model.registry import resolve_model_path
+    """The box engines a model offers, the default first, as ``fmbff segment --box-engine
+    auto`` chooses (``inference.prompting.engine_order``): LiteMedSAM when it can be imported,
+    the network's prompt path when the model's config says ``prompts`` (read from the file's
+    metadata, without torch), Otsu always."""
+    from ..inference.prompting import engine_order, has_prompt_path
 
-        if read_metadata(resolve_model_path(model_ref))["config"].get("prompts"):
-            engines.append(NETWORK_ENGINE)
-    except Exception:  # imported weights, unreadable files: Otsu only
-        pass
-    return engines
+    return [ENGINE_LABELS[e] for e in engine_order(has_prompt_path(model_ref))]
 
 
 class PromptsMixin:
@@ -92,6 +88,8 @@ class PromptsMixin:
         self._refused_box = None  # (image, shape, index, mask) of a box that added nothing
         self._box_queue: list = []  # boxes waiting for LiteMedSAM's worker
         self._box_worker = None
+        self._box_ranges: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._fallback_said = False  # the Otsu fallback's notification: once per widget
 
     def _connect_prompts(self) -> None:
         self.prompts_button.changed.connect(lambda _=None: self.add_prompt_layers())
@@ -195,7 +193,19 @@ class PromptsMixin:
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             return 0
+        self._say_fallback()
         return self._write_box(image, shape, index, mask)
+
+    def _say_fallback(self) -> None:
+        """Once per widget: boxes are answered by Otsu because LiteMedSAM cannot be imported
+        (why, and what to install)."""
+        from ..inference.prompting import fallback_note
+
+        chosen = {v: k for k, v in ENGINE_LABELS.items()}.get(self.box_engine.value)
+        note = fallback_note("auto", chosen)
+        if note and not self._fallback_said:
+            self._fallback_said = True
+            show_warning(f"napari-fmbff: {note}")
 
     def _write_box(self, image, shape, index, mask) -> int:
         """A box's mask written as a new object on its slice (one undo step). The box states
@@ -277,13 +287,31 @@ class PromptsMixin:
         self.prompt_status.value = (
             f"LiteMedSAM: answering the box on {_where(index)}..." if litemedsam.loaded(device)
             else "Loading LiteMedSAM (first box only, a few seconds)...")
-        worker = _litemedsam_worker(plane, box, device)
+        worker = _litemedsam_worker(plane, box, device, self._range_of(image))
         worker.returned.connect(lambda mask: None if self._closed
                                 else self._write_box(image, shape, index, mask))
         worker.errored.connect(self._on_litemedsam_error)
         worker.finished.connect(self._on_litemedsam_finished)
         self._box_worker = worker
         worker.start()
+
+    def _range_of(self, image):
+        """A callable giving LiteMedSAM's intensity range for ``image``'s planes (its
+        ``SCOPE``: the volume's range, computed in the worker once per layer data and kept;
+        or None, each plane its own). Only the data travels to the worker, not the layer."""
+        if litemedsam.SCOPE != "volume":
+            return lambda: None
+        kept, key = self._box_ranges, unproxied(image)
+        data, rgb = finest_level(key), bool(key.rgb)
+
+        def range_of():
+            known = kept.get(key)
+            if known is None or known[0] is not data:
+                known = (data, litemedsam.volume_range(data, rgb))
+                kept[key] = known
+            return known[1]
+
+        return range_of
 
     def _on_litemedsam_error(self, err) -> None:
         if not self._closed:
@@ -366,9 +394,10 @@ class PromptsMixin:
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _litemedsam_worker(plane, box, device):
-    """Worker: LiteMedSAM's mask of ``box`` on ``plane`` (the model loaded once)."""
-    return litemedsam.litemedsam_box(plane, box, device)
+def _litemedsam_worker(plane, box, device, range_of):
+    """Worker: LiteMedSAM's mask of ``box`` on ``plane`` (the model loaded once, the plane
+    encoded once: ``litemedsam.embeddings``); ``range_of()``: its intensity range."""
+    return litemedsam.litemedsam_box(plane, box, device, range_of())
 
 
 def _slice_of(coords, shape, what: str) -> tuple:

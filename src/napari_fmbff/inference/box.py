@@ -6,8 +6,8 @@ is trained, the network's own answer to a box is its automatic one (Dice ~0.02 o
 the bundled starter), so the default engine here is the measured floor of the field: Otsu's
 threshold inside the box, keeping the part under the box's centre (pooled Dice 0.79-0.81 on
 real CT / MR lesions, docs/models.md). Clicks use the same rule in a window around the click.
-With the optional ``litemedsam`` extra installed, LiteMedSAM (``inference.litemedsam``, 0.928)
-is the default box engine instead; this one stays its fallback and answers the clicks.
+LiteMedSAM (``inference.litemedsam``, 0.929, in the default install) is the default box
+engine; this one is its fallback when it cannot be imported, and answers the clicks.
 
 Coordinates are napari's for the displayed plane (x the column, y the row); boxes and clicks
 are checked by ``model.prompts`` (one line for a box outside the image or of zero area).

@@ -4,9 +4,9 @@ Coordinates are napari's for the opened image: x the column, y the row, z the sl
 first axis of a stack or volume (as napari's slider shows it). Each box makes a new object;
 a positive click grows the object under it (or makes a new one); a negative click cuts its
 region out of the object under it (``inference.prompting``, as in the Segment widget). The
-answer comes from Otsu inside the box (``inference.box``), from LiteMedSAM (boxes; the
-optional extra, ``inference.litemedsam``) or, with a model whose prompt path was trained, from
-the network (``engine``).
+answer comes from the engine ``inference.prompting.choose_engine`` picks, as in the widget:
+LiteMedSAM (boxes, the default: ``inference.litemedsam``), Otsu inside the box
+(``inference.box``, the fallback) or, with a model whose prompt path was trained, the network.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-#: How a prompt is answered: "auto" is LiteMedSAM when its extra is installed (it measures
-#: best, docs/models.md), else the network when the model has a prompt path, else Otsu.
-ENGINES = ("auto", "otsu", "network", "litemedsam")
+from ..inference.prompting import (  # noqa: F401 (the command line's names for them)
+    ENGINES,
+    choose_engine,
+    fallback_note,
+    needs_model,
+)
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,11 @@ def answer_prompts(data, prompts: list[Prompt], rgb: bool = False, engine: str =
         raise ValueError(f"prompts need a 2D image or a (Z, Y, X) stack, got shape {shape}")
     labels = np.zeros(shape, np.int32)
     next_id = 1
+    where = (device, _box_range(data, rgb, engine))
     for prompt in prompts:
         index = _plane_index(prompt, shape)
         plane = np.asarray(data[index])
-        mask = _answer(plane, prompt, engine, model, device)
+        mask = _answer(plane, prompt, engine, model, where)
         if prompt.kind == "box":
             from ..inference.prompting import add_object
 
@@ -97,13 +101,24 @@ def _plane_index(prompt: Prompt, shape) -> tuple:
     return (prompt.z,)
 
 
-def _answer(plane, prompt: Prompt, engine: str, model, device="cpu") -> np.ndarray:
+def _box_range(data, rgb: bool, engine: str):
+    """LiteMedSAM's intensity range for every plane of ``data`` (its ``SCOPE``: one range for
+    the whole volume, or None: each plane its own)."""
+    from ..inference import litemedsam
+
+    if engine != "litemedsam" or litemedsam.SCOPE != "volume":
+        return None
+    return litemedsam.volume_range(data, rgb)
+
+
+def _answer(plane, prompt: Prompt, engine: str, model, where) -> np.ndarray:
+    """``where``: (LiteMedSAM's device, its intensity range)."""
     from ..inference.box import otsu_at_click, otsu_in_box
 
     if engine == "litemedsam" and prompt.kind == "box":  # clicks: Otsu, as the widget
         from ..inference.litemedsam import litemedsam_box
 
-        return litemedsam_box(plane, prompt.values, device)
+        return litemedsam_box(plane, prompt.values, *where)
     if engine == "network":
         from ..inference.prompting import network_mask
 
@@ -113,30 +128,6 @@ def _answer(plane, prompt: Prompt, engine: str, model, device="cpu") -> np.ndarr
     if prompt.kind == "box":
         return otsu_in_box(plane, prompt.values)
     return otsu_at_click(plane, *prompt.values)
-
-
-def needs_model(engine: str) -> bool:
-    """Whether ``choose_engine`` needs the FM-BFF-Net model to decide (and to answer)."""
-    from ..inference import litemedsam
-
-    return engine == "network" or (engine == "auto" and not litemedsam.available())
-
-
-def choose_engine(engine: str, model) -> str:
-    """"auto": LiteMedSAM when its extra is installed, else the network when the model's
-    prompt path exists, else Otsu in the box; "litemedsam" without the extra is refused."""
-    from ..inference import litemedsam
-
-    if engine not in ENGINES:
-        raise ValueError(f"box engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "litemedsam" or (engine == "auto" and litemedsam.available()):
-        if not litemedsam.available():
-            raise ValueError(litemedsam.MISSING)
-        return "litemedsam"
-    has_path = bool(getattr(getattr(model, "config", None), "prompts", False))
-    if engine == "network" and not has_path:
-        raise ValueError("this model has no prompt path; use --box-engine otsu (or auto)")
-    return "network" if engine == "auto" and has_path else ("otsu" if engine == "auto" else engine)
 
 
 def prompt_record(prompts: list[Prompt], engine: str, model_name: str, source) -> dict:
