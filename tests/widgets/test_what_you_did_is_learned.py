@@ -200,4 +200,4 @@ def test_accept_the_rest_makes_the_whole_reviewed_stack_training_data(make_napar
     data, layer, planes = tune._training_selection()
     assert planes == [(0,), (1,), (2,), (3,)] and layer is not None
     job = tune.store_job(data, labels, planes)
-    assert job["slices"] == [0, 1, 2, 3]  # the store's case holds the whole reviewed stack
+    assert job.slices == [0, 1, 2, 3]  # the store's case holds the whole reviewed stack

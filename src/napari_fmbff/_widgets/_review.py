@@ -127,8 +127,9 @@ class ReviewMixin:
         self._refresh_review()
         return planes[k]
 
-    def accept_slice(self):
-        """Mark the displayed slice as accepted as it is; returns its index (None if refused)."""
+    def _acceptance_target(self):
+        """(image, spatial shape, output labels layer) to accept slices in, or None when
+        there is nothing to accept (one notification says why)."""
         try:
             image, shape, labels = self._review_target()
             if labels is None:
@@ -137,6 +138,14 @@ class ReviewMixin:
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             return None
+        return image, shape, labels
+
+    def accept_slice(self):
+        """Mark the displayed slice as accepted as it is; returns its index (None if refused)."""
+        target = self._acceptance_target()
+        if target is None:
+            return None
+        image, shape, labels = target
         index = displayed_plane(self._viewer, image, shape)
         proposal_of(labels).accept(index)
         self._refresh_review()
@@ -149,14 +158,10 @@ class ReviewMixin:
         Returns the slices accepted now (None if refused)."""
         from ..inference.stacks import plane_indices
 
-        try:
-            image, shape, labels = self._review_target()
-            if labels is None:
-                raise ValueError(f"'{image.name}' has no result to accept yet; Segment it (or "
-                                 "answer a prompt) first")
-        except ValueError as err:
-            show_error(f"napari-fmbff: {err}")
+        target = self._acceptance_target()
+        if target is None:
             return None
+        _image, shape, labels = target
         proposal = proposal_of(labels)
         rest = [i for i in plane_indices(shape, False) if not proposal.corrected(i)]
         for index in rest:
