@@ -120,3 +120,24 @@ def test_the_package_has_no_import_cycle():
         if name not in state:
             visit(name, [])
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_layer_metadata_keys_live_in_one_module():
+    """Every key napari-fmbff records under (layer metadata, zarr attributes, sidecars) is
+    written once, in data/keys.py; everything else imports it (docstrings aside)."""
+    import ast
+
+    from napari_fmbff.data import keys
+
+    values = {v for k, v in vars(keys).items() if k.isupper()}
+    found = []
+    for path in (ROOT / "src" / "napari_fmbff").rglob("*.py"):
+        if path.name == "keys.py" and path.parent.name == "data":
+            continue
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{path.name}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and n.value in values and id(n) not in docs]
+    assert not found, found

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .data import keys
 from .data.medical import source_record
 
 #: The unit of medical layers' scale (voxel spacing): napari shows it on the scale bar and in
@@ -36,7 +37,7 @@ def _result(path):
 
         group = zarr.open_group(str(folder), mode="r")
         attrs = dict(group.attrs)
-        ome, info = attrs.get("ome"), attrs.get("napari_fmbff")
+        ome, info = attrs.get("ome"), attrs.get(keys.PROVENANCE)
         if not (isinstance(ome, dict) and isinstance(info, dict) and "kind" in info):
             return None
         multiscale = ome["multiscales"][0]
@@ -67,7 +68,7 @@ def read_result(path):
             translate = [float(v) for v in t["translation"]]
     meta = {"name": folder.name[: -len(".zarr")] if folder.name.endswith(".zarr") else folder.name,
             "scale": tuple(scale), "translate": tuple(translate),
-            "metadata": {"napari_fmbff": info}}
+            "metadata": {keys.PROVENANCE: info}}
     if len(names) == array.ndim and all(isinstance(n, str) for n in names):
         meta["axis_labels"] = tuple(names)
     units = [a.get("unit") for a in multiscale.get("axes", [])]
@@ -112,7 +113,7 @@ def read_medical(path):
     if data.shape[0] == 1:  # one slice: a 2D image
         data, scale = data[0], scale[1:]
     meta = {"name": series_name(volume), "scale": scale, "units": MM,
-            "metadata": {"napari_fmbff_source": source_record(volume)}}
+            "metadata": {keys.SOURCE: source_record(volume)}}
     if volume.metadata.get("units") == "HU":
         meta["contrast_limits"] = window_range("soft-tissue")
     return [(data, meta, "image")]
@@ -121,7 +122,7 @@ def read_medical(path):
 def read_nifti_labels(path, volume):
     """A NIfTI of labels (``saved_labels.nifti_labels`` says which: our sidecar beside it, a
     label intent, or an integer mask beside its scan) as one Labels layer on the scan's grid,
-    with how it was made (our sidecar's record) in ``metadata["napari_fmbff"]``; None for an
+    with how it was made (our sidecar's record) in ``metadata[keys.PROVENANCE]``; None for an
     image."""
     import numpy as np
 
@@ -137,11 +138,11 @@ def read_nifti_labels(path, volume):
         data = data.astype(np.int32)
     if data.shape[0] == 1:
         data, scale = data[0], scale[1:]
-    metadata = {"napari_fmbff_source": labels_record(sidecar, volume),
-                "napari_fmbff_opened_as_labels": reason}
+    metadata = {keys.SOURCE: labels_record(sidecar, volume),
+                keys.OPENED_AS_LABELS: reason}
     if sidecar is not None:
-        metadata["napari_fmbff"] = {k: v for k, v in sidecar.items()
-                                    if k != "napari_fmbff_source"}
+        metadata[keys.PROVENANCE] = {k: v for k, v in sidecar.items()
+                                    if k != keys.SOURCE}
     return [(data, {"name": series_name(volume), "scale": scale, "units": MM, "opacity": 0.5,
                     "metadata": metadata}, "labels")]
 
@@ -160,8 +161,8 @@ def read_seg(path):
     if data.shape[0] == 1:
         data, scale = data[0], scale[1:]
     meta = {"name": Path(path).stem, "scale": scale, "units": MM, "opacity": 0.5,
-            "metadata": {"napari_fmbff_source": source_record(volume),
-                         "napari_fmbff_segments": names, "napari_fmbff_seg": str(path)}}
+            "metadata": {keys.SOURCE: source_record(volume),
+                         keys.SEGMENTS: names, keys.SEG_FILE: str(path)}}
     note = volume.metadata.get("grid_note")
     if note:
         warnings.warn(f"napari-fmbff: {note}", UserWarning, stacklevel=2)
@@ -172,7 +173,7 @@ def read_rtstruct(path):
     """A DICOM RTSTRUCT as one Labels layer on its referenced series' grid (same shape, scale
     and ``napari_fmbff_source`` entry as the series' Image layer, so the two overlay and a
     writer can save the labels on that grid): one id per ROI, the ROI names in the layer's
-    ``features`` (shown on hover) and in ``metadata["napari_fmbff_rois"]``."""
+    ``features`` (shown on hover) and in ``metadata[keys.ROIS]``."""
     from .data.rtstruct import read_rtstruct as read_structures
 
     structures = read_structures(path)
@@ -184,7 +185,7 @@ def read_rtstruct(path):
     name = structures.label or Path(path).stem
     meta = {"name": name, "scale": scale, "units": MM, "opacity": 0.5,
             "features": {"index": ids, "roi": list(structures.names)},
-            "metadata": {"napari_fmbff_source": source_record(volume),
-                         "napari_fmbff_rois": dict(zip(ids, structures.names)),
-                         "napari_fmbff_rtstruct": str(path)}}
+            "metadata": {keys.SOURCE: source_record(volume),
+                         keys.ROIS: dict(zip(ids, structures.names)),
+                         keys.RTSTRUCT_FILE: str(path)}}
     return [(data, meta, "labels")]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .data.keys import SAMPLE as SAMPLE_TAG
+
 #: Layer metadata key of a bundled sample image (its look), so widgets know a sample.
-SAMPLE_TAG = "napari_fmbff_sample"
 
 
 def _sample(look: str):

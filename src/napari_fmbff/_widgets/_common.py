@@ -9,14 +9,12 @@ from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from .._sample_data import SAMPLE_TAG  # noqa: F401  (re-exported for the widgets)
+from ..data.keys import IMAGE as IMAGE_TAG
+from ..data.keys import OUTPUT as OUTPUT_TAG
 from ..inference.intensity import FIXED_RANGE, INTENSITY_CHOICES, MODEL_DEFAULT, widget_choice
 from ..model.registry import list_models
 
 BROWSE = "Browse..."
-#: Layer metadata key marking the layers our widgets made ("labels", "probability", "region").
-OUTPUT_TAG = "napari_fmbff_output"
-#: Layer metadata key naming the image an output layer belongs to.
-IMAGE_TAG = "napari_fmbff_image"
 
 
 class _ModelEvents:
@@ -184,6 +182,10 @@ def _avoid_triton_llvm_clash() -> None:
         sys.modules["triton"] = None  # "import triton" now raises ImportError
 
 
+#: The Qt property that marks our docks ("segment" or "other"), to tab them together.
+DOCK_MARK = "napari_fmbff_dock"
+
+
 def tab_with_our_other_dock(widget) -> None:
     """Once napari has docked ``widget``: put it in a tab beside our other dock, if shown.
 
@@ -202,16 +204,16 @@ def tab_with_our_other_dock(widget) -> None:
         window = dock.parent()
         front = "segment" if type(widget).__name__ == "SegmentWidget" else "other"
         for other in window.findChildren(QDockWidget):
-            if (other is not dock and other.property("napari_fmbff") and other.isVisible()
+            if (other is not dock and other.property(DOCK_MARK) and other.isVisible()
                     and window.dockWidgetArea(other) == window.dockWidgetArea(dock)):
                 window.tabifyDockWidget(other, dock)
                 # Segment, where the day starts, stays in front whichever dock came second.
                 shown = dock if front == "segment" else other
-                if shown.property("napari_fmbff") != "segment" and shown is other:
+                if shown.property(DOCK_MARK) != "segment" and shown is other:
                     shown = dock
                 shown.show()
                 shown.raise_()
                 break
-        dock.setProperty("napari_fmbff", front)
+        dock.setProperty(DOCK_MARK, front)
 
     QTimer.singleShot(0, tab)

@@ -23,6 +23,7 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..data.keys import PROVENANCE as PROVENANCE_TAG
 from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, labels_from_planes
 from ..inference.runtime import DEVICES
 from ..inference.segmenter import DEFAULT_TILE_SIZE, SegmentSettings
@@ -60,7 +61,7 @@ SCOPES = ("current slice", "whole stack")
 #: What a click on an object of the output layer does (in napari's pan/zoom mode).
 CLICK_MODES = ("nothing (paint as usual)", "removes it", "marks it to keep")
 #: Layer metadata key of the settings and model a result came from.
-PROVENANCE_TAG = "napari_fmbff"
+
 #: Keyboard shortcut for Segment (napari key syntax), active while the canvas has focus.
 SEGMENT_SHORTCUT = "Shift-S"
 #: Every remembered field of the widget and its default ("Restore defaults" goes back here).

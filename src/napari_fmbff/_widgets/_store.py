@@ -22,14 +22,12 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from ..data.keys import SOURCE as SOURCE_TAG
+from ..data.keys import STORE_CASE as STORE_CASE_TAG
 from ..data.store import CaseSource
 from ._common import model_events, wrap
 from ._settings import remember_store_folder, store_folder
 from ._tooltips import tooltip
-
-#: Layer metadata of a case opened from the store: fine-tuning it again updates that case.
-STORE_CASE_TAG = "napari_fmbff_store_case"
-SOURCE_TAG = "napari_fmbff_source"
 
 
 @dataclass(frozen=True)

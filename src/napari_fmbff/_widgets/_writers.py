@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import keys
+from ..data.keys import PROVENANCE as MADE_BY_KEY
+
+#: The Segment / Propagate record of how the labels were made (``_segment.PROVENANCE_TAG``).
 from ..jobs.saved_labels import SOURCE_KEY
 from ._common import IMAGE_TAG, OUTPUT_TAG
 
-#: The Segment / Propagate record of how the labels were made (``_segment.PROVENANCE_TAG``).
-MADE_BY_KEY = "napari_fmbff"
 #: Follow napari's convention: its save dialog asked before calling us (module docstring).
 OVERWRITE = True
 
@@ -64,7 +66,7 @@ def segment_classes(meta: dict):
     from ..data.dicom_seg import LESION
 
     metadata = meta.get("metadata") or {}
-    for key in ("napari_fmbff_rois", "napari_fmbff_segments"):
+    for key in (keys.ROIS, keys.SEGMENTS):
         names = metadata.get(key)
         if isinstance(names, dict) and names:
             return {int(k): str(v) for k, v in names.items()}

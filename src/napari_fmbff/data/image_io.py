@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_path
+from .keys import PROVENANCE as PROVENANCE_KEY
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".zarr")
 #: TIFFs with more pixels than this (8k x 8k) are read lazily, region by region.
@@ -124,7 +125,6 @@ def _channels_last(data: np.ndarray, axes: str, path) -> np.ndarray:
 
 #: Where a result's provenance lives in the files we write: a PNG text chunk, a key of the
 #: TIFF's JSON description (tifffile's shaped metadata), a zarr / OME-Zarr attribute.
-PROVENANCE_KEY = "napari_fmbff"
 
 
 def write_image(path, array: np.ndarray, overwrite: bool = False,

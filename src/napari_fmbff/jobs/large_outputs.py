@@ -25,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..data import keys
 from ..inference.chunked import Chunk, PlaneOf, plan_chunks, plan_stack, store_chunk
 
 
@@ -185,7 +186,7 @@ class LargeOutputs:
         group = self.work / "staged" / target.name
         ome = ngff_metadata(geometry, target, kind, self.job.source)
         zarr.create_group(store=str(group), zarr_format=3, overwrite=True,
-                          attributes={"ome": ome, "napari_fmbff": {**info, "kind": kind}})
+                          attributes={"ome": ome, keys.PROVENANCE: {**info, "kind": kind}})
         name_dimensions(array, [axis["name"] for axis in geometry["axes"]])
         os.replace(array, group / "0")
         return group

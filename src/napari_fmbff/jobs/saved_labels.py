@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .._files import check_folders
-from ..data.medical import record_ras_affine, write_labels_and_record
+from ..data import keys
+from ..data.keys import SOURCE as SOURCE_KEY
 
 #: The Image layer metadata key of a scan's geometry (written by ``_reader.read_medical``).
-SOURCE_KEY = "napari_fmbff_source"
+from ..data.medical import record_ras_affine, write_labels_and_record
 
 
 def scan_labels(labels, record: dict, shape: tuple | None = None) -> np.ndarray:
@@ -306,7 +307,7 @@ def save_ome_zarr(path, labels: np.ndarray, geometry: dict, provenance: dict,
         ome = ngff_metadata(geometry, target, "labels", None)
         group = zarr.create_group(store=str(built), zarr_format=3,
                                   attributes={"ome": ome,
-                                              "napari_fmbff": {**provenance, "kind": "labels"}})
+                                              keys.PROVENANCE: {**provenance, "kind": "labels"}})
         layout = (1,) * (labels.ndim - 2) + tuple(min(STORE_CHUNK, n) for n in labels.shape[-2:])
         array = group.create_array("0", shape=labels.shape, dtype="uint32", chunks=layout,
                                    fill_value=0)
@@ -324,7 +325,7 @@ def _is_our_labels(folder: Path) -> bool:
 
     try:
         attrs = json.loads((folder / "zarr.json").read_text()).get("attributes", {})
-        return attrs.get("napari_fmbff", {}).get("kind") in ("labels", "mask")
+        return attrs.get(keys.PROVENANCE, {}).get("kind") in ("labels", "mask")
     except (OSError, ValueError, AttributeError):
         return False
 
