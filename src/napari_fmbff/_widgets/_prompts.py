@@ -325,7 +325,7 @@ class PromptsMixin:
     def answer_click(self, layer, point, positive: bool = True) -> int:
         """A click (data coordinates of ``layer``) -> grows, makes or cuts an object on its
         slice. Returns the pixels written (0 when refused, with one notification)."""
-        from ..inference.prompting import answer_click, confirmed_objects
+        from ..inference.prompting import answer_click, confirmed_objects, label_under
 
         try:
             image, shape = self._prompt_image(layer)
@@ -337,8 +337,7 @@ class PromptsMixin:
             show_error(f"napari-fmbff: {err}")
             return 0
         labels, proposal, current = self._prompt_target(image, shape, index)
-        under = current[min(int(np.floor(y + 0.5)), current.shape[0] - 1),
-                        min(int(np.floor(x + 0.5)), current.shape[1] - 1)]
+        under = label_under(current, x, y)
         confirm = proposal.edited[index] | ((current == under) if under else False)
         mine = confirmed_objects(current, confirm)  # the model's other objects: not the user's
         plane, label = answer_click(mine, mask, x, y, positive, int(labels.data.max()) + 1,

@@ -41,6 +41,15 @@ def add_object(labels, mask, label: int, protected=None) -> np.ndarray:
     return out
 
 
+def label_under(labels, x: float, y: float) -> int:
+    """The label at a click (x, y) on a labels plane: the pixel it rounds to (clamped to the
+    plane, for a click on its last half pixel)."""
+    plane = np.asarray(labels)
+    row = min(int(np.floor(y + 0.5)), plane.shape[0] - 1)
+    col = min(int(np.floor(x + 0.5)), plane.shape[1] - 1)
+    return int(plane[row, col])
+
+
 def answer_click(labels, mask, x: float, y: float, positive: bool, new_label: int,
                  protected=None) -> tuple[np.ndarray, int]:
     """(new labels plane, the object's label) for a click at (x, y) whose region is ``mask``.
@@ -50,7 +59,7 @@ def answer_click(labels, mask, x: float, y: float, positive: bool, new_label: in
     click (label 0 returned when there is none: nothing changes).
     """
     plane = np.asarray(labels)
-    under = int(plane[int(np.floor(y + 0.5)), int(np.floor(x + 0.5))])
+    under = label_under(plane, x, y)
     if positive:
         label = under or int(new_label)
         return add_object(plane, mask, label, protected), label
