@@ -114,7 +114,6 @@ def test_a_medical_volume_opens_in_mm_and_segment_keeps_the_unit(make_napari_vie
     """The layer's scale is the voxel spacing in mm, and napari is told so (not "pixel"); the
     output layers of Segment overlay it with the same units."""
     nib = pytest.importorskip("nibabel")
-    from napari_fmbff._widgets import SegmentWidget
 
     volume = np.random.default_rng(0).normal(40, 10, (3, 64, 64)).astype(np.int16)
     affine = np.diag([0.7, 0.7, 2.5, 1.0])
@@ -123,6 +122,6 @@ def test_a_medical_volume_opens_in_mm_and_segment_keeps_the_unit(make_napari_vie
     image, = viewer.open(str(tmp_path / "ct.nii.gz"), plugin="napari-fmbff")
     assert tuple(image.scale) == pytest.approx((2.5, 0.7, 0.7))
     assert [str(u) for u in image.units] == ["millimeter"] * 3
-    widget = SegmentWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     labels = widget._labels_layer_for(image, volume.shape)
     assert [str(u) for u in labels.units] == ["millimeter"] * 3
