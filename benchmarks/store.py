@@ -31,8 +31,17 @@ with the model's own intensity setting, so the numbers are what a user gets. CPU
 process's CPU time of one training (torch ``--threads`` threads). ``--alt FIELD=VALUE``
 (repeatable) adds the store arm again with another recipe (e.g. ``epochs=30``,
 ``freeze_encoder_epochs=0``) after the main rows. ``--deadline HH:MM`` (UTC) starts no work
-that would end later; the tables say what was cut. No generator of procedural CT volumes
-exists (``data.synthetic`` makes 2D images), so the procedural sequence of issue 23 is not run.
+that would end later; the tables say what was cut.
+
+``--procedural N``: a sequence of N procedural CT patients (``data.synthetic.ct_volume``: a
+lesion that grows and shrinks through the slices, most slices lesion-free), as the store now
+learns them: each patient is first segmented by the store's latest model (starter before the
+first), the **automatic first answer** (3D Dice of every slice, CT soft-tissue window); then
+the patient is reviewed whole (every slice accepted as the ground truth: its lesion slices as
+lesion, the others as lesion-free background) and joins the store, and a model is trained
+**from the base** (starter) on the whole store, promoted only by the gate. Each row also says
+whether the earlier patients are kept (their mean 3D Dice with the newest model), the
+training's CPU / wall s and the process's peak memory so far.
 """
 
 from __future__ import annotations
@@ -233,6 +242,10 @@ def parse_args(argv):
     p.add_argument("--json", default=None, help="also write every number here")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
+    p.add_argument("--procedural", type=int, default=0, metavar="N",
+                   help="run the procedural sequence of N CT patients instead of the pairs")
+    p.add_argument("--slices", type=int, default=20, help="procedural: slices per patient")
+    p.add_argument("--size", type=int, default=160, help="procedural: slice size in px")
     p.add_argument("--tables", nargs="+", metavar="JSON",
                    help="print the tables of earlier --json files (seeds pooled), run nothing")
     args = p.parse_args(argv)
@@ -266,11 +279,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tables:
         return print_saved(args.tables)
-    deadline = interactive.parse_deadline(args.deadline)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.procedural:
+        return procedural(args)
+    deadline = interactive.parse_deadline(args.deadline)
     recipes = {MAIN: args.overrides, ALT: {**args.overrides, **args.alt}}
     shown = {name: {k: v for k, v in vars(finetune_config(**r)).items()
                     if k in few_shot_fields()} for name, r in recipes.items()}
@@ -300,6 +315,103 @@ def main(argv=None) -> int:
         print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
     dump(args.json, args, shown, rows, cut)
     return 0
+
+
+# ---- the procedural sequence ------------------------------------------------------------------
+
+def procedural(args) -> int:
+    """``--procedural N``: N procedural patients in sequence through one store (module doc)."""
+    import resource
+
+    from napari_fmbff import load_model
+    from napari_fmbff.data.store import CaseSource, open_store
+    from napari_fmbff.data.synthetic import ct_volume
+    from napari_fmbff.inference.intensity import intensity_setting
+    from napari_fmbff.model.normalization import default_normalization
+    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.requests import ModelOut
+    from napari_fmbff.training.store_training import StoreRun, stage, train_on_store
+
+    deadline = interactive.parse_deadline(args.deadline)
+    setting = intensity_setting(default_normalization(load_model("starter")), "soft-tissue")
+    patients = [ct_volume(args.seed * 1000 + 100 + k, args.slices, args.size)
+                for k in range(args.procedural)]
+    cfg = finetune_config(device="cpu", seed=args.seed, **args.overrides)
+    print(f"# store benchmark, procedural | {args.procedural} patients of {args.slices} x "
+          f"{args.size} px | seed {args.seed} | threads {args.threads or 'default'} | recipe "
+          f"{ {k: v for k, v in vars(cfg).items() if k in few_shot_fields()} }")
+    rows, cut, last = [], [], 0.0
+    with tempfile.TemporaryDirectory(prefix="fmbff-store-proc-") as tmp:
+        store_dir, models = Path(tmp) / "store", []
+        for k, (volume, mask) in enumerate(patients):
+            latest = open_store(store_dir).latest_model if store_dir.exists() else None
+            first = _volume_dice(load_model(str(latest or "starter")), volume, mask, setting)
+            row = {"patient": k + 1, "model": Path(str(latest)).stem if latest else "starter",
+                   "first_answer": first, "seed": args.seed}
+            if interactive.past(deadline, last):
+                cut.append(f"training on patient {k + 1}")
+                rows.append(row)
+                break
+            wall, cpu = time.perf_counter(), time.process_time()
+            store = open_store(store_dir)
+            out = Path(tmp) / "models" / f"after-{k + 1:02d}.safetensors"
+            out.parent.mkdir(exist_ok=True)
+            pending = stage(store, volume, mask, list(range(len(volume))), setting,
+                            CaseSource(source=f"procedural-{k + 1}", name=f"patient{k + 1}",
+                                       model="starter"))
+            outcome = _drain(train_on_store(
+                load_model("starter"), store, cfg, setting,
+                ModelOut(out, training_data=f"procedural patient {k + 1}", base="starter"),
+                store_run=StoreRun(pending)))
+            last = time.perf_counter() - wall
+            net = outcome.result.net
+            kept = [_volume_dice(net, v, m, setting) for v, m in patients[:k]]
+            row.update(cases=k + 1, promoted=bool(getattr(outcome, "promoted", True)),
+                       own=_volume_dice(net, volume, mask, setting),
+                       earlier=statistics.mean(kept) if kept else float("nan"),
+                       cpu_s=time.process_time() - cpu, wall_s=last,
+                       peak_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            rows.append(row)
+            models.append(out)
+            interactive.log(f"patient {k + 1}: first answer {first:.3f}; trained on {k + 1} "
+                            f"case(s) in {last:.0f} s, promoted {row['promoted']}")
+            dump(args.json, args, {"procedural": vars(cfg)}, rows, cut)
+    print_procedural(rows)
+    if cut:
+        print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
+    dump(args.json, args, {"procedural": vars(cfg)}, rows, cut)
+    return 0
+
+
+def _volume_dice(net, volume, mask, setting) -> float:
+    """3D Dice of ``net`` on every slice of ``volume`` (threshold 0.5)."""
+    from napari_fmbff import Segmenter
+    from napari_fmbff.inference.postprocess import DEFAULT_THRESHOLD
+
+    seg = Segmenter(net.eval(), device="cpu", normalization=setting.for_stack(volume))
+    probs = np.stack([seg.predict_proba(plane) for plane in volume])
+    return interactive.dice(probs >= DEFAULT_THRESHOLD, mask)
+
+
+def print_procedural(rows) -> None:
+    print("\n### Procedural patients in sequence (store retrained from starter on every "
+          "reviewed patient)\n")
+    print("3D Dice. First answer: the patient's every slice with the store's latest model "
+          "before any correction (starter for patient 1). Own / earlier: after the patient "
+          "joined the store, the new model on this patient and on the earlier ones (mean). "
+          "Peak MiB: the process's peak resident memory so far.\n")
+    print("| patient | seed | answered by | first answer | cases trained | promoted | own | "
+          "earlier (mean) | CPU s | wall s | peak MiB |")
+    print("|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "cases" not in r:
+            print(f"| {r['patient']} | {r['seed']} | {r['model']} | {r['first_answer']:.3f} | "
+                  "| | | | | | |")
+            continue
+        print(f"| {r['patient']} | {r['seed']} | {r['model']} | {r['first_answer']:.3f} | "
+              f"{r['cases']} | {'yes' if r['promoted'] else 'no'} | {r['own']:.3f} | "
+              f"{r['earlier']:.3f} | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+              f"{r['peak_mib']:.0f} |")
 
 
 def print_saved(paths) -> int:

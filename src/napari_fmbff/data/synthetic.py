@@ -198,3 +198,72 @@ def make_sample(look: str = "endoscopy", size: int = 512, seed: int = 0, n_lesio
     image, mask = {"endoscopy": endoscopy, "dermoscopy": dermoscopy,
                    "ultrasound": ultrasound, "ct": ct}[look](rng, size, n_lesions)
     return image, mask.astype(np.uint8)
+
+
+def ct_volume(seed: int = 0, n_slices: int = 24, size: int = 192):
+    """A procedural abdominal CT patient: (volume int16 HU (Z, Y, X), mask uint8 (Z, Y, X)).
+
+    The ``ct`` look made three-dimensional, with what a patient's series has and one slice
+    has not: a body whose outline, organ and texture change slowly from slice to slice, and
+    one hypodense lesion inside the organ that grows from nothing to its widest section and
+    shrinks again (an ellipsoid with a wobbling outline), so most slices hold no lesion.
+    Each patient differs in body, organ, lesion size, depth, contrast and noise. Seeded by
+    ``seed`` alone.
+    """
+    if n_slices < 8:
+        raise ValueError(f"a volume needs at least 8 slices, got {n_slices}")
+    if size < 64:
+        raise ValueError(f"size must be at least 64 px, got {size}")
+    rng = np.random.default_rng([len(LOOKS) + len(HELD_OUT_LOOKS), seed])
+    z = np.arange(n_slices, dtype=np.float32)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    texture = smooth_noise(rng, (n_slices, size, size), (1.5, size / 40, size / 40))
+    body = rng.uniform(0.33, 0.40), rng.uniform(0.40, 0.47)
+    organ_at = np.array([0.5 - rng.uniform(0.02, 0.08), 0.5 - rng.uniform(0.06, 0.16)]) * size
+    organ_r = rng.uniform(0.18, 0.24) * size
+    harmonics = rng.standard_normal((2, 5)), rng.uniform(0, 2 * np.pi, (2, 5))
+    # the lesion: centre (slice, row, col) in the organ, its half-height in slices, its radius
+    depth = rng.uniform(0.35, 0.65) * n_slices
+    half = rng.uniform(0.12, 0.25) * n_slices
+    angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.45) * organ_r
+    centre = organ_at + dist * np.array([np.sin(angle), np.cos(angle)])
+    radius = rng.uniform(0.035, 0.08) * size
+    lesion_hu, noise = rng.uniform(5, 30), rng.uniform(8, 16)
+    volume = np.empty((n_slices, size, size), np.int16)
+    mask = np.zeros((n_slices, size, size), bool)
+    for k in z.astype(int):
+        drift = 1 + 0.04 * np.sin(2 * np.pi * k / n_slices + harmonics[1][0, 0])
+        outline = ((yy - size / 2) / (body[0] * size * drift)) ** 2 + \
+                  ((xx - size / 2) / (body[1] * size * drift)) ** 2
+        hu = np.full((size, size), -1000.0, np.float32)
+        hu[outline <= 1] = -100
+        inner = outline <= 0.8
+        hu[inner] = 40
+        organ = _wobbly(yy, xx, organ_at, organ_r * (0.85 + 0.15 * np.cos(np.pi * (k - depth)
+                                                                         / n_slices)),
+                        harmonics, 0.12, k / n_slices) & inner
+        hu[organ] = 60 + 8 * texture[k][organ]
+        hu[np.hypot(yy - 0.75 * size, xx - size / 2) < 0.05 * size] = 700  # spine
+        section = 1 - ((k - depth) / half) ** 2
+        if section > 0:
+            blob = _wobbly(yy, xx, centre, radius * np.sqrt(section), harmonics, 0.2,
+                           0.5 * k / n_slices) & organ
+            mask[k] = blob
+            soft = ndi.gaussian_filter(blob.astype(np.float32), 1.2)
+            hu = hu * (1 - soft) + soft * (lesion_hu + 6 * texture[k])
+        hu += rng.normal(0, noise, (size, size))
+        volume[k] = np.clip(hu, -1024, 3071).astype(np.int16)
+    return volume, mask.astype(np.uint8)
+
+
+def _wobbly(yy, xx, centre, radius: float, harmonics, roughness: float, phase: float):
+    """A closed curve around ``centre`` whose radius wobbles with fixed ``harmonics``
+    (amplitudes, phases) that turn slowly with ``phase`` (0-1 through the volume)."""
+    dy, dx = yy - centre[0], xx - centre[1]
+    angle = np.arctan2(dy, dx)
+    r = np.ones_like(angle)
+    amp, ph = harmonics
+    for k in range(5):
+        r += roughness / (k + 2) * amp[0, k] * np.cos((k + 2) * angle + ph[0, k]
+                                                       + 2 * np.pi * phase * amp[1, k] * 0.3)
+    return np.hypot(dy, dx) <= radius * r
