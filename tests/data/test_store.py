@@ -251,7 +251,7 @@ def test_the_store_and_the_command_line_read_one_os_error_table(tmp_path, monkey
     import errno
 
     from napari_fmbff import _files
-    from napari_fmbff.cli import one_line
+    from napari_fmbff.cli._common import one_line
     from napari_fmbff.data.store import StoreError, _writing
 
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))

@@ -180,7 +180,7 @@ def test_fmbff_train_on_volumes_stores_the_window_and_evaluate_scores_each_volum
 
 def test_fmbff_train_normalize_volume_stores_the_scope_and_gives_each_volume_one_range(
         tmp_path, capsys):
-    from napari_fmbff.cli import _volume_items
+    from napari_fmbff.cli.train import _volume_items
 
     root = nnunet(tmp_path / "data")
     out = tmp_path / "vol.safetensors"

@@ -1,0 +1,158 @@
+"""``fmbff propagate``: fine-tune on the labelled slices of a volume, segment the others and
+write the whole labels volume (optionally through a corrections store)."""
+
+from __future__ import annotations
+
+import sys
+
+from .._files import refuse_existing
+from ..inference.postprocess import DEFAULT_THRESHOLD
+from ..inference.runtime import DEVICES, drain
+from ._common import (
+    CliError,
+    _add_intensity_args,
+    _add_model_arg,
+    _check_intensity,
+    _load,
+    _model_name,
+    _positive_int,
+    _probability,
+    _version,
+)
+
+
+def add_parser(sub) -> None:
+    prop = sub.add_parser(
+        "propagate", help="learn from the labelled slices of a volume, fill in the others",
+        description="Fine-tune a model on the slices of PARTIAL that hold labels (or --slices), "
+                    "then segment every other slice of VOLUME. Writes the whole labels volume "
+                    "in --out with the input's name and format (NIfTI with the scan's affine "
+                    "and a JSON record for NIfTI / DICOM, a TIFF for a TIFF stack), the labelled "
+                    "slices copied verbatim and a lesion keeping the id you gave it, and the "
+                    "fine-tuned model beside it (STEM_propagated.safetensors).")
+    prop.add_argument("volume", metavar="VOLUME",
+                      help="NIfTI file, DICOM series (folder or one .dcm of it), or TIFF stack")
+    prop.add_argument("--labels", required=True, metavar="PARTIAL",
+                      help="the partial labels: NIfTI on the same scan, or a TIFF of the same "
+                           "shape; slices with any label are learned from")
+    prop.add_argument("--out", "-o", required=True, help="output folder")
+    _add_model_arg(prop)
+    prop.add_argument("--slices", default=None, metavar="Z,Z,...",
+                      help="learn from these slices (0-based, along the first axis) instead of "
+                           "every slice with a label; a listed slice without labels teaches "
+                           "what is not lesion")
+    prop.add_argument("--epochs", type=_positive_int, default=None,
+                      help="fine-tuning epochs (default: the measured recipe's)")
+    prop.add_argument("--threshold", type=_probability, default=DEFAULT_THRESHOLD)
+    prop.add_argument("--all-objects", action="store_true",
+                      help="keep every object the model finds on the other slices (default: "
+                           "only those connected in 3D to the objects you labelled, the "
+                           "lesion carried through the volume)")
+    prop.add_argument("--device", default="auto", choices=DEVICES)
+    _add_intensity_args(prop)
+    prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
+                      help="add the labelled slices to this corrections store folder (its grey "
+                           "store) and train on all of it, from --model (--store alone: the "
+                           "user's store, $FMBFF_STORE_DIR or the user data folder)")
+    prop.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def cmd_propagate(args) -> int:
+    from tqdm import tqdm
+
+    from ..inference.intensity import intensity_setting
+    from ..jobs.saved_labels import run_record
+    from ..model.normalization import default_normalization
+    from ..training.loop import finetune_config
+    from ..training.propagate import (
+        PropagateRequest,
+        iter_propagate,
+        labelled_slices,
+        read_volume_files,
+        write_propagated,
+    )
+    from ..training.store_training import iter_propagate_store, start_model
+
+    _check_intensity(args)
+    files = read_volume_files(args.volume, args.labels)
+    slices = labelled_slices(files.labels, len(files.data), _slice_list(args.slices))
+    target, sidecar, model_path = files.targets(args.out)
+    for path in (target, sidecar, model_path):
+        if path is not None:
+            refuse_existing(path, args.overwrite)
+    proposed_by = _model_name(args.model)
+    store = _open_store_arg(args.store)
+    name = start_model(store, proposed_by) if store is not None else proposed_by
+    net = _load(name)
+    if store is not None:
+        print(f"fmbff propagate: corrections store {store.describe()}; training starts from "
+              f"'{name}'", file=sys.stderr)
+    setting = intensity_setting(default_normalization(net), args.window, args.normalize)
+    cfg = finetune_config(device=args.device,
+                          **({"epochs": args.epochs} if args.epochs else {}))
+    request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
+                               normalization=setting, cfg=cfg, base=name,
+                               image_name=files.stem, threshold=args.threshold,
+                               overwrite=args.overwrite, connected=not args.all_objects)
+    gen = (iter_propagate(net, request) if store is None else
+           iter_propagate_store(net, request, store, _store_source(files, args.volume,
+                                                                   proposed_by)))
+    with tqdm(desc="propagate", unit="step") as bar:
+        result = drain(gen, lambda step: _show_propagation(bar, step))
+    outcome = result.outcome
+    print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
+          f"{outcome.message}", file=sys.stderr)
+    record = run_record(outcome.path if result.learned else name, base=name,
+                        learned=result.learned, slices_labelled=result.slices,
+                        threshold=args.threshold, connected_only=not args.all_objects,
+                        source=str(args.volume), labels_source=str(args.labels),
+                        intensity_setting=setting.to_dict(), package_version=_version())
+    written = write_propagated(files, result, args.out, record, args.overwrite)
+    print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
+    if store is not None:
+        print(f"fmbff propagate: corrections store {store.path}: {store.summary()}",
+              file=sys.stderr)
+    return 0
+
+
+def _open_store_arg(value):
+    """``--store DIR`` (``--store`` alone: the user's store folder) as the open store for
+    grey volumes (``open_store_for``), or None."""
+    if value is None:
+        return None
+    from ..data.store import open_store_for
+
+    return open_store_for(value or None, rgb=False)
+
+
+def _store_source(files, source, proposed_by):
+    """What the store records of a propagated volume: the scan's identity and geometry, and
+    the model that proposed its labels (a ``CaseSource``)."""
+    from ..data.medical import source_record
+    from ..data.store import CaseSource
+
+    if files.volume is None:
+        return CaseSource(source_meta={"source": str(source)}, model=proposed_by)
+    return CaseSource(source_meta=source_record(files.volume), spacing=files.volume.spacing,
+                      model=proposed_by)
+
+
+def _slice_list(text):
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--slices {text!r}: give slice numbers separated by commas, e.g. "
+                       "12,18") from None
+
+
+def _show_propagation(bar, step) -> None:
+    if step[0] == "train" and step[1].kind == "epoch":
+        bar.set_description("fine-tuning")
+        bar.set_postfix_str(f"epoch {step[1].epoch} loss {step[1].loss:.3f}")
+    elif step[0] == "segment":
+        bar.set_description("segmenting")
+        bar.total, bar.n = step[2], step[1]
+        bar.refresh()
+
