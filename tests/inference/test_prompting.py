@@ -1,4 +1,5 @@
-"""A prompt's answer merged into a labels plane, and the network's prompt path on one plane."""
+"""A prompt's answer merged into a labels plane, the network's prompt path on one plane, and
+the one holder of the loaded prompt engines."""
 
 import numpy as np
 import pytest
@@ -64,14 +65,14 @@ def test_the_network_engine_loads_a_model_file_once_and_again_when_it_changes(tm
 
     import napari_fmbff.model.checkpoint as checkpoint
     from napari_fmbff import FMBFFNet, save_model
-    from napari_fmbff.inference import prompting
+    from napari_fmbff.inference import prompt_service, prompting
 
     path = tmp_path / "promptable.safetensors"
     save_model(FMBFFNet(tiny_config(prompts=True)).eval(), path, metadata={"tile_size": 64})
     loads = []
     real = checkpoint.load_model
     monkeypatch.setattr(checkpoint, "load_model", lambda p, *a: loads.append(p) or real(p, *a))
-    monkeypatch.setattr(prompting, "_networks", {})
+    monkeypatch.setattr(prompt_service, "engines", prompt_service.LoadedEngines())
     plane = np.zeros((40, 50), np.uint8)
     plane[10:30, 15:35] = 200
     network_mask(str(path), plane, box=(15, 10, 34, 29))
@@ -82,3 +83,56 @@ def test_the_network_engine_loads_a_model_file_once_and_again_when_it_changes(tm
     network_mask(str(path), plane, box=(15, 10, 34, 29))
     assert len(loads) == 2
     assert prompting.has_prompt_path(str(path)) and not prompting.has_prompt_path(None)
+
+
+def test_loaded_engines_keep_the_last_used_and_reload_a_new_version():
+    from napari_fmbff.inference.prompt_service import LoadedEngines
+
+    kept, loads = LoadedEngines(size=2), []
+
+    def load(name):
+        return lambda: loads.append(name) or object()
+
+    a = kept.get("network", "a", "cpu", load("a"), version=1)
+    assert kept.get("network", "a", "cpu", load("a"), version=1) is a and loads == ["a"]
+    assert kept.holds("network", "a", "cpu", 1) and not kept.holds("network", "a", "cuda", 1)
+    kept.get("litemedsam", None, "cpu", load("sam"))
+    kept.get("network", "a", "cpu", load("a"), version=1)  # "a" used last: "sam" goes next
+    kept.get("network", "b", "cpu", load("b"), version=1)
+    assert len(kept) == 2 and not kept.holds("litemedsam", None, "cpu")
+    assert kept.get("network", "a", "cpu", load("a"), version=2) is not a  # a new file version
+    assert loads == ["a", "sam", "b", "a"] and len(kept) == 2
+
+
+def test_loaded_engines_load_a_key_once_when_two_threads_ask_at_once():
+    import threading
+    import time
+
+    from napari_fmbff.inference.prompt_service import LoadedEngines
+
+    kept, loads, got = LoadedEngines(), [], []
+
+    def slow():
+        loads.append(1)
+        time.sleep(0.2)
+        return object()
+
+    threads = [threading.Thread(target=lambda: got.append(
+        kept.get("litemedsam", None, "cpu", slow))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and got[0] is got[1]
+
+
+def test_prompt_mask_answers_by_the_engine_named():
+    from napari_fmbff.inference.box import otsu_at_click, otsu_in_box
+    from napari_fmbff.inference.prompting import prompt_mask
+
+    plane = np.zeros((40, 50), np.uint8)
+    plane[10:30, 15:35] = 200
+    box = (12, 8, 37, 32)
+    np.testing.assert_array_equal(prompt_mask("otsu", plane, box=box), otsu_in_box(plane, box))
+    clicked = prompt_mask("litemedsam", plane, click=(25, 20, True))  # clicks: Otsu's
+    np.testing.assert_array_equal(clicked, otsu_at_click(plane, 25, 20))

