@@ -58,7 +58,7 @@ def test_propagate_with_store_adds_the_scan_once(tmp_path, tiny_model, models_di
     assert f"corrections store {grey} (grey images); training starts from 'tiny'" in err
     assert "the store's latest model now (the first model trained on this store)" in err
     (case,) = open_store(grey).cases()
-    assert case.slices == [1] and case.record["model"] == tiny_model
+    assert case.slices == [1] and case.entry.model == tiny_model
     stored = nib.load(grey / "imagesTr" / f"{case.id}_0000.nii.gz")
     np.testing.assert_allclose(stored.affine, affine)  # on the scan's grid
     first = open_store(grey).latest_model
@@ -67,7 +67,7 @@ def test_propagate_with_store_adds_the_scan_once(tmp_path, tiny_model, models_di
     # store's latest model (what the user named is what is used).
     assert main([*args, "-o", str(tmp_path / "out2")]) == 0
     (again,) = open_store(grey).cases()
-    assert again.record["identity"] == case.record["identity"] and again.id != case.id
+    assert again.entry.identity == case.entry.identity and again.id != case.id
     record = json.loads((tmp_path / "out2" / "ct.json").read_text())
     assert record["base_model"] == tiny_model
 
@@ -92,11 +92,11 @@ def test_two_propagations_at_once_both_join_the_store(tmp_path, tiny_model, mode
         _out, err = run.communicate(timeout=600)
         assert run.returncode == 0, err
     grey = open_store(store / "grey")
-    assert len(grey.cases()) == 2 and grey.record["pending"] == []
+    assert len(grey.cases()) == 2 and grey.record.pending == []
     for case in grey.cases():
         _image, labels, _ = grey.read_case(case.id)
         assert case.slices == [1] and labels[1].any()
-    assert len(grey.record["models"]) == 2
+    assert len(grey.record.models) == 2
 
 
 def test_propagate_says_which_lost_case_it_dropped(tmp_path, tiny_model, models_dir, capsys):

@@ -62,7 +62,7 @@ def test_a_case_in_nnunet_v2_layout_with_the_ignore_label(tmp_path):
     assert found.layout == "nnU-Net / MSD" and len(found.pairs) == 1
     back, back_labels, rec = open_store(root).read_case(case)
     np.testing.assert_array_equal(back, image)
-    assert back_labels.shape == labels.shape and rec["corrected_slices"] == [1, 3]
+    assert back_labels.shape == labels.shape and rec.corrected_slices == [1, 3]
 
 
 def test_the_same_scan_is_updated_not_duplicated(tmp_path):
@@ -81,6 +81,58 @@ def test_the_same_scan_is_updated_not_duplicated(tmp_path):
     assert store.summary() == "1 case, 3 corrected slices"
     other = store.add_case(volume(seed=1)[0], labels, [2])
     assert [c.id for c in store.cases()] == [second, other] and store.newest == other
+
+
+#: A record as the code before the typed record (``data/store_record.py``) wrote it: one case,
+#: one model promoted by hand and one decided by the gate, a lost case, a pending id, and a
+#: key of a later version (kept as it is).
+OLD_RECORD = {
+    "format": "napari-fmbff-store/1", "created": "2031-01-02T03:04:05+00:00", "next": 4,
+    "cases": {"lung1_003": {
+        "identity": "sha256:0123456789abcdef0123456789abcdef", "name": "lung1.nii.gz",
+        "source": "/data/lung1.nii.gz", "added": "2031-01-02T03:04:05+00:00",
+        "updated": "2031-01-03T03:04:05+00:00", "model": "starter",
+        "intensity": {"setting": {"mode": "fixed", "low": -1000, "high": 400},
+                      "describe": "lung"},
+        "corrected_slices": [1, 3], "shape": [5, 40, 48], "dtype": "int16", "is_2d": False,
+        "spacing": [2.5, 0.7, 0.7], "series_uid": None, "modality": None}},
+    "pending": ["lung1_002"],
+    "models": [
+        {"path": "/models/day1.safetensors", "name": "day1", "base": "starter",
+         "cases": ["lung1_001"], "slices": 1, "trained": "2031-01-02T04:00:00+00:00",
+         "promoted": True},
+        {"path": "/models/day2.safetensors", "name": "day2", "base": "/models/day1.safetensors",
+         "cases": ["lung1_003"], "slices": 2, "trained": "2031-01-03T04:00:00+00:00",
+         "promoted": False, "gate": {"latest": "/models/day1.safetensors", "cases": [],
+                                     "dice": 0.5, "latest_dice": 0.6}}],
+    "channel_names": {"0": "image"},
+    "lost": [{"id": "lung1_001", "name": "lung1.nii.gz",
+              "identity": "sha256:0123456789abcdef0123456789abcdef",
+              "missing": "lung1_001_0000.nii.gz", "dropped": "2031-01-03T00:00:00+00:00"}],
+    "later_key": {"kept": True},
+}
+
+
+def test_a_record_written_before_the_typed_record_round_trips_unchanged(tmp_path):
+    from napari_fmbff.data.store_record import StoreRecord
+
+    record = StoreRecord.from_json(json.loads(json.dumps(OLD_RECORD)))
+    assert record.cases["lung1_003"].corrected_slices == [1, 3]
+    assert [m.promoted for m in record.models] == [True, False] and record.models[0].gate is None
+    assert json.dumps(record.to_json(), indent=1) == json.dumps(OLD_RECORD, indent=1)  # in order
+    # An old store opens, and a change writes back every other key as it was.
+    image, labels = volume()
+    case = open_store(tmp_path).add_case(image, labels, [1, 3], source="/data/lung1.nii.gz")
+    old = json.loads(json.dumps(OLD_RECORD).replace("lung1_003", case))
+    (tmp_path / "fmbff_store.json").write_text(json.dumps(old, indent=1))
+    store = open_store(tmp_path)
+    assert [c.id for c in store.cases()] == [case] and store.case(case).entry.model == "starter"
+    store.record_model(tmp_path / "day3.safetensors", base="starter")
+    written = json.loads((tmp_path / "fmbff_store.json").read_text())
+    assert written["models"][:2] == old["models"] and written["models"][2]["name"] == "day3"
+    assert "gate" not in written["models"][2]
+    assert {k: v for k, v in written.items() if k not in ("models", "pending")} == \
+        {k: v for k, v in old.items() if k not in ("models", "pending")}
 
 
 def test_dicom_identity_from_the_series_uid():
@@ -195,7 +247,7 @@ def test_a_dicom_scan_is_one_case_however_often_it_is_added(tmp_path):
     store.add_case(volume.data, labels, [0], source_meta=meta)
     store.add_case(volume.data, labels, [0], source_meta=meta)
     (case,) = store.cases()
-    assert case.record["series_uid"] == uid and case.record["modality"] == "CT"
+    assert case.entry.series_uid == uid and case.entry.modality == "CT"
     assert json.loads((tmp_path / "dataset.json").read_text())["channel_names"] == {"0": "CT"}
     img = nib.load(tmp_path / "imagesTr" / f"{case.id}_0000.nii.gz")
     np.testing.assert_allclose(img.affine[:3, 3], volume.ras_affine[:3, 3])  # the scan's place

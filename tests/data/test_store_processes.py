@@ -47,7 +47,7 @@ def image_files(store_path: Path) -> list[str]:
 def assert_whole(store, names):
     """The store holds exactly ``names``' cases, each with its files, nothing pending."""
     assert sorted(c.name for c in store.cases()) == sorted(names)
-    assert store.record["pending"] == [] and store.repairs == []
+    assert store.record.pending == [] and store.repairs == []
     assert image_files(store.path) == sorted(f"{c.id}_0000.nii.gz" for c in store.cases())
     for case in store.cases():
         _, labels, _ = store.read_case(case.id)
@@ -76,7 +76,7 @@ def test_a_live_writers_pending_case_is_never_removed_by_another(tmp_path):
                "commit")
     wait_for(tmp_path / "staged", a)
     here = open_store(store)
-    assert here.cases() == [] and len(here.record["pending"]) == 1
+    assert here.cases() == [] and len(here.record.pending) == 1
     staged = image_files(store)
     here.add_case(*case_volume(2), [1], name="p2")  # its write tidies stale pending cases
     assert set(staged) <= set(image_files(store))  # the other writer's files are still there
@@ -91,7 +91,7 @@ def test_a_dead_writers_pending_case_is_removed_by_the_next_write(tmp_path):
     rc, _out, err = finish(writer(store, 1, "p1", "open", "stage", "crash"))
     assert rc == 3, err
     here = open_store(store)
-    assert here.cases() == [] and len(here.record["pending"]) == 1 and image_files(store)
+    assert here.cases() == [] and len(here.record.pending) == 1 and image_files(store)
     here.add_case(*case_volume(2), [1], name="p2")
     assert_whole(open_store(store), ["p2"])
 
@@ -115,7 +115,7 @@ def test_a_case_whose_files_are_gone_is_dropped_on_open_with_one_warning(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = open_store(store.path)
-    assert [c.id for c in again.cases()] == [b] and again.record["lost"][0]["id"] == a
+    assert [c.id for c in again.cases()] == [b] and again.record.lost[0]["id"] == a
     assert json.loads((store.path / "dataset.json").read_text())["numTraining"] == 1
     assert [s.case for s in again.training_slices()] == [b]
     assert not list((store.path / "imagesTr").glob(f"{a}_*"))  # no half case left behind

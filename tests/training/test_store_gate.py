@@ -82,9 +82,9 @@ def test_a_model_that_predicts_nothing_is_registered_not_promoted(store, tiny_ne
     store = open_store(store.path)
     assert [c.name for c in store.cases()] == ["p1", "p2"]  # the case joined all the same
     assert store.latest_model == everything.resolve()  # still Segment's default
-    entry = store.record["models"][-1]
-    assert entry["path"] == str(out.resolve()) and entry["promoted"] is False
-    assert entry["gate"]["dice"] == 0.0 and entry["gate"]["cases"] == [store.cases()[0].id]
+    entry = store.record.models[-1]
+    assert entry.path == str(out.resolve()) and entry.promoted is False
+    assert entry.gate["dice"] == 0.0 and entry.gate["cases"] == [store.cases()[0].id]
     assert outcome.store_latest == everything.resolve()
 
 

@@ -70,7 +70,7 @@ def test_train_on_store_adds_the_case_and_records_the_lineage(store, tiny_net, t
     assert prov["store"]["replay"]["repeats"] == 1 and prov["finetuned_from"] == "tiny"
     assert prov["recipe"]["val_fraction"] == 0.0  # nothing held out
     assert "trained on 2 cases, 4 corrected slices" in model_card(out)
-    assert store.case(pending.id).record["model"] == "tiny"
+    assert store.case(pending.id).entry.model == "tiny"
 
 
 def test_a_failed_or_cancelled_run_leaves_the_store_as_it_was(store, tiny_net, tmp_path,

@@ -127,7 +127,7 @@ def test_a_clinicians_day(make_napari_viewer, qtbot, tiny_model, models_dir, tmp
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     store = open_store_for(tune.store_dir.value)  # its store of grey images
     (case,) = store.cases()
-    assert case.slices == [z] and case.record["model"] == tiny_model
+    assert case.slices == [z] and case.entry.model == tiny_model
     assert "1 case, 1 corrected slice" in tune.store_summary.value
     latest = store.latest_model
     assert latest is not None and latest.stem == "day1" and latest.parent == models_dir

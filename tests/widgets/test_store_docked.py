@@ -140,7 +140,7 @@ def test_the_store_run_uses_the_base_model_the_dock_shows(make_napari_viewer, qt
     started = fine_tune(tune, viewer, "ct", qtbot)
     assert "from 'tiny'" in started
     assert read_metadata(tune.last_saved)["provenance"]["finetuned_from"] == "tiny"
-    assert open_store_for(tune.store_dir.value).record["models"][-1]["base"] == "tiny"
+    assert open_store_for(tune.store_dir.value).record.models[-1].base == "tiny"
 
 
 def test_a_model_worse_than_the_latest_is_not_promoted_and_the_dock_says_so(
@@ -159,8 +159,8 @@ def test_a_model_worse_than_the_latest_is_not_promoted_and_the_dock_says_so(
     assert "not promoted" in tune.status.value and "'everything'" in tune.status.value
     store = open_store_for(tune.store_dir.value)
     assert store.latest_model == everything.resolve()  # still the store's latest
-    assert store.record["models"][-1]["promoted"] is False
-    assert store.record["models"][-1]["path"] == str(tune.last_saved.resolve())  # registered
+    assert store.record.models[-1].promoted is False
+    assert store.record.models[-1].path == str(tune.last_saved.resolve())  # registered
     assert seg.model.value == "everything"  # Segment offers the store's latest
     assert tune.last_saved.stem in seg.model.choices  # the new model is listed all the same
 

@@ -179,6 +179,6 @@ def test_propagate_adds_the_corrected_slice_and_a_cancel_adds_nothing(
     widget.propagate_button.native.click()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
     (case,) = open_store(widget.store_dir.value).cases()
-    assert case.slices == [1] and case.name == "scan" and case.record["model"] == "tiny"
+    assert case.slices == [1] and case.name == "scan" and case.entry.model == "tiny"
     assert "1 case, 1 corrected slice" in widget.store_summary.value
     assert read_metadata(widget.last_saved)["provenance"]["store"]["cases"] == [case.id]

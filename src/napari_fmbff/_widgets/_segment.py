@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import weakref
 from pathlib import Path
 
@@ -531,15 +530,15 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
     def _provenance(self, job) -> dict:
         """What the result records: the model (name, file, SHA-256), how it ran, the intensity
         setting, the post-processing, the image, the package version and the date (the same
-        keys as the files ``fmbff segment`` writes, plus the widget's own)."""
-        from .. import __version__
+        keys as the files ``fmbff segment`` writes, plus the widget's own;
+        ``inference.provenance``)."""
+        from ..inference.provenance import provenance
 
-        return {"model": job["model"], **job["options"], **job["record"],
-                "threshold": self.threshold.value, "min_size": self.min_size.value,
-                "fill_holes": self.fill_holes.value, "split": self.split.value,
-                "objects": self._objects_label(job["shape"]), "package_version": __version__,
-                "source": job["layer"].name, "image": job["layer"].name,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        return provenance({"model": job["model"], **job["options"], **job["record"]}, {
+            "threshold": self.threshold.value, "min_size": self.min_size.value,
+            "fill_holes": self.fill_holes.value, "split": self.split.value,
+            "objects": self._objects_label(job["shape"]), "image": job["layer"].name},
+            source=job["layer"].name)
 
     def _objects_label(self, shape) -> str:
         if not self.split.value:

@@ -154,18 +154,19 @@ class StoreSection:
             show_error("napari-fmbff: choose a case of the store to open")
             return None
         try:
-            image, labels, record = self.open_store().read_case(case_id)
+            image, labels, entry = self.open_store().read_case(case_id)
         except ValueError as err:
             show_error(f"napari-fmbff: cannot open the case: {err}")
             return None
         from ..data.store import IGNORE
 
         rgb = image.ndim == labels.ndim + 1
-        spacing = record.get("spacing") or [1.0] * 3
+        spacing = entry.spacing or [1.0] * 3
         scale = tuple(spacing[-labels.ndim:]) if len(spacing) >= labels.ndim else None
-        source = {k: record.get(k) for k in ("source", "series_uid", "modality")}
-        name = f"{record.get('name') or case_id} ({case_id})"
-        meta = {SOURCE_TAG: source, STORE_CASE_TAG: {"id": case_id, **record}}
+        source = {"source": entry.source, "series_uid": entry.series_uid,
+                  "modality": entry.modality}
+        name = f"{entry.name or case_id} ({case_id})"
+        meta = {SOURCE_TAG: source, STORE_CASE_TAG: {"id": case_id, **entry.to_json()}}
         image_layer = self._viewer.add_image(image, name=name, rgb=rgb, scale=scale,
                                              metadata=meta)
         shown = np.where(labels == IGNORE, 0, labels).astype(np.uint8)
@@ -219,7 +220,7 @@ class StoreSection:
 
         store = self.open_store()
         if store.read_only:
-            store._check_writable()  # one line: we never write into another data set
+            store.check_writable()  # one line: we never write into another data set
         self.store_start = start_model(store, self.model.value)
         return store
 

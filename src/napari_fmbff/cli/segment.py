@@ -187,6 +187,7 @@ def _segment_prompted(args) -> int:
         fallback_note,
         needs_model,
         parse_prompt,
+        prompt_network,
         prompt_record,
         write_prompted,
     )
@@ -196,7 +197,7 @@ def _segment_prompted(args) -> int:
     if len(args.inputs) != 1:
         raise CliError("--box / --point are pixel coordinates of one image: give one input")
     model_name = _model_name(args.model)
-    model = _load(model_name) if needs_model(args.box_engine) else None
+    model = prompt_network(model_name) if needs_model(args.box_engine) else None
     engine = choose_engine(args.box_engine, model)
     source = args.inputs[0]
     volume = read_volume(source) if is_medical(source) else None

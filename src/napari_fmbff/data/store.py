@@ -11,9 +11,10 @@ as it is::
     STORE/labelsTr/CASE.nii.gz        1 lesion, 0 background on the corrected slices; every
                                       other slice is the ignore label (nnU-Net v2's is the
                                       highest value), so training never reads it as background
-    STORE/fmbff_store.json      our record: per case its identity, source, dates, the model
-                                that proposed the labels, the intensity setting, the corrected
-                                slices; and the models trained on the store (lineage, and
+    STORE/fmbff_store.json      our record (store_record.py: StoreRecord): per case its
+                                identity, source, dates, the model that proposed the labels,
+                                the intensity setting, the corrected slices (CaseEntry); and
+                                the models trained on the store (ModelEntry: lineage, and
                                 whether each was promoted to the store's latest)
 
 One store per kind of image under the store folder (issue 28): ``FOLDER/grey`` and
@@ -28,8 +29,9 @@ replace those slices; earlier corrected slices stay). A 2D image is a one-slice 
 
 Writes never leave a half-made store: a case is written under a new id, announced as
 "pending" in the record first, and becomes part of the store only when the record says so
-(``PendingCase.commit``, one atomic rename); ``discard`` removes a pending case's files. An
-update is a new id replacing the old case in that one step.
+(``PendingCase.commit``, one atomic rename, ``Store.admit``); ``discard`` removes a pending
+case's files (``Store.withdraw``). An update is a new id replacing the old case in that one
+step.
 
 Several processes share a store (two napari windows, a command-line run beside one): every
 change of the record (staging, commit, discard, removal, a model registered) is made under a
@@ -46,23 +48,23 @@ side."""
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
 import re
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .._files import atomic_path, os_error_hint
+from .store_record import FORMAT, CaseEntry, ModelEntry, StoreRecord
+from .store_record import now as _now
 
 STORE_DIR_ENV = "FMBFF_STORE_DIR"
 RECORD = "fmbff_store.json"
-FORMAT = "napari-fmbff-store/1"
 FILE_ENDING = ".nii.gz"
 LESION, IGNORE = 1, 2
 LABELS = {"background": 0, "lesion": LESION, "ignore": IGNORE}
@@ -93,10 +95,6 @@ def default_store_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("napari-fmbff", appauthor=False)) / "store"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def content_hash(image) -> str:
@@ -155,18 +153,18 @@ class CaseSource:
 
 @dataclass
 class Case:
-    """One case as the record keeps it (``Store.cases``)."""
+    """One case as the record keeps it (``Store.cases``): its id and a copy of its entry."""
 
     id: str
-    record: dict
+    entry: CaseEntry
 
     @property
     def slices(self) -> list[int]:
-        return list(self.record.get("corrected_slices", []))
+        return list(self.entry.corrected_slices or [])
 
     @property
     def name(self) -> str:
-        return str(self.record.get("name") or self.id)
+        return str(self.entry.name or self.id)
 
     def describe(self) -> str:
         n = len(self.slices)
@@ -221,7 +219,7 @@ def open_store(path=None) -> Store:
     path = Path(path).expanduser() if path else default_store_dir()
     _check_not_a_file(path)
     if (path / RECORD).exists():
-        store = Store(path, _read_json(path / RECORD, "the store's record"))
+        store = Store(path, _read_record(path / RECORD))
         store.repair()
         return store
     if _is_nnunet(path):
@@ -231,7 +229,7 @@ def open_store(path=None) -> Store:
         raise StoreError(f"{path}: holds one corrections store per kind of image "
                          f"({', '.join(kinds)}); give one of them, e.g. {path / kinds[0]}")
     _check_only_stores(path, allowed=())
-    return Store(path, _new_record())
+    return Store(path, StoreRecord())
 
 
 def _visible(path: Path) -> list[str]:
@@ -258,11 +256,6 @@ def _check_only_stores(path: Path, allowed=tuple(KINDS.values())) -> None:
                          "choose an empty folder or an existing store")
 
 
-def _new_record() -> dict:
-    return {"format": FORMAT, "created": _now(), "next": 1, "cases": {}, "pending": [],
-            "models": [], "channel_names": None}
-
-
 def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -276,19 +269,25 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _foreign_record(path: Path) -> dict:
+def _read_record(path: Path) -> StoreRecord:
+    """A store's record as it is on disk, else a new one (nothing there yet)."""
+    if not path.exists():
+        return StoreRecord()
+    return StoreRecord.from_json(_read_json(path, "the store's record"))
+
+
+def _foreign_record(path: Path) -> StoreRecord:
     """A record for an nnU-Net v2 raw folder made elsewhere: every image / label pair is a
     case; its labelled slices are found when reading (``corrected_slices`` None)."""
     meta = _read_json(path / "dataset.json", "dataset.json")
     ending = str(meta.get("file_ending", FILE_ENDING))
     labels = meta.get("labels") or {}
-    record = _new_record()
-    record.update(channel_names=meta.get("channel_names"), file_ending=ending,
-                  ignore=labels.get("ignore"), foreign=True)
+    record = StoreRecord(channel_names=meta.get("channel_names"), file_ending=ending,
+                         ignore=labels.get("ignore"), foreign=True)
     for image in sorted((path / "imagesTr").glob(f"*_0000{ending}")):
         case = image.name[: -len(f"_0000{ending}")]
         if (path / "labelsTr" / f"{case}{ending}").is_file():
-            record["cases"][case] = {"name": case, "corrected_slices": None}
+            record.cases[case] = CaseEntry(name=case, corrected_slices=None)
     return record
 
 
@@ -318,7 +317,7 @@ class Store:
     """A corrections store (``open_store``, ``open_store_for``). Cases are kept in the order
     they were last added or updated; the last is the newest."""
 
-    def __init__(self, path: Path, record: dict, read_only: bool = False):
+    def __init__(self, path: Path, record: StoreRecord, read_only: bool = False):
         self.path, self.record, self.read_only = Path(path), record, read_only
         #: Slices the last ``training_slices`` left out because part of them was ignore.
         self.skipped_partial = 0
@@ -334,7 +333,7 @@ class Store:
     @property
     def kind(self) -> str | None:
         """"grey" or "rgb" (``KINDS``): what its images are, else what its folder is for."""
-        names = self.record.get("channel_names")
+        names = self.record.channel_names
         if names:
             return KINDS.get(len(names), f"{len(names)}-channel")
         return self.folder_kind
@@ -378,8 +377,7 @@ class Store:
         return getattr(self._held, "on", False)
 
     def _reread(self) -> None:
-        path = self.path / RECORD
-        self.record = _read_json(path, "the store's record") if path.exists() else _new_record()
+        self.record = _read_record(self.path / RECORD)
 
     def reload(self) -> None:
         """Read the record again (another process may have added a case or a model since
@@ -414,7 +412,7 @@ class Store:
     def _missing(self) -> dict[str, Path]:
         """The cases whose files are gone -> the first missing file."""
         missing = {}
-        for case_id in self.record["cases"]:
+        for case_id in self.record.cases:
             images, label_path = self._files(case_id, self._channels())
             gone = next((p for p in (*images, label_path) if not p.is_file()), None)
             if gone is not None:
@@ -426,12 +424,11 @@ class Store:
         half case is no nnU-Net case); with ``save``, under the lock, written back."""
         lines = []
         for case_id, gone in self._missing().items():
-            rec = self.record["cases"].pop(case_id)
-            self.record["pending"].append(case_id)
-            self.record.setdefault("lost", []).append(
-                {"id": case_id, "name": rec.get("name"), "identity": rec.get("identity"),
+            rec = self.record.retire(case_id)
+            self.record.lost.append(
+                {"id": case_id, "name": rec.name, "identity": rec.identity,
                  "missing": gone.name, "dropped": _now()})
-            lines.append(f"{self.path}: case {case_id} ({rec.get('name') or case_id}) was listed "
+            lines.append(f"{self.path}: case {case_id} ({rec.name or case_id}) was listed "
                          f"but its files are gone ({gone.name} missing); it was dropped from the "
                          "store, its other cases are as they were")
         if lines and save:
@@ -443,31 +440,31 @@ class Store:
     # ---- reading ---------------------------------------------------------------------------
 
     def cases(self) -> list[Case]:
-        return [Case(cid, dict(rec)) for cid, rec in self.record["cases"].items()]
+        return [Case(cid, replace(rec)) for cid, rec in self.record.cases.items()]
 
     def case(self, case_id: str) -> Case:
-        if case_id not in self.record["cases"]:
-            names = ", ".join(self.record["cases"]) or "none"
+        if case_id not in self.record.cases:
+            names = ", ".join(self.record.cases) or "none"
             raise StoreError(f"{self.path}: no case {case_id!r} in the store (cases: {names})")
-        return Case(case_id, dict(self.record["cases"][case_id]))
+        return Case(case_id, replace(self.record.cases[case_id]))
 
     def find(self, identity: str) -> str | None:
         """The id of the case of the scan ``identity`` (``identity_of``), or None."""
-        return next((cid for cid, rec in self.record["cases"].items()
-                     if rec.get("identity") == identity), None)
+        return next((cid for cid, rec in self.record.cases.items()
+                     if rec.identity == identity), None)
 
     @property
     def newest(self) -> str | None:
-        return next(reversed(self.record["cases"]), None)
+        return next(reversed(self.record.cases), None)
 
     @property
     def n_slices(self) -> int:
         """Corrected slices over all cases (a store made elsewhere: its cases' slice count
         is known once read, so it counts 0 here)."""
-        return sum(len(rec.get("corrected_slices") or []) for rec in self.record["cases"].values())
+        return sum(len(rec.corrected_slices or []) for rec in self.record.cases.values())
 
     def summary(self) -> str:
-        n, m = len(self.record["cases"]), self.n_slices
+        n, m = len(self.record.cases), self.n_slices
         return f"{n} case{'s' if n != 1 else ''}, {m} corrected slice{'s' if m != 1 else ''}"
 
     @property
@@ -477,21 +474,21 @@ class Store:
         knowledge is not carried on; a case dropped because its files were lost does not
         count as removed); None: no model yet. Segment's default."""
         entry = self.latest_entry
-        return Path(entry["path"]) if entry is not None else None
+        return Path(entry.path) if entry is not None else None
 
     @property
-    def latest_entry(self) -> dict | None:
+    def latest_entry(self) -> ModelEntry | None:
         """The record of ``latest_model`` (its path, base, cases, promotion), or None."""
-        current = set(self.record["cases"]) | {e.get("id") for e in self.record.get("lost", [])}
-        for entry in reversed(self.record.get("models", [])):
-            if entry.get("promoted", True) is False:
+        current = set(self.record.cases) | {e.get("id") for e in self.record.lost}
+        for entry in reversed(self.record.models):
+            if entry.promoted is False:
                 continue
-            if set(entry.get("cases", [])) <= current and Path(entry.get("path", "")).is_file():
+            if set(entry.cases) <= current and entry.path and Path(entry.path).is_file():
                 return entry
         return None
 
     def _ending(self) -> str:
-        return str(self.record.get("file_ending", FILE_ENDING))
+        return str(self.record.file_ending or FILE_ENDING)
 
     def _files(self, case_id: str, channels: int = 1) -> tuple[list[Path], Path]:
         end = self._ending()
@@ -499,10 +496,10 @@ class Store:
         return images, self.path / "labelsTr" / f"{case_id}{end}"
 
     def _channels(self) -> int:
-        return max(1, len(self.record.get("channel_names") or {}))
+        return max(1, len(self.record.channel_names or {}))
 
     def read_case(self, case_id: str):
-        """(image, labels, record) of a case as stored: the image in its stored intensities
+        """(image, labels, entry) of a case as stored: the image in its stored intensities
         ((Y, X[, C]) for a 2D image, (Z, Y, X[, C]) for a volume), the labels on its grid
         (1 lesion, 0 background, ``IGNORE`` on slices nobody corrected). A case whose files
         are gone is dropped (``repair``) and said in one line."""
@@ -521,14 +518,14 @@ class Store:
             raise StoreError(f"{self.path}: case {case_id}'s files cannot be read ({err}); "
                              "remove the case or restore the store") from None
         image = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
-        if case.record.get("is_2d"):
+        if case.entry.is_2d:
             image, labels = image[0], labels[0]
-        return image, np.asarray(labels).astype(np.uint8), case.record
+        return image, np.asarray(labels).astype(np.uint8), case.entry
 
     def training_cases(self, pending: PendingCase | None = None) -> list[str]:
         """The ids a training run reads: every case, with ``pending`` (a case staged but not
         committed) last, in place of the case it replaces."""
-        ids = [cid for cid in self.record["cases"] if pending is None or cid != pending.replaces]
+        ids = [cid for cid in self.record.cases if pending is None or cid != pending.replaces]
         return ids + ([pending.id] if pending is not None else [])
 
     def training_slices(self, cases=None, pending: PendingCase | None = None):
@@ -538,10 +535,10 @@ class Store:
         skipped (counted in ``skipped_partial``: the trainer has no per-pixel ignore). A case
         whose files went missing meanwhile is dropped (``repair``) and skipped."""
         self.skipped_partial = 0
-        ignore = self.record.get("ignore", IGNORE) if self.record.get("foreign") else IGNORE
+        ignore = self.record.ignore if self.record.foreign else IGNORE
         for case_id in (cases if cases is not None else self.training_cases(pending)):
             staged = pending is not None and case_id == pending.id
-            rec = pending.entry if staged else self.case(case_id).record
+            rec = pending.entry if staged else self.case(case_id).entry
             try:
                 proxies, labels = self._proxies(
                     case_id, len(pending.channel_names) if staged else self._channels())
@@ -550,7 +547,7 @@ class Store:
                     raise
                 self.repair()
                 continue
-            zs = rec.get("corrected_slices")
+            zs = rec.corrected_slices
             if zs is None:  # a store made elsewhere: the slices not all ignore
                 zs = _labelled_slices(np.asanyarray(labels), ignore)
             for z in zs:
@@ -590,7 +587,7 @@ class Store:
         Staged under the store's lock, on the record as it is on disk."""
         about = about or CaseSource()
         rgb, source_meta, spacing = about.rgb, about.source_meta, about.spacing
-        self._check_writable()
+        self.check_writable()
         volume, is_2d = _as_volume(image, rgb)
         grid = _labels_grid(labels, volume.shape[:3], is_2d)
         zs = sorted({int(z) for z in corrected_slices} or ({0} if is_2d else set()))
@@ -603,16 +600,17 @@ class Store:
             self.repair()  # an earlier case of this scan whose files are gone is no case
             self._tidy()
             old = self.find(identity)
-            merged, entry["corrected_slices"] = self._merged_labels(
+            merged, entry.corrected_slices = self._merged_labels(
                 old, grid, zs, volume.shape[:3], identity)
             channel_names = self._channel_names(volume, source_meta)
             if old is not None:
-                entry["added"] = self.record["cases"][old].get("added", entry["added"])
+                entry.added = self.record.cases[old].added or entry.added
             pending = self._announce(entry, old, channel_names)
         self._write_case_files(pending, volume, merged, _case_affine(source_meta, spacing, is_2d))
         return pending
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """A StoreError when the store is an nnU-Net data set made elsewhere (read-only)."""
         if self.read_only:
             raise StoreError(f"{self.path}: an nnU-Net data set made elsewhere (no {RECORD}); "
                              "napari-fmbff reads it but never writes into it: choose an empty "
@@ -624,17 +622,17 @@ class Store:
         merged = np.full(shape, IGNORE, np.uint8)
         slices = set(zs)
         if old is not None:
-            rec = self.record["cases"][old]
+            rec = self.record.cases[old]
             stored_labels = self.read_case(old)[1]
             stored = tuple(np.shape(stored_labels))
-            wanted = tuple(shape[1:]) if rec.get("is_2d") else tuple(shape)
+            wanted = tuple(shape[1:]) if rec.is_2d else tuple(shape)
             if stored != wanted:
                 raise StoreError(
                     f"{self.path}: case {old} has the same scan identity ({identity}) but "
                     f"shape {stored}, and this image is {wanted}; the UID is not unique: "
                     f"remove case {old} first, or check the series you opened")
             before = stored_labels.reshape(shape)
-            kept = [z for z in rec.get("corrected_slices", []) if z not in slices]
+            kept = [z for z in rec.corrected_slices or [] if z not in slices]
             merged[kept] = before[kept]
             slices.update(kept)
         merged[zs] = (np.asarray(grid)[zs] > 0).astype(np.uint8)
@@ -645,23 +643,23 @@ class Store:
         names = ({str(c): n for c, n in enumerate("RGB")} if channels == 3 else
                  {"0": str((source_meta or {}).get("modality") or "image")})
         self._check_kind(names)
-        return self.record.get("channel_names") or names
+        return self.record.channel_names or names
 
     def _check_kind(self, names: dict) -> None:
-        have = self.record.get("channel_names")
+        have = self.record.channel_names
         if have and len(have) != len(names):
             kinds = {1: "grey", 3: "RGB"}
             raise StoreError(f"{self.path}: the store holds {kinds.get(len(have), len(have))} "
                              f"images and this image is {kinds[len(names)]}; one store holds "
                              "one kind of image: choose another store folder for it")
 
-    def _announce(self, entry, old, channel_names) -> PendingCase:
+    def _announce(self, entry: CaseEntry, old, channel_names) -> PendingCase:
         """Under the lock: a new case id, its own lock taken, announced as pending."""
         from filelock import Timeout
 
         existed = (self.path / RECORD).exists()
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", entry["name"].split(".")[0]).strip("-")[:24]
-        number = int(self.record["next"])
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", entry.name.split(".")[0]).strip("-")[:24]
+        number = int(self.record.next)
         case_id = f"{slug or 'case'}_{number:03d}"
         (self.path / PENDING_LOCKS).mkdir(exist_ok=True)
         lock = _pending_lock(self.path, case_id)
@@ -670,13 +668,14 @@ class Store:
         except Timeout:
             raise StoreError(f"{self.path}: case id {case_id} is in use by another writer; "
                              "try again") from None
-        pending = PendingCase(self, case_id, entry, old, channel_names, number, existed, lock)
-        self.record["next"] = number + 1
-        self.record["pending"].append(case_id)
+        pending = PendingCase(self, case_id, entry, old, channel_names, number,
+                              store_existed=existed, _lock=lock)
+        self.record.next = number + 1
+        self.record.pending.append(case_id)
         try:
             self._save_record()
         except BaseException:
-            pending._release()
+            pending.release()
             raise
         return pending
 
@@ -700,12 +699,11 @@ class Store:
     def remove_case(self, case_id: str) -> None:
         """Take a case out of the store (its files too). Removing the last case leaves an
         empty store: the next fine-tune starts from the chosen base model again."""
-        self._check_writable()
+        self.check_writable()
         self.case(case_id)
         with _writing(self.path), self._locked():
             self.case(case_id)  # still there on disk (another process may have removed it)
-            del self.record["cases"][case_id]
-            self.record["pending"].append(case_id)  # its files go in _tidy, even after a crash
+            self.record.retire(case_id)  # its files go in _tidy, even after a crash
             self._save_record()
             self._write_dataset_json()
             self._tidy()
@@ -715,27 +713,75 @@ class Store:
         """Note a model trained on the store (its lineage: the base and the cases); the
         newest one ``promoted`` is ``latest_model``; ``gate``: how the promotion was
         decided (``store_training.promotion``)."""
-        self._check_writable()
+        self.check_writable()
         with _writing(self.path), self._locked():
-            self.record.setdefault("models", []).append(
-                self._model_entry(path, base, cases, slices, promoted, gate))
+            self.record.models.append(self._model_entry(path, base, cases, slices, promoted, gate))
             self._save_record()
 
-    def _model_entry(self, path, base, cases, slices, promoted=True, gate=None) -> dict:
-        cases = list(cases if cases is not None else self.record["cases"])
-        return {"path": str(Path(path).resolve()), "name": Path(path).stem,
-                "base": str(base) if base else None, "cases": cases,
-                "slices": slices if slices is not None else self.n_slices, "trained": _now(),
-                "promoted": bool(promoted), **({"gate": gate} if gate else {})}
+    def _model_entry(self, path, base, cases, slices, promoted=True, gate=None) -> ModelEntry:
+        cases = list(cases if cases is not None else self.record.cases)
+        return ModelEntry(path=str(Path(path).resolve()), name=Path(path).stem,
+                          base=str(base) if base else None, cases=cases,
+                          slices=slices if slices is not None else self.n_slices,
+                          trained=_now(), promoted=bool(promoted), gate=gate or None)
+
+    # ---- a pending case joins the store or leaves it (what PendingCase asks of the store) ---
+
+    def admit(self, pending: PendingCase, model=None, *, base=None, promoted: bool = True,
+              gate: dict | None = None) -> None:
+        """Make ``pending`` part of the store in one atomic step (replacing the same scan's
+        old case), under the store's lock on the record as it is on disk, then free its lock
+        (``PendingCase.commit``); ``model``: a model just trained on the store with it
+        (lineage, ``base``), the store's latest only if ``promoted`` (``gate``: how that was
+        decided)."""
+        with _writing(self.path), self._locked():
+            record = self.record
+            if pending.id not in record.pending:
+                raise StoreError(f"{self.path}: case {pending.id} is no longer pending in the "
+                                 "store's record (it was changed by hand?); fine-tune again")
+            self._check_kind(pending.channel_names)
+            if pending.replaces is not None and pending.replaces in record.cases:
+                record.retire(pending.replaces)
+            record.cases[pending.id] = pending.entry
+            record.unpend(pending.id)
+            record.channel_names = record.channel_names or pending.channel_names
+            if model is not None:
+                record.models.append(self._model_entry(model, base, None, None, promoted, gate))
+            self._save_record()
+            pending.done = True
+            pending.release()
+            self._write_dataset_json()
+            self._tidy()
+
+    def withdraw(self, pending: PendingCase) -> None:
+        """Remove a pending case's files and its announcement, under the store's lock, and
+        free its lock (``PendingCase.discard``; best effort: what cannot be removed now is
+        removed by a later write). A store this case created is left as it was before: no
+        record, no folders."""
+        with contextlib.suppress(OSError, StoreError), self._locked():
+            images, label_path = self._files(pending.id, len(pending.channel_names))
+            for path in (*images, label_path):
+                path.unlink(missing_ok=True)
+            record = self.record
+            record.unpend(pending.id)
+            if int(record.next) == pending.number + 1:
+                record.next = pending.number  # nobody took a number since: as it was
+            pending.release()
+            if pending.store_existed or record.cases or record.pending or record.models:
+                self._save_record()
+            else:
+                _remove_new_store(self)
+
+    # ---- the files of the record --------------------------------------------------------------
 
     def _save_record(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path / RECORD, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(self.record, indent=1))
+            tmp.write_text(json.dumps(self.record.to_json(), indent=1))
 
     def _write_dataset_json(self) -> None:
-        meta = {"channel_names": self.record.get("channel_names") or {"0": "image"},
-                "labels": LABELS, "numTraining": len(self.record["cases"]),
+        meta = {"channel_names": self.record.channel_names or {"0": "image"},
+                "labels": LABELS, "numTraining": len(self.record.cases),
                 "file_ending": FILE_ENDING, "name": "napari-fmbff corrections",
                 "description": "Slices corrected in napari-fmbff; every other slice is the "
                                f"ignore label. Provenance per case: {RECORD}."}
@@ -746,10 +792,10 @@ class Store:
         """Under the lock: remove the files of pending cases whose writer is gone (a crash)
         and of replaced or removed cases, and forget them. A pending case whose writer still
         holds its lock (another process, or this one) is left alone."""
-        stale = [cid for cid in self.record.get("pending", []) if cid not in self.record["cases"]]
+        stale = [cid for cid in self.record.pending if cid not in self.record.cases]
         gone = [case_id for case_id in stale if self._sweep(case_id)]
         if gone:
-            self.record["pending"] = [c for c in self.record["pending"] if c not in gone]
+            self.record.pending = [c for c in self.record.pending if c not in gone]
             self._save_record()
 
     def _sweep(self, case_id: str) -> bool:
@@ -772,92 +818,57 @@ class Store:
         return True
 
 
-def _case_entry(image, volume, is_2d, identity, about: CaseSource) -> dict:
-    """A case's record (its identity, source, dates, provenance and geometry) from what
+def _case_entry(image, volume, is_2d, identity, about: CaseSource) -> CaseEntry:
+    """A case's entry (its identity, source, dates, provenance and geometry) from what
     ``stage_case`` was told ``about`` it."""
     meta = about.source_meta or {}
     spacing = about.spacing
-    return {"identity": identity,
-            "name": about.name or Path(str(about.source)).name or "image",
-            "source": str(about.source), "added": _now(), "updated": _now(),
-            "model": about.model, "intensity": about.intensity or {},
-            "corrected_slices": [], "shape": list(np.shape(image)), "dtype": str(volume.dtype),
-            "is_2d": is_2d,
-            "spacing": [float(v) for v in spacing] if spacing is not None else
-            meta.get("spacing_mm"),
-            "series_uid": meta.get("series_uid"), "modality": meta.get("modality")}
+    return CaseEntry(
+        identity=identity, name=about.name or Path(str(about.source)).name or "image",
+        source=str(about.source), added=_now(), updated=_now(), model=about.model,
+        intensity=about.intensity or {}, corrected_slices=[], shape=list(np.shape(image)),
+        dtype=str(volume.dtype), is_2d=is_2d,
+        spacing=[float(v) for v in spacing] if spacing is not None else meta.get("spacing_mm"),
+        series_uid=meta.get("series_uid"), modality=meta.get("modality"))
 
 
 @dataclass
 class PendingCase:
     """A case written but not yet in the store (``Store.stage_case``); its writer holds its
-    lock until ``commit`` or ``discard``."""
+    lock until ``commit`` or ``discard``. What the store reads of it (``Store.admit``,
+    ``Store.withdraw``): its id and entry, the case it replaces, its channel names, its
+    number and whether the store's record existed before it (``store_existed``)."""
 
     store: Store
     id: str
-    entry: dict
+    entry: CaseEntry
     replaces: str | None
     channel_names: dict
     number: int = 0
-    _existed: bool = True
+    store_existed: bool = True
     _lock: object = field(default=None, repr=False)
     done: bool = False
 
     def commit(self, model=None, *, base=None, promoted: bool = True,
                gate: dict | None = None) -> None:
-        """Make the case part of the store in one atomic step (replacing the same scan's old
-        case), under the store's lock on the record as it is on disk; ``model``: a model
-        just trained on the store with it (lineage, ``base``), the store's latest only if
-        ``promoted`` (``gate``: how that was decided)."""
-        if self.done:
-            return
-        store = self.store
-        with _writing(store.path), store._locked():
-            record = store.record
-            if self.id not in record["pending"]:
-                raise StoreError(f"{store.path}: case {self.id} is no longer pending in the "
-                                 "store's record (it was changed by hand?); fine-tune again")
-            store._check_kind(self.channel_names)
-            if self.replaces is not None and self.replaces in record["cases"]:
-                record["cases"].pop(self.replaces)
-                record["pending"].append(self.replaces)
-            record["cases"][self.id] = self.entry
-            record["pending"] = [c for c in record["pending"] if c != self.id]
-            record["channel_names"] = record.get("channel_names") or self.channel_names
-            if model is not None:
-                record.setdefault("models", []).append(
-                    store._model_entry(model, base, None, None, promoted, gate))
-            store._save_record()
-            self.done = True
-            self._release()
-            store._write_dataset_json()
-            store._tidy()
+        """Make the case part of the store in one atomic step (``Store.admit``: replacing the
+        same scan's old case); ``model``: a model just trained on the store with it (lineage,
+        ``base``), the store's latest only if ``promoted`` (``gate``: how that was
+        decided)."""
+        if not self.done:
+            self.store.admit(self, model, base=base, promoted=promoted, gate=gate)
 
     def discard(self) -> None:
-        """Remove the pending case's files and its announcement, under the store's lock
-        (best effort: what cannot be removed now is removed by a later write). A store this
-        case created is left as it was before: no record, no folders."""
+        """Remove the pending case's files and its announcement (``Store.withdraw``; best
+        effort)."""
         if self.done:
             return
         self.done = True
-        store = self.store
-        with contextlib.suppress(OSError, StoreError), store._locked():
-            images, label_path = store._files(self.id, len(self.channel_names))
-            for path in (*images, label_path):
-                path.unlink(missing_ok=True)
-            record = store.record
-            record["pending"] = [c for c in record["pending"] if c != self.id]
-            if int(record.get("next", 0)) == self.number + 1:
-                record["next"] = self.number  # nobody took a number since: as it was
-            self._release()
-            if self._existed or record["cases"] or record["pending"] or record.get("models"):
-                store._save_record()
-            else:
-                _remove_new_store(store)
-        self._release()
+        self.store.withdraw(self)
+        self.release()
 
-    def _release(self) -> None:
-        """Free the case's own lock and remove its lock file."""
+    def release(self) -> None:
+        """Free the case's own lock and remove its lock file (once; then a no-op)."""
         lock, self._lock = self._lock, None
         if lock is not None:
             with contextlib.suppress(OSError):
@@ -868,7 +879,7 @@ class PendingCase:
 def _remove_new_store(store: Store) -> None:
     """Under the lock: the record and folders of a store whose first case was discarded."""
     (store.path / RECORD).unlink(missing_ok=True)
-    store.record = _new_record()
+    store.record = StoreRecord()
     for sub in ("imagesTr", "labelsTr", PENDING_LOCKS):
         with contextlib.suppress(OSError):
             (store.path / sub).rmdir()

@@ -13,7 +13,6 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from ..model.checkpoint import model_record
 from ..model.normalization import (
     Normalization,
     as_three_channels,
@@ -22,6 +21,7 @@ from ..model.normalization import (
 )
 from . import runtime
 from .postprocess import DEFAULT_THRESHOLD, labels_from_proba
+from .provenance import model_record
 from .staging import HostStaging
 from .tiling import (
     Progress,
@@ -183,12 +183,11 @@ class Segmenter:
 
     def record(self) -> dict:
         """What made a result, for its provenance: the model (name, file, SHA-256), how it
-        ran (tile, overlap, blend, TTA, device) and the intensity normalisation used."""
-        from .. import __version__
-
+        ran (tile, overlap, blend, TTA, device) and the intensity normalisation used: a part
+        of a result's record (``inference.provenance``)."""
         return {**self.model_record, "tile_size": self.tile_size, "overlap": self.overlap,
                 "blend": self.blend, "tta": self.tta, "device": self.device_label,
-                "intensity": self.normalization.to_dict(), "package_version": __version__}
+                "intensity": self.normalization.to_dict()}
 
     @property
     def device_label(self) -> str:

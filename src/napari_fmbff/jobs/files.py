@@ -56,11 +56,11 @@ class SegmenterSpec:
 def result_provenance(segmenter, post: Postprocess, source) -> dict:
     """Everything a written result records about how it was made (one set of keys for PNG,
     TIFF, zarr and NIfTI outputs): the input, the model with its SHA-256, the tiling, the
-    intensity normalisation, the post-processing, the package version and the date."""
-    import datetime as _dt
+    intensity normalisation, the post-processing, the package version and the date
+    (``inference.provenance``)."""
+    from ..inference.provenance import provenance
 
-    return {"source": str(source), **segmenter.record(), **post.record(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return provenance(segmenter.record(), post.record(), source=source)
 
 
 @dataclass(frozen=True)

@@ -164,19 +164,12 @@ class LargeOutputs:
     def _provenance(self) -> dict:
         """``result_provenance``'s keys, as far as the job's settings tell them (no segmenter
         here: the device, blend and intensity setting are left out)."""
-        import datetime
-
-        from .. import __version__
-        from ..model.checkpoint import file_sha256
+        from ..inference.provenance import model_file_record, provenance
 
         settings = dict(self.settings)
         model = settings.pop("model", None)
-        record = {"source": str(self.job.source)}
-        if model:
-            record.update(model=Path(model).stem, model_file=str(model),
-                          model_sha256=file_sha256(model) if Path(model).is_file() else None)
-        return {**record, **settings, **self.post.record(), "package_version": __version__,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        return provenance(settings, self.post.record(), source=self.job.source,
+                          model=model_file_record(model) if model else None)
 
     def _stage(self, array: Path, target: Path, kind: str, info: dict, geometry: dict) -> Path:
         """The OME-Zarr group of one result, built in the working folder: ``array`` moves in as

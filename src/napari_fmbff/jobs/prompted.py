@@ -11,7 +11,6 @@ LiteMedSAM (boxes, the default: ``inference.litemedsam``), Otsu inside the box
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,18 +114,16 @@ def _box_range(data, rgb: bool, engine: str):
 
 
 def prompt_record(prompts: list[Prompt], engine: str, model_name: str, source) -> dict:
-    """The provenance of a prompted result."""
-    from .. import __version__
+    """The provenance of a prompted result (``inference.provenance``): the prompts, the engine
+    that answered them (LiteMedSAM's package and checkpoint as ``box_engine``) and the model
+    where the network answered."""
     from ..inference import litemedsam
+    from ..inference.provenance import provenance
 
-    record = {"source": str(source), "prompts": [asdict(p) for p in prompts],
-              "engine": ENGINE_LABELS[engine],
-              "model": model_name if engine == "network" else None,
-              "package_version": __version__,
-              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    if engine == "litemedsam":
-        record["box_engine"] = litemedsam.provenance()
-    return record
+    box = {"box_engine": litemedsam.provenance()} if engine == "litemedsam" else {}
+    return provenance({"prompts": [asdict(p) for p in prompts], "engine": ENGINE_LABELS[engine],
+                       "model": model_name if engine == "network" else None}, box,
+                      source=source)
 
 
 def write_prompted(source, labels: np.ndarray, out_dir, record: dict, volume=None,

@@ -12,7 +12,6 @@ with the provenance); the OME-Zarr is a labels group as ``fmbff segment --zarr``
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 import tempfile
@@ -66,35 +65,18 @@ def run_record(model, previous: dict | None = None, *, when=None, base=None,
     what else the run records (``learned``, ``slices_labelled``...). ``previous``: the layer's
     record before this run; its other keys stay (threshold, image...) and its own run keys
     move under ``previous_run`` (the run that made the slices this one left as they were)."""
+    from ..inference.provenance import model_file_record, provenance
+
     previous = dict(previous) if isinstance(previous, dict) else {}
     previous.pop("previous_run", None)
-    record = {**previous, **_model_file_record(model), "date": _iso(when), **settings}
-    if base is not None:
-        record.update({f"base_{k}": v for k, v in _model_file_record(base).items()})
+    based = {} if base is None else {
+        f"base_{k}": v for k, v in model_file_record(base).items()}
+    record = {**previous, **provenance(settings, based, model=model_file_record(model),
+                                       when=when, version=False)}
     earlier = {k: previous[k] for k in RUN_KEYS if k in previous}
     if earlier:
         record["previous_run"] = earlier
     return record
-
-
-def _model_file_record(model) -> dict:
-    """{model: stem, model_file, model_sha256} of a model file or registered name (the file
-    and hash None when it is neither, so the record never names a file it did not read)."""
-    from ..model.checkpoint import file_sha256
-    from ..model.registry import resolve_model_path
-
-    try:
-        path = resolve_model_path(model)
-        return {"model": path.stem, "model_file": str(path), "model_sha256": file_sha256(path)}
-    except (ValueError, OSError):
-        return {"model": str(model), "model_file": None, "model_sha256": None}
-
-
-def _iso(when) -> str:
-    if when is None:
-        when = datetime.datetime.now(datetime.timezone.utc)
-    return when.isoformat(timespec="seconds") if isinstance(when, datetime.datetime) \
-        else str(when)
 
 
 def checked_run(made_by: dict) -> dict:
@@ -116,16 +98,17 @@ def checked_run(made_by: dict) -> dict:
 
 def provenance_of(record: dict, made_by: dict | None, layer: str = "") -> dict:
     """What a saved file records: how the labels were made (the Segment / Propagate record,
-    when they were: ``checked_run``), the scan, this package's version and the date."""
-    from .. import __version__
+    when they were: ``checked_run``), the scan, this package's version and the time it was
+    saved (``saved``: the record's own time, ``inference.provenance``; ``date`` stays the
+    run's)."""
+    from ..inference.provenance import provenance
 
     made_by = checked_run(made_by) if isinstance(made_by, dict) else {}
-    return {**made_by, "kind": "labels",
-            "source": str(record.get("source", made_by.get("source", ""))),
-            "format": record.get("format"), "spacing_mm": record.get("spacing_mm"),
-            "series_uid": record.get("series_uid"), "layer": layer,
-            "saved_by": "napari-fmbff", "package_version": __version__,
-            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return provenance(made_by, {
+        "kind": "labels", "format": record.get("format"),
+        "spacing_mm": record.get("spacing_mm"), "series_uid": record.get("series_uid"),
+        "layer": layer, "saved_by": "napari-fmbff"},
+        source=record.get("source", made_by.get("source", "")), stamp="saved")
 
 
 def nifti_sidecar(path) -> Path:

@@ -249,15 +249,6 @@ def file_sha256(path) -> str:
     return _SHA256[key]
 
 
-def model_record(net) -> dict:
-    """Which model a result came from: its name, file and SHA-256 (where it was loaded from a
-    file), for every result's provenance."""
-    meta = getattr(net, "metadata", None) or {}
-    source = meta.get("source")
-    return {"model": Path(source).stem if source else type(net).__name__,
-            "model_file": source, "model_sha256": meta.get("sha256")}
-
-
 def _load_torch_weights(path: Path, map_location: str):
     import torch
 

@@ -179,8 +179,8 @@ def _case_normalization(store: Store, case_id: str, pending, setting, planes):
     from ..model.normalization import Normalization
 
     rec = pending.entry if pending is not None and case_id == pending.id \
-        else store.case(case_id).record
-    applied = (rec.get("intensity") or {}).get("applied")
+        else store.case(case_id).entry
+    applied = (rec.intensity or {}).get("applied")
     if applied:
         return Normalization.from_dict(applied)
     return setting.for_stack(np.stack(planes)) if len(planes) > 1 else setting
@@ -293,7 +293,7 @@ def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None)
     from ..model.checkpoint import load_model
 
     latest = store.latest_model
-    earlier = [case for case in store.record["cases"] if case not in set(exclude)]
+    earlier = [case for case in store.record.cases if case not in set(exclude)]
     name = Path(str(model)).stem
     record = {"latest": str(latest) if latest else None, "cases": earlier}
     if latest is None or not earlier:
