@@ -319,3 +319,32 @@ def test_the_store_and_the_command_line_read_one_os_error_table(tmp_path, monkey
     monkeypatch.setitem(_files.OS_ERROR_HINTS, errno.ENOSPC, ("out of room", "{elsewhere}"))
     assert "out of room: choose a store folder you can write to" in store_says(full)
     assert one_line(full).endswith("(out of room: write elsewhere)")
+
+
+def test_a_case_says_how_many_slices_of_each_kind_it_holds(tmp_path):
+    """Lesion slices, accepted lesion-free slices (background) and unreviewed ones (ignore):
+    what the store dock lists for each case; a slice corrected again changes kind."""
+    image, labels = volume()
+    labels[3] = 0  # slice 3 reviewed and lesion-free
+    store = open_store(tmp_path)
+    case = store.add_case(image, labels, [1, 2, 3], source="/data/lung1.nii.gz")
+    entry = store.case(case).entry
+    assert entry.lesion_free == [3]
+    assert entry.slice_kinds() == {"lesion": 2, "lesion_free": 1, "unreviewed": 2}
+    assert store.case(case).describe() == \
+        f"{case} (lung1.nii.gz: 2 lesion, 1 lesion-free, 2 unreviewed slice(s))"
+    record = json.loads((tmp_path / "fmbff_store.json").read_text())["cases"][case]
+    assert record["lesion_free"] == [3]
+    labels2 = labels.copy()
+    labels2[2] = 0  # the second look: slice 2 holds no lesion after all
+    again = store.add_case(image, labels2, [2, 4])
+    assert store.case(again).entry.slice_kinds() == \
+        {"lesion": 2, "lesion_free": 2, "unreviewed": 1}  # 1 and 4; 2 and 3; 0
+    # A case of an older record (no lesion_free) says what it knows: its corrected slices.
+    old = json.loads(json.dumps(OLD_RECORD))["cases"]["lung1_003"]
+    from napari_fmbff.data.store import Case
+    from napari_fmbff.data.store_record import CaseEntry
+
+    assert CaseEntry.from_json(old).slice_kinds() is None
+    assert Case("lung1_003", CaseEntry.from_json(old)).describe() == \
+        "lung1_003 (lung1.nii.gz, 2 corrected slices)"

@@ -167,8 +167,17 @@ class Case:
         return str(self.entry.name or self.id)
 
     def describe(self) -> str:
-        n = len(self.slices)
-        return f"{self.id} ({self.name}, {n} corrected slice{'s' if n != 1 else ''})"
+        """The case as the store dock lists it: its id, name and the slices of each kind
+        (``CaseEntry.slice_kinds``), or the number of corrected slices where the record
+        does not say."""
+        kinds = self.entry.slice_kinds()
+        if kinds is None:
+            n = len(self.slices)
+            return f"{self.id} ({self.name}, {n} corrected slice{'s' if n != 1 else ''})"
+        words = [f"{kinds['lesion']} lesion", f"{kinds['lesion_free']} lesion-free"]
+        if kinds["unreviewed"]:
+            words.append(f"{kinds['unreviewed']} unreviewed")
+        return f"{self.id} ({self.name}: {', '.join(words)} slice(s))"
 
 
 @dataclass
@@ -602,6 +611,7 @@ class Store:
             old = self.find(identity)
             merged, entry.corrected_slices = self._merged_labels(
                 old, grid, zs, volume.shape[:3], identity)
+            entry.lesion_free = [z for z in entry.corrected_slices if not merged[z].any()]
             channel_names = self._channel_names(volume, source_meta)
             if old is not None:
                 entry.added = self.record.cases[old].added or entry.added

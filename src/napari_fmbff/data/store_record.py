@@ -53,8 +53,10 @@ class CaseEntry(_Json):
     """One case as the record keeps it: its scan's identity (``store.identity_of``), name and
     source, when it was added and last updated, the model that proposed its labels, the
     intensity setting, the corrected slices (None: a case of a store made elsewhere, its
-    labelled slices found when read), its image's shape and dtype, whether it is 2D, the voxel
-    spacing (mm) and, from DICOM, the series UID and modality."""
+    labelled slices found when read), those of them that hold no lesion (``lesion_free``:
+    taught as background; None in a record written before it was kept, and then not
+    written), its image's shape and dtype, whether it is 2D, the voxel spacing (mm) and, from
+    DICOM, the series UID and modality."""
 
     identity: str | None = None
     name: str = ""
@@ -70,7 +72,26 @@ class CaseEntry(_Json):
     spacing: list[float] | None = None
     series_uid: str | None = None
     modality: str | None = None
+    lesion_free: list[int] | None = None
     extra: dict = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        data = super().to_json()
+        if self.lesion_free is None:
+            data.pop("lesion_free")
+        return data
+
+    def slice_kinds(self) -> dict | None:
+        """How many slices of each kind the case holds: ``lesion`` (corrected, a lesion on
+        it), ``lesion_free`` (corrected or accepted, no lesion: background) and ``unreviewed``
+        (the ignore label: never learned); None when the record does not say (a case of an
+        older record or of a store made elsewhere)."""
+        if self.lesion_free is None or self.corrected_slices is None:
+            return None
+        n_slices = 1 if self.is_2d or not self.shape else int(self.shape[0])
+        free = len(set(self.lesion_free) & set(self.corrected_slices))
+        return {"lesion": len(self.corrected_slices) - free, "lesion_free": free,
+                "unreviewed": n_slices - len(self.corrected_slices)}
 
 
 @dataclass
