@@ -345,8 +345,8 @@ def other_slices(n: int, corrected) -> np.ndarray:
 
 def propagation_rows(name, sources, image, mask, prop: Propagator):
     """One row per source of the accepted largest slice: 3D Dice / ECE of the other slices."""
+    from napari_fmbff.inference.postprocess import connected_to_user
     from napari_fmbff.inference.review import expected_calibration_error
-    from napari_fmbff.training.propagate import connected_to_user
 
     top = int(np.argmax(mask.sum(axis=(1, 2))))
     rows = []
@@ -417,7 +417,7 @@ def shown_mask(probs, mask, corrected) -> np.ndarray:
     """What the user sees after a propagation: the model's objects connected in 3D to the
     corrected slices' lesion (the widget's and ``fmbff propagate``'s default rule), and the
     corrected slices as corrected (their ground truth here)."""
-    from napari_fmbff.training.propagate import connected_to_user
+    from napari_fmbff.inference.postprocess import connected_to_user
 
     zs = sorted(corrected)
     labels = np.zeros(mask.shape, np.int32)

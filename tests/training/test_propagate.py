@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from napari_fmbff.inference.runtime import drain
-from napari_fmbff.training.propagate import (
-    PropagateRequest,
+from napari_fmbff.inference.postprocess import (
+    Postprocess,
     connected_to_user,
-    iter_propagate,
-    labelled_slices,
     merge_ids,
+    propagated_labels,
 )
+from napari_fmbff.inference.runtime import drain
+from napari_fmbff.training.propagate import PropagateRequest, iter_propagate, labelled_slices
 
 
 def test_model_voxels_take_the_id_of_the_user_object_they_touch():
@@ -45,6 +45,36 @@ def test_connected_keeps_the_lesion_carried_from_the_user_objects_only():
     assert merge_ids(labels, [2], mask)[5].max() > 4   # the old rule keeps it, with a new id
     # an accepted lesion-free slice has no object to carry: nothing of the model's is kept
     assert not connected_to_user(mask, np.zeros_like(labels), [2]).any()
+
+
+def test_new_ids_start_above_the_user_slices_only():
+    labels = np.zeros((3, 8, 8), np.int32)
+    labels[0, 1:3, 1:3] = 2                      # the user's lesion on slice 0
+    labels[2, 5:7, 5:7] = 40                     # a proposal on a slice not learned from
+    mask = np.zeros(labels.shape, bool)
+    mask[2, 0:2, 6:8] = True                     # the model's own object there
+    out = merge_ids(labels, [0], mask)
+    assert set(np.unique(out[2])) == {0, 3}      # 40 is not the user's: not counted
+
+
+def test_propagated_labels_is_merge_ids_under_the_postprocess_settings():
+    labels = np.zeros((3, 12, 12), np.int32)
+    labels[1, 3:8, 3:8] = 5
+    probs = np.zeros(labels.shape, np.float32)
+    probs[1] = labels[1] > 0
+    probs[0, 3:8, 3:8] = 0.7                     # the lesion carried, with a hole at 0.2
+    probs[0, 5, 5] = 0.2
+    probs[2, 10:12, 10:12] = 0.9                 # a small object of the model's own
+    plain = propagated_labels(probs, labels, [1], Postprocess(0.5, labels=True))
+    np.testing.assert_array_equal(plain, merge_ids(labels, [1], probs >= 0.5))
+    assert plain[0, 5, 5] == 0 and plain[2, 10, 10] == 6
+    filled = propagated_labels(probs, labels, [1], Postprocess(0.5, 5, True, labels=True))
+    assert filled[0, 5, 5] == 5 and not filled[2].any()   # hole filled, small object dropped
+    np.testing.assert_array_equal(filled[1], labels[1])
+    connected = propagated_labels(probs, labels, [1], Postprocess(0.5, labels=True), True)
+    assert not connected[2].any() and connected[0, 4, 4] == 5
+    mask = propagated_labels(probs, labels, [1], Postprocess(0.5))
+    np.testing.assert_array_equal(mask, (plain > 0).astype(np.int32))
 
 
 @pytest.mark.parametrize("labels, slices, message", [

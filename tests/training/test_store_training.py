@@ -10,7 +10,7 @@ from napari_fmbff.inference.runtime import drain
 from napari_fmbff.model.normalization import Normalization
 from napari_fmbff.training import store_training
 from napari_fmbff.training.loop import finetune_config
-from napari_fmbff.training.propagate import PropagateRequest
+from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
 from napari_fmbff.training.requests import ModelOut, RunControl
 from napari_fmbff.training.store_training import StoreRun
 
@@ -104,12 +104,13 @@ def test_propagate_with_the_store(store, tiny_net, tmp_path):
     partial[1] = labels[1]
     before = files(store.path)
     request = PropagateRequest(image, partial, tmp_path / "p.safetensors", cfg=tiny_cfg(),
-                               base="tiny", image_name="p3")
-    gen = store_training.iter_propagate_store(tiny_net, request, store)
+                               base="tiny", image_name="p3",
+                               store=store_training.StoreCase(store))
+    gen = iter_propagate(tiny_net, request)
     next(gen)
     gen.close()  # cancelled mid-way: nothing joined the store
     assert files(store.path) == before
-    result = drain(store_training.iter_propagate_store(tiny_net, request, store))
+    result = drain(iter_propagate(tiny_net, request))
     assert result.slices == [1] and result.labels.shape == labels.shape
     np.testing.assert_array_equal(result.labels[1], partial[1])
     assert [c.name for c in store.cases()] == ["p1", "p3"]

@@ -148,3 +148,47 @@ def test_a_rethreshold_after_propagate_keeps_only_the_lesion_connected_to_the_co
     for z in (0, 2, 3):
         assert (labels.data[z][lesion] == PAINTED).all(), z   # carried, with the user's id
     assert not labels.data[3][far].any()                      # the false alarm stays out
+
+
+def test_a_rethreshold_at_propagates_settings_gives_propagates_labels(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch):
+    """One rule after a propagation (``postprocess.propagated_labels``): the re-threshold at
+    the threshold, min size and hole filling Propagate ran with writes Propagate's labels,
+    id for id, even for an object joined to the lesion only across a slice's diagonal (an
+    id of its own, counted from the user's ids as Propagate counts it)."""
+    from napari_fmbff.inference.segmenter import Segmenter
+
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    seg.threshold.value = 0.5                      # Propagate runs at Segment's threshold
+    painted = labels.data[1] == PAINTED
+    x_edge = int(np.flatnonzero(painted[30]).max())
+    beside = (30, x_edge + 1)  # on slice 2: touches the painted lesion only diagonally
+    yy, xx = np.mgrid[:64, :64]
+    core, rim = np.hypot(yy - 30, xx - 32) < 5, np.hypot(yy - 30, xx - 32) < 7
+
+    def predicted(_self, image, out=None):  # the other slices, told apart by their disk
+        z = round(float(np.mean(np.nonzero(np.asarray(image) > 128)[0]))) - 30
+        prob = np.where(core, 0.8, np.where(rim, 0.6, 0.1)).astype(np.float32)
+        if z == 2:
+            prob[beside] = 0.8
+        if z == 3:
+            prob[58:, 58:] = 0.9                   # a false alarm, connected to nothing
+        return prob
+
+    monkeypatch.setattr(Segmenter, "predict_proba", predicted)
+    _dock, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
+    tune.image.value = viewer.layers["scan"]
+    for key, value in dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
+                           new_name="scan propagated").items():
+        getattr(tune, key).value = value
+    tune.use_store.value = False
+    tune.propagate_button.native.click()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    result = last_propagation(labels)
+    assert result is not None and result.slices == [1]
+    np.testing.assert_array_equal(labels.data, result.labels)
+    assert labels.data[2][beside] not in (0, PAINTED) and not labels.data[3][58:, 58:].any()
+    seg.threshold.value = 0.7                      # the rim goes
+    assert not np.array_equal(labels.data, result.labels)
+    seg.threshold.value = 0.5                      # back at Propagate's: Propagate's labels
+    np.testing.assert_array_equal(labels.data, result.labels)

@@ -165,26 +165,22 @@ def _propagate(job: PropagateJob, stop: threading.Event):
     from ..model.registry import unique_model_path
     from ..training.propagate import PropagateRequest, iter_propagate
     from ..training.requests import RunControl
+    from ..training.store_training import StoreCase
 
     net = load_model(job.base)
     setting = intensity_setting(default_normalization(net), **job.intensity)
     out = unique_model_path(job.name)
+    about = job.case.about if job.store is not None else None
     request = PropagateRequest(
         job.volume, job.labels, out, slices=job.slices, normalization=setting, cfg=job.cfg,
         base=job.base, image_name=job.image.name, threshold=job.threshold,
         extra={"layout": "napari layers", "encoder_init": None,
-               "intensity": setting.describe()})
-    control = RunControl(should_stop=stop.is_set, keep_on_cancel=False)
-    if job.store is None:
-        steps = iter_propagate(net, request, control)
-    else:
-        from ..training.store_training import iter_propagate_store
-
-        about = job.case.about
-        steps = iter_propagate_store(net, request, job.store, CaseSource(
+               "intensity": setting.describe()},
+        store=None if job.store is None else StoreCase(job.store, CaseSource(
             source_meta=about.source_meta, spacing=about.spacing, model=about.model,
-            identity=about.identity), control)
-    result = yield from _run_until_stopped(steps, stop)
+            identity=about.identity)))
+    control = RunControl(should_stop=stop.is_set, keep_on_cancel=False)
+    result = yield from _run_until_stopped(iter_propagate(net, request, control), stop)
     if stop.is_set():
         _forget_model(out)
         return None

@@ -573,7 +573,11 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         """Labels from the kept probabilities, with no new network call (one undo step).
 
         Pixels the user painted, filled or erased keep their values; removed objects stay
-        removed; rectangles keep restricting (see ``_proposal``).
+        removed; rectangles keep restricting (see ``_proposal``). After a propagation (when
+        Propagate answered after Segment's last run) the labels follow Propagate's own rule
+        on its probabilities (``_propagated``): at the threshold, min size and hole filling
+        Propagate ran with (Segment's threshold, min size 0, no hole filling) this gives
+        exactly the labels Propagate wrote.
         """
         result = self._result
         if not result or result["labels"] not in self._viewer.layers:
@@ -581,13 +585,13 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         post = Postprocess(self.threshold.value, self.min_size.value, self.fill_holes.value,
                            labels=self.split.value, per_slice=not self.objects_3d.value)
         proposal = proposal_of(result["labels"])
-        probs = proposal.probs or result["probs"]  # Propagate's, when it answered last
-        proposals = labels_from_planes(probs, post)
-        if proposal.propagation is not None and proposal.propagation.connected:
-            proposals = _connected_only(proposals, proposal.propagation.slices, result["labels"])
-        if post.labels and proposal.n_edited:
-            proposals = _with_user_ids(proposals, proposal, result["labels"],
-                                       joined=post.joins(len(result["labels"].data.shape) - 2))
+        if proposal.propagation is not None and proposal.probs:
+            proposals = _propagated(proposal, result["labels"], post)
+        else:
+            proposals = labels_from_planes(result["probs"], post)
+            if post.labels and proposal.n_edited:
+                proposals = _with_user_ids(proposals, proposal, result["labels"],
+                                           joined=post.joins(len(result["labels"].data.shape) - 2))
         proposal.show(proposals)
         record = result["labels"].metadata.get(PROVENANCE_TAG)
         if isinstance(record, dict):  # the layer says how its current labels were made
@@ -673,21 +677,22 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
 
 
-def _connected_only(proposals: dict, slices, layer) -> dict:
-    """After a propagation, re-thresholded planes keep what Propagate keeps: the objects
-    connected in 3D to the ones on the user's labelled ``slices``
-    (``training.propagate.connected_to_user``); those slices are left as proposed."""
-    from ..training.propagate import connected_to_user
+def _propagated(proposal, layer, post: Postprocess) -> dict:
+    """The planes after a propagation (``proposal.propagation``), re-thresholded as Propagate
+    makes them (``postprocess.propagated_labels``: the same rule, so the same labels at the
+    same settings): from Propagate's probabilities (``proposal.probs``) under ``post``, the
+    slices it learned from as the layer holds them, the model's objects joined to the user's
+    ids (only those connected to them when Propagate kept only those). Objects are 3D, as
+    Propagate's; unticking "split" gives their 0/1 mask."""
+    from ..inference.postprocess import propagated_labels
 
-    order = sorted(proposals)
-    at = {index[0]: k for k, index in enumerate(order) if len(index) == 1}
-    zs = [at[z] for z in slices if z in at]
-    if len(at) != len(order) or not zs:
-        return proposals  # not one stack of planes: nothing to connect through
-    mask = np.stack([proposals[i] for i in order]) > 0
-    keep = connected_to_user(mask, np.stack([np.asarray(layer.data[i]) for i in order]), zs)
-    keep[zs] = mask[zs]
-    return {i: np.where(keep[k], proposals[i], 0) for k, i in enumerate(order)}
+    order = sorted(proposal.probs)
+    at = {index: k for k, index in enumerate(order)}
+    zs = [at[(z,)] for z in proposal.propagation.slices if (z,) in at]
+    volume = propagated_labels(np.stack([proposal.probs[i] for i in order]),
+                               np.stack([np.asarray(layer.data[i]) for i in order]), zs, post,
+                               proposal.propagation.connected)
+    return {index: volume[k] for k, index in enumerate(order)}
 
 
 def _with_user_ids(proposals: dict, proposal, layer, joined: bool) -> dict:

@@ -270,6 +270,6 @@ class StoreSection:
         is the store's latest now (promoted, or a run without the store); a model kept but
         not promoted is listed, and Segment selects the store's latest (its default)."""
         chosen = outcome.path
-        if not getattr(outcome, "promoted", True):
-            chosen = getattr(outcome, "store_latest", None) or chosen
+        if outcome.promoted is False:
+            chosen = outcome.store_latest or chosen
         model_events.saved.emit(chosen.stem)

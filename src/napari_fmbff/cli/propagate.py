@@ -61,17 +61,12 @@ def cmd_propagate(args) -> int:
     from tqdm import tqdm
 
     from ..inference.intensity import intensity_setting
+    from ..jobs.propagated import read_volume_files, write_propagated
     from ..jobs.saved_labels import run_record
     from ..model.normalization import default_normalization
     from ..training.loop import finetune_config
-    from ..training.propagate import (
-        PropagateRequest,
-        iter_propagate,
-        labelled_slices,
-        read_volume_files,
-        write_propagated,
-    )
-    from ..training.store_training import iter_propagate_store, start_model
+    from ..training.propagate import PropagateRequest, iter_propagate, labelled_slices
+    from ..training.store_training import StoreCase, start_model
 
     _check_intensity(args)
     files = read_volume_files(args.volume, args.labels)
@@ -93,12 +88,11 @@ def cmd_propagate(args) -> int:
     request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
                                normalization=setting, cfg=cfg, base=name,
                                image_name=files.stem, threshold=args.threshold,
-                               overwrite=args.overwrite, connected=not args.all_objects)
-    gen = (iter_propagate(net, request) if store is None else
-           iter_propagate_store(net, request, store, _store_source(files, args.volume,
-                                                                   proposed_by)))
+                               overwrite=args.overwrite, connected=not args.all_objects,
+                               store=None if store is None else StoreCase(
+                                   store, _store_source(files, args.volume, proposed_by)))
     with tqdm(desc="propagate", unit="step") as bar:
-        result = drain(gen, lambda step: _show_propagation(bar, step))
+        result = drain(iter_propagate(net, request), lambda step: _show_propagation(bar, step))
     outcome = result.outcome
     print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
           f"{outcome.message}", file=sys.stderr)
@@ -107,7 +101,7 @@ def cmd_propagate(args) -> int:
                         threshold=args.threshold, connected_only=not args.all_objects,
                         source=str(args.volume), labels_source=str(args.labels),
                         intensity_setting=setting.to_dict(), package_version=_version())
-    written = write_propagated(files, result, args.out, record, args.overwrite)
+    written = write_propagated(files, result.labels, args.out, record, args.overwrite)
     print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
     if store is not None:
         print(f"fmbff propagate: corrections store {store.path}: {store.summary()}",

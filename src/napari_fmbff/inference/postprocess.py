@@ -2,7 +2,9 @@
 applies it (``labels_from_planes``): threshold, holes filled, small objects dropped, objects
 numbered per plane or, in a (Z, Y, X) volume, as 3D objects. The Segment widget, ``fmbff
 segment`` on files and on CT / MR volumes, and the evaluation all go through it; the chunked
-path below takes the same settings.
+path below takes the same settings. After a propagation through a volume the rule is
+``propagated_labels`` (the user's slices verbatim, the model's objects joined to the user's
+ids), for ``fmbff propagate``, the widget's Propagate and its re-threshold alike.
 
 Masks too large for memory: connected components, small-object removal and hole filling
 with the same results as ``labels_from_proba`` on a whole 2D mask (4-connectivity, like scipy's
@@ -167,6 +169,70 @@ def join_user_ids(user_labels, user, proposed) -> np.ndarray:
     out = lut[parts].astype(np.int32)
     out[user] = user_labels[user]
     return out
+
+
+def propagated_labels(probs, labels, zs, post: Postprocess | None = None,
+                      connected: bool = False) -> np.ndarray:
+    """Probabilities -> labels after a propagation: the one rule of ``fmbff propagate``, the
+    Segment widget's Propagate and the widget's re-threshold after a propagation (the same
+    ``probs``, ``labels``, ``zs`` and settings give the same labels, id for id).
+
+    int32 labels: the slices ``zs`` of ``labels`` (the user's) verbatim; elsewhere the voxels
+    of ``probs`` at or above ``post.threshold`` (holes filled plane by plane with
+    ``post.fill_holes``), as ``merge_ids`` joins them to the user's objects (``connected``:
+    only the objects touching one; the model's objects under ``post.min_size`` voxels that
+    touch none dropped; new ids above the user's). Objects are 3D whatever
+    ``post.per_slice`` says (a lesion carried through the volume is one object);
+    ``post.labels`` False gives the 0/1 mask of those same labels."""
+    post = post or Postprocess(labels=True)
+    mask = np.asarray(probs) >= post.threshold
+    if post.fill_holes:
+        from scipy import ndimage as ndi
+
+        mask = np.stack([ndi.binary_fill_holes(plane) for plane in mask])
+    merged = merge_ids(labels, zs, mask, post.min_size, connected)
+    return merged if post.labels else (merged > 0).astype(np.int32)
+
+
+def connected_to_user(mask, labels, zs) -> np.ndarray:
+    """bool: the voxels of ``mask`` (outside the slices ``zs``) in a 3D object (26-connected,
+    with the user's labelled voxels) that touches an object the user labelled on ``zs``: the
+    lesion carried through the volume, without the model's false alarms elsewhere."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    user = np.zeros(labels.shape, bool)
+    user[zs] = True
+    mask = np.asarray(mask, bool) & ~user
+    seeds = user & (labels > 0)
+    parts, n = ndimage.label(mask | seeds, structure=np.ones((3, 3, 3), bool))
+    if not n:
+        return mask
+    keep = np.unique(parts[seeds])
+    return mask & np.isin(parts, keep[keep > 0])
+
+
+def merge_ids(labels, zs, mask, min_size: int = 0, connected: bool = False) -> np.ndarray:
+    """int32 labels: the slices ``zs`` of ``labels`` verbatim; elsewhere ``mask``'s voxels,
+    each 3D object taking the id the user gave the object it touches (``join_user_ids``),
+    new ids above the largest on ``zs`` otherwise (what ``labels`` holds on other slices
+    does not count). The model's objects under ``min_size`` voxels that touch no user object
+    are dropped first; with ``connected`` every object that touches none is dropped
+    (``connected_to_user``)."""
+    labels = np.asarray(labels)
+    user = np.zeros(labels.shape, bool)
+    user[zs] = True
+    mask = np.asarray(mask, bool) & ~user
+    if connected:
+        mask = connected_to_user(mask, labels, zs)
+    if min_size > 1:  # small objects of the model's own, unless they touch the user's
+        touching = label_volume(mask | (user & (labels > 0))) if mask.any() else None
+        small = label_volume(mask, min_size) == 0
+        if touching is not None:
+            keep = np.unique(touching[user & (labels > 0)])
+            small &= ~np.isin(touching, keep[keep > 0])
+        mask &= ~small
+    return join_user_ids(np.where(user, labels, 0), user, mask)
 
 
 def labels_from_proba(prob: np.ndarray, threshold: float = DEFAULT_THRESHOLD, min_size: int = 0,

@@ -6,8 +6,11 @@ slices, then the fine-tuned model on the other slices. When training did not cha
 model, nothing is saved and the base model segments the other slices: the result says so, and
 no model claims to have learned. A lesion keeps one id across the pixels the user painted and
 the ones the model adds (the model's voxels take the id of the user's object they touch in
-3D; objects touching none get new ids above the user's). ``fmbff propagate`` and the Segment
-widget's Propagate both run ``iter_propagate``.
+3D; objects touching none get new ids above the user's: ``postprocess.propagated_labels``,
+the rule the Segment widget's re-threshold follows after a propagation too). With the
+corrections store (``PropagateRequest.store``) the labelled slices join the store as a case
+and the model trains on all of it. ``fmbff propagate`` and the Segment widget's Propagate
+both run ``iter_propagate``; reading and writing the files is ``jobs.propagated``'s.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, propagated_labels
 from .requests import ModelOut, RunControl
+from .store_training import StoreCase, StoreRun, settle, stage, train_on_store
 
 #: What a propagation keeps of the model's voxels on the other slices: only the 3D objects that
-#: touch an object the user labelled (``connected_to_user``), i.e. the corrected lesion
+#: touch an object the user labelled (``postprocess.connected_to_user``), i.e. the corrected lesion
 #: carried through the volume. Chosen by benchmarks/interactive.py on real CT / MR: one
 #: corrected slice gives a model that also marks lesion-free slices far from the tumour, and
 #: keeping only what is connected to the correction raised the 3D Dice of the other slices
@@ -96,6 +101,8 @@ class PropagateRequest:
         overwrite: replace an existing model of that name.
         extra: more provenance keys for the model's record.
         connected: keep only the model's objects touching the user's (``KEEP_CONNECTED``).
+        store: the corrections store the labelled slices join as a case, trained on whole
+            (``store_training.StoreCase``); None: the labelled slices alone.
     """
 
     volume: Any
@@ -111,6 +118,12 @@ class PropagateRequest:
     overwrite: bool = False
     extra: Mapping = field(default_factory=dict)
     connected: bool = KEEP_CONNECTED
+    store: StoreCase | None = None
+
+    def postprocess(self) -> Postprocess:
+        """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
+        threshold = DEFAULT_THRESHOLD if self.threshold is None else self.threshold
+        return Postprocess(threshold, self.min_size, labels=True)
 
     def lineage(self, zs) -> dict:
         """The ``propagated`` record of the model: its base, the slices and the image."""
@@ -128,46 +141,73 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
 
     ``request`` (``PropagateRequest``): the volume, the user's labels, the slices to learn
     from, the recipe and the model's file; the model is saved with its lineage (base model,
-    slices and image). ``control`` (``RunControl``; default: a cancel keeps nothing): stop
-    and keep on cancel.
+    slices and image). With ``request.store`` the slices become a case of the corrections
+    store (its source defaulting to the image name, its proposing model to the base) and the
+    model trains on the whole store (``store_training.train_on_store``); the case joins the
+    store and the model is registered (``settle``) once the volume is segmented; closed or
+    failed before that, the store is as it was. ``control`` (``RunControl``; default: a
+    cancel keeps nothing): stop and keep on cancel.
     """
     from ..inference.runtime import relay
     from ..model.normalization import default_normalization
-    from .loop import finetune_config, make_items
+    from .loop import finetune_config
+
+    volume, labels, case = request.volume, request.labels, request.store
+    zs = labelled_slices(labels, len(volume), request.slices)
+    setting = request.normalization or default_normalization(net)
+    cfg = request.cfg or finetune_config()
+    out = ModelOut(request.out_model, request.describe(zs), request.base, request.overwrite,
+                   extra={"propagated": request.lineage(zs), **request.extra})
+    control = control or RunControl(keep_on_cancel=False)
+    pending = None if case is None else stage(
+        case.store, np.asarray(volume), np.asarray(labels), zs, setting,
+        case.case_source(request.image_name, request.base))
+    try:
+        training = (_train_on_slices(net, request, zs, setting, cfg, out, control)
+                    if case is None else train_on_store(
+                        net, case.store, cfg, setting, out, control,
+                        StoreRun(pending, commit=False)))
+        outcome = yield from relay(training, lambda event: ("train", event))
+        result = yield from _segment_the_others(net, outcome, request, zs,
+                                                setting.for_stack(volume))
+        if case is not None:
+            settle(case.store, outcome, pending, base=request.base, cfg=cfg)
+    except BaseException:
+        if pending is not None:
+            pending.discard()
+        raise
+    return result
+
+
+def _train_on_slices(net, request: PropagateRequest, zs, setting, cfg, out: ModelOut,
+                     control: RunControl):
+    """Generator: ``run.train_and_save`` on the slices ``zs`` of the request's volume alone
+    (yields TrainEvent; returns the Outcome); a ValueError when they hold no lesion."""
+    from .loop import make_items
     from .run import train_and_save
 
     volume, labels, name = request.volume, request.labels, request.image_name
-    zs = labelled_slices(labels, len(volume), request.slices)
-    setting = request.normalization or default_normalization(net)
-    resolved = setting.for_stack(volume)
     items = make_items([np.asarray(volume[z]) for z in zs],
-                       [np.asarray(labels[z]) > 0 for z in zs], resolved,
+                       [np.asarray(labels[z]) > 0 for z in zs], setting.for_stack(volume),
                        [f"{name or 'volume'} slice {z}" for z in zs],
                        group=name or "volume", require_lesion=False)
     if not any(item.mask.any() for item in items):
         raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
                          "one slice before propagating")
-    out = ModelOut(request.out_model, request.describe(zs), request.base, request.overwrite,
-                   extra={"propagated": request.lineage(zs), **request.extra})
-    outcome = yield from relay(train_and_save(
-        net, items, request.cfg or finetune_config(), setting, out,
-        control or RunControl(keep_on_cancel=False)), lambda event: ("train", event))
-    return (yield from finish_propagation(net, outcome, request, zs, resolved))
+    return (yield from train_and_save(net, items, cfg, setting, out, control))
 
 
-def finish_propagation(net, outcome, request: PropagateRequest, zs, normalization):
+def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalization):
     """Generator: after the training of a propagation (``outcome``), the trained model (or
     ``net`` when nothing was saved) segments the slices of ``request.volume`` not in ``zs``
-    with ``normalization`` (resolved for the volume); returns the ``PropagateResult``
-    (shared by ``iter_propagate`` and the store's propagation)."""
-    from ..inference.postprocess import DEFAULT_THRESHOLD
+    with ``normalization`` (resolved for the volume); returns the ``PropagateResult``, its
+    labels ``postprocess.propagated_labels``'s."""
     from ..inference.review import slice_uncertainty
 
     model = outcome.result.net if outcome.saved else net
     volume, labels = request.volume, request.labels
     probs = yield from _segment_others(model, volume, labels, zs, normalization)
-    threshold = DEFAULT_THRESHOLD if request.threshold is None else request.threshold
-    merged = merge_ids(labels, zs, probs >= threshold, request.min_size, request.connected)
+    merged = propagated_labels(probs, labels, zs, request.postprocess(), request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
     return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected)
@@ -187,126 +227,3 @@ def _segment_others(model, volume, labels, zs, normalization):
     for z in zs:
         probs[z] = np.asarray(labels[z]) > 0
     return probs
-
-
-def connected_to_user(mask, labels, zs) -> np.ndarray:
-    """bool: the voxels of ``mask`` (outside the slices ``zs``) in a 3D object (26-connected,
-    with the user's labelled voxels) that touches an object the user labelled on ``zs``: the
-    lesion carried through the volume, without the model's false alarms elsewhere."""
-    from scipy import ndimage
-
-    labels = np.asarray(labels)
-    user = np.zeros(labels.shape, bool)
-    user[zs] = True
-    mask = np.asarray(mask, bool) & ~user
-    seeds = user & (labels > 0)
-    parts, n = ndimage.label(mask | seeds, structure=np.ones((3, 3, 3), bool))
-    if not n:
-        return mask
-    keep = np.unique(parts[seeds])
-    return mask & np.isin(parts, keep[keep > 0])
-
-
-def merge_ids(labels, zs, mask, min_size: int = 0, connected: bool = False) -> np.ndarray:
-    """int32 labels: the slices ``zs`` of ``labels`` verbatim; elsewhere ``mask``'s voxels,
-    each 3D object taking the id the user gave the object it touches
-    (``postprocess.join_user_ids``), new ids otherwise. The model's objects under
-    ``min_size`` voxels that touch no user object are dropped first; with ``connected`` every
-    object that touches none is dropped (``connected_to_user``)."""
-    from ..inference.postprocess import join_user_ids, label_volume
-
-    labels = np.asarray(labels)
-    user = np.zeros(labels.shape, bool)
-    user[zs] = True
-    mask = np.asarray(mask, bool) & ~user
-    if connected:
-        mask = connected_to_user(mask, labels, zs)
-    if min_size > 1:  # small objects of the model's own, unless they touch the user's
-        touching = label_volume(mask | (user & (labels > 0))) if mask.any() else None
-        small = label_volume(mask, min_size) == 0
-        if touching is not None:
-            keep = np.unique(touching[user & (labels > 0)])
-            small &= ~np.isin(touching, keep[keep > 0])
-        mask &= ~small
-    return join_user_ids(labels, user, mask)
-
-
-@dataclass
-class VolumeFiles:
-    """A volume and its partial labels as read from files, and where the results go."""
-
-    data: np.ndarray            # (Z, Y, X) image
-    labels: np.ndarray          # (Z, Y, X) integer labels on the image's grid
-    stem: str                   # the input's name without its suffixes
-    volume: object = None       # data.medical.Volume of a NIfTI / DICOM input (None: TIFF)
-
-    def targets(self, out_dir) -> tuple:
-        """(labels file, its JSON record or None, model file) in ``out_dir``: the input's
-        name and format (NIfTI for NIfTI / DICOM, TIFF for a TIFF stack)."""
-        from pathlib import Path
-
-        out = Path(out_dir)
-        model = out / f"{self.stem}_propagated.safetensors"
-        if self.volume is None:
-            return out / f"{self.stem}.tif", None, model
-        return out / f"{self.stem}.nii.gz", out / f"{self.stem}.json", model
-
-
-def read_volume_files(volume_path, labels_path) -> VolumeFiles:
-    """A NIfTI / DICOM volume with NIfTI (or DICOM) labels turned onto its grid, or a TIFF
-    stack with TIFF labels of the same shape. One line for what does not fit."""
-    from pathlib import Path
-
-    from ..data.medical import is_medical, read_volume, series_name
-
-    volume_path, labels_path = Path(volume_path), Path(labels_path)
-    if is_medical(volume_path):
-        if not is_medical(labels_path):
-            raise ValueError(f"{labels_path}: the labels of a NIfTI / DICOM volume must be a "
-                             "NIfTI file (.nii, .nii.gz) on the same scan")
-        from ..data.datasets import on_image_grid
-
-        volume = read_volume(volume_path)
-        labels = on_image_grid(read_volume(labels_path), volume, labels_path, volume_path)
-        return VolumeFiles(volume.data, _label_ids(labels, labels_path),
-                           series_name(volume), volume)
-    import tifffile
-
-    data, labels = tifffile.imread(volume_path), tifffile.imread(labels_path)
-    if data.ndim != 3:
-        raise ValueError(f"{volume_path}: a stack of grey slices (Z, Y, X) is needed, got "
-                         f"shape {data.shape}")
-    if labels.shape != data.shape:
-        raise ValueError(f"{labels_path}: labels of shape {labels.shape} do not fit the image's "
-                         f"{data.shape}; give the labels of this stack")
-    from ..data.image_io import output_stem
-
-    return VolumeFiles(data, _label_ids(labels, labels_path), output_stem(volume_path))
-
-
-def _label_ids(labels, path) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or np.any(np.mod(labels, 1)):
-            raise ValueError(f"{path}: labels must be whole numbers (label ids), got fractions "
-                             "or NaN; give a labels image")
-        labels = labels.astype(np.int64)
-    if labels.dtype.kind not in "iub":
-        raise ValueError(f"{path}: labels must be whole numbers (label ids), got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{path}: labels must be 0 (background) or positive ids")
-    return labels.astype(np.int32)
-
-
-def write_propagated(files: VolumeFiles, result: PropagateResult, out_dir, record: dict,
-                     overwrite: bool = False):
-    """The whole labels volume in the input's format (NIfTI with the scan's affine and a JSON
-    record, or a TIFF with the record inside); returns the labels file."""
-    from ..data.image_io import write_image
-    from ..data.medical import write_labels_and_record
-
-    target, sidecar, _ = files.targets(out_dir)
-    if files.volume is None:
-        return write_image(target, result.labels, overwrite, provenance=record)
-    return write_labels_and_record(target, sidecar, result.labels, files.volume.ras_affine,
-                                   record, overwrite)

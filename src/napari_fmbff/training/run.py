@@ -30,6 +30,10 @@ class Outcome:
     n_train: int = 0
     n_val: int = 0
     notes: list = field(default_factory=list)
+    # A run on the corrections store (``store_training.train_on_store`` / ``settle``):
+    store_items: object = None         # store_training.StoreItems: what it trained on
+    promoted: bool | None = None       # the new model became the store's latest (None: no gate)
+    store_latest: Path | None = None   # the store's latest model once the run settled
 
     @property
     def saved(self) -> bool:
@@ -48,11 +52,16 @@ def device_name(device) -> str:
     return dev.type
 
 
-def score_summary(result) -> str:
-    """Before -> after, on held-out data when there was any, else on the training pixels."""
+#: Why a run has no held-out score, unless its caller says otherwise (``score_summary``).
+TOO_FEW_TO_HOLD_OUT = "too few corrected images to hold any out"
+
+
+def score_summary(result, why_none_held_out: str = TOO_FEW_TO_HOLD_OUT) -> str:
+    """Before -> after, on held-out data when there was any, else on the training pixels
+    (``why_none_held_out`` says why there was none)."""
     if result.validated:
         return f"held-out Dice {result.initial_dice:.3f} -> {result.best_dice:.3f}"
-    return ("no held-out score (too few corrected images to hold any out; every corrected "
+    return (f"no held-out score ({why_none_held_out}; every corrected "
             f"pixel was trained on); Dice on your corrections {result.fit_before:.3f} -> "
             f"{result.fit_after:.3f}")
 
@@ -123,7 +132,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def train_and_save(net, items, cfg, normalization, out: ModelOut,
-                   control: RunControl | None = None):
+                   control: RunControl | None = None,
+                   why_none_held_out: str = TOO_FEW_TO_HOLD_OUT):
     """Generator: yields ``TrainEvent``; returns an ``Outcome``.
 
     ``normalization``: the intensity setting the items were made with; the model stores it,
@@ -134,7 +144,8 @@ def train_and_save(net, items, cfg, normalization, out: ModelOut,
     ``out.overwrite``); ``out.training_data`` says what the model learned from (a folder, or
     the napari layers), ``out.base`` the model it started from (None: new weights),
     ``out.extra`` adds provenance keys. ``control`` (``RunControl``): stop, keep on cancel,
-    resume, checkpoints, DDP.
+    resume, checkpoints, DDP. ``why_none_held_out``: the reason the messages give when
+    nothing was held out (``score_summary``).
     """
     from .loop import iter_train, split_items
 
@@ -144,7 +155,7 @@ def train_and_save(net, items, cfg, normalization, out: ModelOut,
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
     result = yield from iter_train(net, train, val, cfg, normalization, control)
     counts = dict(n_train=len(train), n_val=len(val))
-    scores = score_summary(result)
+    scores = score_summary(result, why_none_held_out)
     if not control.is_main:
         return Outcome(result, None, "not the main process; rank 0 saves", **counts)
     if result.cancelled and not control.keep_on_cancel:

@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 
 from ..data.store import KINDS, RECORD, CaseSource, PendingCase, Store
-from .propagate import PropagateRequest
 from .requests import ModelOut, RunControl
 
 #: The newest case's share of the training samples (replay of the older cases fills the rest).
@@ -45,6 +44,8 @@ REPLAY_SHARE = 0.5
 #: A new model is promoted when its Dice on the store's earlier cases, rounded as shown
 #: (this many decimals), is at least the current latest model's.
 GATE_DECIMALS = 3
+#: Why a store run has no held-out score (its messages say so; ``run.score_summary``).
+HOLDS_NOTHING_OUT = "the store holds nothing out"
 #: Said in every store-trained model's record.
 STORE_RECIPE = ("FINETUNE_DEFAULTS with nothing held out (every stored slice is trained on); "
                 "the store's own recipe is to be chosen by benchmarks/store.py")
@@ -114,6 +115,29 @@ class StoreRun:
     commit: bool = True
     replay: bool | None = None
     hold_out: bool = False
+
+
+@dataclass(frozen=True)
+class StoreCase:
+    """The corrections store a run's labelled slices join as a new case, and what the case
+    records of its volume (``propagate.PropagateRequest.store``).
+
+    Args:
+        store: the open store (``data.store.Store``).
+        about: where the volume came from (``CaseSource``); its name, source and proposing
+            model default to the run's (``case_source``).
+    """
+
+    store: Store
+    about: CaseSource = CaseSource()
+
+    def case_source(self, name: str, model) -> CaseSource:
+        """``about`` with its defaults filled in: the source (the reader's, else ``name``),
+        the case's name ``name`` and the proposing ``model``."""
+        about = self.about
+        source = about.source or str((about.source_meta or {}).get("source") or name)
+        return replace(about, source=source, name=about.name or name,
+                       model=about.model or model)
 
 
 @dataclass
@@ -219,8 +243,12 @@ def train_on_store(net, store: Store, cfg, setting, out: ModelOut,
             **out.extra, "store": store_lineage(store, data, out.base), "n_train": data.n_slices})
         outcome = yield from run.train_and_save(
             net, data.items, cfg if store_run.hold_out else replace(cfg, val_fraction=0.0),
-            setting, out, control)
-        _store_notes(outcome, data, store_run.hold_out)
+            setting, out, control,
+            run.TOO_FEW_TO_HOLD_OUT if store_run.hold_out else HOLDS_NOTHING_OUT)
+        outcome.store_items = data
+        if data.skipped_partial:
+            outcome.notes.append(f"{data.skipped_partial} slice(s) partly the ignore label were "
+                                 "left out (training has no per-pixel ignore)")
         if not control.is_main:
             return outcome
         if pending is not None and not store_run.commit:
@@ -232,17 +260,6 @@ def train_on_store(net, store: Store, cfg, setting, out: ModelOut,
         if pending is not None:
             pending.discard()
         raise
-
-
-def _store_notes(outcome, data: StoreItems, hold_out: bool) -> None:
-    """What a store run's outcome says beyond ``run.train_and_save``'s."""
-    outcome.store_items = data
-    if not hold_out:  # run.score_summary's reason for no held-out score is not this one's
-        outcome.message = outcome.message.replace(
-            "too few corrected images to hold any out", "the store holds nothing out")
-    if data.skipped_partial:
-        outcome.notes.append(f"{data.skipped_partial} slice(s) partly the ignore label were left "
-                             "out (training has no per-pixel ignore)")
 
 
 def settle(store: Store, outcome, pending: PendingCase | None = None, *, base=None,
@@ -353,41 +370,3 @@ def keeps_case(outcome) -> bool:
     """Whether a run's new case joins the store: it ran to its end (learned or not: the
     corrections are good data), or it was cancelled but kept a model trained on them."""
     return outcome.saved or not outcome.result.cancelled
-
-
-def iter_propagate_store(net, request: PropagateRequest, store: Store,
-                         about: CaseSource | None = None, control: RunControl | None = None):
-    """Generator: ``propagate.iter_propagate`` with the store: the labelled slices of
-    ``request`` become a case (``about``: where the volume came from; its name, source and
-    proposing model default to the request's image name and base), the model trains on the
-    whole store (``train_on_store``), then segments the other slices. Yields ("train",
-    TrainEvent) then ("segment", done, total); returns the ``PropagateResult``. The case
-    joins the store once the run is done; closed or failed before that, the store is as it
-    was. ``control`` (``RunControl``; default: a cancel keeps nothing)."""
-    from ..inference.runtime import relay
-    from ..model.normalization import default_normalization
-    from .loop import finetune_config
-    from .propagate import finish_propagation, labelled_slices
-
-    volume, labels, name = request.volume, request.labels, request.image_name
-    zs = labelled_slices(labels, len(volume), request.slices)
-    setting = request.normalization or default_normalization(net)
-    cfg = request.cfg or finetune_config()
-    about = about or CaseSource()
-    about = replace(about, source=about.source or str((about.source_meta or {}).get("source")
-                                                       or name),
-                    name=about.name or name, model=about.model or request.base)
-    pending = stage(store, np.asarray(volume), np.asarray(labels), zs, setting, about)
-    try:
-        out = ModelOut(request.out_model, request.describe(zs), request.base, request.overwrite,
-                       extra={"propagated": request.lineage(zs), **request.extra})
-        outcome = yield from relay(train_on_store(
-            net, store, cfg, setting, out, control or RunControl(keep_on_cancel=False),
-            StoreRun(pending, commit=False)), lambda event: ("train", event))
-        result = yield from finish_propagation(net, outcome, request, zs,
-                                               setting.for_stack(volume))
-        settle(store, outcome, pending, base=request.base, cfg=cfg)
-    except BaseException:
-        pending.discard()
-        raise
-    return result
