@@ -17,7 +17,8 @@ committed). A simulated user, for each sequence of patients A -> B:
 3. B gets one corrected slice (its largest lesion slice) and a model is trained again, by arm:
 
    - **store**: B is added to A's store and ``train_on_store`` trains on both from the store's
-     latest model (A's), B replayed to about half the samples (``REPLAY_SHARE``);
+     latest model (A's), the cases sampled by ``--sampling`` (default: the store's, balanced
+     per case; "newest-half": B replayed to about half the samples, ``REPLAY_SHARE``);
    - **newest only**: from A's model on B's slice alone (the dock before the store): a store
      holding only B, trained from A's model, so the recipe and code are the same;
    - **starter, B alone** (reference): from ``starter`` on B's slice alone (step 1 for B).
@@ -78,6 +79,7 @@ class Bench:
         from napari_fmbff.model.normalization import default_normalization
 
         self.cache, self.work, self.recipes, self.seed = cache, work, recipes, seed
+        self.sampling = "balanced"
         self.setting = default_normalization(load_model("starter"))
         self.volumes, self.alone, self.probs = {}, {}, {}
         self.last_s = 0.0  # wall s of the last training + its scoring: what the next may take
@@ -117,7 +119,7 @@ class Bench:
                         CaseSource(source=name, name=name, model=base))
         gen = train_on_store(load_model(base), store, self.cfg(recipe), self.setting,
                              ModelOut(out, training_data=f"{name} z{top}", base=base),
-                             store_run=StoreRun(pending))
+                             store_run=StoreRun(pending, sampling=self.sampling))
         outcome = _drain(gen)
         run = {"path": outcome.path, "net": outcome.result.net, "base": base,
                "cases": outcome.store_items.cases, "replay": outcome.store_items.replay(),
@@ -242,6 +244,8 @@ def parse_args(argv):
     p.add_argument("--json", default=None, help="also write every number here")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
+    p.add_argument("--sampling", default="balanced", choices=("balanced", "newest-half"),
+                   help="how a store run samples its cases (store_training.SAMPLING)")
     p.add_argument("--procedural", type=int, default=0, metavar="N",
                    help="run the procedural sequence of N CT patients instead of the pairs")
     p.add_argument("--slices", type=int, default=20, help="procedural: slices per patient")
@@ -290,11 +294,12 @@ def main(argv=None) -> int:
     shown = {name: {k: v for k, v in vars(finetune_config(**r)).items()
                     if k in few_shot_fields()} for name, r in recipes.items()}
     print(f"# store benchmark | CPU, torch threads {args.threads or 'default'} | seed {args.seed} "
-          f"| replay share {REPLAY_SHARE} | recipe {shown[MAIN]}"
+          f"| sampling {args.sampling} (newest-half: share {REPLAY_SHARE}) | recipe {shown[MAIN]}"
           + (f" | alternative {args.alt}" if args.alt else ""))
     with tempfile.TemporaryDirectory(prefix="fmbff-store-bench-") as tmp:
         work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S") if args.work else Path(tmp)
         bench = Bench(few_shot.cache_dir(args.cache), work, recipes, args.seed)
+        bench.sampling = args.sampling
         rows, cut = [], []
         for arm, (a, b), recipe in plan(args):
             what = f"{arm} {a} -> {b} ({recipe})"
@@ -338,7 +343,8 @@ def procedural(args) -> int:
                 for k in range(args.procedural)]
     cfg = finetune_config(device="cpu", seed=args.seed, **args.overrides)
     print(f"# store benchmark, procedural | {args.procedural} patients of {args.slices} x "
-          f"{args.size} px | seed {args.seed} | threads {args.threads or 'default'} | recipe "
+          f"{args.size} px | seed {args.seed} | sampling {args.sampling} | threads "
+          f"{args.threads or 'default'} | recipe "
           f"{ {k: v for k, v in vars(cfg).items() if k in few_shot_fields()} }")
     rows, cut, last = [], [], 0.0
     with tempfile.TemporaryDirectory(prefix="fmbff-store-proc-") as tmp:
@@ -362,7 +368,7 @@ def procedural(args) -> int:
             outcome = _drain(train_on_store(
                 load_model("starter"), store, cfg, setting,
                 ModelOut(out, training_data=f"procedural patient {k + 1}", base="starter"),
-                store_run=StoreRun(pending)))
+                store_run=StoreRun(pending, sampling=args.sampling)))
             last = time.perf_counter() - wall
             net = outcome.result.net
             kept = [_volume_dice(net, v, m, setting) for v, m in patients[:k]]
@@ -442,6 +448,7 @@ def dump(path, args, recipes, rows, cut) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({
             "argv": sys.argv[1:], "threads": args.threads, "seed": args.seed,
+            "sampling": args.sampling,
             "recipes": recipes, "rows": rows, "cut": cut}, indent=1, default=str))
 
 

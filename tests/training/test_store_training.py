@@ -38,15 +38,32 @@ def store(tmp_path):
     return store
 
 
-def test_items_hold_only_labelled_slices_and_replay_the_newest(store):
+def test_items_hold_only_labelled_slices_and_sample_patients_alike(store):
+    """Balanced (the default): the case with one slice is repeated to as many samples as the
+    case with two, the same arrays; the earlier rule (newest-half) weights the new case up to
+    half the samples whatever its size."""
     image, labels = patient(2)
     pending = store_training.stage(store, image, labels, [2], Normalization())
+    first = store.cases()[0].id
     data = store_training.store_items(store, Normalization(), pending)
-    assert data.cases == [store.cases()[0].id, pending.id] and data.n_slices == 3
+    assert data.cases == [first, pending.id] and data.n_slices == 3
     newest = [item for item in data.items if item.group == pending.id]
-    assert data.repeats == 2 and len(newest) == 2 and len(data.items) == 4  # half the samples
+    assert data.repeats == {first: 1, pending.id: 2} and len(data.items) == 4
     assert newest[0] is newest[1]  # repeated, not copied
-    assert data.replay()["newest_share"] == 0.5
+    assert data.replay() == {"sampling": "balanced", "newest_case": pending.id,
+                             "repeats": {first: 1, pending.id: 2}, "newest_share": 0.5}
+    pending.discard()
+    # A whole reviewed patient (5 slices) beside the one-slice case: each gives 4-5 samples.
+    image3, labels3 = patient(3, n=5)
+    pending = store_training.stage(store, image3, labels3, [0, 1, 2, 3, 4], Normalization())
+    data = store_training.store_items(store, Normalization(), pending)
+    assert data.repeats == {first: 2, pending.id: 1}
+    share = data.replay()["newest_share"]
+    assert 0.5 <= share < 0.6  # alike, the newest not favoured beyond that
+    older = store_training.store_items(store, Normalization(), pending, "newest-half")
+    assert older.repeats == {first: 1, pending.id: 1} and older.sampling == "newest-half"
+    with pytest.raises(ValueError, match="store sampling"):
+        store_training.store_items(store, Normalization(), pending, "newest")
     pending.discard()
 
 
@@ -67,7 +84,8 @@ def test_train_on_store_adds_the_case_and_records_the_lineage(store, tiny_net, t
     prov = read_metadata(out)["provenance"]
     assert prov["store"]["cases"] == [c.id for c in store.cases()]
     assert prov["store"]["n_slices"] == 4 and prov["n_train"] == 4
-    assert prov["store"]["replay"]["repeats"] == 1 and prov["finetuned_from"] == "tiny"
+    assert set(prov["store"]["replay"]["repeats"].values()) == {1}  # 2 slices each: alike
+    assert prov["finetuned_from"] == "tiny"
     assert prov["recipe"]["val_fraction"] == 0.0  # nothing held out
     assert "trained on 2 cases, 4 corrected slices" in model_card(out)
     assert store.case(pending.id).entry.model == "tiny"

@@ -76,7 +76,7 @@ def test_fine_tune_grows_the_store_and_a_case_opens_and_is_removed(
     assert [c.name for c in store.cases()] == ["p1", "p2"]
     prov = read_metadata(widget.last_saved)["provenance"]
     assert prov["finetuned_from"] == widget.model.value == "tiny"
-    assert prov["store"]["n_cases"] == 2 and prov["store"]["replay"]["repeats"] == 1
+    assert prov["store"]["n_cases"] == 2 and set(prov["store"]["replay"]["repeats"].values()) == {1}
     assert "2 cases, 2 corrected slices" in widget.store_summary.value
     # Open the first case back into napari.
     widget.store_case.value = first.id

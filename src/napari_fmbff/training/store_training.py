@@ -10,10 +10,12 @@ from everything corrected so far.
   training_slices``); never a whole volume, never an uncorrected slice. Each case keeps the
   intensity setting it was corrected with (CT: its window), so its slices are presented as
   the model saw them.
-- **Replay**: the newest case's slices are repeated so that they make about half of the
-  samples (``REPLAY_SHARE``); the other half is every older case, so patient 2 does not
-  erase patient 1 and patient 2's corrections still count. With one case there is nothing
-  to replay.
+- **Sampling** (issue 31): patients alike. Each case's slices are repeated so that every case
+  gives about as many samples as the case with the most (``SAMPLING`` "balanced", the
+  default): a patient reviewed whole does not drown one corrected slice of another, and the
+  newest case is not favoured beyond that. The earlier rule, the newest case repeated to about
+  half the samples (``REPLAY_SHARE``, "newest-half"), chained the store towards the last
+  patient; it stays for benchmarks/store.py's comparison.
 - **Recipe**: ``FINETUNE_DEFAULTS`` (the one-image fine-tune's, measured by
   benchmarks/few_shot.py) with nothing held out: the store is the user's corrections, and a
   held-out case would be a case not learned. The recipe for a store of several patients is
@@ -39,7 +41,10 @@ import numpy as np
 from ..data.store import KINDS, RECORD, CaseSource, PendingCase, Store
 from .requests import ModelOut, RunControl
 
-#: The newest case's share of the training samples (replay of the older cases fills the rest).
+#: How a store run samples its cases: "balanced" (every case about as many samples as the
+#: largest; the default) or "newest-half" (the newest case repeated to ``REPLAY_SHARE``).
+SAMPLING = ("balanced", "newest-half")
+#: "newest-half": the newest case's share of the training samples.
 REPLAY_SHARE = 0.5
 #: A new model is promoted when its Dice on the store's earlier cases, rounded as shown
 #: (this many decimals), is at least the current latest model's.
@@ -106,14 +111,15 @@ class StoreRun:
         commit: ``pending`` joins the store when the run ends and the new model is
             registered (``settle``); False leaves that to the caller (a propagation commits
             after segmenting).
-        replay: weight the newest case up (``REPLAY_SHARE``); None: when a case is added.
+        sampling: ``SAMPLING``: "balanced" (default), or "newest-half": the newest case
+            weighted up to ``REPLAY_SHARE`` when a case is added.
         hold_out: keep ``cfg.val_fraction`` of the cases for validation (``fmbff train
             STORE``); else nothing is held out.
     """
 
     pending: PendingCase | None = None
     commit: bool = True
-    replay: bool | None = None
+    sampling: str = "balanced"
     hold_out: bool = False
 
 
@@ -148,7 +154,8 @@ class StoreItems:
     cases: list = field(default_factory=list)
     n_slices: int = 0
     newest: str | None = None
-    repeats: int = 1
+    repeats: dict = field(default_factory=dict)
+    sampling: str = "balanced"
     skipped_partial: int = 0
 
     def describe(self) -> str:
@@ -156,17 +163,19 @@ class StoreItems:
         return f"{n} case{'s' if n != 1 else ''}, {m} corrected slice{'s' if m != 1 else ''}"
 
     def replay(self) -> dict:
+        """How the cases were sampled, as the model's record keeps it: the rule, each case's
+        repeats (1: its slices once) and the newest case's share of the samples."""
         newest = sum(1 for item in self.items if item.group == self.newest)
-        return {"newest_case": self.newest, "repeats": self.repeats,
-                "newest_share": round(newest / max(1, len(self.items)), 3),
-                "target_share": REPLAY_SHARE if self.repeats > 1 else None}
+        return {"sampling": self.sampling, "newest_case": self.newest,
+                "repeats": dict(self.repeats),
+                "newest_share": round(newest / max(1, len(self.items)), 3)}
 
 
 def store_items(store: Store, setting, pending: PendingCase | None = None,
-                replay: bool = True) -> StoreItems:
+                sampling: str = "balanced") -> StoreItems:
     """Training items of every labelled slice in the store (``pending`` included), each
-    case one group with its own intensity setting; with ``replay``, the newest case's items
-    repeated to about ``REPLAY_SHARE`` of them (the same arrays: nothing is copied)."""
+    case one group with its own intensity setting, sampled by ``sampling`` (``SAMPLING``,
+    ``repeat_cases``: repeated items are the same arrays, nothing is copied)."""
     from .loop import make_items
 
     by_case: dict[str, list] = {}
@@ -188,13 +197,31 @@ def store_items(store: Store, setting, pending: PendingCase | None = None,
                          f"{store.path}: no stored slice holds a lesion; paint some labels first")
     cases = list(by_case)
     data = StoreItems(items, cases, len(items), cases[-1] if cases else None,
-                      skipped_partial=store.skipped_partial)
-    if replay and len(cases) > 1:
-        newest = [item for item in items if item.group == data.newest]
-        older = len(items) - len(newest)
-        data.repeats = max(1, round(REPLAY_SHARE / (1 - REPLAY_SHARE) * older / len(newest)))
-        data.items = items + newest * (data.repeats - 1)
+                      sampling=sampling, skipped_partial=store.skipped_partial)
+    data.repeats = repeat_cases(items, cases, sampling, newest_is_new=pending is not None)
+    data.items = [item for item in items for _ in range(data.repeats[item.group])]
     return data
+
+
+def repeat_cases(items, cases, sampling: str = "balanced", newest_is_new: bool = True) -> dict:
+    """{case: how many times its items are repeated}. "balanced": each case about as many
+    samples as the case with the most; "newest-half": the newest case (the last of
+    ``cases``, when it is a new one: ``newest_is_new``) to about ``REPLAY_SHARE`` of the
+    samples, the others once."""
+    if sampling not in SAMPLING:
+        raise ValueError(f"store sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}")
+    count = {case: sum(1 for item in items if item.group == case) for case in cases}
+    repeats = dict.fromkeys(cases, 1)
+    if len(cases) < 2:
+        return repeats
+    if sampling == "balanced":
+        most = max(count.values())
+        return {case: max(1, round(most / n)) if n else 1 for case, n in count.items()}
+    if newest_is_new:
+        newest, older = cases[-1], len(items) - count[cases[-1]]
+        repeats[newest] = max(1, round(REPLAY_SHARE / (1 - REPLAY_SHARE) * older
+                                       / max(1, count[newest])))
+    return repeats
 
 
 def _case_normalization(store: Store, case_id: str, pending, setting, planes):
@@ -235,8 +262,7 @@ def train_on_store(net, store: Store, cfg, setting, out: ModelOut,
     control, pending = control or RunControl(), store_run.pending
     try:
         store.reload()
-        data = store_items(store, setting, pending, replay=pending is not None
-                           if store_run.replay is None else store_run.replay)
+        data = store_items(store, setting, pending, store_run.sampling)
         training_data = (f"corrections store {store.path}: trained on {data.describe()}"
                          + (f"; newest: {out.training_data}" if out.training_data else ""))
         out = replace(out, training_data=training_data, extra={
