@@ -16,8 +16,9 @@ committed). A simulated user, for each sequence of patients A -> B:
 2. B opens: its 3D Dice with A's model, **before any correction** (every slice of B).
 3. B gets one corrected slice (its largest lesion slice) and a model is trained again, by arm:
 
-   - **store**: B is added to A's store and ``train_on_store`` trains on both from the store's
-     latest model (A's), the cases sampled by ``--sampling`` (default: the store's, balanced
+   - **store**: B is added to A's store and ``train_on_store`` trains on both from the base
+     (``starter``; ``--chained``: from the store's latest model, A's, as store runs did before
+     issue 31), the cases sampled by ``--sampling`` (default: the store's, balanced
      per case; "newest-half": B replayed to about half the samples, ``REPLAY_SHARE``);
    - **newest only**: from A's model on B's slice alone (the dock before the store): a store
      holding only B, trained from A's model, so the recipe and code are the same;
@@ -79,7 +80,7 @@ class Bench:
         from napari_fmbff.model.normalization import default_normalization
 
         self.cache, self.work, self.recipes, self.seed = cache, work, recipes, seed
-        self.sampling = "balanced"
+        self.sampling, self.chained = "balanced", False
         self.setting = default_normalization(load_model("starter"))
         self.volumes, self.alone, self.probs = {}, {}, {}
         self.last_s = 0.0  # wall s of the last training + its scoring: what the next may take
@@ -166,10 +167,9 @@ class Bench:
         if arm == "store":
             store_dir = self.work / f"store-{a}-{b}-{recipe}"
             shutil.copytree(first["store"], store_dir)
-            run = self.train(store_dir, b, None, recipe)  # from the store's latest: A's model
-            if Path(run["base"]).resolve() != Path(first["path"]).resolve():
-                raise SystemExit(f"the store started from {run['base']}, not A's model "
-                                 f"{first['path']}")
+            # from the base (starter) on A and B, as the Fine-tune dock does (issue 31); with
+            # --chained, from the store's latest (A's model), as store runs did before
+            run = self.train(store_dir, b, None if self.chained else "starter", recipe)
         elif arm == "newest only":
             run = self.train(self.work / f"newest-{a}-{b}-{recipe}", b, first["path"], recipe)
         else:
@@ -246,6 +246,8 @@ def parse_args(argv):
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
     p.add_argument("--sampling", default="balanced", choices=("balanced", "newest-half"),
                    help="how a store run samples its cases (store_training.SAMPLING)")
+    p.add_argument("--chained", action="store_true",
+                   help="the store arm starts from the store's latest model (A's), not starter")
     p.add_argument("--procedural", type=int, default=0, metavar="N",
                    help="run the procedural sequence of N CT patients instead of the pairs")
     p.add_argument("--slices", type=int, default=20, help="procedural: slices per patient")
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fmbff-store-bench-") as tmp:
         work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S") if args.work else Path(tmp)
         bench = Bench(few_shot.cache_dir(args.cache), work, recipes, args.seed)
-        bench.sampling = args.sampling
+        bench.sampling, bench.chained = args.sampling, args.chained
         rows, cut = [], []
         for arm, (a, b), recipe in plan(args):
             what = f"{arm} {a} -> {b} ({recipe})"
@@ -448,7 +450,7 @@ def dump(path, args, recipes, rows, cut) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({
             "argv": sys.argv[1:], "threads": args.threads, "seed": args.seed,
-            "sampling": args.sampling,
+            "sampling": args.sampling, "chained": args.chained,
             "recipes": recipes, "rows": rows, "cut": cut}, indent=1, default=str))
 
 
