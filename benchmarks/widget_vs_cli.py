@@ -83,7 +83,7 @@ def run_widget(args, out: Path) -> dict:
     tune.model.value = args.model
     tune.epochs.value = args.epochs
     tune.device.value = "cpu"
-    tune.use_store.value = False
+    tune.store.use_store.value = False
     tune.new_name.value = "bench"
     loop = QEventLoop()
     start, main_cpu = time.perf_counter(), time.thread_time()

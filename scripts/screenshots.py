@@ -140,8 +140,8 @@ def flow_picture(out: Path, volume: str, box: str) -> None:
     [layer] = viewer.open(volume, plugin="napari-fmbff")
     segment.image.value = tune.image.value = layer
     viewer.dims.set_current_step(0, prompt.z)
-    boxes, _ = segment.add_prompt_layers()
-    segment.box_engine.value = OTSU_ENGINE  # answered at once, with or without the extra
+    boxes, _ = segment.prompts.add_prompt_layers()
+    segment.prompts.box_engine.value = OTSU_ENGINE  # answered at once, with or without the extra
     x0, y0, x1, y1 = prompt.values
     z = prompt.z
     boxes.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float))
@@ -151,7 +151,7 @@ def flow_picture(out: Path, volume: str, box: str) -> None:
     tune.new_name.value = "flow-propagated"
     tune.propagate()
     until(lambda: tune._worker is None, timeout_s=1800)
-    segment.next_slice_to_check()
+    segment.review.next_slice_to_check()
     viewer.layers.selection.active = labels
     segment.native.parentWidget().raise_()
     bar = getattr(segment.native, "verticalScrollBar", None)
@@ -227,14 +227,14 @@ def day_picture(out: Path, volume: str | None, mask: str | None) -> None:
     labels = viewer.layers[f"{layer.name} fmbff"]
     before = int((labels.data[z] > 0).sum())
     viewer.dims.set_current_step(0, z)
-    boxes, _clicks = segment.add_prompt_layers(layer)
+    boxes, _clicks = segment.prompts.add_prompt_layers(layer)
     ys, xs = np.nonzero(truth[z])
     y0, y1, x0, x1 = ys.min() - 3, ys.max() + 3, xs.min() - 3, xs.max() + 3
     boxes.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], float))
     pred = labels.data[z] > 0
     print(f"slice {z}: starter marked {before} px; after the box {pred.sum()} px, Dice "
           f"{2 * (pred & truth[z]).sum() / (pred.sum() + truth[z].sum()):.2f} "
-          f"({segment.prompt_status.value})")
+          f"({segment.prompts.prompt_status.value})")
     tune.labels_layer.value = labels
     tune.new_name.value = "day-propagated"
     started = time.time()
@@ -247,7 +247,7 @@ def day_picture(out: Path, volume: str | None, mask: str | None) -> None:
     print(f"3D Dice of the other slices: {2 * (pred & true).sum() / (pred.sum() + true.sum()):.3f}"
           f" (precision {(pred & true).sum() / max(pred.sum(), 1):.2f}, recall "
           f"{(pred & true).sum() / max(true.sum(), 1):.2f}; {len(truth)} slices)")
-    pick = segment.next_slice_to_check()
+    pick = segment.review.next_slice_to_check()
     errors = [int(((labels.data[k] > 0) != truth[k]).sum()) for k in range(len(truth))]
     if pick is not None:
         k = int(pick[0])

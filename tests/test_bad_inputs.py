@@ -1099,7 +1099,7 @@ def test_bad_prompts_notify_once_and_change_nothing(case, make_napari_viewer, pr
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).integers(0, 255, shape, np.uint8), name="scan")
     widget = SegmentWidget(viewer)
-    boxes, clicks = widget.add_prompt_layers()
+    boxes, clicks = widget.prompts.add_prompt_layers()
     if "3d-display" in case:
         viewer.dims.ndisplay = 3
     before = _not_prompts(viewer)
@@ -1132,14 +1132,14 @@ def test_review_without_a_ranked_stack_notifies_and_changes_nothing(
         widget.model.value, widget.tile_size.value = "tiny", 64
         widget.run()
         qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-        assert "whole stack" in widget.uncertainty.value
+        assert "whole stack" in widget.review.uncertainty.value
     before, step = _layers(viewer), viewer.dims.current_step
-    assert widget.next_slice_to_check() is None
+    assert widget.review.next_slice_to_check() is None
     said = {"2d-image": "2D image", "current-slice-only": "run Segment on the whole stack first",
             "never-segmented": "run Segment on the whole stack first"}[case]
     assert len(prompt_notified) == 1 and said in prompt_notified[0]
     if case != "current-slice-only":  # a stack with a result may be accepted slice by slice
-        assert widget.accept_slice() is None
+        assert widget.review.accept_slice() is None
         assert len(prompt_notified) == 2 and "\n" not in prompt_notified[1]
     _same_layers(viewer, before)
     assert viewer.dims.current_step == step

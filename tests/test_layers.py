@@ -141,3 +141,49 @@ def test_layer_metadata_keys_live_in_one_module():
         found += [f"{path.name}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
                   if isinstance(n, ast.Constant) and n.value in values and id(n) not in docs]
     assert not found, found
+
+
+def test_dock_sections_are_composed_with_declared_state():
+    """A dock's sections (issue 29) are plain classes the dock holds, built against a declared
+    state (``_widgets/_state.py``): no mixin leans on attributes of its host, no class reads
+    ``self.__dict__`` (or ``vars(self)``) for state it did not declare, and a section's
+    attributes are all made in its ``__init__``."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "src" / "napari_fmbff" / "_widgets").glob("*.py")):
+        for cls in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            where = f"{path.name}:{cls.lineno} {cls.name}"
+            if "mixin" in cls.name.lower():
+                found.append(f"{where}: a mixin")
+            for node in ast.walk(cls):
+                if (isinstance(node, ast.Attribute) and node.attr == "__dict__"
+                        and isinstance(node.value, ast.Name) and node.value.id == "self") or (
+                        isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                        and node.func.id == "vars" and len(node.args) == 1
+                        and isinstance(node.args[0], ast.Name) and node.args[0].id == "self"):
+                    found.append(f"{where}:{node.lineno} reads self.__dict__")
+            if cls.name.endswith("Section"):
+                found += [f"{where}: {name} made outside __init__"
+                          for name in _made_later(cls)]
+    assert not found, "\n".join(found)
+
+
+def _made_later(cls) -> list[str]:
+    """The ``self.<name>`` a class's methods assign that its ``__init__`` does not."""
+    import ast
+
+    def assigned(function) -> set[str]:
+        targets = []
+        for node in ast.walk(function):
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for target in getattr(node, "targets", None) or [node.target]:
+                    targets += ast.walk(target)
+        return {t.attr for t in targets if isinstance(t, ast.Attribute)
+                and isinstance(t.value, ast.Name) and t.value.id == "self"}
+
+    methods = [n for n in cls.body if isinstance(n, ast.FunctionDef)]
+    init = set().union(*(assigned(m) for m in methods if m.name == "__init__"))
+    return sorted(set().union(*(assigned(m) for m in methods)) - init)

@@ -118,17 +118,17 @@ def test_a_clinicians_day(make_napari_viewer, qtbot, tiny_model, models_dir, tmp
     assert dice(labels.data[z], truth1[z]) > 0.9
 
     # Propagate: the store grows by this case and a new model learns from the store.
-    assert tune.use_store.value and tune.labels_layer.value is labels
+    assert tune.store.use_store.value and tune.labels_layer.value is labels
     for key, value in dict(model=tiny_model, intensity=WINDOW, epochs=20, lr=1e-2,
                            freeze_encoder=False, tile_size=64, batch_size=4, device="cpu",
                            new_name="day1").items():
         getattr(tune, key).value = value
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
-    store = open_store_for(tune.store_dir.value)  # its store of grey images
+    store = open_store_for(tune.store.store_dir.value)  # its store of grey images
     (case,) = store.cases()
     assert case.slices == [z] and case.entry.model == tiny_model
-    assert "1 case, 1 corrected slice" in tune.store_summary.value
+    assert "1 case, 1 corrected slice" in tune.store.store_summary.value
     latest = store.latest_model
     assert latest is not None and latest.stem == "day1" and latest.parent == models_dir
     assert "trained on 1 case, 1 corrected slice" in model_card("day1"), model_card("day1")

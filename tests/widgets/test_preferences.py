@@ -186,10 +186,10 @@ def test_the_store_folder_comes_from_the_preferences_and_a_widget_choice_is_kept
     get_plugin_settings("napari-fmbff").general.store_folder = str(chosen)
     viewer = make_napari_viewer()
     widget = FineTuneWidget(viewer)
-    assert Path(str(widget.store_dir.value)) == chosen
+    assert Path(str(widget.store.store_dir.value)) == chosen
     mine = tmp_path / "my-store"
     mine.mkdir()
-    widget.store_dir.value = str(mine)          # the user picks another folder in the dock
-    assert Path(str(FineTuneWidget(viewer).store_dir.value)) == mine
+    widget.store.store_dir.value = str(mine)  # the user picks another folder in the dock
+    assert Path(str(FineTuneWidget(viewer).store.store_dir.value)) == mine
     monkeypatch.setenv("FMBFF_STORE_DIR", str(tmp_path / "env-store"))  # the variable wins
-    assert Path(str(FineTuneWidget(viewer).store_dir.value)) == tmp_path / "env-store"
+    assert Path(str(FineTuneWidget(viewer).store.store_dir.value)) == tmp_path / "env-store"

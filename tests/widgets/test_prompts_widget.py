@@ -44,7 +44,7 @@ def prompted(make_napari_viewer, image):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="scan")
     widget = SegmentWidget(viewer)
-    boxes, clicks = widget.add_prompt_layers()
+    boxes, clicks = widget.prompts.add_prompt_layers()
     return viewer, widget, boxes, clicks
 
 
@@ -82,7 +82,7 @@ def test_clicks_refine_and_cut_and_ctrl_z_undoes_one_prompt_at_a_time(make_napar
     grown = labels.data[1].copy()
     assert set(np.unique(grown)) == {0, 1} and (grown > 0).sum() > half.sum()
     assert dice(grown > 0, disk(32, 32, 10)) > 0.8
-    widget.negative.value = True
+    widget.prompts.negative.value = True
     clicks.add([1, 32, 32])  # a negative click: its region leaves the object
     assert not bool(clicks.features["positive"].iloc[-1])
     assert (labels.data[1] > 0).sum() < 0.2 * (grown > 0).sum()
@@ -105,7 +105,7 @@ def test_shift_click_flips_the_click_and_a_click_on_background_makes_an_object(
     press(clicks, SimpleNamespace(modifiers=()))
     clicks.add([32, 32])
     assert dice(labels.data == 1, disk(32, 32, 10)) > 0.8
-    assert "object 1" in widget.prompt_status.value
+    assert "object 1" in widget.prompts.prompt_status.value
 
 
 def test_painted_pixels_survive_a_box_over_them(make_napari_viewer):
@@ -158,20 +158,20 @@ def test_next_slice_moves_the_slider_and_accepted_slices_reach_finetune(
     viewer = make_napari_viewer()
     widget = segmented_stack(viewer, qtbot)
     viewer.dims.set_current_step(0, 0)
-    assert widget.next_slice_to_check() == (3,)
+    assert widget.review.next_slice_to_check() == (3,)
     assert viewer.dims.current_step[0] == 3
-    assert "next to check: 3" in widget.uncertainty.value
+    assert "next to check: 3" in widget.review.uncertainty.value
     accepted = viewer.layers["scan fmbff"].data[3].copy()
-    assert widget.accept_slice() == (3,)
-    assert "next to check: 1" in widget.uncertainty.value
-    assert widget.next_slice_to_check() == (1,) and viewer.dims.current_step[0] == 1
+    assert widget.review.accept_slice() == (3,)
+    assert "next to check: 1" in widget.review.uncertainty.value
+    assert widget.review.next_slice_to_check() == (1,) and viewer.dims.current_step[0] == 1
     labels = viewer.layers["scan fmbff"]
     labels.brush_size = 3
     labels.paint((1, 5, 5), 4)  # slice 1 corrected by hand: the next one is another slice
-    assert widget.next_slice_to_check() not in {(1,), (3,), None}
+    assert widget.review.next_slice_to_check() not in {(1,), (3,), None}
     # A box after the run (on the background: a box never takes another object's pixels):
     # its object survives a re-threshold that empties the proposal.
-    boxes, _ = widget.add_prompt_layers()
+    boxes, _ = widget.prompts.add_prompt_layers()
     boxes.add_rectangles(rect(2, 2, 44, 18, 60))
     boxed = labels.data[2].copy()
     assert (boxed == labels.data.max()).sum() > 0
@@ -206,13 +206,13 @@ def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
     widget = SegmentWidget(viewer)
     widget.refresh_models()
     widget.model.value = "tiny"
-    assert list(widget.box_engine.choices) == ["Otsu in box (no network)"]
+    assert list(widget.prompts.box_engine.choices) == ["Otsu in box (no network)"]
     widget.model.value = "promptable"
-    assert list(widget.box_engine.choices) == ["Otsu in box (no network)", "network prompt path"]
-    widget.box_engine.value = "network prompt path"
-    boxes, _ = widget.add_prompt_layers()
+    assert list(widget.prompts.box_engine.choices) == ["Otsu in box (no network)", "network prompt path"]
+    widget.prompts.box_engine.value = "network prompt path"
+    boxes, _ = widget.prompts.add_prompt_layers()
     boxes.add_rectangles(rect(0, 16, 16, 48, 48)[:, 1:])
-    assert not prompt_notified and "Box on the image" in widget.prompt_status.value
+    assert not prompt_notified and "Box on the image" in widget.prompts.prompt_status.value
     boxes.add_rectangles(rect(0, 4, 4, 20, 20)[:, 1:])
     assert len(loads) == 1  # the second box: the kept network
 
@@ -250,7 +250,7 @@ def test_the_widget_and_the_command_line_choose_the_same_engine_for_the_same_mod
         assert main(["segment", str(tmp_path / "scan.tif"), "-o", str(out), "--model", model,
                      "--device", "cpu", "--box", "16,16,48,48"]) == 0
         engine = read_provenance(out / "scan.tif")["engine"]
-        assert widget.box_engine.value == engine == ("LiteMedSAM" if importable
+        assert widget.prompts.box_engine.value == engine == ("LiteMedSAM" if importable
                                                      else "Otsu in box (no network)")
 
 
@@ -261,16 +261,16 @@ def test_box_engine_lists_litemedsam_first_when_it_can_be_imported(
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(n=1)[0], name="scan")
     widget = SegmentWidget(viewer)
-    assert "LiteMedSAM" not in widget.box_engine.choices  # not importable (autouse)
+    assert "LiteMedSAM" not in widget.prompts.box_engine.choices  # not importable (autouse)
     monkeypatch.setattr(litemedsam, "available", lambda: True)
-    widget.box_engine.reset_choices()
-    assert set(widget.box_engine.choices) == {"LiteMedSAM", "Otsu in box (no network)"}
+    widget.prompts.box_engine.reset_choices()
+    assert set(widget.prompts.box_engine.choices) == {"LiteMedSAM", "Otsu in box (no network)"}
     fresh = SegmentWidget(viewer)  # a new widget: LiteMedSAM first, the default
-    assert list(fresh.box_engine.choices) == ["LiteMedSAM", "Otsu in box (no network)"]
-    assert fresh.box_engine.value == "LiteMedSAM"
+    assert list(fresh.prompts.box_engine.choices) == ["LiteMedSAM", "Otsu in box (no network)"]
+    assert fresh.prompts.box_engine.value == "LiteMedSAM"
     monkeypatch.setattr(litemedsam, "available", lambda: False)
-    widget.box_engine.reset_choices()
-    assert list(widget.box_engine.choices) == ["Otsu in box (no network)"]
+    widget.prompts.box_engine.reset_choices()
+    assert list(widget.prompts.box_engine.choices) == ["Otsu in box (no network)"]
 
 
 def test_without_litemedsam_boxes_use_otsu_and_one_notification_says_why(
@@ -280,7 +280,7 @@ def test_without_litemedsam_boxes_use_otsu_and_one_notification_says_why(
     monkeypatch.setattr("napari_fmbff._widgets._prompts.show_warning", warned.append)
     viewer, widget, boxes, _ = prompted(make_napari_viewer, disk_stack(
         disks=((20, 20, 9), (44, 44, 10))))
-    assert widget.box_engine.value == "Otsu in box (no network)"
+    assert widget.prompts.box_engine.value == "Otsu in box (no network)"
     boxes.add_rectangles(rect(1, 8, 8, 32, 32))
     boxes.add_rectangles(rect(1, 30, 30, 58, 58))
     labels = viewer.layers["scan fmbff"]
@@ -296,20 +296,20 @@ def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
     viewer.add_image(disk_stack(disks=((20, 20, 9), (44, 44, 10))), name="scan")
     widget = SegmentWidget(viewer)
     widget.device.value = "cpu"
-    assert widget.box_engine.value == "LiteMedSAM"  # the default
+    assert widget.prompts.box_engine.value == "LiteMedSAM"  # the default
     encoded, ranges = [], []
     hook = litemedsam.model("cpu").image_encoder.register_forward_hook(
         lambda *_: encoded.append(1))
     real_range = litemedsam.volume_range
     monkeypatch.setattr(litemedsam, "volume_range",
                         lambda *a: ranges.append(a) or real_range(*a))
-    boxes, clicks = widget.add_prompt_layers()
+    boxes, clicks = widget.prompts.add_prompt_layers()
     boxes.add_rectangles(rect(1, 8, 8, 32, 32))
     boxes.add_rectangles(rect(1, 30, 30, 58, 58))  # drawn while the first is answered
     labels = viewer.layers["scan fmbff"]
     assert not labels.data.any()  # not answered in the main thread: the window stays free
-    assert "LiteMedSAM" in widget.prompt_status.value
-    qtbot.waitUntil(lambda: widget._box_worker is None and not widget._box_queue
+    assert "LiteMedSAM" in widget.prompts.prompt_status.value
+    qtbot.waitUntil(lambda: widget.prompts._box_worker is None and not widget.prompts._box_queue
                     and labels.data.max() == 2, timeout=WAIT_MS)
     assert dice(labels.data[1] == 1, disk(20, 20, 9)) > 0.8
     assert dice(labels.data[1] == 2, disk(44, 44, 10)) > 0.8
@@ -317,11 +317,11 @@ def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
     assert len(encoded) == 1  # two boxes on one slice: the slice encoded once
     assert len(ranges) == 1 and ranges[0][0].shape == (3, SIZE, SIZE)  # the volume's, once
     assert not labels.data[0].any() and not labels.data[2].any()
-    assert proposal_of(labels).corrected((1,)) and "object 2" in widget.prompt_status.value
+    assert proposal_of(labels).corrected((1,)) and "object 2" in widget.prompts.prompt_status.value
     labels.undo()  # one undo step per box
     assert set(np.unique(labels.data)) == {0, 1}
     clicks.add([2, 44, 44])  # a click: Otsu around it, at once (LiteMedSAM takes boxes only)
     assert dice(labels.data[2] == 2, disk(44, 44, 10)) > 0.8
     boxes.add_rectangles(rect(1, 8, 8, 8, 32))  # zero area: refused at once, in one line
     assert len(prompt_notified) == 1 and "zero area" in prompt_notified[0]
-    assert widget._box_worker is None and not widget._box_queue
+    assert widget.prompts._box_worker is None and not widget.prompts._box_queue

@@ -27,7 +27,7 @@ def test_propagate_worker_keeps_a_cpu_free_for_the_window(make_napari_viewer, qt
     for key, value in dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
                            new_name="scan propagated").items():
         getattr(tune, key).value = value
-    tune.use_store.value = False
+    tune.store.use_store.value = False
     # An idle 8-CPU machine, and torch's thread setting recorded rather than applied.
     monkeypatch.setattr(runtime, "_cpus_busy_elsewhere", lambda: 0.0)
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)),

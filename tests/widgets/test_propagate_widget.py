@@ -181,7 +181,7 @@ def test_a_rethreshold_at_propagates_settings_gives_propagates_labels(
     for key, value in dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
                            new_name="scan propagated").items():
         getattr(tune, key).value = value
-    tune.use_store.value = False
+    tune.store.use_store.value = False
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)

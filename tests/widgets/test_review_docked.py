@@ -33,18 +33,18 @@ def test_next_slice_to_check_moves_the_slider_from_the_plugin_dock(make_napari_v
     monkeypatch.setattr("napari_fmbff._widgets._review.show_error", errors.append)
     viewer = make_napari_viewer()
     widget = docked_whole_stack(viewer, qtbot)
-    assert "Segment the whole stack" not in widget.uncertainty.value
+    assert "Segment the whole stack" not in widget.review.uncertainty.value
     # one slice made clearly the most doubtful, so the slider has somewhere to go
     probs = widget._result["probs"]
     for index in probs:
         probs[index] = np.where(probs[index] >= 0.5, 0.99, 0.01).astype(np.float32)
     probs[(3,)][:40] = 0.5
-    widget._uncertainty = None
+    widget.review._ranked = None
     viewer.dims.set_current_step(0, 0)
-    widget.next_button.native.click()  # the user's click on "Next slice to check"
+    widget.review.next_button.native.click()  # the user's click on "Next slice to check"
     assert errors == []
     assert viewer.dims.current_step[0] == 3
-    assert "next to check: 3" in widget.uncertainty.value
+    assert "next to check: 3" in widget.review.uncertainty.value
 
 
 def test_accept_slice_from_the_plugin_dock_moves_review_on(make_napari_viewer, qtbot,
@@ -52,8 +52,8 @@ def test_accept_slice_from_the_plugin_dock_moves_review_on(make_napari_viewer, q
     viewer = make_napari_viewer()
     widget = docked_whole_stack(viewer, qtbot, n=3)
     viewer.dims.set_current_step(0, 1)
-    widget.accept_button.native.click()
-    assert "1/3 corrected or accepted" in widget.uncertainty.value
-    first = widget.next_slice_to_check()
+    widget.review.accept_button.native.click()
+    assert "1/3 corrected or accepted" in widget.review.uncertainty.value
+    first = widget.review.next_slice_to_check()
     assert first is not None and first != (1,)
     assert viewer.dims.current_step[0] == first[0]

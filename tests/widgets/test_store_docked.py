@@ -71,20 +71,20 @@ def test_grey_then_rgb_each_fine_tune_lands_in_its_own_store(make_napari_viewer,
     grey_patient(viewer, "ct", seed=1)
     rgb_photo(viewer, "polyp", seed=2)
     tune = docked_fine_tune(viewer, tiny_model)
-    folder = tune.store_dir.value
-    assert tune.use_store.value  # the default
+    folder = tune.store.store_dir.value
+    assert tune.store.use_store.value  # the default
     started = fine_tune(tune, viewer, "ct", qtbot)
     assert f"{folder}/grey (grey images)" in started
-    assert f"In use: {folder}/grey (grey images)" in tune.store_summary.value
+    assert f"In use: {folder}/grey (grey images)" in tune.store.store_summary.value
     started = fine_tune(tune, viewer, "polyp", qtbot)  # the default settings again
     assert f"{folder}/rgb (rgb images)" in started
-    assert f"In use: {folder}/rgb (rgb images)" in tune.store_summary.value
+    assert f"In use: {folder}/rgb (rgb images)" in tune.store.store_summary.value
     grey, rgb = open_store_for(folder), open_store_for(folder, rgb=True)
     assert [c.name for c in grey.cases()] == ["ct"] and [c.name for c in rgb.cases()] == ["polyp"]
     assert grey.kind == "grey" and rgb.kind == "rgb"
     assert rgb.latest_model == tune.last_saved.resolve()
     tune.image.value = viewer.layers["ct"]  # the dock follows the image's kind
-    assert f"In use: {folder}/grey (grey images)" in tune.store_summary.value
+    assert f"In use: {folder}/grey (grey images)" in tune.store.store_summary.value
 
 
 def test_a_case_whose_files_are_gone_is_dropped_with_one_warning(make_napari_viewer, qtbot,
@@ -108,9 +108,9 @@ def test_a_case_whose_files_are_gone_is_dropped_with_one_warning(make_napari_vie
     tune = docked_fine_tune(viewer, tiny_model)
     (line,) = warned
     assert lost in line and "lost scan" in line and "dropped" in line
-    assert "1 case, 1 corrected slice" in tune.store_summary.value
+    assert "1 case, 1 corrected slice" in tune.store.store_summary.value
     fine_tune(tune, viewer, "ct", qtbot)  # no dead end
-    assert [c.name for c in open_store_for(tune.store_dir.value).cases()] == ["kept scan", "ct"]
+    assert [c.name for c in open_store_for(tune.store.store_dir.value).cases()] == ["kept scan", "ct"]
     assert len(warned) == 1
 
 
@@ -123,7 +123,7 @@ def test_the_store_run_uses_the_base_model_the_dock_shows(make_napari_viewer, qt
     viewer = make_napari_viewer()
     grey_patient(viewer, "ct", seed=1)
     tune = docked_fine_tune(viewer, tiny_model)
-    store = open_store_for(tune.store_dir.value)
+    store = open_store_for(tune.store.store_dir.value)
     store.add_case(*disk_case(), [1], name="earlier")
     store.record_model(constant_model(tiny_net, models_dir / "other.safetensors", 50.0))
     newer = models_dir / "newer.safetensors"
@@ -131,16 +131,16 @@ def test_the_store_run_uses_the_base_model_the_dock_shows(make_napari_viewer, qt
     staging = store_training.stage
 
     def another_process_promotes_meanwhile(*args, **kwargs):
-        open_store_for(tune.store_dir.value).record_model(newer)
+        open_store_for(tune.store.store_dir.value).record_model(newer)
         return staging(*args, **kwargs)
 
     monkeypatch.setattr(store_training, "stage", another_process_promotes_meanwhile)
-    tune.refresh_store()
-    assert "latest model 'other'" in tune.store_summary.value and tune.model.value == "tiny"
+    tune.store.refresh_store()
+    assert "latest model 'other'" in tune.store.store_summary.value and tune.model.value == "tiny"
     started = fine_tune(tune, viewer, "ct", qtbot)
     assert "from 'tiny'" in started
     assert read_metadata(tune.last_saved)["provenance"]["finetuned_from"] == "tiny"
-    assert open_store_for(tune.store_dir.value).record.models[-1].base == "tiny"
+    assert open_store_for(tune.store.store_dir.value).record.models[-1].base == "tiny"
 
 
 def test_a_model_worse_than_the_latest_is_not_promoted_and_the_dock_says_so(
@@ -151,13 +151,13 @@ def test_a_model_worse_than_the_latest_is_not_promoted_and_the_dock_says_so(
     constant_model(tiny_net, models_dir / "nothing.safetensors", -50.0)
     _, seg = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     tune = docked_fine_tune(viewer, "nothing")
-    store = open_store_for(tune.store_dir.value)
+    store = open_store_for(tune.store.store_dir.value)
     store.add_case(*disk_case(), [1], name="earlier")
     store.record_model(everything)
     seg.model.value = "nothing"
     fine_tune(tune, viewer, "ct", qtbot)
     assert "not promoted" in tune.status.value and "'everything'" in tune.status.value
-    store = open_store_for(tune.store_dir.value)
+    store = open_store_for(tune.store.store_dir.value)
     assert store.latest_model == everything.resolve()  # still the store's latest
     assert store.record.models[-1].promoted is False
     assert store.record.models[-1].path == str(tune.last_saved.resolve())  # registered

@@ -59,45 +59,45 @@ def test_fine_tune_grows_the_store_and_a_case_opens_and_is_removed(
     stack1, _ = add_patient(viewer, "p1", seed=1, painted_slice=1)
     add_patient(viewer, "p2", seed=2, painted_slice=2)
     widget = FineTuneWidget(viewer)
-    assert widget.use_store.value and str(widget.store_dir.value) == os.environ["FMBFF_STORE_DIR"]
+    assert widget.store.use_store.value and str(widget.store.store_dir.value) == os.environ["FMBFF_STORE_DIR"]
     for key, value in dict(model=tiny_model, epochs=1, tile_size=64, batch_size=2,
                            device="cpu", slices="all slices with labels").items():
         getattr(widget, key).value = value
     fine_tune(widget, viewer, "p1", qtbot)
-    store = open_store(widget.store_dir.value)
+    store = open_store(widget.store.store_dir.value)
     (first,) = store.cases()
     assert first.slices == [1] and first.name == "p1"
-    assert "1 case, 1 corrected slice" in widget.store_summary.value
+    assert "1 case, 1 corrected slice" in widget.store.store_summary.value
     assert store.latest_model == widget.last_saved.resolve()
     # The next patient: its fine-tune starts from the base model the dock shows and learns
     # both cases.
     fine_tune(widget, viewer, "p2", qtbot)
-    store = open_store(widget.store_dir.value)
+    store = open_store(widget.store.store_dir.value)
     assert [c.name for c in store.cases()] == ["p1", "p2"]
     prov = read_metadata(widget.last_saved)["provenance"]
     assert prov["finetuned_from"] == widget.model.value == "tiny"
     assert prov["store"]["n_cases"] == 2 and set(prov["store"]["replay"]["repeats"].values()) == {1}
-    assert "2 cases, 2 corrected slices" in widget.store_summary.value
+    assert "2 cases, 2 corrected slices" in widget.store.store_summary.value
     # Open the first case back into napari.
-    widget.store_case.value = first.id
-    widget.open_case_button.native.click()
+    widget.store.store_case.value = first.id
+    widget.store.open_case_button.native.click()
     image, labels = viewer.layers[-2], viewer.layers[-1]
     np.testing.assert_array_equal(image.data, stack1)
     assert labels.data[1].any() and not labels.data[[0, 2]].any()
     # Remove it: Cancel keeps it, Yes removes it.
     asked, answers = questions
     answers += [QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Yes]
-    widget.remove_case_button.native.click()
-    assert len(open_store(widget.store_dir.value).cases()) == 2
-    widget.remove_case_button.native.click()
-    assert [c.name for c in open_store(widget.store_dir.value).cases()] == ["p2"]
-    assert first.id not in widget.store_case.choices
-    assert "1 case" in widget.store_summary.value and "last case" not in asked[-1]
+    widget.store.remove_case_button.native.click()
+    assert len(open_store(widget.store.store_dir.value).cases()) == 2
+    widget.store.remove_case_button.native.click()
+    assert [c.name for c in open_store(widget.store.store_dir.value).cases()] == ["p2"]
+    assert first.id not in widget.store.store_case.choices
+    assert "1 case" in widget.store.store_summary.value and "last case" not in asked[-1]
     # The last case: the dialog says the store will be empty.
-    widget.store_case.value = next(c for c in widget.store_case.choices if c)
+    widget.store.store_case.value = next(c for c in widget.store.store_case.choices if c)
     answers.append(QMessageBox.StandardButton.Yes)
-    widget.remove_case_button.native.click()
-    assert "last case" in asked[-1] and open_store(widget.store_dir.value).cases() == []
+    widget.store.remove_case_button.native.click()
+    assert "last case" in asked[-1] and open_store(widget.store.store_dir.value).cases() == []
 
 
 def test_store_off_trains_on_this_image_only(make_napari_viewer, qtbot, tiny_model, models_dir):
@@ -107,10 +107,10 @@ def test_store_off_trains_on_this_image_only(make_napari_viewer, qtbot, tiny_mod
     for key, value in dict(model=tiny_model, epochs=1, tile_size=64, batch_size=2,
                            device="cpu", slices="all slices with labels").items():
         getattr(widget, key).value = value
-    widget.use_store.value = False
-    assert not widget.store_dir.enabled and "not used" in widget.store_summary.value
+    widget.store.use_store.value = False
+    assert not widget.store.store_dir.enabled and "not used" in widget.store.store_summary.value
     fine_tune(widget, viewer, "p1", qtbot)
-    assert open_store(widget.store_dir.value).cases() == []
+    assert open_store(widget.store.store_dir.value).cases() == []
     assert "store" not in read_metadata(widget.last_saved)["provenance"]
 
 
@@ -128,8 +128,8 @@ def test_a_store_folder_that_is_a_file_is_one_line(make_napari_viewer, tiny_mode
     widget.labels_layer.value = viewer.layers["p1 corrections"]
     widget.slices.value = "all slices with labels"
     (tmp_path / "file").write_text("x")
-    widget.store_dir.value = str(tmp_path / "file")
-    assert "a file is in the way" in widget.store_summary.value
+    widget.store.store_dir.value = str(tmp_path / "file")
+    assert "a file is in the way" in widget.store.store_summary.value
     assert widget.run() is None and "a file is in the way" in errors[-1]
     assert store_module.STORE_CASE_TAG  # the tag a re-opened case carries
 
@@ -138,9 +138,9 @@ def test_the_store_rows_tooltips_come_from_the_tooltips_module(make_napari_viewe
     from napari_fmbff._widgets._tooltips import TOOLTIPS, tooltip
 
     widget = FineTuneWidget(make_napari_viewer())
-    nested = {id(field) for field in widget.store_row}
+    nested = {id(field) for field in widget.store.store_row}
     for name in TOOLTIPS["store"]:
-        field = getattr(widget, name)
+        field = getattr(widget.store, name)
         assert id(field) in nested and field.tooltip == tooltip("store", name)
 
 
@@ -161,7 +161,7 @@ def test_a_multiscale_image_is_refused_by_the_store_in_one_line(make_napari_view
     widget.labels_layer.value = labels
     widget.slices.value = "all slices with labels"
     assert widget.run() is None and "multiscale" in errors[-1] and "untick" in errors[-1]
-    assert open_store(widget.store_dir.value).cases() == []
+    assert open_store(widget.store.store_dir.value).cases() == []
 
 
 def test_propagate_adds_the_corrected_slice_and_a_cancel_adds_nothing(
@@ -174,11 +174,11 @@ def test_propagate_adds_the_corrected_slice_and_a_cancel_adds_nothing(
     qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
     widget.cancel_button.native.click()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
-    assert open_store(widget.store_dir.value).cases() == []  # as it was
+    assert open_store(widget.store.store_dir.value).cases() == []  # as it was
     widget.epochs.value = 1
     widget.propagate_button.native.click()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
-    (case,) = open_store(widget.store_dir.value).cases()
+    (case,) = open_store(widget.store.store_dir.value).cases()
     assert case.slices == [1] and case.name == "scan" and case.entry.model == "tiny"
-    assert "1 case, 1 corrected slice" in widget.store_summary.value
+    assert "1 case, 1 corrected slice" in widget.store.store_summary.value
     assert read_metadata(widget.last_saved)["provenance"]["store"]["cases"] == [case.id]

@@ -41,7 +41,7 @@ def segment_all(widget, qtbot, threshold=0.0):
 
 
 def box_on_slice(viewer, widget, z):
-    boxes, _clicks = widget.add_prompt_layers()
+    boxes, _clicks = widget.prompts.add_prompt_layers()
     viewer.dims.set_current_step(0, z)
     boxes.add_rectangles(rect(z, 16, 16, 48, 48))
     return viewer.layers["scan fmbff"]
@@ -66,7 +66,7 @@ def test_segment_then_box_leaves_the_slice_the_box_alone_leaves(make_napari_view
     assert 0.8 < (labels_a.data[1] > 0).sum() / disk(32, 32, 10).sum() < 1.25
     # The other slices keep Segment's answer; one Ctrl-Z brings the whole slice back.
     np.testing.assert_array_equal(labels_a.data[[0, 2, 3]], before[[0, 2, 3]])
-    assert "cleared" in seg_a.prompt_status.value
+    assert "cleared" in seg_a.prompts.prompt_status.value
     labels_a.undo()
     np.testing.assert_array_equal(labels_a.data, before)
     # What Propagate would learn is the slice as shown: the box's object only.
@@ -88,7 +88,7 @@ def test_a_click_confirms_the_object_under_it_and_clears_the_others(make_napari_
     labels.data[1][disk(20, 20, 9)] = 1
     labels.data[1][disk(44, 44, 9)] = 2
     proposal = proposal_of(labels)
-    _boxes, clicks = widget.add_prompt_layers()
+    _boxes, clicks = widget.prompts.add_prompt_layers()
     viewer.dims.set_current_step(0, 1)
     clicks.add([1, 20, 20])  # a positive click on object 1
     assert (labels.data[1][disk(20, 20, 9)] == 1).all()
@@ -120,12 +120,12 @@ def test_a_box_on_your_own_object_notifies_and_replace_redraws_it(make_napari_vi
     boxes.add_rectangles(rect(1, 16, 16, 48, 48))  # a box inside the painted object
     np.testing.assert_array_equal(labels.data[1], painted)  # nothing written...
     assert len(said) == 1 and "Replace" in said[0]  # ...and said where the user looks
-    assert not widget.replace_button.native.isHidden()  # offered
-    assert widget.replace_under_box() > 0
+    assert not widget.prompts.replace_button.native.isHidden()  # offered
+    assert widget.prompts.replace_under_box() > 0
     redrawn = labels.data[1]
     assert set(np.unique(redrawn)) == {0, 5}  # the object keeps its id, redrawn from the box
     assert 0.8 < (redrawn == 5).sum() / disk(32, 32, 10).sum() < 1.25
-    assert widget.replace_button.native.isHidden()
+    assert widget.prompts.replace_button.native.isHidden()
 
 
 def test_a_box_on_an_erased_slice_notifies_and_replace_writes_it(make_napari_viewer, qtbot,
@@ -140,7 +140,7 @@ def test_a_box_on_an_erased_slice_notifies_and_replace_writes_it(make_napari_vie
     labels.fill((1, 5, 5), 0)  # the user erases slice 1 with the bucket
     box_on_slice(viewer, widget, 1)
     assert not labels.data[1].any() and len(said) == 1  # the erasure stands, and it is said
-    assert widget.replace_under_box() > 0
+    assert widget.prompts.replace_under_box() > 0
     assert 0.8 < (labels.data[1] > 0).sum() / disk(32, 32, 10).sum() < 1.25
     labels.undo()  # Replace is one undo step
     assert not labels.data[1].any()
@@ -164,7 +164,7 @@ def test_an_erased_slice_is_refused_unless_accepted_as_lesion_free(make_napari_v
     with pytest.raises(ValueError, match="slice 2"):
         tune._training_selection()  # Fine-tune on "slices you corrected" refuses it too
     # The user says slice 2 is lesion-free, and gives the lesion on slice 1 with a box.
-    segment.accept_slice()
+    segment.review.accept_slice()
     box_on_slice(viewer, segment, 1)
     job = tune._propagation_job()
     assert job.slices == [1, 2] and not job.labels[2].any() and job.labels[1].any()
@@ -181,7 +181,7 @@ def test_the_day_fits_one_screen_and_segment_is_in_front(make_napari_viewer, qtb
     assert not segment.advanced.isExpanded()
     assert segment.tile_size.native.visibleRegion().isEmpty()  # collapsed: not on screen
     viewport = segment.native.viewport()
-    for button in (segment.run_button, segment.next_button, segment.accept_button):
+    for button in (segment.run_button, segment.review.next_button, segment.review.accept_button):
         bottom = button.native.mapTo(viewport, button.native.rect().bottomLeft()).y()
         assert 0 < bottom <= viewport.height(), (button.text, bottom, viewport.height())
 
@@ -195,9 +195,9 @@ def test_accept_the_rest_makes_the_whole_reviewed_stack_training_data(make_napar
     tune = docked(viewer, "Fine-tune")
     labels = box_on_slice(viewer, segment, 1)  # one slice corrected by a box
     assert [p for p in tune._training_selection()[2]] == [(1,)]
-    segment.accept_rest_button.changed.emit(True)  # the button, as a click sends it
-    assert "3 slice(s) accepted" in segment.uncertainty.value
+    segment.review.accept_rest_button.changed.emit(True)  # the button, as a click sends it
+    assert "3 slice(s) accepted" in segment.review.uncertainty.value
     data, layer, planes = tune._training_selection()
     assert planes == [(0,), (1,), (2,), (3,)] and layer is not None
-    job = tune.store_job(data, labels, planes)
+    job = tune.store.store_job(data, labels, planes)
     assert job.slices == [0, 1, 2, 3]  # the store's case holds the whole reviewed stack

@@ -53,7 +53,8 @@ from ._common import (
 from ._proposal import proposal_of
 from ._segment import PROVENANCE_TAG
 from ._settings import apply_saved_models_folder, remember_fields
-from ._store import StoreSection
+from ._state import FineTuneState, dock_fields
+from ._store import StoreSection, announce_model
 from ._tooltips import tooltip
 from ._writers import carry_scan
 
@@ -238,20 +239,21 @@ def last_propagation(layer):
     return proposal_of(layer).propagation
 
 
-#: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections);
-#: the live training plot comes below them.
+#: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections,
+#: or by the store section, which declares its own); the live training plot comes below them.
 FINETUNE_LAYOUT = (
     "image", "labels_layer", "model", "intensity", "intensity_low", "intensity_high",
     "slices", "epochs", "lr", "freeze_encoder", "val_fraction", "tile_size", "batch_size",
-    "device", "new_name", "keep_on_cancel", "store_dir", "use_store", "store_row",
-    "store_summary", "run_button", "propagate_button", "cancel_button",
+    "device", "new_name", "keep_on_cancel", *StoreSection.FIELDS,
+    "run_button", "propagate_button", "cancel_button",
     "progress",
     "status", "restore_button",
 )
 
 
-class FineTuneWidget(StoreSection, Container):
-    """Fine-tune a model on an image and its corrected Labels layer."""
+class FineTuneWidget(Container):
+    """Fine-tune a model on an image and its corrected Labels layer; the corrections store's
+    section (``store``, ``_store.StoreSection``) keeps them and trains on all of them."""
 
     def __init__(self, napari_viewer) -> None:
         d = finetune_widget_defaults()
@@ -270,8 +272,11 @@ class FineTuneWidget(StoreSection, Container):
         self._create_output_section(d)
         self._create_run_controls_section()
         self._create_settings_section()
-        self._create_store_section()
-        super().__init__(widgets=[getattr(self, name) for name in FINETUNE_LAYOUT])
+        self.store = StoreSection(FineTuneState(
+            viewer=napari_viewer, image=self.image, model=self.model,
+            keep_on_cancel=self.keep_on_cancel, stop=self._stop, dock=lambda: self.native,
+            closed=lambda: self._closed))
+        super().__init__(widgets=dock_fields(self, FINETUNE_LAYOUT, (self.store,)))
         self._canvas, self._axes = self._make_plot()
         if self._canvas is not None:
             self.native.layout().addWidget(self._canvas)
@@ -343,7 +348,7 @@ class FineTuneWidget(StoreSection, Container):
         model_events.saved.connect(self._on_model_saved)
         model_events.folder_changed.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
-        self._connect_store()
+        self.store.connect()
 
     # ---- the labels to learn from ----------------------------------------------------------
 
@@ -443,9 +448,9 @@ class FineTuneWidget(StoreSection, Container):
             intensity = intensity_choice(self, image)
             stack = data if len(spatial_shape(data.shape, image.rgb)) > 2 else None
             cfg = self._config()
-            store = self.store_for_run()
+            store = self.store.store_for_run()
             if store is not None:
-                job = self.store_job(data, labels, planes)
+                job = self.store.store_job(data, labels, planes)
             else:
                 images = [np.asarray(plane_of(data, i)) for i in planes]
                 masks = [np.asarray(plane_of(labels.data, i)) > 0 for i in planes]
@@ -458,14 +463,14 @@ class FineTuneWidget(StoreSection, Container):
             show_error(f"napari-fmbff: {err}")
             return None
         source = f"'{self.image.value.name}' + '{self.labels_layer.value.name}'"
-        worker = (self.start_store_fine_tune(store, job, cfg, name, intensity) if store else
+        worker = (self.store.start_store_fine_tune(store, job, cfg, name, intensity) if store else
                   _fine_tune(FineTuneJob(self.model.value, images, masks, cfg, name,
                                          self.keep_on_cancel.value, source, intensity, stack),
                              self._stop))
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
         return self._start(worker, "fine-tuning", f"Fine-tuning on {len(planes)} slice(s)"
-                           + (self.store_status(store) if store else "") + "...")
+                           + (self.store.store_status(store) if store else "") + "...")
 
     def _config(self):
         """The fine-tuning recipe from the widget's fields (a ValueError if no base model)."""
@@ -541,7 +546,7 @@ class FineTuneWidget(StoreSection, Container):
             return
         self.last_saved = outcome.path
         show_info(f"napari-fmbff: {outcome.message} ({outcome.path})")
-        self.announce_model(outcome)
+        announce_model(outcome)
 
     def _on_errored(self, err, what: str = "fine-tuning") -> None:
         if not self._closed:
@@ -552,7 +557,7 @@ class FineTuneWidget(StoreSection, Container):
         self._worker = None
         if not self._closed:
             self._set_running(False)
-            self.refresh_store()
+            self.store.refresh_store()
 
 
     # ---- propagate through the volume -------------------------------------------------------
@@ -607,8 +612,8 @@ class FineTuneWidget(StoreSection, Container):
             raise ValueError(f"you have not corrected or accepted a slice of '{source.name}': "
                              "paint, fill or erase on one slice (or accept it) first")
         record = target.metadata.get(PROVENANCE_TAG)
-        store, base = self.store_for_run(), self.model.value
-        case = self.store_job(data, source, [(z,) for z in slices]) if store else None
+        store, base = self.store.store_for_run(), self.model.value
+        case = self.store.store_job(data, source, [(z,) for z in slices]) if store else None
         if store is not None:
             from ..training.store_training import start_model
 
@@ -648,7 +653,7 @@ class FineTuneWidget(StoreSection, Container):
         outcome, target = result.outcome, job.target
         if outcome.saved:
             self.last_saved = outcome.path
-            self.announce_model(outcome)
+            announce_model(outcome)
         if target not in self._viewer.layers or tuple(target.data.shape) != job.shape:
             show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
                          "propagating; the slices were not written.")

@@ -42,6 +42,7 @@ from ._common import (
     wrap,
 )
 from ._proposal import proposal_of, unproxied
+from ._state import SegmentState
 from ._tooltips import tooltip
 
 #: Holding this key while clicking flips the click (negative unless the toggle says negative).
@@ -66,56 +67,62 @@ def engine_name(label: str) -> str:
     return {shown: name for name, shown in ENGINE_LABELS.items()}[label]
 
 
-class PromptsMixin:
-    """The Prompts section of the Segment widget (needs its ``_viewer``, ``image``, ``model``,
-    ``_model_ref`` and ``_labels_layer_for``)."""
+class PromptsSection:
+    """The Prompts section of the Segment dock, built against its ``SegmentState``: the
+    prompt layers' button, the box engine, the negative toggle, a status line and Replace;
+    answers boxes and clicks into the dock's output labels layer."""
 
-    def _create_prompts_section(self) -> None:
-        """The prompt layers' button, the box engine, the negative toggle and a status line."""
-        self._prompt_seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    #: Its fields in the dock, top to bottom.
+    FIELDS = ("prompts_button", "box_engine", "negative", "prompt_status", "replace_button")
+
+    def __init__(self, state: SegmentState) -> None:
+        self.state = state
         self.prompts_button = PushButton(text="Add prompt layers (boxes, clicks)",
                                          tooltip=tooltip("segment", "prompts_button"))
         self.box_engine = ComboBox(label="box engine",
-                                   choices=lambda _w: prompt_engines(self._model_ref()),
+                                   choices=lambda _w: prompt_engines(self.state.model_ref()),
                                    tooltip=tooltip("segment", "box_engine"))
         self.negative = CheckBox(text="negative clicks (or Shift-click)", value=False,
                                  tooltip=tooltip("segment", "negative"))
         self.prompt_status = wrap(Label(value=""))
         self.replace_button = PushButton(text="Replace the object under the box", visible=False,
                                          tooltip=tooltip("segment", "replace_button"))
+        # prompt layer -> how many of its prompts were answered (weak: a removed layer goes)
+        self._prompt_seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._refused_box = None  # (image, shape, index, mask) of a box that added nothing
         self._box_queue: list = []  # boxes waiting for LiteMedSAM's worker
         self._box_worker = None
         self._box_ranges: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._fallback_said = False  # the Otsu fallback's notification: once per widget
+        self._fallback_said = False  # the Otsu fallback's notification: once per dock
 
-    def _connect_prompts(self) -> None:
+    def connect(self) -> None:
+        """Its own fields' signals, and the dock's model list (its engines)."""
         self.prompts_button.changed.connect(lambda _=None: self.add_prompt_layers())
         self.negative.changed.connect(self._on_negative)
         self.replace_button.changed.connect(self.replace_under_box)
-        self.model.changed.connect(lambda _=None: self.box_engine.reset_choices())
+        self.state.model.changed.connect(lambda _=None: self.box_engine.reset_choices())
 
     # ---- the prompt layers ---------------------------------------------------------------
 
     def add_prompt_layers(self, image=None):
         """The image's prompt layers (made on first use, on its geometry): (boxes, clicks).
         The boxes layer is selected, ready to draw rectangles."""
-        image = self.image.value if image is None else image
+        image = self.state.image.value if image is None else image
         if image is None:
             show_error("napari-fmbff: no image layer to prompt. Open an image first.")
             return None
         ndim = len(spatial_shape(finest_level(image).shape, image.rgb))
         tags = {IMAGE_TAG: image.name}
-        boxes = output_layer(self._viewer, image, "prompts", Shapes)
+        boxes = output_layer(self.state.viewer, image, "prompts", Shapes)
         if boxes is None:
-            boxes = self._viewer.add_shapes(
+            boxes = self.state.viewer.add_shapes(
                 name=f"{image.name} prompts", ndim=ndim, edge_color="cyan", edge_width=2,
                 face_color="transparent", metadata={OUTPUT_TAG: "prompts", **tags},
                 **geometry_of(image))
             boxes.mode = "add_rectangle"
-        clicks = output_layer(self._viewer, image, "clicks", Points)
+        clicks = output_layer(self.state.viewer, image, "clicks", Points)
         if clicks is None:
-            clicks = self._viewer.add_points(
+            clicks = self.state.viewer.add_points(
                 name=f"{image.name} clicks", ndim=ndim, features={"positive": np.zeros(0, bool)},
                 feature_defaults={"positive": not self.negative.value}, face_color="positive",
                 face_color_cycle=CLICK_COLOURS, border_color="white", size=8,
@@ -123,13 +130,13 @@ class PromptsMixin:
             clicks.mode = "add"
         for layer in (boxes, clicks):
             self._watch_prompts(layer)
-        self._viewer.layers.selection.active = boxes
+        self.state.viewer.layers.selection.active = boxes
         self.prompt_status.value = (f"Draw a box on '{boxes.name}' or click on '{clicks.name}': "
                                     "each is answered on the displayed slice at once.")
         return boxes, clicks
 
     def _watch_prompts(self, layer) -> None:
-        """Answer what is added to a prompt layer from now on (once per layer and widget)."""
+        """Answer what is added to a prompt layer from now on (once per layer and dock)."""
         layer = unproxied(layer)
         if layer in self._prompt_seen:
             return
@@ -137,17 +144,17 @@ class PromptsMixin:
         ref = weakref.ref(self)
 
         def on_data(event, layer_ref=weakref.ref(layer)):
-            widget, target = ref(), layer_ref()
-            if widget is not None and target is not None and not widget._closed:
-                widget._on_prompt_data(target, event)
+            section, target = ref(), layer_ref()
+            if section is not None and target is not None and not section.state.closed():
+                section._on_prompt_data(target, event)
 
         layer.events.data.connect(on_data)
         if isinstance(layer, Points):
             def modifier(points, event):
-                widget = ref()
-                if widget is not None:
+                section = ref()
+                if section is not None:
                     flip = NEGATIVE_MODIFIER in event.modifiers
-                    points.feature_defaults = {"positive": widget.negative.value == flip}
+                    points.feature_defaults = {"positive": section.negative.value == flip}
 
             layer.mouse_drag_callbacks.insert(0, modifier)
 
@@ -195,7 +202,7 @@ class PromptsMixin:
         return self._write_box(image, shape, index, mask)
 
     def _say_fallback(self) -> None:
-        """Once per widget: boxes are answered by Otsu because LiteMedSAM cannot be imported
+        """Once per dock: boxes are answered by Otsu because LiteMedSAM cannot be imported
         (why, and what to install)."""
         from ..inference.prompting import fallback_note
 
@@ -269,14 +276,14 @@ class PromptsMixin:
 
     def _next_litemedsam(self) -> None:
         """Start the worker on the next waiting box (one at a time)."""
-        if self._box_worker is not None or not self._box_queue or self._closed:
+        if self._box_worker is not None or not self._box_queue or self.state.closed():
             return
         from ..inference.runtime import resolve_device
 
         image, shape, index, plane, box = self._box_queue.pop(0)
         import_engine(self.prompt_status)  # torch in the main thread, safely
         try:
-            device = resolve_device(self.device.value)
+            device = resolve_device(self.state.device.value)
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             self._box_queue.clear()
@@ -285,7 +292,7 @@ class PromptsMixin:
             f"LiteMedSAM: answering the box on {_where(index)}..." if litemedsam.loaded(device)
             else "Loading LiteMedSAM (first box only, a few seconds)...")
         worker = _litemedsam_worker(plane, box, device, self._range_of(image))
-        worker.returned.connect(lambda mask: None if self._closed
+        worker.returned.connect(lambda mask: None if self.state.closed()
                                 else self._write_box(image, shape, index, mask))
         worker.errored.connect(self._on_litemedsam_error)
         worker.finished.connect(self._on_litemedsam_finished)
@@ -311,7 +318,7 @@ class PromptsMixin:
         return range_of
 
     def _on_litemedsam_error(self, err) -> None:
-        if not self._closed:
+        if not self.state.closed():
             show_error(f"napari-fmbff: LiteMedSAM could not answer the box: {err}")
             self.prompt_status.value = f"LiteMedSAM failed: {err}"
 
@@ -348,10 +355,10 @@ class PromptsMixin:
     def _prompt_image(self, layer):
         """(image, spatial shape) a prompt layer belongs to; a ValueError when it cannot be
         answered (no image, or napari shows 3D)."""
-        if self._viewer.dims.ndisplay == 3:
+        if self.state.viewer.dims.ndisplay == 3:
             raise ValueError("switch to 2D: prompts are answered on the displayed slice")
         name = layer.metadata.get(IMAGE_TAG)
-        image = next((lay for lay in self._viewer.layers if lay.name == name
+        image = next((lay for lay in self.state.viewer.layers if lay.name == name
                       and not lay.metadata.get(OUTPUT_TAG) and hasattr(lay, "rgb")), None)
         if image is None:
             raise ValueError(f"'{layer.name}' belongs to image '{name}', which is not open; "
@@ -367,23 +374,21 @@ class PromptsMixin:
         engine = engine_name(self.box_engine.value)
         if engine == "network":
             import_engine(self.prompt_status)  # torch in the main thread, safely
-        return prompt_mask(engine, plane, box, click, self._model_ref())
+        return prompt_mask(engine, plane, box, click, self.state.model_ref())
 
     def _prompt_target(self, image, shape, index):
         """(labels layer, its Proposal, the slice's current labels); the layer is made as
         Segment makes it when there is none yet, keeping the prompt layer selected."""
-        labels = output_layer(self._viewer, image, "labels", shape=shape)
+        labels = output_layer(self.state.viewer, image, "labels", shape=shape)
         if labels is None:
-            active = self._viewer.layers.selection.active
-            labels = self._labels_layer_for(image, shape)
-            self._viewer.layers.selection.active = active
+            active = self.state.viewer.layers.selection.active
+            labels = self.state.labels_layer_for(image, shape)
+            self.state.viewer.layers.selection.active = active
         return labels, proposal_of(labels), np.array(plane_of(labels.data, index))
 
     def _said(self, text: str) -> None:
         self.prompt_status.value = text + " Ctrl-Z in the labels layer undoes it."
-        refresh = getattr(self, "_refresh_review", None)
-        if refresh is not None:
-            refresh()
+        self.state.labels_changed()
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification

@@ -21,6 +21,7 @@ from napari.utils.notifications import show_error, show_info
 from ..inference.stacks import plane_indices, spatial_shape
 from ._common import displayed_plane, finest_level, output_layer, wrap
 from ._proposal import proposal_of, unproxied
+from ._state import SegmentState
 from ._tooltips import tooltip
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -52,11 +53,16 @@ def sparkline(scores, current: int | None = None, upcoming: int | None = None,
     return "".join(chars)
 
 
-class ReviewMixin:
-    """The Review section of the Segment widget (needs its ``_viewer``, ``image`` and
-    ``_result``: the last run's labels layer and probabilities)."""
+class ReviewSection:
+    """The Review section of the Segment dock, built against its ``SegmentState`` (the last
+    run's labels layer and probabilities come from ``result()``): "Next slice to check",
+    "Accept slice", "Accept the rest" and the sparkline."""
 
-    def _create_review_section(self) -> None:
+    #: Its fields in the dock, top to bottom.
+    FIELDS = ("next_button", "accept_button", "accept_rest_button", "uncertainty")
+
+    def __init__(self, state: SegmentState) -> None:
+        self.state = state
         self.next_button = PushButton(text="Next slice to check",
                                       tooltip=tooltip("segment", "next_button"))
         self.accept_button = PushButton(text="Accept slice",
@@ -64,48 +70,52 @@ class ReviewMixin:
         self.accept_rest_button = PushButton(text="Accept the rest",
                                              tooltip=tooltip("segment", "accept_rest_button"))
         self.uncertainty = wrap(Label(label="uncertainty", value=""))
+        # (probabilities, score per plane) of the last ranking, kept for the sparkline
+        # between presses; None until a whole-stack run is ranked.
+        self._ranked: tuple | None = None
 
-    def _connect_review(self) -> None:
+    def connect(self, destroyed) -> None:
+        """Its buttons, napari's slider and the dock's image; ``destroyed``: the dock's
+        signal, on which it lets go of the slider."""
         self.next_button.changed.connect(lambda _=None: self.next_slice_to_check())
         self.accept_button.changed.connect(lambda _=None: self.accept_slice())
         self.accept_rest_button.changed.connect(lambda _=None: self.accept_the_rest())
         ref = weakref.ref(self)
 
         def on_step(_event=None):
-            widget = ref()
-            if widget is not None and not widget._closed:
-                widget._refresh_review()
+            section = ref()
+            if section is not None and not section.state.closed():
+                section.refresh()
 
-        step_event = self._viewer.dims.events.current_step
+        step_event = self.state.viewer.dims.events.current_step
         step_event.connect(on_step)
-        self.native.destroyed.connect(lambda _=None: step_event.disconnect(on_step))
-        self.image.changed.connect(lambda _=None: self._refresh_review())
-        self._refresh_review()
+        destroyed.connect(lambda _=None: step_event.disconnect(on_step))
+        self.state.image.changed.connect(lambda _=None: self.refresh())
+        self.refresh()
 
     def _review_target(self):
         """(image, spatial shape, output labels layer or None); a ValueError for a 2D image."""
-        image = self.image.value
+        image = self.state.image.value
         if image is None:
             raise ValueError("no image layer to review; open a stack and Segment it")
         shape = spatial_shape(finest_level(image).shape, image.rgb)
         if len(shape) < 3:
             raise ValueError(f"'{image.name}' is a 2D image: review ranks the slices of a stack")
-        return image, shape, output_layer(self._viewer, image, "labels", shape=shape)
+        return image, shape, output_layer(self.state.viewer, image, "labels", shape=shape)
 
     def _ranking(self, shape, labels, fresh: bool = False):
         """(plane indices, score per plane) of the last whole-stack run into ``labels``;
         computed once per set of probabilities, and again when ``fresh``."""
-        result, planes = self._result, plane_indices(shape, False)
+        result, planes = self.state.result(), plane_indices(shape, False)
         probs = proposal_of(labels).probs if labels is not None else {}
         # Not ``is``: docked from the Plugins menu, each lookup of a layer is a new proxy.
         if not probs and result and unproxied(result["labels"]) is unproxied(labels):
             probs = result["probs"]
         if not probs or any(i not in probs for i in planes):
             raise ValueError(NEEDS_STACK_RUN)
-        cached = self.__dict__.get("_uncertainty")
-        if fresh or cached is None or cached[0] is not probs:
-            cached = self._uncertainty = (probs, _scores(probs, planes, labels))
-        return planes, cached[1]
+        if fresh or self._ranked is None or self._ranked[0] is not probs:
+            self._ranked = (probs, _scores(probs, planes, labels))
+        return planes, self._ranked[1]
 
     def next_slice_to_check(self):
         """Move the slider to the most uncertain slice not yet corrected nor accepted;
@@ -124,7 +134,7 @@ class ReviewMixin:
             show_info("napari-fmbff: every slice is corrected or accepted; nothing left to check.")
             return None
         self._show_plane(image, planes[k])
-        self._refresh_review()
+        self.refresh()
         return planes[k]
 
     def _acceptance_target(self):
@@ -146,9 +156,9 @@ class ReviewMixin:
         if target is None:
             return None
         image, shape, labels = target
-        index = displayed_plane(self._viewer, image, shape)
+        index = displayed_plane(self.state.viewer, image, shape)
         proposal_of(labels).accept(index)
-        self._refresh_review()
+        self.refresh()
         return index
 
     def accept_the_rest(self) -> list | None:
@@ -166,7 +176,7 @@ class ReviewMixin:
         rest = [i for i in plane_indices(shape, False) if not proposal.corrected(i)]
         for index in rest:
             proposal.accept(index)
-        self._refresh_review()
+        self.refresh()
         self.uncertainty.value = (f"{len(rest)} slice(s) accepted as they are; every slice is "
                                   "now reviewed: Fine-tune learns them all")
         return rest
@@ -176,11 +186,11 @@ class ReviewMixin:
         data_point = np.zeros(image.ndim)
         data_point[: len(index)] = index
         world = np.asarray(image.data_to_world(data_point))
-        offset = self._viewer.dims.ndim - image.ndim
+        offset = self.state.viewer.dims.ndim - image.ndim
         for axis, value in enumerate(world[: len(index)]):
-            self._viewer.dims.set_point(offset + axis, float(value))
+            self.state.viewer.dims.set_point(offset + axis, float(value))
 
-    def _refresh_review(self) -> None:
+    def refresh(self) -> None:
         """The sparkline and one line under it (never raises: it runs on slider moves)."""
         try:
             image, shape, labels = self._review_target()
@@ -197,7 +207,7 @@ class ReviewMixin:
         proposal = proposal_of(labels)
         done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
         upcoming = next_slice(scores, done)
-        shown = displayed_plane(self._viewer, image, shape)
+        shown = displayed_plane(self.state.viewer, image, shape)
         current = planes.index(shown) if shown in planes else None
         line = sparkline(scores, current, upcoming, done)
         said = (f"slice {_name(shown)} shown; next to check: "

@@ -49,10 +49,11 @@ from ._common import (
     tab_with_our_other_dock,
     wrap,
 )
-from ._prompts import PromptsMixin
+from ._prompts import PromptsSection
 from ._proposal import proposal_of
-from ._review import ReviewMixin
+from ._review import ReviewSection
 from ._settings import apply_saved_models_folder, remember_fields, set_models_folder
+from ._state import SegmentState, dock_fields
 from ._tooltips import STARTER_NOTE, tooltip
 from ._writers import carry_scan
 
@@ -108,12 +109,12 @@ def _segment_planes(model_ref, data, rgb, planes, options, intensity):
                              lambda step: ("progress", *step)))
 
 
-#: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections).
+#: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections,
+#: or by the prompts and review sections, which declare theirs).
 SEGMENT_LAYOUT = (
     "image", "model", "model_card", "intensity", "intensity_low", "intensity_high", "scope",
     "run_button", "cancel_button", "progress", "status",
-    "prompts_button", "box_engine", "negative", "prompt_status", "replace_button",
-    "next_button", "accept_button", "accept_rest_button", "uncertainty",
+    *PromptsSection.FIELDS, *ReviewSection.FIELDS,
     "click_mode", "keep_button", "region_button", "edits",
 )
 #: The expert settings, in the collapsed "Advanced settings" section below the day's controls
@@ -125,9 +126,10 @@ SEGMENT_ADVANCED = (
 )
 
 
-class SegmentWidget(PromptsMixin, ReviewMixin, Container):
-    """Segment the selected image with an FM-BFF-Net model into a Labels layer; answer box and
-    click prompts (``_prompts``) and point to the slice to check next (``_review``)."""
+class SegmentWidget(Container):
+    """Segment the selected image with an FM-BFF-Net model into a Labels layer; its sections
+    answer box and click prompts (``prompts``, ``_prompts.PromptsSection``) and point to the
+    slice to check next (``review``, ``_review.ReviewSection``)."""
 
     def __init__(self, napari_viewer) -> None:
         self._viewer = napari_viewer
@@ -147,11 +149,16 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         self._create_outputs_section(d)
         self._create_run_controls_section()
         self._create_corrections_section()
-        self._create_prompts_section()
-        self._create_review_section()
+        state = SegmentState(
+            viewer=napari_viewer, image=self.image, model=self.model, device=self.device,
+            model_ref=self._model_ref, result=lambda: self._result,
+            labels_layer_for=self._labels_layer_for, labels_changed=self._refresh_review,
+            closed=lambda: self._closed)
+        self.prompts = PromptsSection(state)
+        self.review = ReviewSection(state)
         self._create_settings_section()
         # Scrollable: with prompts and review the fields are taller than a 1000 px screen.
-        super().__init__(widgets=[getattr(self, name) for name in SEGMENT_LAYOUT],
+        super().__init__(widgets=dock_fields(self, SEGMENT_LAYOUT, (self.prompts, self.review)),
                          scrollable=True)
         self.advanced = self._add_advanced_section()
         self.settings = remember_fields(
@@ -183,6 +190,10 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         """The scroll area around the fields: napari docks ``native``, which for a scrollable
         magicgui container is the inner widget, so the dock would lose its scroll bar."""
         return self.root_native_widget
+
+    def _refresh_review(self) -> None:
+        """The review section's sparkline and line again (the labels changed)."""
+        self.review.refresh()
 
     # ---- sections of the dock ------------------------------------------------------------
 
@@ -266,8 +277,8 @@ class SegmentWidget(PromptsMixin, ReviewMixin, Container):
         model_events.saved.connect(self._on_model_saved)
         model_events.folder_changed.connect(self._on_folder_changed)
         self.native.destroyed.connect(self._on_destroyed)
-        self._connect_prompts()
-        self._connect_review()
+        self.prompts.connect()
+        self.review.connect(self.native.destroyed)
 
     # ---- settings ------------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ case of the store and train on all of it (``training.store_training``), from the
 the dock shows (resolved once, when the run starts). The store is the one for the image's
 kind (grey or RGB) under the store folder (``data.store.open_store_for``); the dock says
 which. A new model becomes the store's latest (Segment's default) only if it passes the
-promotion gate; the status says whether it did. ``StoreSection`` is a mixin of
-``FineTuneWidget``: its fields are made in ``_create_store_section`` and wired in
-``_connect_store``.
+promotion gate; the status says whether it did. ``StoreSection`` is the section the
+Fine-tune dock holds (``FineTuneWidget.store``): it makes its fields when built and wires
+them in ``connect``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..data.keys import STORE_CASE as STORE_CASE_TAG
 from ..data.store import CaseSource
 from ._common import model_events, wrap
 from ._settings import remember_store_folder, store_folder
+from ._state import FineTuneState
 from ._tooltips import tooltip
 
 
@@ -69,9 +70,14 @@ def _store_fine_tune(start, store, job: StoreCaseJob, cfg, name, keep_on_cancel,
 
 
 class StoreSection:
-    """The store's fields and actions, for ``FineTuneWidget``."""
+    """The store's fields and actions in the Fine-tune dock, built against its
+    ``FineTuneState``."""
 
-    def _create_store_section(self) -> None:
+    #: Its fields in the dock, top to bottom (the case row holds the case and its buttons).
+    FIELDS = ("store_dir", "use_store", "store_row", "store_summary")
+
+    def __init__(self, state: FineTuneState) -> None:
+        self.state = state
         self.use_store = CheckBox(text="add corrections to the store, train on all of it",
                                   value=True, tooltip=tooltip("finetune", "use_store"))
         self.store_dir = FileEdit(label="store", mode="d", value=str(store_folder()),
@@ -89,12 +95,15 @@ class StoreSection:
                                    widgets=[self.store_case, self.open_case_button,
                                             self.remove_case_button])
         self.store_row.margins = (0, 0, 0, 0)
+        self.store_start = None  # the model a store run starts from (``store_for_run``)
 
-    def _connect_store(self) -> None:
+    def connect(self) -> None:
+        """Its own fields' signals and the dock's image (grey and RGB images: two stores);
+        then the summary and the case list are read."""
         self.store_dir.changed.connect(self.refresh_store)
         self.store_dir.changed.connect(remember_store_folder)
         self.use_store.changed.connect(self.refresh_store)
-        self.image.changed.connect(self.refresh_store)  # grey and RGB images: two stores
+        self.state.image.changed.connect(self.refresh_store)
         self.open_case_button.changed.connect(self.open_case)
         self.remove_case_button.changed.connect(self.remove_case)
         self.refresh_store()
@@ -107,8 +116,7 @@ class StoreSection:
         because its files were gone is said in a notification."""
         from ..data.store import StoreWarning, open_store_for
 
-        image = getattr(self, "image", None)  # None while the dock is being made
-        rgb = bool(getattr(image.value if image is not None else None, "rgb", False))
+        rgb = bool(getattr(self.state.image.value, "rgb", False))
         with warnings.catch_warnings():  # said once, below (napari would show it again)
             warnings.simplefilter("ignore", StoreWarning)
             store = open_store_for(str(self.store_dir.value), rgb=rgb)
@@ -124,7 +132,7 @@ class StoreSection:
 
     def refresh_store(self, _=None) -> None:
         """The summary line and the case list, read again from the folder."""
-        if getattr(self, "_closed", False):
+        if self.state.closed():
             return
         enabled = bool(self.use_store.value)
         for field in (self.store_dir, self.store_case, self.open_case_button,
@@ -167,10 +175,10 @@ class StoreSection:
                   "modality": entry.modality}
         name = f"{entry.name or case_id} ({case_id})"
         meta = {SOURCE_TAG: source, STORE_CASE_TAG: {"id": case_id, **entry.to_json()}}
-        image_layer = self._viewer.add_image(image, name=name, rgb=rgb, scale=scale,
+        image_layer = self.state.viewer.add_image(image, name=name, rgb=rgb, scale=scale,
                                              metadata=meta)
         shown = np.where(labels == IGNORE, 0, labels).astype(np.uint8)
-        labels_layer = self._viewer.add_labels(shown, name=f"{name} labels", scale=scale,
+        labels_layer = self.state.viewer.add_labels(shown, name=f"{name} labels", scale=scale,
                                                metadata={STORE_CASE_TAG: {"id": case_id}})
         return image_layer, labels_layer
 
@@ -202,7 +210,7 @@ class StoreSection:
     def _confirm(self, text: str) -> bool:
         from qtpy.QtWidgets import QMessageBox
 
-        answer = QMessageBox.question(self.native, "Remove a case from the store", text,
+        answer = QMessageBox.question(self.state.dock(), "Remove a case from the store", text,
                                       QMessageBox.StandardButton.Yes
                                       | QMessageBox.StandardButton.Cancel,
                                       QMessageBox.StandardButton.Cancel)
@@ -221,7 +229,7 @@ class StoreSection:
         store = self.open_store()
         if store.read_only:
             store.check_writable()  # one line: we never write into another data set
-        self.store_start = start_model(store, self.model.value)
+        self.store_start = start_model(store, self.state.model.value)
         return store
 
     def store_job(self, data, labels_layer, planes) -> StoreCaseJob:
@@ -230,7 +238,7 @@ class StoreSection:
         store) and which model proposed the labels."""
         from ._segment import PROVENANCE_TAG
 
-        image = self.image.value
+        image = self.state.image.value
         if image.multiscale:
             raise ValueError(f"'{image.name}' is a multiscale image: the store keeps images "
                              "that fit in memory; untick the store to fine-tune on it alone")
@@ -263,13 +271,14 @@ class StoreSection:
         """The store's Fine-tune worker (not started), from the model ``store_for_run``
         resolved."""
         return _store_fine_tune(self.store_start, store, job, cfg, name,
-                                self.keep_on_cancel.value, self._stop, intensity)
+                                self.state.keep_on_cancel.value, self.state.stop, intensity)
 
-    def announce_model(self, outcome) -> None:
-        """A saved model, to the other docks (their model lists): Segment selects it when it
-        is the store's latest now (promoted, or a run without the store); a model kept but
-        not promoted is listed, and Segment selects the store's latest (its default)."""
-        chosen = outcome.path
-        if outcome.promoted is False:
-            chosen = outcome.store_latest or chosen
-        model_events.saved.emit(chosen.stem)
+
+def announce_model(outcome) -> None:
+    """A saved model, to the other docks (their model lists): Segment selects it when it
+    is the store's latest now (promoted, or a run without the store); a model kept but
+    not promoted is listed, and Segment selects the store's latest (its default)."""
+    chosen = outcome.path
+    if outcome.promoted is False:
+        chosen = outcome.store_latest or chosen
+    model_events.saved.emit(chosen.stem)
