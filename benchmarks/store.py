@@ -44,6 +44,12 @@ lesion, the others as lesion-free background) and joins the store, and a model i
 **from the base** (starter) on the whole store, promoted only by the gate. Each row also says
 whether the earlier patients are kept (their mean 3D Dice with the newest model), the
 training's CPU / wall s and the process's peak memory so far.
+
+``--scale 5,10,20``: the time and memory of one store run at N cases (procedural patients of
+``--slices`` x ``--size``, every slice reviewed), each N in a fresh process: the store is
+filled without training, then ``train_on_store`` runs ``--set epochs=E`` (default 2) from
+starter; the table gives CPU and wall s per epoch, the default recipe's (20 epochs)
+extrapolated, and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -250,6 +256,9 @@ def parse_args(argv):
                    help="the store arm starts from the store's latest model (A's), not starter")
     p.add_argument("--procedural", type=int, default=0, metavar="N",
                    help="run the procedural sequence of N CT patients instead of the pairs")
+    p.add_argument("--scale", default=None, metavar="N,N,...",
+                   help="time and memory of one store run at N cases (e.g. 5,10,20)")
+    p.add_argument("--scale-one", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--slices", type=int, default=20, help="procedural: slices per patient")
     p.add_argument("--size", type=int, default=160, help="procedural: slice size in px")
     p.add_argument("--tables", nargs="+", metavar="JSON",
@@ -289,6 +298,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.scale_one:
+        return _scale_one(args)
+    if args.scale:
+        return scale(args)
     if args.procedural:
         return procedural(args)
     deadline = interactive.parse_deadline(args.deadline)
@@ -388,6 +401,65 @@ def procedural(args) -> int:
     if cut:
         print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
     dump(args.json, args, {"procedural": vars(cfg)}, rows, cut)
+    return 0
+
+
+def scale(args) -> int:
+    """``--scale N,N,...``: each N in its own process (``_scale_one``), one table."""
+    import subprocess
+
+    epochs = int(args.overrides.get("epochs", 2))
+    rows = []
+    for n in [int(v) for v in args.scale.split(",")]:
+        cmd = [sys.executable, __file__, "--scale-one", str(n), "--slices", str(args.slices),
+               "--size", str(args.size), "--threads", str(args.threads),
+               "--set", f"epochs={epochs}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        interactive.log(f"{n} cases: {rows[-1]}")
+    print(f"\n### A store run at 5, 10, 20 cases ({args.slices} x {args.size} px procedural CT "
+          f"patients, every slice reviewed; {epochs} epochs timed, torch threads "
+          f"{args.threads})\n")
+    print("| cases | slices | CPU s / epoch | wall s / epoch | 20 epochs (wall, extrapolated) | "
+          "peak MiB |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['cases']} | {r['slices']} | {r['cpu_s'] / epochs:.0f} | "
+              f"{r['wall_s'] / epochs:.0f} | {20 * r['wall_s'] / epochs / 60:.0f} min | "
+              f"{r['peak_mib']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows}, indent=1))
+    return 0
+
+
+def _scale_one(args) -> int:
+    """One N of ``--scale`` (this process): fill a store with N patients, time one run."""
+    import resource
+
+    from napari_fmbff import load_model
+    from napari_fmbff.data.store import open_store
+    from napari_fmbff.data.synthetic import ct_volume
+    from napari_fmbff.inference.intensity import intensity_setting
+    from napari_fmbff.model.normalization import default_normalization
+    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.requests import ModelOut
+    from napari_fmbff.training.store_training import StoreRun, train_on_store
+
+    setting = intensity_setting(default_normalization(load_model("starter")), "soft-tissue")
+    with tempfile.TemporaryDirectory(prefix="fmbff-store-scale-") as tmp:
+        store = open_store(Path(tmp) / "store")
+        for k in range(args.scale_one):
+            volume, mask = ct_volume(100 + k, args.slices, args.size)
+            store.add_case(volume, mask, list(range(len(volume))), source=f"p{k}")
+        wall, cpu = time.perf_counter(), time.process_time()
+        _drain(train_on_store(load_model("starter"), store,
+                              finetune_config(device="cpu", **args.overrides), setting,
+                              ModelOut(Path(tmp) / "m.safetensors", base="starter"),
+                              store_run=StoreRun()))
+        print(json.dumps({"cases": args.scale_one, "slices": args.scale_one * args.slices,
+                          "cpu_s": time.process_time() - cpu,
+                          "wall_s": time.perf_counter() - wall,
+                          "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     return 0
 
 
