@@ -44,7 +44,7 @@ def child(args) -> None:
 
     from napari_fmbff import FMBFFNet, ModelConfig, Segmenter
     from napari_fmbff.inference.postprocess import Postprocess
-    from napari_fmbff.inference.runtime import drain
+    from napari_fmbff.inference.progress import drain
     from napari_fmbff.jobs.files import FileJob, iter_segment_large
 
     torch.manual_seed(0)

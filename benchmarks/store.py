@@ -110,6 +110,7 @@ class Bench:
         the trained net, its path and its CPU / wall s."""
         from napari_fmbff import load_model
         from napari_fmbff.data.store import CaseSource, open_store
+        from napari_fmbff.inference.progress import drain
         from napari_fmbff.training.requests import ModelOut
         from napari_fmbff.training.store_training import StoreRun, stage, train_on_store
 
@@ -127,7 +128,7 @@ class Bench:
         gen = train_on_store(load_model(base), store, self.cfg(recipe), self.setting,
                              ModelOut(out, training_data=f"{name} z{top}", base=base),
                              store_run=StoreRun(pending, sampling=self.sampling))
-        outcome = _drain(gen)
+        outcome = drain(gen)
         run = {"path": outcome.path, "net": outcome.result.net, "base": base,
                "cases": outcome.store_items.cases, "replay": outcome.store_items.replay(),
                "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
@@ -194,15 +195,6 @@ class Bench:
         if not hasattr(self, "_starter"):
             self._starter = load_model("starter").eval()
         return self._starter
-
-
-def _drain(gen):
-    """Run a training generator to its end; its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 # ---- tables --------------------------------------------------------------------------------------
@@ -347,6 +339,7 @@ def procedural(args) -> int:
     from napari_fmbff.data.store import CaseSource, open_store
     from napari_fmbff.data.synthetic import ct_volume
     from napari_fmbff.inference.intensity import intensity_setting
+    from napari_fmbff.inference.progress import drain
     from napari_fmbff.model.normalization import default_normalization
     from napari_fmbff.training.loop import finetune_config
     from napari_fmbff.training.requests import ModelOut
@@ -380,7 +373,7 @@ def procedural(args) -> int:
             pending = stage(store, volume, mask, list(range(len(volume))), setting,
                             CaseSource(source=f"procedural-{k + 1}", name=f"patient{k + 1}",
                                        model="starter"))
-            outcome = _drain(train_on_store(
+            outcome = drain(train_on_store(
                 load_model("starter"), store, cfg, setting,
                 ModelOut(out, training_data=f"procedural patient {k + 1}", base="starter"),
                 store_run=StoreRun(pending, sampling=args.sampling)))
@@ -440,6 +433,7 @@ def _scale_one(args) -> int:
     from napari_fmbff.data.store import open_store
     from napari_fmbff.data.synthetic import ct_volume
     from napari_fmbff.inference.intensity import intensity_setting
+    from napari_fmbff.inference.progress import drain
     from napari_fmbff.model.normalization import default_normalization
     from napari_fmbff.training.loop import finetune_config
     from napari_fmbff.training.requests import ModelOut
@@ -452,7 +446,7 @@ def _scale_one(args) -> int:
             volume, mask = ct_volume(100 + k, args.slices, args.size)
             store.add_case(volume, mask, list(range(len(volume))), source=f"p{k}")
         wall, cpu = time.perf_counter(), time.process_time()
-        _drain(train_on_store(load_model("starter"), store,
+        drain(train_on_store(load_model("starter"), store,
                               finetune_config(device="cpu", **args.overrides), setting,
                               ModelOut(Path(tmp) / "m.safetensors", base="starter"),
                               store_run=StoreRun()))

@@ -17,7 +17,7 @@ from napari_fmbff.data.medical import (
     window_range,
     write_nifti_labels,
 )
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import Progress, drain
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -128,7 +128,7 @@ def test_segment_a_nifti_volume_into_nifti_labels_with_its_affine(tiny_net, tmp_
     steps = []
     out = drain(gen, steps.append)
     img = nib.load(str(src))
-    assert steps[-1] == (img.shape[2], img.shape[2])
+    assert steps[-1] == Progress("slices", img.shape[2], img.shape[2])
     back = nib.load(str(out))
     assert out.name == "anatomical.nii.gz" and back.shape == img.shape[:3]
     np.testing.assert_allclose(back.affine, img.affine)

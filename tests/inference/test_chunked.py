@@ -13,7 +13,7 @@ from napari_fmbff.inference.chunked import (
     segment_chunk,
     store_chunk,
 )
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import drain
 
 
 def level0(path):
@@ -64,7 +64,8 @@ def test_chunked_zarr_output_matches_whole_objects_and_holds_only_chunks(seg, rn
     progress = []
     gen = iter_segment_chunked(seg, image, prob_out=np.zeros(image.shape, np.float32), chunk=128)
     assert drain(gen, progress.append) == fg
-    assert [(p.done, p.total) for p in progress] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [(p.stage, p.done, p.total) for p in progress] == [
+        ("chunks", 0, 4), ("chunks", 1, 4), ("chunks", 2, 4), ("chunks", 3, 4), ("chunks", 4, 4)]
 
 
 def test_store_chunks_never_straddle_work_units():

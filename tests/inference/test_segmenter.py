@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from napari_fmbff import Normalization, Segmenter, labels_from_proba
+from napari_fmbff.inference.progress import Progress
 from napari_fmbff.inference.runtime import resolve_device
 from napari_fmbff.inference.staging import HostStaging
-from napari_fmbff.inference.tiling import Progress, TileGrid
+from napari_fmbff.inference.tiling import TileGrid
 
 
 class PerPixel(torch.nn.Module):
@@ -105,7 +106,7 @@ def test_iter_predict_yields_progress_and_stops_when_closed(rng):
     seg = Segmenter(net, device="cpu", tile_size=64, overlap=0, batch_size=2)
     gen = seg.iter_predict(image)
     first = next(gen)
-    assert first == Progress(0, 16)
+    assert first == Progress("tiles", 0, 16)
     second = next(gen)
     assert second.done == 2 and second.fraction == pytest.approx(2 / 16)
     gen.close()

@@ -5,17 +5,16 @@ import numpy as np
 from conftest import Planes as PlaneList
 from napari_fmbff import Normalization
 from napari_fmbff.inference.postprocess import Postprocess
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import Progress, drain
 from napari_fmbff.inference.stacks import iter_predict_planes, iter_segment_stack
-from napari_fmbff.inference.tiling import Progress
 
 
 class Planes(PlaneList):
     """Given probability planes, in order, with the tiled path's progress too."""
 
     def iter_predict(self, image):
-        yield Progress(0, 2)
-        yield Progress(2, 2)
+        yield Progress("tiles", 0, 2)
+        yield Progress("tiles", 2, 2)
         return self.predict_proba(image)
 
 
@@ -35,7 +34,8 @@ def test_a_stack_is_segmented_slice_by_slice_into_3d_objects():
     image = np.arange(3 * 30 * 30, dtype=np.float32).reshape(3, 30, 30)
     labels = drain(iter_segment_stack(seg, image, False, Postprocess(labels=True),
                                       probs_out=kept), steps.append)
-    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert [(s.stage, s.done, s.total) for s in steps] == [("slices", 1, 3), ("slices", 2, 3),
+                                                           ("slices", 3, 3)]
     assert labels.dtype == np.uint32 and labels.max() == 2
     assert labels[0, 10, 10] == labels[1, 10, 10] != labels[2, 22, 22]
     np.testing.assert_array_equal(kept, probs)
@@ -64,6 +64,7 @@ def test_predicting_planes_relays_each_planes_progress():
     probs = lesion_over_two_slices()
     steps = []
     got = drain(iter_predict_planes(Planes(probs), probs, False, [(0,), (2,)]), steps.append)
-    assert [(n, total, p.done) for n, total, p in steps] == [(0, 2, 0), (0, 2, 2), (1, 2, 0),
-                                                             (1, 2, 2)]
+    assert [(s.stage, s.done, s.total, s.detail.done) for s in steps] == [
+        ("slices", 0, 2, 0), ("slices", 0, 2, 2), ("slices", 1, 2, 0), ("slices", 1, 2, 2)]
+    assert [s.fraction for s in steps] == [0.0, 0.5, 0.5, 1.0]
     assert sorted(got) == [(0,), (2,)] and got[(2,)] is not None

@@ -9,7 +9,7 @@ from napari_fmbff.inference.postprocess import (
     merge_ids,
     propagated_labels,
 )
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import drain
 from napari_fmbff.training.propagate import PropagateRequest, iter_propagate, labelled_slices
 
 
@@ -109,8 +109,8 @@ def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_pat
         volume, labels, out, base="tiny", image_name="scan",
         cfg=finetune_config(epochs=3, tile_size=64, batch_size=2)))
     result = drain(gen, events.append)
-    assert {e[0] for e in events} == {"train", "segment"}
-    assert [e[1:] for e in events if e[0] == "segment"] == [(1, 3), (2, 3), (3, 3)]
+    assert {e.stage for e in events} == {"train", "slices"}
+    assert [(e.done, e.total) for e in events if e.stage == "slices"] == [(1, 3), (2, 3), (3, 3)]
     np.testing.assert_array_equal(result.labels[1], labels[1])
     assert result.slices == [1] and result.probs.shape == volume.shape
     assert result.uncertainty[1] == 0 and result.uncertainty.shape == (4,)

@@ -10,6 +10,7 @@ import torch
 from conftest import disks, tiny_config
 from napari_fmbff import FMBFFNet, load_model
 from napari_fmbff.inference import runtime
+from napari_fmbff.inference.progress import drain
 from napari_fmbff.model.normalization import default_normalization
 from napari_fmbff.training.loop import finetune_config, make_items, run_training
 from napari_fmbff.training.requests import ModelOut
@@ -57,8 +58,8 @@ def test_a_model_records_its_cpu_threads_and_they_repeat_the_run(one_thread, tmp
     for k in range(2):
         net, items, cfg, norm = _fine_tune(epochs=2)
         out = tmp_path / f"m{k}.safetensors"
-        outcome = runtime.drain(train_and_save(net, items, cfg, norm,
-                                               ModelOut(out, training_data="disks")))
+        outcome = drain(train_and_save(net, items, cfg, norm,
+                                       ModelOut(out, training_data="disks")))
         assert outcome.path == out
         model = load_model(out)
         assert model.metadata["provenance"]["cpu_threads"] == 1

@@ -7,7 +7,7 @@ import pytest
 
 from napari_fmbff import load_model
 from napari_fmbff.data.store import CaseSource, open_store
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import drain
 from napari_fmbff.model.normalization import Normalization
 from napari_fmbff.training import store_training
 from napari_fmbff.training.loop import finetune_config

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import disks
 from napari_fmbff.data.store import CaseSource, open_store
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import Cancel, drain
 from napari_fmbff.model.normalization import Normalization
 from napari_fmbff.training import store_training
 from napari_fmbff.training.loop import finetune_config
@@ -95,9 +95,11 @@ def test_a_failed_or_cancelled_run_leaves_the_store_as_it_was(store, tiny_net, t
                                                               monkeypatch):
     before = files(store.path)
     image, labels = patient(2)
+    stop = Cancel()
+    stop.set()
     cancelled = drain(store_training.train_on_store(
         tiny_net, store, tiny_cfg(), Normalization(), ModelOut(tmp_path / "c.safetensors"),
-        RunControl(should_stop=lambda: True, keep_on_cancel=False),
+        RunControl(cancel=stop, keep_on_cancel=False),
         StoreRun(store_training.stage(store, image, labels, [2], Normalization()))))
     assert cancelled.result.cancelled and not cancelled.saved
     assert files(store.path) == before

@@ -9,7 +9,7 @@ import torch
 
 from conftest import disks, tiny_config
 from napari_fmbff import FMBFFNet
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import drain
 from napari_fmbff.model.normalization import default_normalization
 from napari_fmbff.training.loop import TrainConfig, iter_train, make_items
 from napari_fmbff.training.requests import RunControl
@@ -20,7 +20,7 @@ from napari_fmbff.training.trainer import Trainer
 
 def _run(trainer, resume_state=None):
     events = []
-    result = drain(trainer.run_training(resume_state), events.append)
+    result = drain(trainer.run_training(resume_state), lambda p: events.append(p.detail))
     return events, result
 
 
@@ -63,7 +63,7 @@ def test_iter_train_is_the_trainer_run_and_resumes_from_its_checkpoint(tmp_path)
     file = ResumeFile(tmp_path / "m.safetensors")
     gen = iter_train(net, train, val, cfg, norm, RunControl(checkpoint_fn=file.save))
     kinds = []
-    whole = drain(gen, lambda event: kinds.append(event.kind))
+    whole = drain(gen, lambda progress: kinds.append(progress.detail.kind))
     assert kinds == ["start", "step", "epoch", "step", "epoch"]
     state = file.load()
     assert state["epoch"] == 2 and len(state["history"]) == 2

@@ -9,7 +9,7 @@ from napari_fmbff import FMBFFNet, load_model
 from napari_fmbff.cli import main
 from napari_fmbff.data.datasets import find_pairs, load_mask, write_dataset
 from napari_fmbff.data.image_io import write_image
-from napari_fmbff.inference.runtime import drain
+from napari_fmbff.inference.progress import Cancel, drain
 from napari_fmbff.model.normalization import default_normalization
 from napari_fmbff.training.loop import (
     TrainConfig,
@@ -163,8 +163,12 @@ def test_without_validation_a_fixed_budget_trains_on_every_pixel_and_keeps_the_l
     train, val = split_items(items, 0.2)
     cfg = TrainConfig(epochs=6, batch_size=4, tile_size=64, lr=5e-3, device="cpu",
                       min_steps_per_epoch=4)
-    events = []
-    result = drain(iter_train(net, train, val, cfg, norm), events.append)
+    progress = []
+    result = drain(iter_train(net, train, val, cfg, norm), progress.append)
+    assert {p.stage for p in progress} == {"train"}
+    assert [(p.done, p.total) for p in progress[:2]] == [(0, 6 * 4), (1, 6 * 4)]
+    assert (progress[-1].done, progress[-1].total) == (6 * 4, 6 * 4)
+    events = [p.detail for p in progress]
     assert not result.validated and result.changed
     assert result.epochs_run == 6 and not result.stopped_early and result.best_epoch == 6
     epochs = [e for e in events if e.kind == "epoch"]
@@ -185,7 +189,9 @@ def test_cancelled_in_the_first_epoch_returns_the_initial_weights_unchanged():
     items, norm = _items(2)
     cfg = TrainConfig(epochs=3, batch_size=2, tile_size=64, lr=1e-2, device="cpu",
                       min_steps_per_epoch=3)
-    result = run_training(net, items, [], cfg, norm, RunControl(should_stop=lambda: True))
+    stop = Cancel()
+    stop.set()
+    result = run_training(net, items, [], cfg, norm, RunControl(cancel=stop))
     assert result.cancelled and result.epochs_run == 0 and not result.changed
     assert all(torch.equal(before[k], v) for k, v in result.net.state_dict().items())
     assert result.fit_after == result.fit_before

@@ -121,11 +121,11 @@ def test_cancel_stops_a_long_run_and_adds_no_layer(make_napari_viewer, qtbot, ti
     viewer = make_napari_viewer()
     viewer.add_image(rng.integers(0, 255, (2048, 2048), dtype=np.uint8), name="big")
     widget = make_widget(viewer, batch_size=1)
-    worker = widget.run()
+    assert widget.run() is not None
     qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=WAIT_MS)
     widget.cancel()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=WAIT_MS)
-    assert worker.abort_requested
+    assert widget._cancel.is_set() and widget.status.value.startswith("Cancelled")
     assert "big fmbff" not in viewer.layers
     assert widget.progress.value < 1000
     assert widget.run_button.enabled

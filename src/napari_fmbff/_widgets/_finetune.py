@@ -4,7 +4,6 @@ and Propagate: learn from the corrected / accepted slices of a stack, then segme
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..data.store import CaseSource
+from ..inference.progress import Cancel
 from ..inference.runtime import DEVICES
 from ..inference.stacks import (
     TRAIN_SLICES,
@@ -125,8 +125,9 @@ class PropagateJob:
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _fine_tune(job: FineTuneJob, stop: threading.Event):
-    """Worker: yields TrainEvents; returns a train_run.Outcome (path None if nothing saved).
+def _fine_tune(job: FineTuneJob, stop: Cancel):
+    """Worker: yields the training's ``Progress``; returns a train_run.Outcome (path None if
+    nothing saved); ``stop`` (Cancel) ends it after the current step.
 
     The slices are normalised with ``job.intensity`` (a "volume" scope: the range of the
     whole ``job.stack`` they come from) and the new model stores the setting, so Segment's
@@ -149,18 +150,21 @@ def _fine_tune(job: FineTuneJob, stop: threading.Event):
                           "intensity": setting.describe()})
     return (yield from train_and_save(
         net, items, job.cfg, setting, out,
-        RunControl(should_stop=stop.is_set, keep_on_cancel=job.keep_on_cancel)))
+        RunControl(cancel=stop, keep_on_cancel=job.keep_on_cancel)))
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _propagate(job: PropagateJob, stop: threading.Event):
-    """Worker: yields ("train", TrainEvent) then ("segment", done, total); returns the
-    engine's ``PropagateResult``, or None when cancelled. On Cancel the engine is closed at
-    its next step, so nothing is trained further or saved; a model it had saved already is
-    removed, so a cancelled propagation leaves the models folder as it was. With a
+def _propagate(job: PropagateJob, stop: Cancel):
+    """Worker: yields ``Progress`` ("train", then "slices"); returns the engine's
+    ``PropagateResult``, or None when cancelled. On Cancel (``stop`` set) the engine is
+    closed at its next step (``until_cancelled``), so nothing is trained further or saved;
+    a model it had saved already is removed, so a cancelled propagation leaves the models
+    folder as it was. With a
     ``job.store`` (and the ``job.case`` facts of ``StoreSection.store_job``) the slices join
     the store and the model trains on all of it; a cancel leaves the store as it was too."""
     from ..inference.intensity import intensity_setting
+    from ..inference.progress import until_cancelled
+    from ..inference.runtime import cpus_kept_free
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
     from ..model.registry import unique_model_path
@@ -180,33 +184,13 @@ def _propagate(job: PropagateJob, stop: threading.Event):
         store=None if job.store is None else StoreCase(job.store, CaseSource(
             source_meta=about.source_meta, spacing=about.spacing, model=about.model,
             identity=about.identity)))
-    control = RunControl(should_stop=stop.is_set, keep_on_cancel=False)
-    result = yield from _run_until_stopped(iter_propagate(net, request, control), stop)
+    control = RunControl(cancel=stop, keep_on_cancel=False)
+    # torch leaves a CPU to the window's own threads (it runs beside them in one process).
+    with cpus_kept_free(1):
+        result = yield from until_cancelled(iter_propagate(net, request, control), stop)
     if stop.is_set():
         _forget_model(out)
         return None
-    return result
-
-
-def _run_until_stopped(steps, stop: threading.Event):
-    """Generator: pass ``steps`` on until it ends (returns its value) or ``stop`` is set
-    (closes it: returns None)."""
-    from ..inference.runtime import cpus_kept_free
-
-    result = None
-    # torch leaves a CPU to the window's own threads (it runs beside them in one process).
-    with cpus_kept_free(1):
-        try:
-            while not stop.is_set():
-                try:
-                    step = next(steps)
-                except StopIteration as done:
-                    result = done.value
-                    break
-                if not stop.is_set():
-                    yield step
-        finally:
-            steps.close()
     return result
 
 
@@ -260,7 +244,7 @@ class FineTuneWidget(Container):
         apply_saved_models_folder()  # where models are listed and saved (see Segment)
         self._viewer = napari_viewer
         self._worker = None
-        self._stop = threading.Event()
+        self._stop = Cancel()  # the running worker's; set by Cancel
         self._closed = False
         self._labels_chosen = False  # the user picked the labels layer themselves
         self._following = False
@@ -512,17 +496,19 @@ class FineTuneWidget(Container):
         if self._worker is not None:
             self._stop.set()
 
-    def _on_event(self, event) -> None:
+    def _on_event(self, progress) -> None:
+        """A training ``Progress`` (its detail the ``TrainEvent``): the bar, the status and the
+        plot."""
         if self._closed:
             return
-        total = self.epochs.value
+        event, total = progress.detail, self.epochs.value
         if event.kind == "start":
             self.status.value = (f"Held-out Dice before: {event.val_dice:.3f}"
                                  if event.val_dice == event.val_dice else
                                  "Too few slices to hold any out: training on every "
                                  "correction for a fixed number of epochs.")
         elif event.kind == "step":
-            self.progress.value = int(1000 * ((event.epoch - 1) + event.step / event.steps) / total)
+            self.progress.value = int(1000 * progress.fraction)
         elif event.kind == "epoch":
             self.history.append({"epoch": event.epoch, "train_loss": event.loss,
                                  "val_dice": event.val_dice})
@@ -632,15 +618,14 @@ class FineTuneWidget(Container):
         proposal = proposal_of(labels)
         return [z for z in range(proposal.edited.shape[0]) if proposal.corrected((z,))]
 
-    def _on_propagate_step(self, step) -> None:
+    def _on_propagate_step(self, progress) -> None:
         if self._closed:
             return
-        if step[0] == "train":
-            self._on_event(step[1])
+        if progress.stage == "train":
+            self._on_event(progress)
             return
-        _, done, total = step
-        self.progress.value = int(1000 * done / total)
-        self.status.value = f"Segmenting slice {done}/{total}..."
+        self.progress.value = int(1000 * progress.fraction)
+        self.status.value = f"Segmenting slice {progress.done}/{progress.total}..."
 
     def _on_propagated(self, job, result) -> None:
         """Write the propagation into Segment's output layer as one undo step: the slices

@@ -24,6 +24,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..data.keys import PROVENANCE as PROVENANCE_TAG
 from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, labels_from_planes
+from ..inference.progress import Cancel
 from ..inference.runtime import DEVICES
 from ..inference.segmenter import DEFAULT_TILE_SIZE, SegmentSettings
 from ..inference.stacks import plane_indices, spatial_shape, write_planes
@@ -88,11 +89,13 @@ _starter_warned = False  # the "starter has never seen a patient" note, once per
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _segment_planes(model_ref, data, rgb, planes, options, intensity):
-    """Worker: load the model, then yield ("device", name), ("record", provenance) and
-    ("progress", plane, n, p). ``intensity``: ``intensity_setting`` keywords."""
+def _segment_planes(model_ref, data, rgb, planes, options, intensity, cancel: Cancel):
+    """Worker: load the model, then yield its ``Progress`` ("model": the device's name and
+    the run's record) and the slices' ("slices"); returns the probabilities, or None once
+    ``cancel`` is set (the run closed before its next batch). ``intensity``:
+    ``intensity_setting`` keywords."""
     from ..inference.intensity import intensity_setting
-    from ..inference.runtime import relay
+    from ..inference.progress import Progress, until_cancelled
     from ..inference.segmenter import Segmenter
     from ..inference.stacks import iter_predict_planes
     from ..model.checkpoint import load_model
@@ -102,11 +105,10 @@ def _segment_planes(model_ref, data, rgb, planes, options, intensity):
     setting = intensity_setting(default_normalization(net), **intensity)
     stack = len(spatial_shape(data.shape, rgb)) > 2
     seg = Segmenter(net, normalization=setting.for_stack(data) if stack else setting, **options)
-    yield ("device", seg.device_label)
-    yield ("record", {**seg.record(), "intensity_setting": setting.to_dict(),
-                      "intensity_choice": setting.describe()})
-    return (yield from relay(iter_predict_planes(seg, data, rgb, planes),
-                             lambda step: ("progress", *step)))
+    yield Progress("model", 1, 1, {"device": seg.device_label, "record": {
+        **seg.record(), "intensity_setting": setting.to_dict(),
+        "intensity_choice": setting.describe()}})
+    return (yield from until_cancelled(iter_predict_planes(seg, data, rgb, planes), cancel))
 
 
 #: The fields of the dock, top to bottom (each is made in one of the ``_create_*`` sections,
@@ -136,6 +138,7 @@ class SegmentWidget(Container):
         self._browsed: dict[str, Path] = {}
         apply_saved_models_folder()  # before the model list is read
         self._worker = None
+        self._cancel = Cancel()  # the running worker's; set by Cancel
         self._closed = False
         self._result = None  # the last run: labels layer, probabilities, prob layer
         self._job = None  # the run in progress: its layer, settings and provenance
@@ -428,14 +431,15 @@ class SegmentWidget(Container):
             return None
         import_engine(self.status)
         self._note_starter(model_ref, layer)
-        worker = _segment_planes(model_ref, data, layer.rgb, planes, options, intensity)
+        self._cancel = Cancel()
+        worker = _segment_planes(model_ref, data, layer.rgb, planes, options, intensity,
+                                 self._cancel)
         job = {"layer": layer, "shape": spatial_shape(data.shape, layer.rgb),
                "model": str(model_ref), "options": options, "record": {}}
         self._job = job
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(lambda probs: self._on_returned(job, probs))
         worker.errored.connect(self._on_errored)
-        worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.run_button.enabled, self.cancel_button.enabled = False, True
@@ -473,22 +477,19 @@ class SegmentWidget(Container):
 
     def cancel(self, _=None) -> None:
         if self._worker is not None:
-            self._worker.quit()
+            self._cancel.set()
             self._set_status("Cancelling after the current batch...")
 
     def _on_yielded(self, item) -> None:
         if self._closed:
             return
-        if item[0] == "device":
-            self.device_used.value = item[1]
-            return
-        if item[0] == "record":
+        if item.stage == "model":
+            self.device_used.value = item.detail["device"]
             if self._job is not None:
-                self._job["record"] = item[1]
+                self._job["record"] = item.detail["record"]
             return
-        _, number, total, progress = item
-        self.progress.value = int(1000 * (number + progress.fraction) / total)
-        self.progress.label = f"slice {number + 1}/{total}"
+        self.progress.value = int(1000 * item.fraction)
+        self.progress.label = f"slice {item.done + 1}/{item.total}"
 
     def _on_errored(self, err) -> None:
         if self._closed:
@@ -507,8 +508,11 @@ class SegmentWidget(Container):
 
     # ---- results -------------------------------------------------------------------------
 
-    def _on_returned(self, job, probs: dict) -> None:
+    def _on_returned(self, job, probs: dict | None) -> None:
         if self._closed:
+            return
+        if probs is None:  # cancelled
+            self._set_status("Cancelled; no layer was changed.")
             return
         layer = job["layer"]
         if layer not in self._viewer.layers:

@@ -13,7 +13,6 @@ them in ``connect``.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..data.keys import SOURCE as SOURCE_TAG
 from ..data.keys import STORE_CASE as STORE_CASE_TAG
 from ..data.store import CaseSource
+from ..inference.progress import Cancel
 from ._common import model_events, wrap
 from ._settings import remember_store_folder, store_folder
 from ._state import FineTuneState
@@ -44,11 +44,11 @@ class StoreCaseJob:
 
 @thread_worker(ignore_errors=True)  # errors go to the widget's own notification
 def _store_fine_tune(start, store, job: StoreCaseJob, cfg, name, keep_on_cancel,
-                     stop: threading.Event, intensity: dict):
+                     stop: Cancel, intensity: dict):
     """Worker: stage the corrected slices as a case, train on the whole store from ``start``
-    (the base model resolved when the run was started, and shown); yields TrainEvents,
-    returns the run's Outcome. The case joins the store when the run ends (see
-    ``store_training.train_on_store``)."""
+    (the base model resolved when the run was started, and shown); yields the training's
+    ``Progress``, returns the run's Outcome; ``stop`` ends it after the current step. The
+    case joins the store when the run ends (see ``store_training.train_on_store``)."""
     from ..inference.intensity import intensity_setting
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
@@ -66,7 +66,7 @@ def _store_fine_tune(start, store, job: StoreCaseJob, cfg, name, keep_on_cancel,
                           "intensity": setting.describe()})
     return (yield from train_on_store(
         net, store, cfg, setting, out,
-        RunControl(should_stop=stop.is_set, keep_on_cancel=keep_on_cancel), StoreRun(pending)))
+        RunControl(cancel=stop, keep_on_cancel=keep_on_cancel), StoreRun(pending)))
 
 
 class StoreSection:

@@ -58,9 +58,9 @@ def cmd_evaluate(args) -> int:
         from tqdm import tqdm
 
         with tqdm(total=len(found.pairs), desc="volumes", unit="volume") as bar:
-            def progress(done, total, name):
-                bar.set_postfix_str(f"{name} slice {done}/{total}")
-                if done == total:
+            def progress(name, slices):
+                bar.set_postfix_str(f"{name} slice {slices.done}/{slices.total}")
+                if slices.done == slices.total:
                     bar.update(1)
 
             rows, summary = evaluate_volumes(model, setting, iter_volume_pairs(found),

@@ -7,7 +7,8 @@ import sys
 
 from .._files import refuse_existing
 from ..inference.postprocess import DEFAULT_THRESHOLD
-from ..inference.runtime import DEVICES, drain
+from ..inference.progress import drain
+from ..inference.runtime import DEVICES
 from ._common import (
     CliError,
     _add_intensity_args,
@@ -141,12 +142,12 @@ def _slice_list(text):
                        "12,18") from None
 
 
-def _show_propagation(bar, step) -> None:
-    if step[0] == "train" and step[1].kind == "epoch":
+def _show_propagation(bar, progress) -> None:
+    if progress.stage == "train" and progress.detail.kind == "epoch":
         bar.set_description("fine-tuning")
-        bar.set_postfix_str(f"epoch {step[1].epoch} loss {step[1].loss:.3f}")
-    elif step[0] == "segment":
+        bar.set_postfix_str(f"epoch {progress.detail.epoch} loss {progress.detail.loss:.3f}")
+    elif progress.stage == "slices":
         bar.set_description("segmenting")
-        bar.total, bar.n = step[2], step[1]
+        bar.total, bar.n = progress.total, progress.done
         bar.refresh()
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .._files import check_folders
 from ..inference.postprocess import DEFAULT_THRESHOLD
-from ..inference.runtime import DEVICES, PRECISIONS, drain
+from ..inference.progress import drain, relay
+from ..inference.runtime import DEVICES, PRECISIONS
 from ..inference.segmenter import SegmentSettings
 from ..inference.tiling import BLENDS
 from ._common import (
@@ -310,13 +311,13 @@ def _segment_volumes(plan: SegmentPlan) -> None:
             model, spec, item, plan.out, dataclasses.replace(post, labels=True),
             overwrite=plan.overwrite)
         with tqdm(desc=Path(item).name, unit="slice", leave=False) as bar:
-            target = drain(gen, lambda step: _show_slice(bar, *step))
+            target = drain(gen, lambda progress: _show_slice(bar, progress))
         print(f"fmbff segment: {item} -> {target}", file=sys.stderr)
 
 
-def _show_slice(bar, done: int, total: int) -> None:
-    bar.total = total
-    bar.update(done - bar.n)
+def _show_slice(bar, progress) -> None:
+    bar.total = progress.total
+    bar.update(progress.done - bar.n)
 
 
 def _segment_here(plan: SegmentPlan) -> int:
@@ -344,8 +345,6 @@ def _segment_here(plan: SegmentPlan) -> int:
 def _chunk_bar(gen, name: str):
     """Pass a Progress generator through, showing a chunks bar for one large image."""
     from tqdm import tqdm
-
-    from ..inference.runtime import relay
 
     def show(progress):
         bar.total, bar.n = progress.total, progress.done
@@ -375,12 +374,12 @@ def _segment_on_cluster(plan: SegmentPlan) -> int:
         gen = iter_run_jobs(client, spec, jobs, plan.post, normalization,
                             WriteOptions(plan.chunk, plan.overwrite, plan.resume, plan.settings))
         with tqdm(desc="tasks", unit="task") as bar:
-            drain(gen, lambda step: _show_tasks(bar, *step))
+            drain(gen, lambda progress: _show_tasks(bar, progress))
     print(f"fmbff: wrote {len(jobs)} mask(s) to {plan.out}", file=sys.stderr)
     return 0
 
 
-def _show_tasks(bar, done: int, total: int) -> None:
-    bar.total, bar.n = total, done
+def _show_tasks(bar, progress) -> None:
+    bar.total, bar.n = progress.total, progress.done
     bar.refresh()
 

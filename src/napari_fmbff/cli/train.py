@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..inference.runtime import DEVICES, drain
+from ..inference.progress import Cancel, drain
+from ..inference.runtime import DEVICES
 from ._common import (
     ROI_HELP,
     CliError,
@@ -221,12 +222,9 @@ def _train_store(args, ddp, out, resume, state) -> int:
 def _train_control(args, state, resume, ddp):
     """How ``fmbff train`` runs: stopped after ``--time-limit`` minutes (keeping the best so
     far), resumed from ``state``, checkpointed to ``resume``, under DDP."""
-    import time
-
     from ..training.requests import RunControl
 
-    deadline = time.time() + 60 * args.time_limit if args.time_limit else None
-    return RunControl(should_stop=(lambda: time.time() > deadline) if deadline else None,
+    return RunControl(cancel=Cancel.after(60 * args.time_limit) if args.time_limit else None,
                       resume_state=state, checkpoint_fn=resume.save, ddp=ddp)
 
 
@@ -282,7 +280,8 @@ def _volume_items(found, setting, show: bool = True) -> list:
     return items
 
 
-def _show_epoch(bar, event) -> None:
+def _show_epoch(bar, progress) -> None:
+    event = progress.detail
     if event.kind == "start":
         bar.set_postfix_str(f"val Dice {event.val_dice:.3f} (before training)")
     elif event.kind == "epoch":

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .postprocess import DEFAULT_THRESHOLD
+from .progress import Progress
 from .regions import Chunk
-from .tiling import Progress
 
 #: Work unit edge in px: big enough that the recomputed halo tiles cost little (about 10 %
 #: more tiles at tile 512 / overlap 0.25), small enough for a few hundred MB per worker.
@@ -131,7 +131,7 @@ def intensity_ranges(normalization, image):
 def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
                          chunk: int = DEFAULT_CHUNK, threshold: float = DEFAULT_THRESHOLD,
                          skip=None, after=None):
-    """Generator: yields ``Progress`` in chunks; returns the foreground pixel count of the
+    """Generator: yields ``Progress`` of its chunks; returns the foreground pixel count of the
     chunks it ran. ``image`` may be a stack (an AxesView): every plane is done, each with its
     own intensity range or, for a "volume" normalisation scope, one range for the stack.
     ``skip(chunk)``: true for chunks already done (a resumed run); ``after(chunk)``: called
@@ -140,7 +140,7 @@ def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
     todo = [c for c in chunks if skip is None or not skip(c)]
     range_of = intensity_ranges(segmenter.normalization, image)
     done = len(chunks) - len(todo)
-    yield Progress(done, len(chunks))
+    yield Progress("chunks", done, len(chunks))
     foreground = 0
     for c in todo:
         foreground += segment_chunk(segmenter, image, c, range_of(c.plane), threshold,
@@ -148,5 +148,5 @@ def iter_segment_chunked(segmenter, image, mask_out=None, prob_out=None,
         if after is not None:
             after(c)
         done += 1
-        yield Progress(done, len(chunks))
+        yield Progress("chunks", done, len(chunks))
     return foreground

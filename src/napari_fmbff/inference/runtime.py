@@ -1,9 +1,6 @@
 """Where and how a network runs, for inference and training alike: the device, the autocast
-precision, and driving the progress-yielding generators that every long job here is.
-
-Jobs are generators that yield progress and return their result, so a GUI can show the
-progress and stop between steps by closing them; ``drain`` runs one to its end and ``relay``
-passes one's items on, changed, without a hand-written ``next()`` / ``StopIteration`` loop.
+precision and torch's CPU threads. (How a long job reports progress and is cancelled:
+``progress.py``.)
 """
 
 from __future__ import annotations
@@ -17,32 +14,6 @@ import time
 DEVICES = ("auto", "cuda", "mps", "cpu")
 #: Arithmetic on CUDA; "auto" is bf16 where the card supports it, else fp16 (CPU: always fp32).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def _returning(gen, outcome: list):
-    """``gen``'s items, unchanged; its return value is appended to ``outcome`` at the end."""
-    outcome.append((yield from gen))
-
-
-def drain(gen, on_item=None):
-    """Run a progress-yielding generator to its end and return what it returns; each yielded
-    item goes to ``on_item`` (a progress bar, say) when one is given."""
-    outcome: list = []
-    for item in _returning(gen, outcome):
-        if on_item is not None:
-            on_item(item)
-    return outcome[0]
-
-
-def relay(gen, fn):
-    """Generator: yields ``fn(item)`` for every item of ``gen`` and returns what ``gen``
-    returns (``result = yield from relay(gen, fn)``). Closing it closes ``gen``."""
-    outcome: list = []
-    with contextlib.closing(_returning(gen, outcome)) as items:
-        for item in items:
-            yield fn(item)
-    return outcome[0]
-
 
 #: Set to a whole number to fix torch's CPU threads (otherwise chosen before each CPU run).
 THREADS_ENV = "FMBFF_THREADS"

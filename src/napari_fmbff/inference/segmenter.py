@@ -21,10 +21,10 @@ from ..model.normalization import (
 )
 from . import runtime
 from .postprocess import DEFAULT_THRESHOLD, labels_from_proba
+from .progress import Progress, drain
 from .provenance import model_record
 from .staging import HostStaging
 from .tiling import (
-    Progress,
     RegionAccumulator,
     RowBandAccumulator,
     TileGrid,
@@ -199,7 +199,7 @@ class Segmenter:
     def predict_proba(self, image, out=None) -> np.ndarray:
         """Foreground probability, float32 (Y, X) in [0, 1]. ``image``: (Y, X) or (Y, X, C),
         numpy, dask, zarr or any array-like (a nested list); ``out`` may be a zarr array."""
-        return runtime.drain(self.iter_predict(image, out=out))
+        return drain(self.iter_predict(image, out=out))
 
     def segment(self, image, threshold: float = DEFAULT_THRESHOLD, min_size: int = 0,
                 fill_holes: bool = False, split: bool = True) -> np.ndarray:
@@ -207,7 +207,7 @@ class Segmenter:
         return labels_from_proba(self.predict_proba(image), threshold, min_size, fill_holes, split)
 
     def iter_predict(self, image, out=None):
-        """Generator: yields ``Progress`` after every batch, returns the probability map.
+        """Generator: yields ``Progress`` of its tiles after every batch, returns the probability map.
 
         Closing the generator (or simply not iterating further) stops the work between
         batches; nothing more is computed or written.
@@ -229,13 +229,13 @@ class Segmenter:
                                  max_pending=self._pending_rows(grid))
         total = len(grid)
         try:
-            yield Progress(0, total)
+            yield Progress("tiles", 0, total)
             done = 0
             for batch, probs in self.iter_tile_batches(image, grid, list(grid), intensity_range):
                 for (y0, x0), p in zip(batch, probs):
                     acc.add(y0, x0, p)
                 done += len(batch)
-                yield Progress(done, total)
+                yield Progress("tiles", done, total)
             return acc.finish()
         finally:
             acc.close()

@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 
 from .postprocess import PlaneLabels, Postprocess
-from .runtime import relay
+from .progress import Progress, relay
 
 
 def spatial_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
@@ -39,19 +39,21 @@ def plane_of(data, index: tuple[int, ...]):
 
 
 def iter_predict_planes(segmenter, data, rgb: bool, planes):
-    """Generator over planes: yields (plane_number, n_planes, Progress); returns
-    {plane_index: probability map}. Each plane is read lazily (dask / zarr stay lazy)."""
+    """Generator over planes: yields the ``Progress`` of the slices ("slices": the planes
+    done, ``detail`` the tiles of the one under way); returns {plane_index: probability
+    map}. Each plane is read lazily (dask / zarr stay lazy)."""
     probs = {}
     for number, index in enumerate(planes):
-        probs[index] = yield from relay(segmenter.iter_predict(plane_of(data, index)),
-                                        lambda progress, n=number: (n, len(planes), progress))
+        probs[index] = yield from relay(
+            segmenter.iter_predict(plane_of(data, index)),
+            lambda tiles, n=number: Progress("slices", n, len(planes), tiles))
     return probs
 
 
 def iter_segment_stack(segmenter, data, rgb: bool, post: Postprocess | None = None, out=None,
                        probs_out=None):
     """Generator: a 2D image, or every plane of a stack (..., Y, X[, C]) (a CT or MR volume)
-    one after the other, through ``segmenter``; yields (planes done, planes) after each and
+    one after the other, through ``segmenter``; yields ``Progress`` ("slices") after each and
     returns the labels under ``post`` (``postprocess.labels_from_planes``: 3D objects in a
     (Z, Y, X) volume unless per slice), in ``out`` if given, else in a new array (ids uint32,
     a mask 0/1 uint8). A stack is segmented with the setting made for the whole stack
@@ -73,7 +75,7 @@ def iter_segment_stack(segmenter, data, rgb: bool, post: Postprocess | None = No
             if probs_out is not None:
                 probs_out[index] = prob
             labeller.add(index, prob)
-            yield number + 1, len(planes)
+            yield Progress("slices", number + 1, len(planes))
     finally:
         segmenter.normalization = setting
     return labeller.result()

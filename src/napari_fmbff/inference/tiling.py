@@ -8,18 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Tiles done out of tiles in total, for one image."""
-
-    done: int
-    total: int
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-
 def round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 

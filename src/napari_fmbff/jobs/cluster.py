@@ -14,6 +14,7 @@ import os
 
 from ..inference.chunked import intensity_ranges
 from ..inference.postprocess import Postprocess
+from ..inference.progress import Progress
 from .files import (
     FileJob,
     SegmenterSpec,
@@ -99,9 +100,9 @@ def _awaited(future, source: str):
 
 def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postprocess,
                   normalization, writes: WriteOptions):
-    """Submit every job (large ones as their missing chunks); yields (tasks done, tasks in
-    all) as they finish; returns {source: foreground pixels}. On the first failure the rest
-    is cancelled and a ValueError names the input; finished chunks stay for
+    """Submit every job (large ones as their missing chunks); yields the ``Progress`` of the
+    tasks ("tasks") as they finish; returns {source: foreground pixels}. On the first failure
+    the rest is cancelled and a ValueError names the input; finished chunks stay for
     ``writes.resume``."""
     from distributed import as_completed
 
@@ -133,7 +134,7 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                                     outs.mask_store, outs.prob_store, outs.done_dir,
                                     pure=False)
                 tasks[fut] = job
-        yield 0, len(tasks)
+        yield Progress("tasks", 0, len(tasks))
         for done, fut in enumerate(as_completed(list(tasks)), 1):
             job = tasks[fut]
             foreground[job.source] += _awaited(fut, job.source)
@@ -142,7 +143,7 @@ def iter_run_jobs(client, spec: SegmenterSpec, jobs: list[FileJob], post: Postpr
                 if remaining[job.source] == 0:  # labels / holes need every chunk: here
                     outputs.pop(job.source).finish(
                         _awaited(provenance.pop(job.source), job.source))
-            yield done, len(tasks)
+            yield Progress("tasks", done, len(tasks))
     finally:
         unfinished = [f for f in [*tasks, *provenance.values()] if not f.done()]
         if unfinished:

@@ -163,7 +163,7 @@ def predict_job(segmenter, image, rgb: bool, post: Postprocess, with_probs: bool
     (``stacks.iter_segment_stack``: labels of a (Z, Y, X) stack are 3D objects unless
     ``post.per_slice``; a "volume" intensity scope is one range for the whole stack). Labels
     are uint16 (a TIFF's), a mask 0 / 255 uint8 (a PNG's)."""
-    from ..inference.runtime import drain
+    from ..inference.progress import drain
     from ..inference.stacks import iter_segment_stack, spatial_shape
 
     shape = spatial_shape(image.shape, rgb)
@@ -201,12 +201,15 @@ def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
                        overwrite: bool = False):
     """Ordinary jobs in this process, decoding the next image and encoding the last results
     in threads while the network runs (for folders of small images, file I/O is otherwise
-    most of the time on a GPU). Yields each job as it is written, in order."""
+    most of the time on a GPU). Yields the ``Progress`` of the images ("images") as each is
+    written, in order."""
     import concurrent.futures
+
+    from ..inference.progress import Progress
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as io:
         reads = [io.submit(read_job, job) for job in jobs[:2]]
-        writes = []
+        writes, written = [], 0
         for k, job in enumerate(jobs):
             image, rgb = reads[k].result()
             if k + 2 < len(jobs):
@@ -219,10 +222,12 @@ def iter_segment_files(segmenter, jobs: list[FileJob], post: Postprocess,
                                     result_provenance(segmenter, post, job.source)))
             while writes and writes[0].done():
                 writes.pop(0).result()  # raises a write error here, in order
-                yield
+                written += 1
+                yield Progress("images", written, len(jobs))
         for w in writes:
             w.result()
-            yield
+            written += 1
+            yield Progress("images", written, len(jobs))
 
 
 def segment_chunk_into(segmenter, job: FileJob, chunk: Chunk, intensity_range,
@@ -270,7 +275,7 @@ def open_large_job(job: FileJob, post: Postprocess, chunk: int, overwrite: bool 
 def iter_segment_large(segmenter, job: FileJob, post: Postprocess, chunk: int,
                        overwrite: bool = False, resume: bool = False,
                        settings: dict | None = None):
-    """Generator over the chunks of one large job in this process (yields Progress); returns
+    """Generator over the chunks of one large job in this process (yields ``Progress``); returns
     the foreground pixel count of the chunks run now (before post-processing).
 
     Outputs appear under their names only when complete. If the run stops part-way, the

@@ -29,7 +29,7 @@ def output_paths(volume, out_dir) -> tuple[Path, Path]:
 
 def segment_volume(model, spec: SegmenterSpec, path, out_dir, post: Postprocess = LABELS_3D,
                    *, overwrite: bool = False, provenance: dict | None = None):
-    """Generator: yields (slice, slices) while segmenting; returns the NIfTI path written.
+    """Generator: yields ``Progress`` of the slices; returns the NIfTI path written.
     ``model``: the network (loaded once for all volumes); ``spec``: its ``settings`` and
     the intensity choice (``window`` / ``normalize``, resolved for the whole volume).
     ``post`` (``Postprocess``): labels are 3D objects (``min_size`` in voxels) unless

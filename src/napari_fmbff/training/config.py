@@ -110,6 +110,8 @@ class Item:
 
 @dataclass
 class TrainEvent:
+    """One moment of a training run, the ``detail`` of its "train" ``Progress``."""
+
     kind: str                  # "start", "step" or "epoch"
     epoch: int
     step: int = 0

@@ -29,9 +29,10 @@ def evaluate_volumes(model, setting, pairs, threshold: float = DEFAULT_THRESHOLD
     model: a loaded network; setting: the intensity ``Normalization`` to segment with, made
     concrete for each volume (``for_stack``: a "volume" scope becomes that volume's range);
     pairs: ``data.datasets.VolumePair`` items (an iterable: read one at a time); run:
-    ``Segmenter`` keywords (device, tile_size, ...); on_slice(done, total, name): progress.
+    ``Segmenter`` keywords (device, tile_size, ...); on_slice(name, progress): each volume's
+    ``Progress`` of its slices.
     """
-    from ..inference.runtime import drain
+    from ..inference.progress import drain
     from ..inference.segmenter import Segmenter
     from ..inference.stacks import iter_segment_stack
 
@@ -40,7 +41,7 @@ def evaluate_volumes(model, setting, pairs, threshold: float = DEFAULT_THRESHOLD
     for pair in pairs:
         seg = Segmenter(model, normalization=setting, **run)
         pred = drain(iter_segment_stack(seg, pair.image, False, post),
-                     None if on_slice is None else lambda step, p=pair: on_slice(*step, p.name))
+                     None if on_slice is None else lambda step, p=pair: on_slice(p.name, step))
         c = confusion(pred > 0, pair.mask)
         counts.append(c)
         rows.append({"volume": pair.name, **c.scores(), "slices": len(pair.image)})

@@ -98,15 +98,16 @@ def split_items(items: list[Item], val_fraction: float, seed: int = 0,
 
 def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Normalization,
                control: RunControl | None = None):
-    """Generator: yields ``TrainEvent`` (start, every step, every epoch); returns TrainResult.
+    """Generator: yields ``Progress`` (stage "train"; its detail the ``TrainEvent``: start,
+    every step, every epoch); returns TrainResult.
 
     With ``val_items``: Dice on them after every epoch drives the lr plateau schedule and
     early stopping, and the best epoch's weights are returned. With no ``val_items``: no
-    validation, ``cfg.epochs`` (or until ``control.should_stop``) and the final weights are
+    validation, ``cfg.epochs`` (or until ``control.cancel`` is set) and the final weights are
     returned; events carry ``val_dice`` NaN. Either way ``fit_before`` / ``fit_after`` score
     the model on the training items' own pixels (at most ``cfg.fit_tiles`` tiles).
 
-    ``control`` (``RunControl``): ``should_stop()`` is asked after every step: when true,
+    ``control`` (``RunControl``): its ``cancel`` token is polled after every step: once set,
     training ends there and the result (best weights so far, or the last ones without
     validation; ``cancelled=True``) is returned as usual. ``checkpoint_fn(state)`` is called
     after each epoch with a resumable state (tensors and plain values only: loadable with
@@ -119,14 +120,14 @@ def iter_train(net, train_items, val_items, cfg: TrainConfig, normalization: Nor
 
     control = control or RunControl()
     trainer = Trainer(net, train_items, val_items, cfg, normalization,
-                      should_stop=control.should_stop, checkpoint_fn=control.checkpoint_fn,
+                      cancel=control.cancel, checkpoint_fn=control.checkpoint_fn,
                       ddp=control.ddp)
     return (yield from trainer.run_training(control.resume_state))
 
 
 def run_training(*args, **kwargs) -> TrainResult:
     """``iter_train`` run to the end (scripts and tests)."""
-    from ..inference.runtime import drain
+    from ..inference.progress import drain
 
     return drain(iter_train(*args, **kwargs))
 

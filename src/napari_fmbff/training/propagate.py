@@ -136,8 +136,8 @@ class PropagateRequest:
 
 
 def iter_propagate(net, request: PropagateRequest, control: RunControl | None = None):
-    """Generator: yields ("train", TrainEvent) while fine-tuning, then ("segment", done,
-    total); returns a ``PropagateResult``.
+    """Generator: yields ``Progress``, "train" while fine-tuning, then "slices" while
+    segmenting the other slices; returns a ``PropagateResult``.
 
     ``request`` (``PropagateRequest``): the volume, the user's labels, the slices to learn
     from, the recipe and the model's file; the model is saved with its lineage (base model,
@@ -148,7 +148,6 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
     failed before that, the store is as it was. ``control`` (``RunControl``; default: a
     cancel keeps nothing): stop and keep on cancel.
     """
-    from ..inference.runtime import relay
     from ..model.normalization import default_normalization
     from .loop import finetune_config
 
@@ -167,7 +166,7 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
                     if case is None else train_on_store(
                         net, case.store, cfg, setting, out, control,
                         StoreRun(pending, commit=False)))
-        outcome = yield from relay(training, lambda event: ("train", event))
+        outcome = yield from training
         result = yield from _segment_the_others(net, outcome, request, zs,
                                                 setting.for_stack(volume))
         if case is not None:
@@ -182,7 +181,7 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
 def _train_on_slices(net, request: PropagateRequest, zs, setting, cfg, out: ModelOut,
                      control: RunControl):
     """Generator: ``run.train_and_save`` on the slices ``zs`` of the request's volume alone
-    (yields TrainEvent; returns the Outcome); a ValueError when they hold no lesion."""
+    (yields its ``Progress``; returns the Outcome); a ValueError when they hold no lesion."""
     from .loop import make_items
     from .run import train_and_save
 
@@ -214,8 +213,9 @@ def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalizati
 
 
 def _segment_others(model, volume, labels, zs, normalization):
-    """Generator: the model's probabilities on every slice not in ``zs`` (yields progress);
-    the labelled slices get their own labels as 0 / 1."""
+    """Generator: the model's probabilities on every slice not in ``zs`` (yields their
+    ``Progress``, "slices"); the labelled slices get their own labels as 0 / 1."""
+    from ..inference.progress import Progress
     from ..inference.segmenter import Segmenter
 
     seg = Segmenter(model, normalization=normalization)
@@ -223,7 +223,7 @@ def _segment_others(model, volume, labels, zs, normalization):
     others = [z for z in range(len(volume)) if z not in set(zs)]
     for k, z in enumerate(others):
         probs[z] = seg.predict_proba(np.asarray(volume[z]))
-        yield ("segment", k + 1, len(others))
+        yield Progress("slices", k + 1, len(others))
     for z in zs:
         probs[z] = np.asarray(labels[z]) > 0
     return probs

@@ -1,6 +1,6 @@
 """What a training run is asked to do, as typed requests instead of long argument lists:
 
-- ``RunControl``: how a run is stopped, what a stop keeps, and how it resumes, checkpoints
+- ``RunControl``: how a run is cancelled, what a cancel keeps, and how it resumes, checkpoints
   and shares work between processes (``iter_train``, ``train_and_save`` and every run above
   them take one);
 - ``ModelOut``: where the trained model is saved and what its record says it learned from.
@@ -16,21 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..inference.progress import Cancel
+
 
 @dataclass(frozen=True)
 class RunControl:
     """How a run is controlled while it runs.
 
     Args:
-        should_stop: asked after every training step; when it says True the run ends there
-            (the result says ``cancelled``).
+        cancel: the run's ``Cancel`` token (a dock's Cancel button, a time limit), polled
+            after every training step; once it is set the run ends there (the result says
+            ``cancelled``).
         keep_on_cancel: a cancelled run still saves the best weights so far.
         resume_state: a state saved by ``checkpoint_fn`` to continue from (None: start).
         checkpoint_fn: called after every epoch with a resumable state (rank 0 only).
         ddp: this process's place in a torchrun job (``ddp.Ddp``), or None.
     """
 
-    should_stop: Callable[[], bool] | None = None
+    cancel: Cancel | None = None
     keep_on_cancel: bool = True
     resume_state: dict | None = None
     checkpoint_fn: Callable[[dict], Any] | None = None

@@ -134,7 +134,7 @@ def _first_line(err: BaseException) -> str:
 def train_and_save(net, items, cfg, normalization, out: ModelOut,
                    control: RunControl | None = None,
                    why_none_held_out: str = TOO_FEW_TO_HOLD_OUT):
-    """Generator: yields ``TrainEvent``; returns an ``Outcome``.
+    """Generator: yields the training's ``Progress``; returns an ``Outcome``.
 
     ``normalization``: the intensity setting the items were made with; the model stores it,
     so segmenting with the model's default applies it again (a "volume" scope stays a scope:

@@ -246,7 +246,8 @@ def store_lineage(store: Store, data: StoreItems, base) -> dict:
 
 def train_on_store(net, store: Store, cfg, setting, out: ModelOut,
                    control: RunControl | None = None, store_run: StoreRun = StoreRun()):
-    """Generator: yields ``TrainEvent``; returns the ``run.Outcome`` of training ``net`` on
+    """Generator: yields the training's ``Progress``; returns the ``run.Outcome`` of training
+    ``net`` on
     the whole store (``store_run.pending`` included; the record read again first: another
     process may have added a case) with ``run.train_and_save``.
 

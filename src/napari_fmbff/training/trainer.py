@@ -5,7 +5,8 @@ crops; then a resume state, or the scores before training), and for every epoch
 ``on_epoch_start`` (the sampler's epoch, the encoder frozen or not), ``train_epoch`` (one
 ``train_step`` per batch, stopping where asked), ``validation_step``, ``on_epoch_end``
 (scheduler, best epoch, early stopping, history) and ``save_checkpoint``; ``on_train_end``
-puts back the best weights. It yields the ``TrainEvent``s that ``loop.iter_train`` passes on.
+puts back the best weights. It yields its ``TrainEvent``s as ``Progress`` (stage "train": the
+optimiser steps done of the run's) that ``loop.iter_train`` passes on.
 ``checkpoint()`` / ``load_checkpoint()`` are the resumable state (tensors and plain values
 only); ``resume.ResumeFile`` writes and reads it on disk.
 """
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..inference.progress import Progress
 from . import ddp as _ddp
 from .config import TrainEvent, TrainResult
 from .metrics import Counts, soft_dice
@@ -32,20 +34,21 @@ if TYPE_CHECKING:
 class Trainer:
     """Trains ``net`` on ``train_items``, validated on ``val_items`` (none: a fixed budget).
 
-    ``should_stop()`` is asked after every step; ``checkpoint_fn(state)`` gets the resumable
-    state after every epoch (rank 0 only); ``ddp`` (``ddp.Ddp``): this process's place in a
-    torchrun job, whose processes share gradients, validation counts and stop decisions.
+    ``cancel`` (a ``Cancel`` token) is polled after every step; ``checkpoint_fn(state)`` gets
+    the resumable state after every epoch (rank 0 only); ``ddp`` (``ddp.Ddp``): this process's
+    place in a torchrun job, whose processes share gradients, validation counts and stop
+    decisions.
     """
 
     def __init__(self, net, train_items, val_items, cfg: TrainConfig,
-                 normalization: Normalization, *, should_stop=None, checkpoint_fn=None,
+                 normalization: Normalization, *, cancel=None, checkpoint_fn=None,
                  ddp=None):
         if not train_items:
             raise ValueError("no training images")
         self.started = time.time()
         self.net, self.train_items, self.val_items = net, train_items, val_items
         self.cfg, self.normalization, self.ddp = cfg, normalization, ddp
-        self.should_stop, self.checkpoint_fn = should_stop, checkpoint_fn
+        self.cancel, self.checkpoint_fn = cancel, checkpoint_fn
         self.validated = bool(val_items)
         self.share = (ddp.rank, ddp.world_size) if ddp is not None else (0, 1)
         self.is_main = ddp is None or ddp.is_main
@@ -54,19 +57,26 @@ class Trainer:
         self.cancelled = self.stopped_early = False
 
     def run_training(self, resume_state: dict | None = None):
-        """Generator: yields ``TrainEvent`` (start, every step, every epoch); returns
-        ``TrainResult``."""
-        yield self.on_train_start(resume_state)
+        """Generator: yields ``Progress`` (stage "train", its detail the ``TrainEvent``: start,
+        every step, every epoch); returns ``TrainResult``."""
+        yield self.progress(self.on_train_start(resume_state))
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
             self.on_epoch_start(epoch)
             if not (yield from self.train_epoch(epoch)):
                 break  # stopped within the epoch: it is not validated or counted
             val_dice = self.validation_step()
-            yield self.on_epoch_end(epoch, val_dice)
+            yield self.progress(self.on_epoch_end(epoch, val_dice))
             self.save_checkpoint()
             if self.cancelled or self.stopped_early:
                 break
         return self.on_train_end()
+
+    def progress(self, event: TrainEvent) -> Progress:
+        """``event`` as the run's progress: the optimiser steps done (a "start" event: those of
+        the epochs already run) of ``cfg.epochs`` epochs' worth, the event its detail."""
+        done = (event.epoch * self.steps if event.kind == "start"
+                else (event.epoch - 1) * self.steps + event.step)
+        return Progress("train", done, self.cfg.epochs * self.steps, event)
 
     # ---- hooks, in the order run_training calls them ------------------------------------
 
@@ -99,8 +109,8 @@ class Trainer:
         self.losses, self.cancelled = [], False
         for step, batch in enumerate(self.loader, 1):
             self.losses.append(self.train_step(*batch))
-            yield TrainEvent("step", epoch, step, self.steps, loss=self.losses[-1],
-                             best_dice=self.best_dice, lr=self.lr)
+            yield self.progress(TrainEvent("step", epoch, step, self.steps, loss=self.losses[-1],
+                                           best_dice=self.best_dice, lr=self.lr))
             self.cancelled = self._stop_requested()
             if self.cancelled:
                 break
@@ -325,9 +335,9 @@ class Trainer:
         return loss_sum / loss_n
 
     def _stop_requested(self) -> bool:
-        if self.should_stop is None:
+        if self.cancel is None:
             return False
         # Under DDP every process must stop at the same step, or the others wait forever.
         if self.ddp is not None:
-            return _ddp.any_process(self.should_stop(), self.device)
-        return self.should_stop()
+            return _ddp.any_process(self.cancel.is_set(), self.device)
+        return self.cancel.is_set()
