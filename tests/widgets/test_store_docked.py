@@ -172,3 +172,42 @@ def disk_case():
     labels = np.zeros(volume.shape, np.uint8)
     labels[1][disk] = 1
     return volume, labels
+
+
+def test_the_next_patient_is_segmented_while_the_store_retrains(make_napari_viewer, qtbot,
+                                                                tiny_model, monkeypatch):
+    """Issue 31: the store's retrain runs in the background. Held on purpose until the next
+    patient is open and segmented from the Segment dock, the run then ends as it would have,
+    with the first patient (not the image now shown) as its case."""
+    import threading
+
+    from napari_fmbff.training import store_training
+
+    gate, train = threading.Event(), store_training.train_on_store
+
+    def held_until_the_next_patient_is_done(*args, **kwargs):
+        assert gate.wait(WAIT_MS / 1000), "the next patient was never segmented"
+        return (yield from train(*args, **kwargs))
+
+    monkeypatch.setattr(store_training, "train_on_store", held_until_the_next_patient_is_done)
+    viewer = make_napari_viewer()
+    grey_patient(viewer, "first", seed=1)
+    tune = docked_fine_tune(viewer, tiny_model)
+    tune.image.value = viewer.layers["first"]
+    tune.labels_layer.value = viewer.layers["first labels"]
+    tune.run_button.native.click()
+    assert tune._worker is not None  # the store run is under way
+    # The next patient: opened and segmented while the store run goes on.
+    viewer.add_image(np.stack([p[0][..., 0] for p in disks(3, size=64, seed=7)]), name="next")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
+    seg.model.value, seg.tile_size.value, seg.device.value = tiny_model, 64, "cpu"
+    seg.image.value = viewer.layers["next"]
+    seg.run_button.native.click()
+    qtbot.waitUntil(lambda: seg._worker is None, timeout=WAIT_MS)
+    assert "next fmbff" in viewer.layers and viewer.layers["next fmbff"].data.shape == (3, 64, 64)
+    assert tune._worker is not None  # still training: Segment did not wait for it
+    gate.set()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    assert tune.last_outcome is not None and tune.last_outcome.saved, tune.status.value
+    cases = open_store_for(tune.store.store_dir.value).cases()
+    assert [c.name for c in cases] == ["first"]
