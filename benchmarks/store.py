@@ -14,7 +14,9 @@ committed). A simulated user, for each sequence of patients A -> B:
    trained on it from ``starter``: a Store in a temporary folder with A as its one case,
    ``train_on_store`` (what the Fine-tune dock does with "add to the store").
 2. B opens: its 3D Dice with A's model, **before any correction** (every slice of B).
-3. B gets one corrected slice (its largest lesion slice) and a model is trained again, by arm:
+3. B gets one corrected slice (its largest lesion slice; with ``--box``, LiteMedSAM's answer to
+   one box on it, accepted as it is: one box, then Propagate) and a model is trained again,
+   by arm:
 
    - **store**: B is added to A's store and ``train_on_store`` trains on both from the base
      (``starter``; ``--chained``: from the store's latest model, A's, as store runs did before
@@ -86,7 +88,8 @@ class Bench:
         from napari_fmbff.model.normalization import default_normalization
 
         self.cache, self.work, self.recipes, self.seed = cache, work, recipes, seed
-        self.sampling, self.chained = "balanced", False
+        self.sampling, self.chained, self.box = "balanced", False, False
+        self.answers = {}
         self.setting = default_normalization(load_model("starter"))
         self.volumes, self.alone, self.probs = {}, {}, {}
         self.last_s = 0.0  # wall s of the last training + its scoring: what the next may take
@@ -97,6 +100,22 @@ class Bench:
             image, mask = interactive.load_volume(name, self.cache)
             self.volumes[name] = (image, mask, int(np.argmax(mask.sum(axis=(1, 2)))))
         return self.volumes[name]
+
+    def corrected(self, name) -> np.ndarray:
+        """``--box``: the slice the user accepts is LiteMedSAM's answer to one box (the
+        lesion's bounding box grown by 5 px, interactive.py's) on the largest lesion slice,
+        with the volume's intensity range, as the Segment dock gives it; its Dice is kept."""
+        from napari_fmbff.inference.litemedsam import litemedsam_box, volume_range
+
+        if name not in self.answers:
+            image, mask, top = self.volume(name)
+            answer = litemedsam_box(image[top], interactive.grown_box(mask[top]), "cpu",
+                                    volume_range(image))
+            self.answers[name] = (answer.astype(np.uint8),
+                                  interactive.dice(answer, mask[top] > 0))
+            interactive.log(f"{name}: LiteMedSAM's box answer on slice {top}, Dice "
+                            f"{self.answers[name][1]:.3f}")
+        return self.answers[name][0]
 
     def cfg(self, recipe: str):
         from napari_fmbff.training.loop import finetune_config
@@ -122,7 +141,7 @@ class Bench:
         out.parent.mkdir(parents=True, exist_ok=True)
         wall, cpu = time.perf_counter(), time.process_time()
         labels = np.zeros(mask.shape, np.uint8)
-        labels[top] = mask[top]
+        labels[top] = self.corrected(name) if self.box else mask[top]
         pending = stage(store, image, labels, [top], self.setting,
                         CaseSource(source=name, name=name, model=base))
         gen = train_on_store(load_model(base), store, self.cfg(recipe), self.setting,
@@ -244,6 +263,9 @@ def parse_args(argv):
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
     p.add_argument("--sampling", default="balanced", choices=("balanced", "newest-half"),
                    help="how a store run samples its cases (store_training.SAMPLING)")
+    p.add_argument("--box", action="store_true",
+                   help="each patient's corrected slice is LiteMedSAM's answer to one box, "
+                        "not the ground truth (one box, then propagate)")
     p.add_argument("--chained", action="store_true",
                    help="the store arm starts from the store's latest model (A's), not starter")
     p.add_argument("--procedural", type=int, default=0, metavar="N",
@@ -306,7 +328,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fmbff-store-bench-") as tmp:
         work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S") if args.work else Path(tmp)
         bench = Bench(few_shot.cache_dir(args.cache), work, recipes, args.seed)
-        bench.sampling, bench.chained = args.sampling, args.chained
+        bench.sampling, bench.chained, bench.box = args.sampling, args.chained, args.box
         rows, cut = [], []
         for arm, (a, b), recipe in plan(args):
             what = f"{arm} {a} -> {b} ({recipe})"
@@ -516,7 +538,7 @@ def dump(path, args, recipes, rows, cut) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({
             "argv": sys.argv[1:], "threads": args.threads, "seed": args.seed,
-            "sampling": args.sampling, "chained": args.chained,
+            "sampling": args.sampling, "chained": args.chained, "box": args.box,
             "recipes": recipes, "rows": rows, "cut": cut}, indent=1, default=str))
 
 
