@@ -41,6 +41,15 @@ volume is only scored on the other slices of that same volume, never across volu
    the table gives the 3D Dice of the other slices per order. ``--box-orders`` alone runs only
    this table (the lung volumes by default).
 
+6. The lesion's ends (``--ends``, issue 30 lever 3): one LiteMedSAM box on the largest lesion
+   slice, accepted, then propagated (a) alone, as today; (b) the same propagation with the
+   first lesion-free slice beyond each end of the lesion accepted as lesion-free (what a user
+   does with **Accept slice** on an empty slice), used only as a stop: nothing connected to
+   the lesion crosses an accepted empty slice (``postprocess.connected_to_user``); (c) those
+   slices also learned, as background, in the fine-tune. 3D Dice over the same slices (all
+   but the box's slice and the two ends), of the model's mask and of the connected lesion
+   (what Propagate writes).
+
 ``--deadline HH:MM`` (UTC) stops starting new work in time; the tables say what was cut.
 """
 
@@ -397,6 +406,64 @@ def print_order_table(rows) -> None:
               f"{r['connected_dice']:.3f} | {r['lesion_dice']:.3f} | {r['same']} |")
 
 
+def lesion_ends(mask) -> list[int]:
+    """The first lesion-free slice beyond each end of the lesion (those inside the volume)."""
+    held = np.flatnonzero(mask.any(axis=(1, 2)))
+    return [z for z in (int(held[0]) - 1, int(held[-1]) + 1) if 0 <= z < len(mask)]
+
+
+def ends_rows(volumes, cache, overrides, store, deadline, cut) -> list:
+    """``--ends``: one row per volume and variant (module doc, item 6)."""
+    from napari_fmbff.inference.postprocess import connected_to_user
+
+    engine, rows = LiteMedSAM(), []
+    for name in volumes:
+        image, mask = load_volume(name, cache)
+        prop = Propagator(name, image, overrides, store)
+        top, ends = int(np.argmax(mask.sum(axis=(1, 2)))), lesion_ends(mask)
+        engine.for_volume(name, image)
+        accepted = engine(image[top], grown_box(mask[top]))
+        labels = np.zeros(mask.shape, np.int32)
+        labels[top] = accepted
+        rest = other_slices(len(image), {top, *ends})
+        variants = (("box alone", "LiteMedSAM", {top: accepted}, [top]),
+                    ("box, ends as stops", "LiteMedSAM", {top: accepted}, [top, *ends]),
+                    ("box, ends learned and stops", "LiteMedSAM",
+                     {top: accepted, **{z: np.zeros_like(accepted) for z in ends}},
+                     [top, *ends]))
+        for variant, tag, corrected, zs in variants:
+            if past(deadline, prop.last_wall if tuple(sorted(corrected)) != (top,) else 0):
+                cut.append(f"{name}: {variant}")
+                continue
+            run = prop(corrected, tag=tag)
+            probs = run["probs"]
+            linked = connected_to_user(probs >= 0.5, labels, zs)
+            rows.append({"volume": name, "variant": variant, "ends": ends, "slice": top,
+                         "accepted_dice": dice(accepted, mask[top]),
+                         "dice": dice(probs[rest] >= 0.5, mask[rest]),
+                         "connected_dice": dice(linked[rest], mask[rest]),
+                         "wall_s": run["wall_s"], "cpu_s": run["cpu_s"]})
+            log(f"ends: {name} {variant}: connected 3D Dice {rows[-1]['connected_dice']:.3f}")
+    return rows
+
+
+def print_ends_table(rows) -> None:
+    print("\n### The lesion's ends: one box, then Propagate, with and without the ends marked\n")
+    print("3D Dice over every slice but the boxed one and the two ends (lesion-free slices "
+          "included). Model: the fine-tuned model's mask; connected: the lesion connected to "
+          "the box's object in 3D, what Propagate writes.\n")
+    print("| volume | ends (slices) | variant | model | connected | CPU s |")
+    print("|---|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['volume']} | {', '.join(map(str, r['ends']))} | {r['variant']} | "
+              f"{r['dice']:.3f} | {r['connected_dice']:.3f} | {r['cpu_s']:.0f} |")
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        print(f"| **mean** ({len(mine)}) | | {variant} | "
+              f"{statistics.mean(r['dice'] for r in mine):.3f} | "
+              f"**{statistics.mean(r['connected_dice'] for r in mine):.3f}** | |")
+
+
 def order_rows(volumes, cache, overrides, store) -> list:
     rows = []
     for name in volumes:
@@ -641,6 +708,8 @@ def parse_args(argv):
     p.add_argument("--box-only", action="store_true", help="the box table only")
     p.add_argument("--box-orders", action="store_true",
                    help="only item 5: Segment-then-box against box alone (lung volumes)")
+    p.add_argument("--ends", action="store_true",
+                   help="only item 6: the lesion's ends marked or not (issue 30 lever 3)")
     p.add_argument("--review-only", action="store_true",
                    help="no box table and no Otsu-accepted propagation: the ground-truth "
                         "propagation, the review rounds and the picks table only")
@@ -685,6 +754,17 @@ def main(argv=None) -> int:
     if args.box_orders:
         store = Path(args.store) if args.store else None
         print_order_table(order_rows(volumes, cache, args.overrides, store))
+        return 0
+    if args.ends:
+        cut = []
+        rows = ends_rows(volumes, cache, args.overrides, Path(args.store) if args.store
+                         else None, deadline, cut)
+        print_ends_table(rows)
+        if cut:
+            print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"ends": rows, "cut": cut}, indent=1,
+                                                  default=str))
         return 0
     if not args.review_only:
         engines = box_engines(args.engines.split(","), args.prompt_model, cache, args.overrides)
