@@ -88,7 +88,7 @@ class Bench:
         from napari_fmbff.model.normalization import default_normalization
 
         self.cache, self.work, self.recipes, self.seed = cache, work, recipes, seed
-        self.sampling, self.chained, self.box = "balanced", False, False
+        self.sampling, self.chained, self.box, self.whole_a = "balanced", False, False, False
         self.answers = {}
         self.setting = default_normalization(load_model("starter"))
         self.volumes, self.alone, self.probs = {}, {}, {}
@@ -122,7 +122,7 @@ class Bench:
 
         return finetune_config(device="cpu", seed=self.seed, **self.recipes[recipe])
 
-    def train(self, store_dir: Path, name: str, start, recipe: str) -> dict:
+    def train(self, store_dir: Path, name: str, start, recipe: str, whole: bool = False) -> dict:
         """Stage ``name``'s largest lesion slice (ground truth) in the store at ``store_dir``
         and ``train_on_store`` from ``start`` (None: the store's latest model, else starter:
         the start this benchmark measured; the dock now starts from the base model chosen);
@@ -142,7 +142,10 @@ class Bench:
         wall, cpu = time.perf_counter(), time.process_time()
         labels = np.zeros(mask.shape, np.uint8)
         labels[top] = self.corrected(name) if self.box else mask[top]
-        pending = stage(store, image, labels, [top], self.setting,
+        slices = [top]
+        if whole:  # reviewed whole: every slice accepted as its ground truth
+            labels, slices = mask.astype(np.uint8), list(range(len(mask)))
+        pending = stage(store, image, labels, slices, self.setting,
                         CaseSource(source=name, name=name, model=base))
         gen = train_on_store(load_model(base), store, self.cfg(recipe), self.setting,
                              ModelOut(out, training_data=f"{name} z{top}", base=base),
@@ -175,21 +178,22 @@ class Bench:
         rest = interactive.other_slices(len(mask), {top} if skip_top else set())
         return interactive.dice(probs[rest] >= DEFAULT_THRESHOLD, mask[rest])
 
-    def first(self, name: str, recipe: str) -> dict:
-        """Step 1: ``starter`` trained on ``name``'s slice in a store of its own."""
-        key = (name, recipe)
+    def first(self, name: str, recipe: str, whole: bool = False) -> dict:
+        """Step 1: ``starter`` trained on ``name``'s slice (``whole``: every slice, the
+        patient reviewed whole) in a store of its own."""
+        key = (name, recipe) + (("whole",) if whole else ())
         if key not in self.alone:
-            store_dir = self.work / f"store-{name}-{recipe}"
-            run = self.train(store_dir, name, None, recipe)
+            store_dir = self.work / f"store-{name}-{recipe}{'-whole' if whole else ''}"
+            run = self.train(store_dir, name, None, recipe, whole)
             run["store"] = store_dir
-            run["own"] = self.dice(("alone", *key), run["net"], name, True)
+            run["own"] = self.dice(("alone", name, recipe, whole), run["net"], name, True)
             self.alone[key] = run
         return self.alone[key]
 
     def sequence(self, a: str, b: str, arm: str, recipe: str) -> dict:
         """One row: A -> B in ``arm``."""
-        first = self.first(a, recipe)
-        before = self.dice(("alone", a, recipe), first["net"], b, False)
+        first = self.first(a, recipe, self.whole_a)
+        before = self.dice(("alone", a, recipe, self.whole_a), first["net"], b, False)
         if arm == "store":
             store_dir = self.work / f"store-{a}-{b}-{recipe}"
             shutil.copytree(first["store"], store_dir)
@@ -266,6 +270,8 @@ def parse_args(argv):
     p.add_argument("--box", action="store_true",
                    help="each patient's corrected slice is LiteMedSAM's answer to one box, "
                         "not the ground truth (one box, then propagate)")
+    p.add_argument("--whole-a", action="store_true",
+                   help="patient A is reviewed whole (every slice its ground truth) before B")
     p.add_argument("--chained", action="store_true",
                    help="the store arm starts from the store's latest model (A's), not starter")
     p.add_argument("--procedural", type=int, default=0, metavar="N",
@@ -329,6 +335,7 @@ def main(argv=None) -> int:
         work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S") if args.work else Path(tmp)
         bench = Bench(few_shot.cache_dir(args.cache), work, recipes, args.seed)
         bench.sampling, bench.chained, bench.box = args.sampling, args.chained, args.box
+        bench.whole_a = args.whole_a
         rows, cut = [], []
         for arm, (a, b), recipe in plan(args):
             what = f"{arm} {a} -> {b} ({recipe})"
@@ -539,6 +546,7 @@ def dump(path, args, recipes, rows, cut) -> None:
         Path(path).write_text(json.dumps({
             "argv": sys.argv[1:], "threads": args.threads, "seed": args.seed,
             "sampling": args.sampling, "chained": args.chained, "box": args.box,
+            "whole_a": args.whole_a,
             "recipes": recipes, "rows": rows, "cut": cut}, indent=1, default=str))
 
 
