@@ -12,7 +12,11 @@ import pytest
 
 pytest.importorskip("napari")
 
-from test_propagate_widget import WAIT_MS, corrected_viewer  # noqa: E402
+from test_propagate_widget import (  # noqa: E402
+    WAIT_MS,
+    corrected_viewer,
+    docked_propagate_widget,
+)
 
 
 def test_propagate_worker_keeps_a_cpu_free_for_the_window(make_napari_viewer, qtbot,
@@ -22,12 +26,7 @@ def test_propagate_worker_keeps_a_cpu_free_for_the_window(make_napari_viewer, qt
     from napari_fmbff.inference import runtime
 
     viewer, _seg, _labels = corrected_viewer(make_napari_viewer, qtbot)
-    _dock, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
-    tune.image.value = viewer.layers["scan"]
-    for key, value in dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
-                           new_name="scan propagated").items():
-        getattr(tune, key).value = value
-    tune.store.use_store.value = False
+    tune = docked_propagate_widget(viewer)
     # An idle 8-CPU machine, and torch's thread setting recorded rather than applied.
     monkeypatch.setattr(runtime, "_cpus_busy_elsewhere", lambda: 0.0)
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)),

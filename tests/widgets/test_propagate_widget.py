@@ -57,6 +57,20 @@ def propagate_widget(viewer, **values):
     return widget
 
 
+def docked_propagate_widget(viewer, **values):
+    """Fine-tune docked from the Plugins menu (napari hands it a proxy viewer), set to
+    propagate "scan" with the tiny model for one epoch, the corrections store off."""
+    _dock, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
+    tune.image.value = viewer.layers["scan"]
+    settings = dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
+                    new_name="scan propagated")
+    settings.update(values)
+    for key, value in settings.items():
+        getattr(tune, key).value = value
+    tune.store.use_store.value = False
+    return tune
+
+
 def test_propagate_fills_the_other_slices_in_one_undo_step_and_registers_the_model(
         make_napari_viewer, qtbot, tiny_model, models_dir):
     viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
@@ -176,12 +190,7 @@ def test_a_rethreshold_at_propagates_settings_gives_propagates_labels(
         return prob
 
     monkeypatch.setattr(Segmenter, "predict_proba", predicted)
-    _dock, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
-    tune.image.value = viewer.layers["scan"]
-    for key, value in dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
-                           new_name="scan propagated").items():
-        getattr(tune, key).value = value
-    tune.store.use_store.value = False
+    tune = docked_propagate_widget(viewer)
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)
