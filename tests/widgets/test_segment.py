@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_fmbff import save_model  # noqa: E402
-from napari_fmbff._widgets import SegmentWidget  # noqa: E402
 from napari_fmbff._widgets import _segment as segment_module  # noqa: E402
 from napari_fmbff._widgets._common import model_events  # noqa: E402
 
@@ -24,7 +23,9 @@ def errors(monkeypatch):
 
 
 def make_widget(viewer, model="tiny", **values):
-    widget = SegmentWidget(viewer)
+    """Segment docked from the Plugins menu, as a user opens it (napari hands the dock a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     widget.model.value = model
     widget.tile_size.value = 64
     for key, value in values.items():
