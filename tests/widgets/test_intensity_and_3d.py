@@ -7,7 +7,6 @@ pytest.importorskip("napari")
 
 from conftest import disks  # noqa: E402
 from napari_fmbff import save_model  # noqa: E402
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff.model.checkpoint import file_sha256, model_card, read_metadata  # noqa: E402
 
 WAIT_MS = 240_000
@@ -24,7 +23,8 @@ def shown(widget) -> bool:
 
 
 def segment_widget(viewer, model="tiny", **values):
-    widget = SegmentWidget(viewer)
+    """Segment docked from the Plugins menu, as a user opens it."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     widget.model.value = model
     widget.tile_size.value = 64
     widget.device.value = "cpu"
@@ -85,7 +85,7 @@ def test_finetune_stores_its_intensity_and_segment_reuses_it(make_napari_viewer,
     pairs = disks(2, size=96, seed=5)
     viewer.add_image(np.stack([p[0][..., 0] for p in pairs]), name="scans")
     viewer.add_labels(np.stack([p[1] for p in pairs]).astype(np.int32), name="corrected")
-    widget = FineTuneWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
     for key, value in dict(model="base", image=viewer.layers["scans"],
                            labels_layer=viewer.layers["corrected"], epochs=1, tile_size=64,
                            batch_size=2, device="cpu", slices="current slice",
