@@ -930,7 +930,6 @@ WIDGET_CASES = {
 @pytest.mark.parametrize("case", list(WIDGET_CASES), ids=list(WIDGET_CASES))
 def test_segment_widget_notifies_and_keeps_the_layers(case, make_napari_viewer, qtbot, notified,
                                                       models_dir, model_file):
-    from napari_fmbff._widgets import SegmentWidget
 
     image, model, says = WIDGET_CASES[case]
     (models_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
@@ -938,7 +937,7 @@ def test_segment_widget_notifies_and_keeps_the_layers(case, make_napari_viewer, 
     viewer = make_napari_viewer()
     if image is not None:
         viewer.add_image(image, name="scan")
-    widget = SegmentWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     widget.refresh_models()
     widget.model.value = model
     widget.tile_size.value = 64
@@ -955,12 +954,11 @@ def test_segment_widget_notifies_and_keeps_the_layers(case, make_napari_viewer, 
 def test_finetune_widget_without_labels_notifies_and_keeps_the_layers(make_napari_viewer,
                                                                       notified, models_dir,
                                                                       model_file):
-    from napari_fmbff._widgets import FineTuneWidget
 
     (models_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.uint8), name="scan")
-    widget = FineTuneWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
     before = _layers(viewer)
     assert widget.run() is None
     assert notified and "Traceback" not in notified[-1]
@@ -1093,12 +1091,11 @@ def _not_prompts(viewer):
 @needs_napari
 @pytest.mark.parametrize("case", list(PROMPT_CASES), ids=list(PROMPT_CASES))
 def test_bad_prompts_notify_once_and_change_nothing(case, make_napari_viewer, prompt_notified):
-    from napari_fmbff._widgets import SegmentWidget
 
     shape, kind, data, says = PROMPT_CASES[case]
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).integers(0, 255, shape, np.uint8), name="scan")
-    widget = SegmentWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     boxes, clicks = widget.prompts.add_prompt_layers()
     if "3d-display" in case:
         viewer.dims.ndisplay = 3
@@ -1120,13 +1117,12 @@ def test_bad_prompts_notify_once_and_change_nothing(case, make_napari_viewer, pr
 @pytest.mark.parametrize("case", ["2d-image", "current-slice-only", "never-segmented"])
 def test_review_without_a_ranked_stack_notifies_and_changes_nothing(
         case, make_napari_viewer, qtbot, prompt_notified, models_dir, model_file):
-    from napari_fmbff._widgets import SegmentWidget
 
     (models_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
     viewer = make_napari_viewer()
     shape = (40, 50) if case == "2d-image" else (3, 40, 50)
     viewer.add_image(np.random.default_rng(0).integers(0, 255, shape, np.uint8), name="scan")
-    widget = SegmentWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
     if case == "current-slice-only":
         widget.refresh_models()
         widget.model.value, widget.tile_size.value = "tiny", 64
@@ -1185,12 +1181,11 @@ PROPAGATE_CASES = {
 def test_propagate_widget_refuses_in_one_line_and_changes_nothing(case, make_napari_viewer,
                                                                    notified, models_dir,
                                                                    model_file):
-    from napari_fmbff._widgets import FineTuneWidget
 
     (models_dir / "tiny.safetensors").write_bytes(model_file.read_bytes())
     viewer = make_napari_viewer()
     image = _propagate_viewer(viewer, case)
-    widget = FineTuneWidget(viewer)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
     widget.image.value = image
     widget.model.value = "tiny"
     if case == "wrong-shape":
