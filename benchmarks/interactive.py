@@ -50,6 +50,10 @@ volume is only scored on the other slices of that same volume, never across volu
    but the box's slice and the two ends), of the model's mask and of the connected lesion
    (what Propagate writes).
 
+7. Issue 30's levers (``--levers``, ``benchmarks/levers.py``): one LiteMedSAM box, then
+   Propagate (the engine's ``iter_propagate``) with each variant (today's recipe, fewer
+   epochs, self-labelling outward, LiteMedSAM redraws), ``--seeds`` (default 0,1): one table.
+
 ``--deadline HH:MM`` (UTC) stops starting new work in time; the tables say what was cut.
 """
 
@@ -710,6 +714,11 @@ def parse_args(argv):
                    help="only item 5: Segment-then-box against box alone (lung volumes)")
     p.add_argument("--ends", action="store_true",
                    help="only item 6: the lesion's ends marked or not (issue 30 lever 3)")
+    p.add_argument("--levers", action="store_true",
+                   help="only item 7: issue 30's levers, one table (benchmarks/levers.py)")
+    p.add_argument("--seeds", default="0,1", help="--levers: training seeds")
+    p.add_argument("--variants", default=None,
+                   help="--levers: comma-separated variants (default: all of levers.VARIANTS)")
     p.add_argument("--review-only", action="store_true",
                    help="no box table and no Otsu-accepted propagation: the ground-truth "
                         "propagation, the review rounds and the picks table only")
@@ -754,6 +763,21 @@ def main(argv=None) -> int:
     if args.box_orders:
         store = Path(args.store) if args.store else None
         print_order_table(order_rows(volumes, cache, args.overrides, store))
+        return 0
+    if args.levers:
+        import levers
+
+        cut = []
+        variants = args.variants.split(",") if args.variants else list(levers.VARIANTS)
+        rows = levers.lever_rows(volumes, cache, [int(v) for v in args.seeds.split(",")],
+                                 variants, Path(args.store) if args.store else None, deadline,
+                                 cut, load_volume, LiteMedSAM, grown_box, past, log)
+        levers.print_lever_table(rows)
+        if cut:
+            print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"levers": rows, "cut": cut}, indent=1,
+                                                  default=str))
         return 0
     if args.ends:
         cut = []

@@ -33,6 +33,12 @@ def constant_model(tiny_net, path, logit: float):
     return path
 
 
+@pytest.fixture(autouse=True)
+def own_case_floor():
+    """The real floor here (tests/conftest.py turns it off elsewhere)."""
+    yield
+
+
 def tiny_cfg():
     return finetune_config(epochs=1, tile_size=64, batch_size=2, device="cpu",
                            min_steps_per_epoch=1, freeze_encoder_epochs=0)
@@ -84,7 +90,8 @@ def test_a_model_that_predicts_nothing_is_registered_not_promoted(store, tiny_ne
     assert store.latest_model == everything.resolve()  # still Segment's default
     entry = store.record.models[-1]
     assert entry.path == str(out.resolve()) and entry.promoted is False
-    assert entry.gate["dice"] == 0.0 and entry.gate["cases"] == [store.cases()[0].id]
+    # It marks nothing: it did not even learn its own new case, so the gate stops there.
+    assert entry.gate["own_case_dice"] == 0.0 and entry.gate["cases"] == [store.cases()[0].id]
     assert outcome.store_latest == everything.resolve()
 
 
@@ -104,3 +111,26 @@ def test_the_first_model_of_a_store_is_promoted_and_fmbff_train_is_gated(tmp_pat
         ModelOut(tmp_path / "b.safetensors", base="nothing")))
     assert again.promoted  # both predict nothing: no worse
     assert open_store(store.path).latest_model == (tmp_path / "b.safetensors").resolve()
+
+
+def test_a_model_that_did_not_learn_its_own_new_case_is_never_promoted(tmp_path, tiny_net,
+                                                                      monkeypatch):
+    store = open_store(tmp_path / "fresh")  # no latest model: the first would be promoted
+    pending = store_training.stage(store, *patient(1), [0, 1], Normalization(),
+                                   CaseSource(name="p1"))
+    nothing = constant_model(tiny_net, tmp_path / "nothing.safetensors", -50.0)
+    gate = store_training.promotion(store, nothing, device="cpu", tile_size=64,
+                                    pending=pending)
+    assert not gate.promoted and gate.record["own_case_dice"] == 0.0
+    assert "did not learn that patient" in gate.message
+    assert "Segment keeps its own default" in gate.message
+    everything = constant_model(tiny_net, tmp_path / "everything.safetensors", 50.0)
+    below = store_training.promotion(store, everything, device="cpu", tile_size=64,
+                                     pending=pending)
+    own = below.record["own_case_dice"]
+    assert 0.05 < own < store_training.OWN_CASE_FLOOR and not below.promoted
+    monkeypatch.setattr(store_training, "OWN_CASE_FLOOR", own - 0.01)
+    first = store_training.promotion(store, everything, device="cpu", tile_size=64,
+                                     pending=pending)
+    assert first.promoted and "first model" in first.message
+    pending.discard()

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, propagated_labels
 from .requests import ModelOut, RunControl
+from .self_label import SelfLabel, iter_self_labelled
 from .store_training import StoreCase, StoreRun, settle, stage, train_on_store
 
 #: What a propagation keeps of the model's voxels on the other slices: only the 3D objects that
@@ -103,6 +104,9 @@ class PropagateRequest:
         connected: keep only the model's objects touching the user's (``KEEP_CONNECTED``).
         store: the corrections store the labelled slices join as a case, trained on whole
             (``store_training.StoreCase``); None: the labelled slices alone.
+        self_label: label the neighbouring slices outward and learn from them too
+            (``self_label.SelfLabel``; None: learn from the labelled slices only). Not with
+            ``store``: a store run learns the reviewed cases only.
     """
 
     volume: Any
@@ -119,6 +123,7 @@ class PropagateRequest:
     extra: Mapping = field(default_factory=dict)
     connected: bool = KEEP_CONNECTED
     store: StoreCase | None = None
+    self_label: SelfLabel | None = None
 
     def postprocess(self) -> Postprocess:
         """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
@@ -162,10 +167,13 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
         case.store, np.asarray(volume), np.asarray(labels), zs, setting,
         case.case_source(request.image_name, request.base))
     try:
-        training = (_train_on_slices(net, request, zs, setting, cfg, out, control)
-                    if case is None else train_on_store(
-                        net, case.store, cfg, setting, out, control,
-                        StoreRun(pending, commit=False)))
+        if case is not None:
+            training = train_on_store(net, case.store, cfg, setting, out, control,
+                                      StoreRun(pending, commit=False))
+        elif request.self_label is not None:
+            training = iter_self_labelled(net, request, zs, setting, cfg, out, control)
+        else:
+            training = _train_on_slices(net, request, zs, setting, cfg, out, control)
         outcome = yield from training
         result = yield from _segment_the_others(net, outcome, request, zs,
                                                 setting.for_stack(volume))

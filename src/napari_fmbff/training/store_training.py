@@ -49,6 +49,10 @@ REPLAY_SHARE = 0.5
 #: A new model is promoted when its Dice on the store's earlier cases, rounded as shown
 #: (this many decimals), is at least the current latest model's.
 GATE_DECIMALS = 3
+#: A new model is never promoted when its Dice on the case it was just trained on (the new
+#: case's labelled slices) is below this: it did not learn that patient (a run that collapsed
+#: to "no lesion" scores 0 there). Checked for a store's first model too.
+OWN_CASE_FLOOR = 0.5
 #: Why a store run has no held-out score (its messages say so; ``run.score_summary``).
 HOLDS_NOTHING_OUT = "the store holds nothing out"
 #: Said in every store-trained model's record.
@@ -305,7 +309,7 @@ def settle(store: Store, outcome, pending: PendingCase | None = None, *, base=No
         gate = promotion(store, outcome.path,
                          exclude=[pending.replaces] if pending is not None else (),
                          device=getattr(cfg, "device", "auto"),
-                         tile_size=getattr(cfg, "tile_size", None))
+                         tile_size=getattr(cfg, "tile_size", None), pending=pending)
         outcome.promoted = gate.promoted
         outcome.message = f"{outcome.message} {gate.message}"
         outcome.notes.append(gate.message)
@@ -329,17 +333,32 @@ class Promotion:
     record: dict = field(default_factory=dict)
 
 
-def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None) -> Promotion:
+def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None,
+              pending: PendingCase | None = None) -> Promotion:
     """The promotion gate: ``model`` (a model file just trained on ``store``) becomes the
     store's latest when the store has no latest model yet, or no earlier case (every case
     but ``exclude``: the case a new one replaces), or when its Dice on the earlier cases
-    (``store_dice``), rounded to ``GATE_DECIMALS``, is at least the latest model's."""
+    (``store_dice``), rounded to ``GATE_DECIMALS``, is at least the latest model's. Never when
+    it did not learn the case it was just trained on (``pending``): its Dice there below
+    ``OWN_CASE_FLOOR``."""
     from ..model.checkpoint import load_model
 
     latest = store.latest_model
     earlier = [case for case in store.record.cases if case not in set(exclude)]
     name = Path(str(model)).stem
     record = {"latest": str(latest) if latest else None, "cases": earlier}
+    kinds = pending.entry.slice_kinds() if pending is not None else None
+    if pending is not None and (kinds is None or kinds["lesion"]):  # a lesion to learn
+        own = store_dice(store, load_model(model), [pending.id], device, tile_size, pending)
+        if own == own:
+            record["own_case_dice"] = round(own, 4)
+        if own == own and own < OWN_CASE_FLOOR:
+            keeps = (f"'{latest.stem}' stays the store's latest (Segment's default)" if latest
+                     else "Segment keeps its own default")
+            return Promotion(False, f"'{name}' was kept and registered but not promoted: its "
+                                    f"Dice on the case it was just trained on is {own:.3f}, "
+                                    f"below {OWN_CASE_FLOOR}: it did not learn that patient; "
+                                    f"{keeps}.", record)
     if latest is None or not earlier:
         why = ("the first model trained on this store" if latest is None else
                "no earlier case to compare it on")
@@ -368,11 +387,13 @@ def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None)
     return Promotion(ok, text, record)
 
 
-def store_dice(store: Store, net, cases, device="auto", tile_size=None) -> float:
+def store_dice(store: Store, net, cases, device="auto", tile_size=None,
+               pending: PendingCase | None = None) -> float:
     """``net``'s Dice on the labelled slices of ``cases`` (the ignore label never counts):
     per case over all its labelled slices (pixels pooled), then the mean over cases, so each
-    patient counts alike; NaN when no case has a labelled slice. Each case is presented with
-    the intensity setting it was corrected with; threshold 0.5."""
+    patient counts alike; NaN when no case has a labelled slice. Each case
+    is presented with the intensity setting it was corrected with; threshold 0.5.
+    ``pending``: a staged case, which ``cases`` may name."""
     from ..inference.postprocess import DEFAULT_THRESHOLD
     from ..inference.segmenter import Segmenter
     from ..model.normalization import default_normalization
@@ -380,10 +401,10 @@ def store_dice(store: Store, net, cases, device="auto", tile_size=None) -> float
 
     per_case = []
     for case_id in cases:
-        pieces = list(store.training_slices(cases=[case_id]))
+        pieces = list(store.training_slices(cases=[case_id], pending=pending))
         if not pieces:
             continue
-        norm = _case_normalization(store, case_id, None, default_normalization(net),
+        norm = _case_normalization(store, case_id, pending, default_normalization(net),
                                    [p.image for p in pieces])
         seg = Segmenter(net, device=device, normalization=norm,
                         **({"tile_size": tile_size} if tile_size else {}))

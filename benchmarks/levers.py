@@ -1,0 +1,187 @@
+"""Issue 30's levers, one table: one LiteMedSAM box on the largest lesion slice of each
+pyradiomics volume, accepted as it is, then Propagate (``training.propagate.iter_propagate``,
+the path ``fmbff propagate`` and the widget run) with each variant, 2 seeds.
+
+Run through ``python benchmarks/interactive.py --levers`` (``--seeds 0,1``, ``--variants``,
+``--store`` to resume, ``--json``). Scored over every slice but the boxed one, lesion-free
+slices included: 3D Dice of what Propagate writes, the same on the lesion slices only,
+precision, recall, CPU s and wall s of the propagation (redraws add LiteMedSAM's time).
+
+Variants:
+- **today**: ``FINETUNE_DEFAULTS`` (20 epochs), the user's slice only.
+- **fast**: 10 epochs (lever 6).
+- **outward**: self-labelling (``training.self_label.SelfLabel``, lever 2): 10 epochs on the
+  box's slice, then 2 rounds that add confident neighbouring slices (2 slices each side per
+  round) and train 5 epochs each: 20 epochs in all, as today.
+- **outward fast**: the same with 6 + 2 x 3 epochs (12 in all).
+- **+ redraw always / + redraw rule** (lever 4), on today's and on outward's labels: every slice
+  Propagate marked (always), or only those where the mask looks too small (the rule below),
+  redrawn by LiteMedSAM from the mask's bounding box grown 5 px. The rule uses the mask's own
+  probabilities: redraw when the model is unsure just outside its mask (mean probability in
+  the 3 px ring around it >= ``RING``), the sign of a boundary drawn too tight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RING = 0.25
+VARIANTS = {
+    "today": ({}, None),
+    "fast": ({"epochs": 10}, None),
+    "outward": ({}, dict(rounds=2, reach=2, first_epochs=10, round_epochs=5)),
+    "outward fast": ({}, dict(rounds=2, reach=2, first_epochs=6, round_epochs=3)),
+}
+REDRAWN = ("today", "outward")
+
+
+def scores(pred, truth, rest) -> dict:
+    pred, truth = np.asarray(pred[rest], bool), np.asarray(truth[rest], bool)
+    tp = float((pred & truth).sum())
+    lesion = truth.any(axis=(1, 2))
+    lp, lt = pred[lesion], truth[lesion]
+    return {"dice": 2 * tp / max(pred.sum() + truth.sum(), 1),
+            "lesion_dice": 2 * float((lp & lt).sum()) / max(lp.sum() + lt.sum(), 1),
+            "precision": tp / pred.sum() if pred.sum() else float("nan"),
+            "recall": tp / max(truth.sum(), 1)}
+
+
+def box_of(mask, grow: int = 5):
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (max(int(xs.min()) - grow, 0), max(int(ys.min()) - grow, 0),
+            min(int(xs.max()) + grow, w - 1), min(int(ys.max()) + grow, h - 1))
+
+
+def ring_mean(probs, mask, width: int = 3) -> float:
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(mask, iterations=width) & ~mask
+    return float(probs[ring].mean()) if ring.any() else 0.0
+
+
+def redraw(image, pred, probs, rest, engine, rule: bool):
+    """Propagate's labels with marked slices redrawn by LiteMedSAM (all, or by the rule);
+    returns (new labels, slices redrawn, CPU s)."""
+    out, done, start = pred.copy(), [], time.process_time()
+    for z in rest:
+        if not pred[z].any():
+            continue
+        if rule and ring_mean(probs[z], pred[z]) < RING:
+            continue
+        out[z] = engine.engine.litemedsam_box(image[z], box_of(pred[z]), "cpu",
+                                              engine.range) > 0
+        done.append(int(z))
+    return out, done, time.process_time() - start
+
+
+def run_variant(name, image, mask, top, accepted, variant, seed, store):
+    """One propagation (cached in ``store``): labels, probs, CPU s, wall s."""
+    from napari_fmbff import load_model
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
+    from napari_fmbff.training.self_label import SelfLabel
+
+    overrides, rule = VARIANTS[variant]
+    key = hashlib.sha1(json.dumps([name, variant, seed, overrides, rule,
+                                   int(accepted.sum())]).encode()).hexdigest()[:12]
+    path = store / f"lever-{name}-{key}.npz" if store else None
+    if path and path.exists():
+        z = np.load(path)
+        return {"labels": z["labels"], "probs": z["probs"].astype(np.float32),
+                "cpu_s": float(z["cpu_s"]), "wall_s": float(z["wall_s"]),
+                "own": [int(v) for v in z["own"]]}
+    labels = np.zeros(mask.shape, np.int32)
+    labels[top] = accepted
+    with tempfile.TemporaryDirectory() as tmp:
+        request = PropagateRequest(
+            image, labels, Path(tmp) / "m.safetensors", slices=[top],
+            cfg=finetune_config(device="cpu", seed=seed, **overrides), base="starter",
+            image_name=name, self_label=SelfLabel(**rule) if rule else None)
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = drain(iter_propagate(load_model("starter"), request))
+        run = {"labels": result.labels > 0, "probs": result.probs,
+               "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+        own = []
+        if result.outcome.saved:
+            from napari_fmbff.model.checkpoint import read_metadata
+
+            own = read_metadata(result.outcome.path)["provenance"].get("self_labelled", [])
+        run["own"] = [int(v) for v in own]
+    if path:
+        store.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, labels=run["labels"], probs=run["probs"].astype(np.float16),
+                            cpu_s=run["cpu_s"], wall_s=run["wall_s"], own=np.array(run["own"]))
+    return run
+
+
+def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volume, LiteMedSAM,
+               grown_box, past, log) -> list:
+    engine, rows = LiteMedSAM(), []
+    for seed in seeds:
+        for name in volumes:
+            image, mask = load_volume(name, cache)
+            top = int(np.argmax(mask.sum(axis=(1, 2))))
+            engine.for_volume(name, image)
+            accepted = engine(image[top], grown_box(mask[top])) > 0
+            rest = np.array([z for z in range(len(image)) if z != top])
+            for variant in variants:
+                if past(deadline, 120):
+                    cut.append(f"{name} seed {seed}: {variant}")
+                    continue
+                run = run_variant(name, image, mask, top, accepted, variant, seed, store)
+                base = {"volume": name, "seed": seed, "slice": top,
+                        "self_labelled": run["own"]}
+                rows.append({**base, "variant": variant, **scores(run["labels"], mask, rest),
+                             "cpu_s": run["cpu_s"], "wall_s": run["wall_s"]})
+                log(f"levers: {name} seed {seed} {variant}: {rows[-1]['dice']:.3f} "
+                    f"({run['wall_s']:.0f} s wall, self-labelled {run['own']})")
+                if variant not in REDRAWN:
+                    continue
+                for rule in (False, True):
+                    new, done, cpu = redraw(image, run["labels"], run["probs"], rest, engine,
+                                            rule)
+                    label = f"{variant} + redraw {'rule' if rule else 'always'}"
+                    rows.append({**base, "variant": label, **scores(new, mask, rest),
+                                 "cpu_s": run["cpu_s"] + cpu, "wall_s": run["wall_s"] + cpu,
+                                 "redrawn": done})
+                    log(f"levers: {name} seed {seed} {label}: {rows[-1]['dice']:.3f} "
+                        f"(redrew {done})")
+    return rows
+
+
+def print_lever_table(rows) -> None:
+    print("\n## Issue 30's levers: one LiteMedSAM box, then Propagate\n")
+    print("Over every slice but the boxed one (lesion-free slices counted); mean over the "
+          "volumes and seeds.\n")
+    print("| variant | runs | 3D Dice | lesion slices | precision | recall | CPU s | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+
+        def mean(key):
+            vals = [r[key] for r in mine if r[key] == r[key]]
+            return statistics.mean(vals) if vals else float("nan")
+
+        print(f"| {variant} | {len(mine)} | **{mean('dice'):.3f}** | {mean('lesion_dice'):.3f} "
+              f"| {mean('precision'):.3f} | {mean('recall'):.3f} | {mean('cpu_s'):.0f} | "
+              f"{mean('wall_s'):.0f} |")
+    print("\nPer volume (3D Dice, seeds in order):\n")
+    volumes = list(dict.fromkeys(r["volume"] for r in rows))
+    print("| variant | " + " | ".join(volumes) + " |")
+    print("|---|" + "---:|" * len(volumes))
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        cells = []
+        for v in volumes:
+            vals = [f"{r['dice']:.3f}" for r in rows if r["variant"] == variant
+                    and r["volume"] == v]
+            cells.append(" / ".join(vals) or "–")
+        print(f"| {variant} | " + " | ".join(cells) + " |")
