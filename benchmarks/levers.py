@@ -12,8 +12,9 @@ Variants:
 - **fast**: 10 epochs (lever 6).
 - **outward**: self-labelling (``training.self_label.SelfLabel``, lever 2): 10 epochs on the
   box's slice, then 2 rounds that add confident neighbouring slices (2 slices each side per
-  round) and train 5 epochs each: 20 epochs in all, as today.
-- **outward fast**: the same with 6 + 2 x 3 epochs (12 in all).
+  round) and train 5 epochs each: 20 epochs in all, as today (fewer when a round finds
+  nothing new).
+- **outward fast**: the same on 12 epochs: 6 + 3 + 3.
 - **+ redraw always / + redraw rule** (lever 4), on today's and on outward's labels: every slice
   Propagate marked (always), or only those where the mask looks too small (the rule below),
   redrawn by LiteMedSAM from the mask's bounding box grown 5 px. The rule uses the mask's own
@@ -36,8 +37,8 @@ RING = 0.25
 VARIANTS = {
     "today": ({}, None),
     "fast": ({"epochs": 10}, None),
-    "outward": ({}, dict(rounds=2, reach=2, first_epochs=10, round_epochs=5)),
-    "outward fast": ({}, dict(rounds=2, reach=2, first_epochs=6, round_epochs=3)),
+    "outward": ({}, dict(rounds=2, reach=2)),                  # 10 + 5 + 5 epochs
+    "outward fast": ({"epochs": 12}, dict(rounds=2, reach=2)),  # 6 + 3 + 3 epochs
 }
 REDRAWN = ("today", "outward")
 
