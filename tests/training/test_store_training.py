@@ -51,7 +51,8 @@ def test_items_hold_only_labelled_slices_and_sample_patients_alike(store):
     assert data.repeats == {first: 1, pending.id: 2} and len(data.items) == 4
     assert newest[0] is newest[1]  # repeated, not copied
     assert data.replay() == {"sampling": "balanced", "newest_case": pending.id,
-                             "repeats": {first: 1, pending.id: 2}, "newest_share": 0.5}
+                             "repeats": {first: 1, pending.id: 2}, "lesion_repeats": {},
+                             "newest_share": 0.5}
     pending.discard()
     # A whole reviewed patient (5 slices) beside the one-slice case: each gives 4-5 samples.
     image3, labels3 = patient(3, n=5)
@@ -64,6 +65,22 @@ def test_items_hold_only_labelled_slices_and_sample_patients_alike(store):
     assert older.repeats == {first: 1, pending.id: 1} and older.sampling == "newest-half"
     with pytest.raises(ValueError, match="store sampling"):
         store_training.store_items(store, Normalization(), pending, "newest")
+    pending.discard()
+
+
+def test_a_patient_reviewed_whole_is_learned_half_from_its_lesion_slices(store):
+    """A tumour on 2 of 8 reviewed slices: each lesion slice is repeated 3 times, so the case
+    teaches lesion about as much as background; the record says so."""
+    image, labels = patient(4, n=8)
+    labels[2:] = 0                                   # lesion-free slices, reviewed as such
+    pending = store_training.stage(store, image, labels, list(range(8)), Normalization())
+    data = store_training.store_items(store, Normalization(), pending)
+    mine = [item for item in data.items if item.group == pending.id]
+    lesion = [item for item in mine if item.mask.any()]
+    assert data.lesion_repeats == {pending.id: 3} and len(lesion) == 6 and len(mine) == 12
+    assert data.n_slices == 10                       # the slices, not the samples
+    assert data.replay()["lesion_repeats"] == {pending.id: 3}
+    assert store_training.lesion_repeat(lesion[:2]) == 1   # all lesion: nothing to balance
     pending.discard()
 
 

@@ -161,6 +161,7 @@ class StoreItems:
     repeats: dict = field(default_factory=dict)
     sampling: str = "balanced"
     skipped_partial: int = 0
+    lesion_repeats: dict = field(default_factory=dict)  # {case: k} where k > 1 (``lesion_repeat``)
 
     def describe(self) -> str:
         n, m = len(self.cases), self.n_slices
@@ -171,7 +172,7 @@ class StoreItems:
         repeats (1: its slices once) and the newest case's share of the samples."""
         newest = sum(1 for item in self.items if item.group == self.newest)
         return {"sampling": self.sampling, "newest_case": self.newest,
-                "repeats": dict(self.repeats),
+                "repeats": dict(self.repeats), "lesion_repeats": dict(self.lesion_repeats),
                 "newest_share": round(newest / max(1, len(self.items)), 3)}
 
 
@@ -188,23 +189,39 @@ def store_items(store: Store, setting, pending: PendingCase | None = None,
     if not by_case:
         raise ValueError(f"{store.path}: the corrections store has no corrected slice yet; "
                          "correct a slice and Fine-tune (or fmbff propagate --store) first")
-    items = []
+    items, within = [], {}
     for case_id, pieces in by_case.items():
         planes = [p.image for p in pieces]
         norm = _case_normalization(store, case_id, pending, setting, planes)
-        items += make_items(planes, [p.mask for p in pieces], norm,
-                            [f"{case_id} z{p.z}" for p in pieces], group=case_id,
-                            require_lesion=False)
+        mine = make_items(planes, [p.mask for p in pieces], norm,
+                          [f"{case_id} z{p.z}" for p in pieces], group=case_id,
+                          require_lesion=False)
+        k = lesion_repeat(mine)
+        if k > 1:
+            within[case_id] = k
+        items += [item for item in mine for _ in range(k if item.mask.any() else 1)]
     if not any(item.mask.any() for item in items):
         raise ValueError("the masks contain no lesion pixels anywhere; paint some labels first"
                          if len(by_case) <= 1 else
                          f"{store.path}: no stored slice holds a lesion; paint some labels first")
     cases = list(by_case)
-    data = StoreItems(items, cases, len(items), cases[-1] if cases else None,
-                      sampling=sampling, skipped_partial=store.skipped_partial)
+    data = StoreItems(items, cases, sum(map(len, by_case.values())), cases[-1] if cases else None,
+                      sampling=sampling, skipped_partial=store.skipped_partial,
+                      lesion_repeats=within)
     data.repeats = repeat_cases(items, cases, sampling, newest_is_new=pending is not None)
     data.items = [item for item in items for _ in range(data.repeats[item.group])]
     return data
+
+
+def lesion_repeat(items) -> int:
+    """How many times each lesion slice of one case is repeated so that its lesion slices are
+    about half of the case's samples: a patient reviewed whole (a tumour on 3 of 48 slices)
+    otherwise teaches mostly background, and a run on it was measured to collapse to "no
+    lesion" (docs/models.md, "Real patients, the first one reviewed whole"). 1 when the
+    lesion slices are half or more, or there are none."""
+    lesion = sum(1 for item in items if item.mask.any())
+    free = len(items) - lesion
+    return max(1, round(free / lesion)) if 0 < lesion < free else 1
 
 
 def repeat_cases(items, cases, sampling: str = "balanced", newest_is_new: bool = True) -> dict:
