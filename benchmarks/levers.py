@@ -15,11 +15,15 @@ Variants:
   round) and train 5 epochs each: 20 epochs in all, as today (fewer when a round finds
   nothing new).
 - **outward fast**: the same on 12 epochs: 6 + 3 + 3.
-- **+ redraw always / + redraw rule** (lever 4), on today's and on outward's labels: every slice
-  Propagate marked (always), or only those where the mask looks too small (the rule below),
-  redrawn by LiteMedSAM from the mask's bounding box grown 5 px. The rule uses the mask's own
-  probabilities: redraw when the model is unsure just outside its mask (mean probability in
-  the 3 px ring around it >= ``RING``), the sign of a boundary drawn too tight.
+- **+ redraw ...** (lever 4), on today's and on outward's labels: slices Propagate marked,
+  redrawn by LiteMedSAM from the mask's bounding box grown 5 px (``REDRAW_RULES``):
+  - *always*: every marked slice;
+  - *ring >= t*: where the model is unsure just outside its mask (mean probability in the
+    3 px ring around it at least t), the sign of a boundary drawn too tight;
+  - *shrinks*: where the mask is under 0.6 of the larger of its two neighbours' (the lesion
+    narrowing faster than lesions do);
+  - *extends*: where LiteMedSAM's mask holds at least 90 % of the model's and is at most twice
+    its area (LiteMedSAM only grows the mask, never moves it).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-RING = 0.25
 VARIANTS = {
     "today": ({}, None),
     "fast": ({"epochs": 10}, None),
@@ -68,19 +71,59 @@ def ring_mean(probs, mask, width: int = 3) -> float:
     return float(probs[ring].mean()) if ring.any() else 0.0
 
 
-def redraw(image, pred, probs, rest, engine, rule: bool):
-    """Propagate's labels with marked slices redrawn by LiteMedSAM (all, or by the rule);
-    returns (new labels, slices redrawn, CPU s)."""
-    out, done, start = pred.copy(), [], time.process_time()
+def _shrinks(z, pred, probs, drawn) -> bool:
+    near = [int(pred[n].sum()) for n in (z - 1, z + 1) if 0 <= n < len(pred)]
+    return bool(near) and pred[z].sum() < 0.6 * max(near)
+
+
+def _extends(z, pred, probs, drawn) -> bool:
+    mine = pred[z]
+    return (drawn & mine).sum() >= 0.9 * mine.sum() and drawn.sum() <= 2 * mine.sum()
+
+
+#: When a marked slice is redrawn by LiteMedSAM: rule(z, labels, probs, LiteMedSAM's mask).
+REDRAW_RULES = {
+    "always": lambda z, pred, probs, drawn: True,
+    "ring >= 0.1": lambda z, pred, probs, drawn: ring_mean(probs[z], pred[z]) >= 0.1,
+    "ring >= 0.2": lambda z, pred, probs, drawn: ring_mean(probs[z], pred[z]) >= 0.2,
+    "shrinks": _shrinks,
+    "extends": _extends,
+}
+
+
+def redraws(image, pred, probs, rest, engine) -> dict:
+    """{rule: (labels with the slices it picks redrawn, those slices, CPU s)}: LiteMedSAM
+    answers each marked slice once (its CPU s counted for every rule that redraws it)."""
+    drawn, cost = {}, {}
     for z in rest:
-        if not pred[z].any():
-            continue
-        if rule and ring_mean(probs[z], pred[z]) < RING:
-            continue
-        out[z] = engine.engine.litemedsam_box(image[z], box_of(pred[z]), "cpu",
-                                              engine.range) > 0
-        done.append(int(z))
-    return out, done, time.process_time() - start
+        if pred[z].any():
+            start = time.process_time()
+            drawn[z] = engine.engine.litemedsam_box(image[z], box_of(pred[z]), "cpu",
+                                                    engine.range) > 0
+            cost[z] = time.process_time() - start
+    out = {}
+    for name, rule in REDRAW_RULES.items():
+        new, done = pred.copy(), []
+        for z, mask in drawn.items():
+            if rule(z, pred, probs, mask):
+                new[z] = mask
+                done.append(int(z))
+        out[name] = (new, done, sum(cost[z] for z in done))
+    return out
+
+
+def run_key(name, variant, seed, accepted_px) -> str:
+    """The cache key of one propagation: the volume, the seed, the accepted mask's size and
+    the fine-tunes' epochs and self-labelling rule as they run."""
+    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.self_label import SelfLabel
+
+    overrides, rule = VARIANTS[variant]
+    cfg = finetune_config(**overrides)
+    plan = SelfLabel(**rule).to_dict() if rule else None
+    epochs = SelfLabel(**rule).epochs(cfg.epochs) if rule else [cfg.epochs]
+    return hashlib.sha1(json.dumps([name, seed, accepted_px, epochs, plan]).encode()
+                        ).hexdigest()[:12]
 
 
 def run_variant(name, image, mask, top, accepted, variant, seed, store):
@@ -92,8 +135,7 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
     from napari_fmbff.training.self_label import SelfLabel
 
     overrides, rule = VARIANTS[variant]
-    key = hashlib.sha1(json.dumps([name, variant, seed, overrides, rule,
-                                   int(accepted.sum())]).encode()).hexdigest()[:12]
+    key = run_key(name, variant, seed, int(accepted.sum()))
     path = store / f"lever-{name}-{key}.npz" if store else None
     if path and path.exists():
         z = np.load(path)
@@ -147,10 +189,9 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                     f"({run['wall_s']:.0f} s wall, self-labelled {run['own']})")
                 if variant not in REDRAWN:
                     continue
-                for rule in (False, True):
-                    new, done, cpu = redraw(image, run["labels"], run["probs"], rest, engine,
-                                            rule)
-                    label = f"{variant} + redraw {'rule' if rule else 'always'}"
+                for rule, (new, done, cpu) in redraws(image, run["labels"], run["probs"], rest,
+                                                      engine).items():
+                    label = f"{variant} + redraw {rule}"
                     rows.append({**base, "variant": label, **scores(new, mask, rest),
                                  "cpu_s": run["cpu_s"] + cpu, "wall_s": run["wall_s"] + cpu,
                                  "redrawn": done})

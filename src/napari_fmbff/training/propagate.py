@@ -35,6 +35,11 @@ from .store_training import StoreCase, StoreRun, settle, stage, train_on_store
 #: --all-objects`` keeps everything the model found.
 KEEP_CONNECTED = True
 
+#: Whether a propagation's slices are redrawn by LiteMedSAM from the boxes of the model's
+#: objects (``inference.redraw``), when LiteMedSAM can be imported. Chosen by
+#: benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers").
+REDRAW = True
+
 
 @dataclass
 class PropagateResult:
@@ -44,6 +49,8 @@ class PropagateResult:
     outcome: object             # training.run.Outcome: the saved model, or why none was
     uncertainty: np.ndarray = field(default=None)  # per slice (inference.review); 0 when labelled
     connected: bool = KEEP_CONNECTED  # only the objects connected to the user's were kept
+    redrawn: list = field(default_factory=list)  # the slices LiteMedSAM redrew (inference.redraw)
+    notes: list = field(default_factory=list)    # what the user should know, in words
 
     @property
     def learned(self) -> bool:
@@ -104,6 +111,9 @@ class PropagateRequest:
         connected: keep only the model's objects touching the user's (``KEEP_CONNECTED``).
         store: the corrections store the labelled slices join as a case, trained on whole
             (``store_training.StoreCase``); None: the labelled slices alone.
+        redraw: redraw the model's objects on the other slices with LiteMedSAM from their
+            boxes (``inference.redraw``; default ``REDRAW``); skipped, with a note, when
+            LiteMedSAM cannot be imported.
         self_label: label the neighbouring slices outward and learn from them too
             (``self_label.SelfLabel``; None: learn from the labelled slices only). Not with
             ``store``: a store run learns the reviewed cases only.
@@ -124,6 +134,7 @@ class PropagateRequest:
     connected: bool = KEEP_CONNECTED
     store: StoreCase | None = None
     self_label: SelfLabel | None = None
+    redraw: bool = REDRAW
 
     def postprocess(self) -> Postprocess:
         """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
@@ -217,7 +228,26 @@ def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalizati
     merged = propagated_labels(probs, labels, zs, request.postprocess(), request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
-    return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected)
+    redrawn, notes = [], []
+    if request.redraw:
+        merged, redrawn, notes = yield from redraw_labels(volume, merged, zs, request.cfg)
+    return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected,
+                           redrawn, notes)
+
+
+def redraw_labels(volume, labels, zs, cfg=None):
+    """Generator: ``inference.redraw.iter_redraw`` on a propagation's labels, on the recipe's
+    device; returns (labels, slices redrawn, notes): unchanged, with a note, when LiteMedSAM
+    cannot be imported. The Segment widget's re-threshold after a propagation calls it too."""
+    from ..inference import litemedsam
+    from ..inference.redraw import iter_redraw
+    from ..inference.runtime import resolve_device
+
+    if not litemedsam.available():
+        return labels, [], ["the propagated slices were not redrawn: " + litemedsam.MISSING]
+    device = resolve_device(str(getattr(cfg, "device", None) or "auto")).type
+    labels, done = yield from iter_redraw(volume, labels, zs, device)
+    return labels, done, []
 
 
 def _segment_others(model, volume, labels, zs, normalization):
