@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_fmbff._widgets import _segment as segment_module  # noqa: E402
-from napari_fmbff._widgets._proposal import proposal_of  # noqa: E402
+from napari_fmbff._widgets._proposal import proposal_of, unproxied  # noqa: E402
 
 WAIT_MS = 120_000
 
@@ -116,8 +116,8 @@ def test_user_layers_of_the_same_name_are_never_written(make_napari_viewer, qtbo
     widget = segmented(viewer, qtbot)
     np.testing.assert_array_equal(mine.data, 3.0)
     np.testing.assert_array_equal(theirs.data, 2)
-    out = widget._result["labels"]
-    assert out is not mine and out.metadata["napari_fmbff_output"] == "labels"
+    out = widget._result["labels"]  # the dock holds napari's proxy of its layer
+    assert unproxied(out) is not mine and out.metadata["napari_fmbff_output"] == "labels"
     provenance = out.metadata["napari_fmbff"]
     assert provenance["model"] == "tiny" and provenance["tile_size"] == 64
     assert "package_version" in provenance and "date" in provenance
