@@ -9,9 +9,8 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff._widgets import _segment as segment_module  # noqa: E402
-from napari_fmbff._widgets._proposal import proposal_of  # noqa: E402
+from napari_fmbff._widgets._proposal import proposal_of, unproxied  # noqa: E402
 
 WAIT_MS = 120_000
 
@@ -25,9 +24,16 @@ def blobs(size=96):
     return image
 
 
+def docked(viewer, name="Segment"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
+
+
 def segmented(viewer, qtbot, threshold=0.0, **values):
     """Segment with a fake probability map (two discs) so the objects are known."""
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     widget.model.value = "tiny"
     widget.tile_size.value = 64
     widget.threshold.value = threshold
@@ -110,8 +116,8 @@ def test_user_layers_of_the_same_name_are_never_written(make_napari_viewer, qtbo
     widget = segmented(viewer, qtbot)
     np.testing.assert_array_equal(mine.data, 3.0)
     np.testing.assert_array_equal(theirs.data, 2)
-    out = widget._result["labels"]
-    assert out is not mine and out.metadata["napari_fmbff_output"] == "labels"
+    out = widget._result["labels"]  # the dock holds napari's proxy of its layer
+    assert unproxied(out) is not mine and out.metadata["napari_fmbff_output"] == "labels"
     provenance = out.metadata["napari_fmbff"]
     assert provenance["model"] == "tiny" and provenance["tile_size"] == 64
     assert "package_version" in provenance and "date" in provenance
@@ -174,7 +180,7 @@ def test_finetune_labels_default_to_the_segment_output(make_napari_viewer, qtbot
     viewer = make_napari_viewer()
     viewer.add_labels(np.zeros((96, 96), np.int32), name="ground truth")  # first Labels layer
     viewer.add_image(blobs(), name="scan")
-    finetune = FineTuneWidget(viewer)
+    finetune = docked(viewer, "Fine-tune")
     assert finetune.labels_layer.value is None  # nothing the user did not choose
     segmented(viewer, qtbot)
     assert finetune.image.value is viewer.layers["scan"]
@@ -188,8 +194,7 @@ def test_model_card_starter_note_and_status_wrap(make_napari_viewer, qtbot, tiny
     monkeypatch.setattr(segment_module, "_starter_warned", False)
     viewer = make_napari_viewer()
     viewer.add_image(blobs(), name="patient scan")
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = docked(viewer)
     widget.model.value = "starter"
     assert "never a patient" in widget.model_card.value
     assert "held-out Dice" in widget.model_card.value
@@ -230,7 +235,7 @@ def test_finetune_learns_from_the_slices_you_corrected(make_napari_viewer, qtbot
     viewer.add_image(np.stack([blobs()] * 4), name="vol")
     segmented(viewer, qtbot, threshold=0.0, scope="whole stack")  # every slice has labels
     labels = viewer.layers["vol fmbff"]
-    finetune = FineTuneWidget(viewer)
+    finetune = docked(viewer, "Fine-tune")
     assert finetune.slices.value == "slices you corrected"
     assert finetune.run() is None and "not corrected" in errors[-1]
     labels.paint((2, 40, 40), 0)  # the user erases a little in slice 2 only

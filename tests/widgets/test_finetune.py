@@ -7,8 +7,8 @@ pytest.importorskip("napari")
 
 from conftest import disks  # noqa: E402
 from napari_fmbff import load_model, save_model  # noqa: E402
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff._widgets import _finetune as finetune_module  # noqa: E402
+from napari_fmbff._widgets._proposal import unproxied  # noqa: E402
 from napari_fmbff.inference.segmenter import Segmenter  # noqa: E402
 from napari_fmbff.training.metrics import scores  # noqa: E402
 
@@ -28,6 +28,13 @@ def errors(monkeypatch):
     return seen
 
 
+def docked(viewer, name="Fine-tune"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
+
+
 def setup(viewer, n=12):
     pairs = disks(n, size=96, seed=5)
     stack = np.stack([p[0][..., 0] for p in pairs])
@@ -38,7 +45,7 @@ def setup(viewer, n=12):
 
 
 def make_widget(viewer, **values):
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer)
     widget.model.value = "base"
     widget.labels_layer.value = viewer.layers["corrected"]
     widget.image.value = viewer.layers["scans"]
@@ -54,7 +61,7 @@ def test_finetune_saves_registers_and_beats_the_base(make_napari_viewer, qtbot, 
                                                      models_dir):
     viewer = make_napari_viewer()
     stack, labels = setup(viewer)
-    seg_widget = SegmentWidget(viewer)
+    seg_widget = docked(viewer, "Segment")
     widget = make_widget(viewer)
     worker = widget.run()
     assert worker is not None
@@ -135,7 +142,7 @@ def test_one_painted_image_with_the_widget_defaults_teaches_the_missed_lesion(
     lesion = truth > 0
     viewer = make_napari_viewer()
     viewer.add_image(image, name="patient")
-    seg_widget = SegmentWidget(viewer)
+    seg_widget = docked(viewer, "Segment")
     seg_widget.model.value = "starter"
     seg_widget.device.value = "cpu"
     seg_widget.run()
@@ -145,7 +152,7 @@ def test_one_painted_image_with_the_widget_defaults_teaches_the_missed_lesion(
     # The user paints the lesion and erases whatever else was proposed (one undo step each).
     proposal.data_setitem(np.nonzero(lesion), 1)
     proposal.data_setitem(np.nonzero(~lesion & (proposal.data > 0)), 0)
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer)
     assert widget.labels_layer.value is proposal  # the layer the user corrected
     widget.device.value = "cpu"  # everything else: the widget's defaults
     widget.new_name.value = "patient-tuned"
@@ -160,5 +167,5 @@ def test_one_painted_image_with_the_widget_defaults_teaches_the_missed_lesion(
     seg_widget.run()
     qtbot.waitUntil(lambda: seg_widget._worker is None, timeout=WAIT_MS)
     fresh = seg_widget._result["labels"]
-    assert fresh is not proposal
+    assert unproxied(fresh) is not proposal  # (the dock holds napari's proxy of its layer)
     assert (fresh.data[lesion] > 0).mean() > 0.5  # covers most of the painted lesion

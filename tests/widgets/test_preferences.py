@@ -13,13 +13,20 @@ import timm  # noqa: F401,E402
 
 import napari_fmbff  # noqa: E402
 from napari_fmbff import save_model  # noqa: E402
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget, _settings  # noqa: E402
+from napari_fmbff._widgets import _settings  # noqa: E402
 from napari_fmbff._widgets._finetune import finetune_widget_defaults  # noqa: E402
 from napari_fmbff._widgets._segment import SEGMENT_DEFAULTS  # noqa: E402
 from napari_fmbff.inference.runtime import DEVICES  # noqa: E402
 from napari_fmbff.model import registry  # noqa: E402
 
 MANIFEST = Path(napari_fmbff.__file__).parent / "napari.yaml"
+
+
+def docked(viewer, name="Segment"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer). napari docks one of each a window: a new dock needs a new viewer."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
 
 
 @pytest.fixture(autouse=True)
@@ -79,16 +86,16 @@ def test_preferences_give_a_new_segment_widget_its_defaults(make_napari_viewer, 
     prefs.device = "cpu"
     prefs.tile_size = 256
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     assert widget.device.value == "cpu" and widget.tile_size.value == 256
-    finetune = FineTuneWidget(viewer)
+    finetune = docked(viewer, "Fine-tune")
     assert finetune.device.value == "cpu"
     assert finetune.tile_size.value == finetune_widget_defaults()["tile_size"]  # its crops
 
     widget.tile_size.value = 1024  # set in the widget: remembered, and it wins
     prefs.tile_size = 128
     prefs.device = "auto"
-    again = SegmentWidget(make_napari_viewer())
+    again = docked(make_napari_viewer())
     assert again.tile_size.value == 1024
     assert again.device.value == "auto"  # never set in the widget: follows the Preferences
     again.restore_button.clicked.emit()
@@ -105,7 +112,7 @@ def test_models_folder_preference_lists_its_models(make_napari_viewer, tmp_path,
     save_model(tiny_net, first / "from-prefs.safetensors")
     save_model(tiny_net, second / "moved.safetensors")
     prefs.models_folder = str(first)
-    widget = SegmentWidget(make_napari_viewer())
+    widget = docked(make_napari_viewer())
     assert "from-prefs" in widget.model.choices
     assert registry.models_dir() == first and Path(widget.models_folder.value) == first
 
@@ -123,8 +130,8 @@ def test_bad_preferences_are_one_line_each(make_napari_viewer, models_dir, tmp_p
                                            said):
     prefs.tile_size = 500
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    SegmentWidget(viewer)  # a second dock does not say it again
+    widget = docked(viewer)
+    docked(make_napari_viewer())  # a second dock does not say it again
     assert widget.tile_size.value == SEGMENT_DEFAULTS["tile_size"]
     assert len(said) == 1 and "tile size 500 is not a positive multiple of 32" in said[0]
     assert "\n" not in said[0] and "Preferences" in said[0]
@@ -133,7 +140,7 @@ def test_bad_preferences_are_one_line_each(make_napari_viewer, models_dir, tmp_p
     a_file.write_text("not a folder")
     prefs.models_folder = str(a_file)
     prefs.store_folder = str(a_file)
-    SegmentWidget(viewer)
+    docked(make_napari_viewer())
     assert registry.models_dir() == models_dir  # FMBFF_MODELS_DIR (the fixture) first
     assert registry._chosen is None  # the file is never told to the engine
     assert _settings.preferred_store_dir() is None
@@ -159,7 +166,7 @@ def test_without_plugin_preferences_the_settings_file_is_used(make_napari_viewer
     monkeypatch.delattr(napari.settings, "get_plugin_settings")
     assert _settings.preferences() is None
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     assert widget.device.value == SEGMENT_DEFAULTS["device"]
     assert widget.tile_size.value == SEGMENT_DEFAULTS["tile_size"]
     assert registry.models_dir() == models_dir
@@ -170,7 +177,7 @@ def test_without_plugin_preferences_the_settings_file_is_used(make_napari_viewer
     save_model(tiny_net, other / "kept.safetensors")
     widget.models_folder.value = other
     monkeypatch.delenv("FMBFF_MODELS_DIR")  # the next session
-    again = SegmentWidget(make_napari_viewer())
+    again = docked(make_napari_viewer())
     assert again.tile_size.value == 256 and again.device.value == "cpu"
     assert "kept" in again.model.choices
     assert _settings.preferred_store_dir() is None
@@ -185,11 +192,12 @@ def test_the_store_folder_comes_from_the_preferences_and_a_widget_choice_is_kept
     chosen.mkdir()
     get_plugin_settings("napari-fmbff").general.store_folder = str(chosen)
     viewer = make_napari_viewer()
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer, "Fine-tune")
     assert Path(str(widget.store.store_dir.value)) == chosen
     mine = tmp_path / "my-store"
     mine.mkdir()
     widget.store.store_dir.value = str(mine)  # the user picks another folder in the dock
-    assert Path(str(FineTuneWidget(viewer).store.store_dir.value)) == mine
+    assert Path(str(docked(make_napari_viewer(), "Fine-tune").store.store_dir.value)) == mine
     monkeypatch.setenv("FMBFF_STORE_DIR", str(tmp_path / "env-store"))  # the variable wins
-    assert Path(str(FineTuneWidget(viewer).store.store_dir.value)) == tmp_path / "env-store"
+    env_store = docked(make_napari_viewer(), "Fine-tune").store.store_dir.value
+    assert Path(str(env_store)) == tmp_path / "env-store"

@@ -11,7 +11,6 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff._widgets._proposal import proposal_of  # noqa: E402
 
 WAIT_MS = 120_000
@@ -40,10 +39,17 @@ def dice(a, b):
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
+def docked(viewer, name="Segment"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
+
+
 def prompted(make_napari_viewer, image):
     viewer = make_napari_viewer()
     viewer.add_image(image, name="scan")
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     boxes, clicks = widget.prompts.add_prompt_layers()
     return viewer, widget, boxes, clicks
 
@@ -55,7 +61,8 @@ def test_a_box_gives_one_object_on_its_slice_only_and_a_second_box_a_second_id(
     assert boxes.name == "scan prompts" and boxes.mode == "add_rectangle"
     boxes.add_rectangles(rect(1, 8, 8, 32, 32))
     labels = viewer.layers["scan fmbff"]  # made by the first prompt, as Segment makes it
-    assert viewer.layers.selection.active is boxes  # the user keeps drawing
+    # the user keeps drawing (``boxes`` is the dock's proxy of the layer: compare the layer)
+    assert viewer.layers.selection.active is viewer.layers[boxes.name]
     assert not labels.data[0].any() and not labels.data[2].any()
     first = labels.data[1] == 1
     assert set(np.unique(labels.data)) == {0, 1}
@@ -139,7 +146,7 @@ def segmented_stack(viewer, qtbot, n=5):
     """'scan' (n slices) segmented whole by the tiny model, then given known probabilities:
     slice 3 the most uncertain, slice 1 next, the others confident."""
     viewer.add_image(disk_stack(n=n), name="scan")
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     widget.model.value = "tiny"
     widget.tile_size.value = 64
     widget.scope.value = "whole stack"
@@ -179,7 +186,7 @@ def test_next_slice_moves_the_slider_and_accepted_slices_reach_finetune(
     assert not labels.data[4].any()
     np.testing.assert_array_equal(labels.data[3], accepted)  # accepted: kept as it was
     np.testing.assert_array_equal(labels.data[2] == boxed.max(), boxed == boxed.max())
-    finetune = FineTuneWidget(viewer)
+    finetune = docked(viewer, "Fine-tune")
     finetune.image.value = viewer.layers["scan"]
     finetune.labels_layer.value = labels
     images, masks = finetune._training_data()  # "slices you corrected": 1, 2 (the box), 3
@@ -203,7 +210,7 @@ def test_box_engine_offers_the_network_only_for_a_model_trained_with_prompts(
                metadata={"tile_size": 64})
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(n=1)[0], name="scan")
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     widget.refresh_models()
     widget.model.value = "tiny"
     assert list(widget.prompts.box_engine.choices) == ["Otsu in box (no network)"]
@@ -240,10 +247,10 @@ def test_the_widget_and_the_command_line_choose_the_same_engine_for_the_same_mod
         plane, box))
     monkeypatch.setattr(litemedsam, "provenance", dict)
     tifffile.imwrite(tmp_path / "scan.tif", disk_stack(n=1)[0])
-    viewer = make_napari_viewer()
-    viewer.add_image(disk_stack(n=1)[0], name="scan")
     for model in ("tiny", "promptable"):
-        widget = SegmentWidget(viewer)
+        viewer = make_napari_viewer()  # a fresh Segment dock per model: napari docks one a window
+        viewer.add_image(disk_stack(n=1)[0], name="scan")
+        widget = docked(viewer)
         widget.refresh_models()
         widget.model.value = model
         out = tmp_path / model
@@ -260,12 +267,14 @@ def test_box_engine_lists_litemedsam_first_when_it_can_be_imported(
 
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(n=1)[0], name="scan")
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     assert "LiteMedSAM" not in widget.prompts.box_engine.choices  # not importable (autouse)
     monkeypatch.setattr(litemedsam, "available", lambda: True)
     widget.prompts.box_engine.reset_choices()
     assert set(widget.prompts.box_engine.choices) == {"LiteMedSAM", "Otsu in box (no network)"}
-    fresh = SegmentWidget(viewer)  # a new widget: LiteMedSAM first, the default
+    # A new dock (in a second window: napari docks one Segment a window): LiteMedSAM first,
+    # the default.
+    fresh = docked(make_napari_viewer())
     assert list(fresh.prompts.box_engine.choices) == ["LiteMedSAM", "Otsu in box (no network)"]
     assert fresh.prompts.box_engine.value == "LiteMedSAM"
     monkeypatch.setattr(litemedsam, "available", lambda: False)
@@ -294,7 +303,7 @@ def test_litemedsam_is_the_default_and_answers_boxes_in_a_worker(
         litemedsam, make_napari_viewer, qtbot, prompt_notified, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(disks=((20, 20, 9), (44, 44, 10))), name="scan")
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     widget.device.value = "cpu"
     assert widget.prompts.box_engine.value == "LiteMedSAM"  # the default
     encoded, ranges = [], []

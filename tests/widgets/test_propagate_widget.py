@@ -6,7 +6,6 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff._widgets._finetune import last_propagation  # noqa: E402
 from napari_fmbff._widgets._proposal import proposal_of  # noqa: E402
 from napari_fmbff.model.checkpoint import model_card  # noqa: E402
@@ -24,12 +23,19 @@ def disk_stack(n=4, size=64):
     return stack
 
 
+def docked(viewer, name="Segment"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
+
+
 def corrected_viewer(make_napari_viewer, qtbot):
     """"scan" segmented at threshold 0 (every pixel one object, id 1: a known proposal);
     the user erases slice 1 with the fill bucket and paints the lesion there."""
     viewer = make_napari_viewer()
     viewer.add_image(disk_stack(), name="scan")
-    seg = SegmentWidget(viewer)
+    seg = docked(viewer)
     seg.model.value = "tiny"
     seg.tile_size.value = 64
     seg.threshold.value = 0.0
@@ -46,7 +52,9 @@ def corrected_viewer(make_napari_viewer, qtbot):
 
 
 def propagate_widget(viewer, **values):
-    widget = FineTuneWidget(viewer)
+    """Fine-tune docked from the Plugins menu, set to propagate "scan" with the tiny model
+    into Segment's output layer."""
+    widget = docked(viewer, "Fine-tune")
     widget.image.value = viewer.layers["scan"]
     settings = dict(model="tiny", epochs=2, tile_size=64, batch_size=2, device="cpu",
                     new_name="scan propagated")
@@ -58,15 +66,8 @@ def propagate_widget(viewer, **values):
 
 
 def docked_propagate_widget(viewer, **values):
-    """Fine-tune docked from the Plugins menu (napari hands it a proxy viewer), set to
-    propagate "scan" with the tiny model for one epoch, the corrections store off."""
-    _dock, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
-    tune.image.value = viewer.layers["scan"]
-    settings = dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
-                    new_name="scan propagated")
-    settings.update(values)
-    for key, value in settings.items():
-        getattr(tune, key).value = value
+    """``propagate_widget`` for one epoch, the corrections store off."""
+    tune = propagate_widget(viewer, **{"epochs": 1, **values})
     tune.store.use_store.value = False
     return tune
 

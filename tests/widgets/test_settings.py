@@ -11,10 +11,17 @@ pytest.importorskip("napari")
 import timm  # noqa: F401,E402
 
 from napari_fmbff import save_model  # noqa: E402
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
+from napari_fmbff._widgets import SegmentWidget  # noqa: E402
 from napari_fmbff._widgets._finetune import finetune_widget_defaults  # noqa: E402
 from napari_fmbff._widgets._segment import SEGMENT_DEFAULTS, SEGMENT_SHORTCUT  # noqa: E402
 from napari_fmbff._widgets._settings import settings_path  # noqa: E402
+
+
+def docked(viewer, name="Segment"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer). napari docks one of each a window: a new dock needs a new viewer."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
 
 
 def test_each_test_has_private_settings(tmp_path_factory):
@@ -24,7 +31,7 @@ def test_each_test_has_private_settings(tmp_path_factory):
 def test_segment_settings_survive_a_new_widget_and_restore_defaults(make_napari_viewer,
                                                                     models_dir):
     viewer = make_napari_viewer()
-    first = SegmentWidget(viewer)
+    first = docked(viewer)
     first.threshold.value = 0.3
     first.tile_size.value = 256
     first.fill_holes.value = True
@@ -32,7 +39,7 @@ def test_segment_settings_survive_a_new_widget_and_restore_defaults(make_napari_
     saved = json.loads(settings_path().read_text())["segment"]
     assert saved["threshold"] == 0.3 and saved["tile_size"] == 256 and saved["fill_holes"]
 
-    second = SegmentWidget(make_napari_viewer())  # what the next napari session builds
+    second = docked(make_napari_viewer())  # what the next napari session builds
     assert second.threshold.value == 0.3 and second.tile_size.value == 256
     assert second.fill_holes.value and second.scope.value == "whole stack"
     assert second.model.value == "starter"
@@ -41,20 +48,20 @@ def test_segment_settings_survive_a_new_widget_and_restore_defaults(make_napari_
     for name, value in SEGMENT_DEFAULTS.items():
         assert getattr(second, name).value == value, name
     assert "segment" not in json.loads(settings_path().read_text())
-    assert SegmentWidget(make_napari_viewer()).threshold.value == SEGMENT_DEFAULTS["threshold"]
+    assert docked(make_napari_viewer()).threshold.value == SEGMENT_DEFAULTS["threshold"]
 
 
 def test_a_saved_model_that_is_gone_falls_back_and_a_bad_file_is_ignored(make_napari_viewer,
                                                                          models_dir, tiny_net):
     save_model(tiny_net, models_dir / "mine.safetensors")
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     widget.model.value = "mine"
-    assert SegmentWidget(viewer).model.value == "mine"
+    assert docked(make_napari_viewer()).model.value == "mine"
     (models_dir / "mine.safetensors").unlink()
-    assert SegmentWidget(viewer).model.value == "starter"
+    assert docked(make_napari_viewer()).model.value == "starter"
     settings_path().write_text("{not json")
-    assert SegmentWidget(viewer).threshold.value == SEGMENT_DEFAULTS["threshold"]
+    assert docked(make_napari_viewer()).threshold.value == SEGMENT_DEFAULTS["threshold"]
 
 
 def test_finetune_settings_persist_and_default_to_finetune_defaults(make_napari_viewer,
@@ -65,23 +72,23 @@ def test_finetune_settings_persist_and_default_to_finetune_defaults(make_napari_
     assert defaults["epochs"] == FINETUNE_DEFAULTS["epochs"]
     assert defaults["lr"] == FINETUNE_DEFAULTS["lr"]
     viewer = make_napari_viewer()
-    first = FineTuneWidget(viewer)
+    first = docked(viewer, "Fine-tune")
     assert first.epochs.value == FINETUNE_DEFAULTS["epochs"]
     first.epochs.value = 7
     first.new_name.value = "liver"
-    second = FineTuneWidget(make_napari_viewer())
+    second = docked(make_napari_viewer(), "Fine-tune")
     assert second.epochs.value == 7 and second.new_name.value == "liver"
     second.restore_button.clicked.emit()
     for name, value in defaults.items():
         assert getattr(second, name).value == value, name
-    assert FineTuneWidget(viewer).epochs.value == FINETUNE_DEFAULTS["epochs"]
+    assert docked(make_napari_viewer(), "Fine-tune").epochs.value == FINETUNE_DEFAULTS["epochs"]
 
 
 def test_models_folder_is_shown_changed_and_remembered(make_napari_viewer, qtbot, models_dir,
                                                        tmp_path, tiny_net, monkeypatch):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    finetune = FineTuneWidget(viewer)
+    widget = docked(viewer)
+    finetune = docked(viewer, "Fine-tune")
     assert str(widget.models_folder.value) == str(models_dir)
     other = tmp_path / "other-models"
     other.mkdir()
@@ -96,9 +103,9 @@ def test_models_folder_is_shown_changed_and_remembered(make_napari_viewer, qtbot
     # Next session, without the environment variable: the remembered folder is used, also
     # when Fine-tune is opened first (it saves its models there).
     monkeypatch.delenv("FMBFF_MODELS_DIR")
-    alone = FineTuneWidget(make_napari_viewer())
+    alone = docked(make_napari_viewer(), "Fine-tune")
     assert os.environ["FMBFF_MODELS_DIR"] == str(other) and "elsewhere" in alone.model.choices
-    again = SegmentWidget(make_napari_viewer())
+    again = docked(make_napari_viewer())
     assert str(again.models_folder.value) == str(other)
     assert "elsewhere" in again.model.choices
 
@@ -107,7 +114,7 @@ def test_shortcut_runs_segment(make_napari_viewer, models_dir, monkeypatch):
     from napari.utils.key_bindings import coerce_keybinding
 
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    widget = docked(viewer)
     runs = []
     monkeypatch.setattr(SegmentWidget, "run", lambda self, *_: runs.append(self))
     viewer.keymap[coerce_keybinding(SEGMENT_SHORTCUT)](viewer)

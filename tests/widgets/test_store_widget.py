@@ -9,12 +9,18 @@ import pytest
 pytest.importorskip("napari")
 
 from conftest import disks  # noqa: E402
-from napari_fmbff._widgets import FineTuneWidget  # noqa: E402
 from napari_fmbff._widgets import _store as store_module  # noqa: E402
 from napari_fmbff.data.store import open_store_for as open_store  # noqa: E402
 from napari_fmbff.model.checkpoint import read_metadata  # noqa: E402
 
 WAIT_MS = 240_000
+
+
+def docked(viewer):
+    """Fine-tune docked from the Plugins menu, as a user opens it (napari hands the dock a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
+    return widget
 
 
 def add_patient(viewer, name, seed, painted_slice):
@@ -58,7 +64,7 @@ def test_fine_tune_grows_the_store_and_a_case_opens_and_is_removed(
     viewer = make_napari_viewer()
     stack1, _ = add_patient(viewer, "p1", seed=1, painted_slice=1)
     add_patient(viewer, "p2", seed=2, painted_slice=2)
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer)
     assert widget.store.use_store.value and str(widget.store.store_dir.value) == os.environ["FMBFF_STORE_DIR"]
     for key, value in dict(model=tiny_model, epochs=1, tile_size=64, batch_size=2,
                            device="cpu", slices="all slices with labels").items():
@@ -103,7 +109,7 @@ def test_fine_tune_grows_the_store_and_a_case_opens_and_is_removed(
 def test_store_off_trains_on_this_image_only(make_napari_viewer, qtbot, tiny_model, models_dir):
     viewer = make_napari_viewer()
     add_patient(viewer, "p1", seed=1, painted_slice=1)
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer)
     for key, value in dict(model=tiny_model, epochs=1, tile_size=64, batch_size=2,
                            device="cpu", slices="all slices with labels").items():
         getattr(widget, key).value = value
@@ -122,7 +128,7 @@ def test_a_store_folder_that_is_a_file_is_one_line(make_napari_viewer, tiny_mode
     monkeypatch.setattr(_finetune, "show_error", errors.append)
     viewer = make_napari_viewer()
     add_patient(viewer, "p1", seed=1, painted_slice=1)
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer)
     widget.model.value = tiny_model
     widget.image.value = viewer.layers["p1"]
     widget.labels_layer.value = viewer.layers["p1 corrections"]
@@ -137,7 +143,7 @@ def test_a_store_folder_that_is_a_file_is_one_line(make_napari_viewer, tiny_mode
 def test_the_store_rows_tooltips_come_from_the_tooltips_module(make_napari_viewer, models_dir):
     from napari_fmbff._widgets._tooltips import TOOLTIPS, tooltip
 
-    widget = FineTuneWidget(make_napari_viewer())
+    widget = docked(make_napari_viewer())
     nested = {id(field) for field in widget.store.store_row}
     for name in TOOLTIPS["store"]:
         field = getattr(widget.store, name)
@@ -155,7 +161,7 @@ def test_a_multiscale_image_is_refused_by_the_store_in_one_line(make_napari_view
     viewer.add_image([base, base[::2, ::2]], multiscale=True, name="slide")
     labels = viewer.add_labels(np.zeros((128, 128), np.int32), name="slide corrections")
     labels.data[40:60, 40:60] = 1
-    widget = FineTuneWidget(viewer)
+    widget = docked(viewer)
     widget.model.value = tiny_model
     widget.image.value = viewer.layers["slide"]
     widget.labels_layer.value = labels

@@ -13,7 +13,6 @@ nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
 
-from napari_fmbff._widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 from napari_fmbff.data.medical import read_volume  # noqa: E402
 from napari_fmbff.jobs.saved_labels import SOURCE_KEY  # noqa: E402
 from test_writers import dicom_series  # noqa: E402
@@ -21,6 +20,13 @@ from test_writers import dicom_series  # noqa: E402
 WAIT_MS = 240_000
 # (z, y, x, 1) -> NIfTI's (i, j, k, 1) = (x, y, z, 1)
 SWAP = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+
+
+def docked(viewer, name="Segment"):
+    """The plugin's dock opened from the Plugins menu, as a user opens it (napari hands it a
+    proxy of the viewer)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-fmbff", name)
+    return widget
 
 
 def open_scan(viewer, path):
@@ -114,7 +120,7 @@ def test_segment_and_propagate_outputs_save_on_the_scan_with_their_model(
     folder = dicom_series(tmp_path / "series", n=3)
     viewer = make_napari_viewer()
     image = open_scan(viewer, folder / "1.dcm")
-    seg = SegmentWidget(viewer)
+    seg = docked(viewer)
     seg.model.value, seg.tile_size.value, seg.device.value = "tiny", 64, "cpu"
     seg.threshold.value = 0.0  # every pixel one object: a known, non-empty answer
     seg.scope.value = seg.scope.choices[-1]  # the whole stack
@@ -135,7 +141,7 @@ def test_segment_and_propagate_outputs_save_on_the_scan_with_their_model(
     labels.fill((1, 2, 2), 0)
     labels.brush_size = 30
     labels.paint((1, 64, 64), 1)
-    fine = FineTuneWidget(viewer)
+    fine = docked(viewer, "Fine-tune")
     fine.image.value = image
     for key, value in dict(model="tiny", epochs=1, tile_size=64, batch_size=2, device="cpu",
                            new_name="series propagated").items():
@@ -214,9 +220,7 @@ def test_a_propagated_layer_saves_the_propagated_model_file_hash_and_time(
 
 
 def _docked(viewer):
-    _, seg = viewer.window.add_plugin_dock_widget("napari-fmbff", "Segment")
-    _, tune = viewer.window.add_plugin_dock_widget("napari-fmbff", "Fine-tune")
-    return seg, tune
+    return docked(viewer), docked(viewer, "Fine-tune")
 
 
 def _segment_whole_stack(viewer, seg, image, qtbot):
