@@ -29,6 +29,7 @@ def test_tiff_stack_in_tiff_labels_out_labelled_slice_verbatim(tmp_path, tiny_mo
     np.testing.assert_array_equal(written[2], labels[2])
     err = capsys.readouterr().err
     assert "learned from slice(s) 2" in err
+    assert "were not redrawn: LiteMedSAM cannot be imported" in err  # said, not hidden
     assert main(args) == 2  # never replaced without --overwrite
     assert "exists" in capsys.readouterr().err
 
@@ -53,6 +54,7 @@ def test_nifti_volume_gets_nifti_labels_on_its_grid_and_a_record(tmp_path, tiny_
     np.testing.assert_array_equal(back[1], labels[1])
     record = json.loads((out / "ct.json").read_text())
     assert record["slices_labelled"] == [1] and record["base_model"] == tiny_model
+    assert record["redrawn_by_litemedsam"] == []  # LiteMedSAM is made unimportable in tests
 
 
 @pytest.mark.parametrize("case, message", [

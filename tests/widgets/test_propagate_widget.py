@@ -202,3 +202,36 @@ def test_a_rethreshold_at_propagates_settings_gives_propagates_labels(
     assert not np.array_equal(labels.data, result.labels)
     seg.threshold.value = 0.5                      # back at Propagate's: Propagate's labels
     np.testing.assert_array_equal(labels.data, result.labels)
+
+
+def test_propagate_redraws_with_litemedsam_and_a_rethreshold_redraws_again(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
+    """With LiteMedSAM (a dependency), Propagate's other slices are redrawn from the boxes of
+    the model's objects; the layer's record and the status say so; a re-threshold redraws
+    too, so at Propagate's threshold it gives Propagate's labels again."""
+    from napari_fmbff.inference.segmenter import Segmenter
+
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    seg.threshold.value = 0.5
+    yy, xx = np.mgrid[:64, :64]
+
+    def predicted(_self, image, out=None):  # a tight core of each slice's disk, and a rim
+        cy = float(np.mean(np.nonzero(np.asarray(image) > 128)[0]))
+        r = np.hypot(yy - cy, xx - 32)
+        return np.where(r < 4, 0.9, np.where(r < 7, 0.6, 0.0)).astype(np.float32)
+
+    monkeypatch.setattr(Segmenter, "predict_proba", predicted)
+    tune = docked_propagate_widget(viewer)
+    tune.propagate_button.native.click()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    result = last_propagation(labels)
+    assert result is not None and result.redrawn == [0, 2, 3]
+    assert labels.metadata["napari_fmbff"]["redrawn_by_litemedsam"] == [0, 2, 3]
+    assert "LiteMedSAM redrew the lesion on 3" in tune.status.value
+    disks = disk_stack() > 128
+    for z in (0, 2, 3):  # the tight core grown to the disk, with the user's id
+        drawn = labels.data[z] == PAINTED
+        assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.8, z
+    seg.threshold.value = 0.8
+    seg.threshold.value = 0.5
+    np.testing.assert_array_equal(labels.data, result.labels)

@@ -625,7 +625,11 @@ class FineTuneWidget(Container):
             self._on_event(progress)
             return
         self.progress.value = int(1000 * progress.fraction)
-        self.status.value = f"Segmenting slice {progress.done}/{progress.total}..."
+        doing = {"redrawing": "Redrawing with LiteMedSAM: slice",
+                 "self-labelling": "Labelling the neighbouring slices: slice"}.get(
+                     progress.detail if isinstance(progress.detail, str) else None,
+                     "Segmenting slice")
+        self.status.value = f"{doing} {progress.done}/{progress.total}..."
 
     def _on_propagated(self, job, result) -> None:
         """Write the propagation into Segment's output layer as one undo step: the slices
@@ -655,7 +659,7 @@ class FineTuneWidget(Container):
         target.metadata[PROVENANCE_TAG] = run_record(
             outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
             base=job.base, learned=result.learned, slices_labelled=list(result.slices),
-            propagated=True)
+            propagated=True, redrawn_by_litemedsam=list(result.redrawn))
         carry_scan(job.image, target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)
@@ -670,5 +674,8 @@ class FineTuneWidget(Container):
         else:
             text = (f"{result.outcome.message} The other {n_written} slice(s) got the base "
                     f"model '{model}''s answer.")
+        if result.redrawn:
+            text += f" LiteMedSAM redrew the lesion on {len(result.redrawn)} of them."
+        text = " ".join([text, *result.notes])
         self.status.value = text
         show_info(f"napari-fmbff: {text}")

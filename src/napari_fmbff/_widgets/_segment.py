@@ -601,7 +601,7 @@ class SegmentWidget(Container):
                            labels=self.split.value, per_slice=not self.objects_3d.value)
         proposal = proposal_of(result["labels"])
         if proposal.propagation is not None and proposal.probs:
-            proposals = _propagated(proposal, result["labels"], post)
+            proposals = _propagated(proposal, result["labels"], post, self.image.value)
         else:
             proposals = labels_from_planes(result["probs"], post)
             if post.labels and proposal.n_edited:
@@ -692,14 +692,18 @@ class SegmentWidget(Container):
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
 
 
-def _propagated(proposal, layer, post: Postprocess) -> dict:
+def _propagated(proposal, layer, post: Postprocess, image=None) -> dict:
     """The planes after a propagation (``proposal.propagation``), re-thresholded as Propagate
     makes them (``postprocess.propagated_labels``: the same rule, so the same labels at the
     same settings): from Propagate's probabilities (``proposal.probs``) under ``post``, the
     slices it learned from as the layer holds them, the model's objects joined to the user's
-    ids (only those connected to them when Propagate kept only those). Objects are 3D, as
-    Propagate's; unticking "split" gives their 0/1 mask."""
+    ids (only those connected to them when Propagate kept only those), and, when Propagate
+    redrew its slices with LiteMedSAM, redrawn again (``propagate.redraw_labels``; ``image``,
+    the image layer: its embeddings are cached, so this costs LiteMedSAM's decoder). Objects
+    are 3D, as Propagate's; unticking "split" gives their 0/1 mask."""
     from ..inference.postprocess import propagated_labels
+    from ..inference.progress import drain
+    from ..training.propagate import redraw_labels
 
     order = sorted(proposal.probs)
     at = {index: k for k, index in enumerate(order)}
@@ -707,6 +711,10 @@ def _propagated(proposal, layer, post: Postprocess) -> dict:
     volume = propagated_labels(np.stack([proposal.probs[i] for i in order]),
                                np.stack([np.asarray(layer.data[i]) for i in order]), zs, post,
                                proposal.propagation.connected)
+    if proposal.propagation.redrawn and image is not None:
+        data = finest_level(image)
+        volume, _, _ = drain(redraw_labels(np.stack([np.asarray(data[i]) for i in order]),
+                                           volume, zs))
     return {index: volume[k] for k, index in enumerate(order)}
 
 

@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
                       help="keep every object the model finds on the other slices (default: "
                            "only those connected in 3D to the objects you labelled, the "
                            "lesion carried through the volume)")
+    prop.add_argument("--no-redraw", action="store_true",
+                      help="keep the model's own masks on the other slices (default: each "
+                           "object the model adds is redrawn by LiteMedSAM from its box, "
+                           "measured better on real CT / MR)")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
@@ -90,6 +94,7 @@ def cmd_propagate(args) -> int:
                                normalization=setting, cfg=cfg, base=name,
                                image_name=files.stem, threshold=args.threshold,
                                overwrite=args.overwrite, connected=not args.all_objects,
+                               redraw=not args.no_redraw,
                                store=None if store is None else StoreCase(
                                    store, _store_source(files, args.volume, proposed_by)))
     with tqdm(desc="propagate", unit="step") as bar:
@@ -97,9 +102,12 @@ def cmd_propagate(args) -> int:
     outcome = result.outcome
     print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
           f"{outcome.message}", file=sys.stderr)
+    for note in result.notes:
+        print(f"fmbff propagate: {note}", file=sys.stderr)
     record = run_record(outcome.path if result.learned else name, base=name,
                         learned=result.learned, slices_labelled=result.slices,
                         threshold=args.threshold, connected_only=not args.all_objects,
+                        redrawn_by_litemedsam=result.redrawn,
                         source=str(args.volume), labels_source=str(args.labels),
                         intensity_setting=setting.to_dict(), package_version=_version())
     written = write_propagated(files, result.labels, args.out, record, args.overwrite)
@@ -147,7 +155,8 @@ def _show_propagation(bar, progress) -> None:
         bar.set_description("fine-tuning")
         bar.set_postfix_str(f"epoch {progress.detail.epoch} loss {progress.detail.loss:.3f}")
     elif progress.stage == "slices":
-        bar.set_description("segmenting")
+        bar.set_description(progress.detail if isinstance(progress.detail, str)
+                            else "segmenting")
         bar.total, bar.n = progress.total, progress.done
         bar.refresh()
 
