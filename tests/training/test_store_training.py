@@ -69,8 +69,8 @@ def test_items_hold_only_labelled_slices_and_sample_patients_alike(store):
 
 
 def test_a_patient_reviewed_whole_is_learned_half_from_its_lesion_slices(store):
-    """A tumour on 2 of 8 reviewed slices: each lesion slice is repeated 3 times, so the case
-    teaches lesion about as much as background; the record says so."""
+    """A tumour on 2 of 8 reviewed slices (under a third): each lesion slice is repeated 3
+    times, so the case teaches lesion about as much as background; the record says so."""
     image, labels = patient(4, n=8)
     labels[2:] = 0                                   # lesion-free slices, reviewed as such
     pending = store_training.stage(store, image, labels, list(range(8)), Normalization())
@@ -81,6 +81,8 @@ def test_a_patient_reviewed_whole_is_learned_half_from_its_lesion_slices(store):
     assert data.n_slices == 10                       # the slices, not the samples
     assert data.replay()["lesion_repeats"] == {pending.id: 3}
     assert store_training.lesion_repeat(lesion[:2]) == 1   # all lesion: nothing to balance
+    free = [item for item in mine if not item.mask.any()]
+    assert store_training.lesion_repeat(lesion[:2] + free[:4]) == 1  # a third: as it was
     pending.discard()
 
 

@@ -44,6 +44,9 @@ from .requests import ModelOut, RunControl
 #: How a store run samples its cases: "balanced" (every case about as many samples as the
 #: largest; the default) or "newest-half" (the newest case repeated to ``REPLAY_SHARE``).
 SAMPLING = ("balanced", "newest-half")
+#: A case whose lesion slices are fewer than this share of its slices has them repeated to
+#: about half of its samples (``lesion_repeat``).
+LESION_SHARE = 1 / 3
 #: "newest-half": the newest case's share of the training samples.
 REPLAY_SHARE = 0.5
 #: A new model is promoted when its Dice on the store's earlier cases, rounded as shown
@@ -214,14 +217,17 @@ def store_items(store: Store, setting, pending: PendingCase | None = None,
 
 
 def lesion_repeat(items) -> int:
-    """How many times each lesion slice of one case is repeated so that its lesion slices are
-    about half of the case's samples: a patient reviewed whole (a tumour on 3 of 48 slices)
-    otherwise teaches mostly background, and a run on it was measured to collapse to "no
-    lesion" (docs/models.md, "Real patients, the first one reviewed whole"). 1 when the
-    lesion slices are half or more, or there are none."""
+    """How many times each lesion slice of one case is repeated: when its lesion slices are
+    under ``LESION_SHARE`` of its slices, enough for them to be about half of the case's
+    samples; else 1. A patient reviewed whole (a tumour on 3 of 48 slices) otherwise teaches
+    mostly background, and a run on it was measured to collapse to "no lesion" (docs/models.md,
+    "Real patients, the first one reviewed whole"); cases with a larger lesion share (the
+    procedural patients of benchmarks/store.py: 7-12 of 20) are sampled as they were."""
     lesion = sum(1 for item in items if item.mask.any())
     free = len(items) - lesion
-    return max(1, round(free / lesion)) if 0 < lesion < free else 1
+    if not lesion or lesion >= LESION_SHARE * len(items):
+        return 1
+    return max(1, round(free / lesion))
 
 
 def repeat_cases(items, cases, sampling: str = "balanced", newest_is_new: bool = True) -> dict:
