@@ -773,23 +773,13 @@ def main(argv=None) -> int:
                                  variants, Path(args.store) if args.store else None, deadline,
                                  cut, load_volume, LiteMedSAM, grown_box, past, log)
         levers.print_lever_table(rows)
-        if cut:
-            print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"levers": rows, "cut": cut}, indent=1,
-                                                  default=str))
-        return 0
+        return finish(args, "levers", rows, cut)
     if args.ends:
         cut = []
         rows = ends_rows(volumes, cache, args.overrides, Path(args.store) if args.store
                          else None, deadline, cut)
         print_ends_table(rows)
-        if cut:
-            print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"ends": rows, "cut": cut}, indent=1,
-                                                  default=str))
-        return 0
+        return finish(args, "ends", rows, cut)
     if not args.review_only:
         engines = box_engines(args.engines.split(","), args.prompt_model, cache, args.overrides)
         box, largest = box_table(volumes, engines, cache)
@@ -834,6 +824,15 @@ def main(argv=None) -> int:
     if cut:
         print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
     dump(args.json, box, rows, curves, cut, picks)
+    return 0
+
+
+def finish(args, key: str, rows, cut) -> int:
+    """After a one-table mode: what the deadline cut, and the rows in ``--json`` under ``key``."""
+    if cut:
+        print(f"\nCut to end by {args.deadline} UTC: " + "; ".join(cut) + ".")
+    if args.json:
+        Path(args.json).write_text(json.dumps({key: rows, "cut": cut}, indent=1, default=str))
     return 0
 
 

@@ -91,15 +91,21 @@ def test_what_cannot_be_propagated_is_one_line(labels, slices, message):
         labelled_slices(np.ones((1, 8, 8), np.int32), 1)
 
 
-def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_path):
-    from napari_fmbff.model.checkpoint import read_metadata
-    from napari_fmbff.training.loop import finetune_config
-
+def disk_volume(n: int):
+    """(uint8 (n, 64, 64) stack: a bright disk on noise on every slice, the disk's mask)."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]
     disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
     volume = np.stack([(rng.normal(60, 10, (64, 64)) + 120 * disk).clip(0, 255)
-                       for _ in range(4)]).astype(np.uint8)
+                       for _ in range(n)]).astype(np.uint8)
+    return volume, disk
+
+
+def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_path):
+    from napari_fmbff.model.checkpoint import read_metadata
+    from napari_fmbff.training.loop import finetune_config
+
+    volume, disk = disk_volume(4)
     labels = np.zeros(volume.shape, np.int32)
     labels[1][disk] = 3
     labels[1, 0, 0] = 9  # a stray user pixel: kept verbatim

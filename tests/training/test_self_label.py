@@ -78,14 +78,12 @@ def test_a_bad_rule_is_refused(kwargs):
 
 
 def test_propagate_with_self_labelling_names_the_slices_it_labelled(tiny_net, tmp_path):
+    from test_propagate import disk_volume
+
     from napari_fmbff.model.checkpoint import read_metadata
     from napari_fmbff.training.loop import finetune_config
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:64, :64]
-    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 144
-    volume = np.stack([(rng.normal(60, 10, (64, 64)) + 120 * disk).clip(0, 255)
-                       for _ in range(6)]).astype(np.uint8)
+    volume, disk = disk_volume(6)
     labels = np.zeros(volume.shape, np.int32)
     labels[2][disk] = 1
     out = tmp_path / "prop.safetensors"
