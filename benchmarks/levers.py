@@ -15,6 +15,7 @@ Variants:
   round) and train 5 epochs each: 20 epochs in all, as today (fewer when a round finds
   nothing new).
 - **outward fast**: the same on 12 epochs: 6 + 3 + 3.
+- **crops 192** (lever 6): today's recipe on 192 x 192 training crops instead of 256 x 256.
 - **+ redraw ...** (lever 4), on today's and on outward's labels: slices Propagate marked,
   redrawn by LiteMedSAM from the mask's bounding box grown 5 px (``REDRAW_RULES``):
   - *always*: every marked slice;
@@ -42,8 +43,9 @@ VARIANTS = {
     "fast": ({"epochs": 10}, None),
     "outward": ({}, dict(rounds=2, reach=2)),                  # 10 + 5 + 5 epochs
     "outward fast": ({"epochs": 12}, dict(rounds=2, reach=2)),  # 6 + 3 + 3 epochs
+    "crops 192": ({"tile_size": 192}, None),
 }
-REDRAWN = ("today", "outward")
+REDRAWN = ("today", "outward", "crops 192")
 
 
 def scores(pred, truth, rest) -> dict:
