@@ -115,8 +115,8 @@ def redraws(image, pred, probs, rest, engine) -> dict:
 
 
 def run_key(name, variant, seed, accepted_px) -> str:
-    """The cache key of one propagation: the volume, the seed, the accepted mask's size and
-    the fine-tunes' epochs and self-labelling rule as they run."""
+    """The cache key of one propagation: the volume, the seed, the accepted mask's size, the
+    fine-tunes' epochs and self-labelling rule as they run, and any other recipe field."""
     from napari_fmbff.training.loop import finetune_config
     from napari_fmbff.training.self_label import SelfLabel
 
@@ -124,8 +124,9 @@ def run_key(name, variant, seed, accepted_px) -> str:
     cfg = finetune_config(**overrides)
     plan = SelfLabel(**rule).to_dict() if rule else None
     epochs = SelfLabel(**rule).epochs(cfg.epochs) if rule else [cfg.epochs]
-    return hashlib.sha1(json.dumps([name, seed, accepted_px, epochs, plan]).encode()
-                        ).hexdigest()[:12]
+    other = {k: v for k, v in overrides.items() if k != "epochs"}  # e.g. the crop size
+    key = [name, seed, accepted_px, epochs, plan] + ([other] if other else [])
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def run_variant(name, image, mask, top, accepted, variant, seed, store):
