@@ -8,7 +8,8 @@ slices included: 3D Dice of what Propagate writes, the same on the lesion slices
 precision, recall, CPU s and wall s of the propagation (redraws add LiteMedSAM's time).
 
 Variants:
-- **today**: ``FINETUNE_DEFAULTS`` (20 epochs), the user's slice only.
+- **today**: ``FINETUNE_DEFAULTS`` (20 epochs), the user's slice only, without the redraw
+  (``PropagateRequest.redraw=False``: the redraw rows below add it).
 - **fast**: 10 epochs (lever 6).
 - **outward**: self-labelling (``training.self_label.SelfLabel``, lever 2): 10 epochs on the
   box's slice, then 2 rounds that add confident neighbouring slices (2 slices each side per
@@ -151,7 +152,8 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
         request = PropagateRequest(
             image, labels, Path(tmp) / "m.safetensors", slices=[top],
             cfg=finetune_config(device="cpu", seed=seed, **overrides), base="starter",
-            image_name=name, self_label=SelfLabel(**rule) if rule else None)
+            image_name=name, self_label=SelfLabel(**rule) if rule else None,
+            redraw=False)  # the redraw rules below are applied to the model's own labels
         wall, cpu = time.perf_counter(), time.process_time()
         result = drain(iter_propagate(load_model("starter"), request))
         run = {"labels": result.labels > 0, "probs": result.probs,

@@ -26,6 +26,12 @@ from .config import TrainEvent, TrainResult
 from .metrics import Counts, soft_dice
 from .samples import CropDataset, ShapeBatchSampler, grid_counts
 
+#: Devices on which the network trains in the channels-last memory layout: the same
+#: arithmetic, a third less time per step on CPU (a training step of `starter` on 4 crops of
+#: 256 px, 2 threads: 1.06 -> 0.72 s; docs/performance.md). The trained network is handed
+#: back in the usual layout.
+CHANNELS_LAST = ("cpu", "cuda")
+
 if TYPE_CHECKING:
     from ..model.normalization import Normalization
     from .config import TrainConfig
@@ -122,6 +128,8 @@ class Trainer:
         import torch
 
         x, y = x.to(self.device), y.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if prompts is not None:
             prompts = self._corrected_prompts(x, y, prompts.to(self.device))
         self.opt.zero_grad(set_to_none=True)
@@ -205,6 +213,10 @@ class Trainer:
         if self.ddp is not None:
             _ddp.check_replicas_agree(self.net, self.device)
         self.net.load_state_dict(self.best_state)
+        if self.channels_last:  # the usual layout again: saved, copied and segmented as always
+            import torch
+
+            self.net = self.net.to(memory_format=torch.contiguous_format)
         self._freeze_encoder(False)
         result = TrainResult(self.net.eval(), self.history, self.initial, self.best_dice,
                              self.best_epoch, self.epoch, self.stopped_early, 0.0, self.cancelled,
@@ -264,6 +276,9 @@ class Trainer:
         if cfg.prompts and getattr(self.net, "prompt_conv", "none") is None:
             self.net.add_prompts()  # zero weights: the untrained path changes nothing
         self.net = self.net.to(self.device)
+        self.channels_last = self.device.type in CHANNELS_LAST
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self._freeze_encoder(cfg.encoder_frozen(1))
         self.model = self._wrap()
         if self.ddp is not None:
