@@ -102,11 +102,11 @@ def load_volume(name: str, cache: Path):
 
 
 def grown_box(mask, grow: int = GROW):
-    """(x0, y0, x1, y1), inclusive pixel corners of the mask's bounding box grown by ``grow``."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return (max(int(xs.min()) - grow, 0), max(int(ys.min()) - grow, 0),
-            min(int(xs.max()) + grow, w - 1), min(int(ys.max()) + grow, h - 1))
+    """(x0, y0, x1, y1), inclusive pixel corners of the mask's bounding box grown by ``grow``
+    (the box Propagate's redraw gives LiteMedSAM: ``inference.redraw.object_box``)."""
+    from napari_fmbff.inference.redraw import object_box
+
+    return object_box(mask, grow)
 
 
 def dice(pred, truth) -> float:

@@ -60,13 +60,6 @@ def scores(pred, truth, rest) -> dict:
             "recall": tp / max(truth.sum(), 1)}
 
 
-def box_of(mask, grow: int = 5):
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return (max(int(xs.min()) - grow, 0), max(int(ys.min()) - grow, 0),
-            min(int(xs.max()) + grow, w - 1), min(int(ys.max()) + grow, h - 1))
-
-
 def ring_mean(probs, mask, width: int = 3) -> float:
     from scipy import ndimage
 
@@ -96,12 +89,15 @@ REDRAW_RULES = {
 
 def redraws(image, pred, probs, rest, engine) -> dict:
     """{rule: (labels with the slices it picks redrawn, those slices, CPU s)}: LiteMedSAM
-    answers each marked slice once (its CPU s counted for every rule that redraws it)."""
+    answers each marked slice once (its CPU s counted for every rule that redraws it), from
+    the box Propagate's redraw gives it (``inference.redraw.object_box``)."""
+    from napari_fmbff.inference.redraw import object_box
+
     drawn, cost = {}, {}
     for z in rest:
         if pred[z].any():
             start = time.process_time()
-            drawn[z] = engine.engine.litemedsam_box(image[z], box_of(pred[z]), "cpu",
+            drawn[z] = engine.engine.litemedsam_box(image[z], object_box(pred[z]), "cpu",
                                                     engine.range) > 0
             cost[z] = time.process_time() - start
     out = {}

@@ -6,8 +6,8 @@ but tends to draw it too tight there; LiteMedSAM, given a box, draws a lesion's 
 propagation every object the model added on a slice is redrawn by LiteMedSAM from that
 object's bounding box grown by ``GROW`` px: FM-BFF-Net says where the lesion is, LiteMedSAM
 how far it reaches. The user's slices are never touched, an object keeps its id, another
-object's pixels are never taken, and an object LiteMedSAM draws nothing for stays as it was. Chosen by benchmarks/interactive.py --levers (docs/models.md,
-"Issue 30's levers"). Each slice costs one LiteMedSAM encoding (about 2.3 CPU s), each
+object's pixels are never taken, and an object LiteMedSAM draws nothing for stays as it was.
+Chosen by benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers"). Each slice costs one LiteMedSAM encoding (about 2.3 CPU s), each
 object one decoding (about 0.1 s); a slice seen before costs the decoding only.
 """
 
@@ -40,7 +40,8 @@ def iter_redraw(volume, labels, zs, device: str = "cpu", intensity_range=None):
     out = np.array(labels, copy=True)
     if intensity_range is None:
         intensity_range = litemedsam.volume_range(volume)
-    todo = [z for z in range(len(out)) if z not in set(zs) and out[z].any()]
+    user = set(zs)
+    todo = [z for z in range(len(out)) if z not in user and out[z].any()]
     done = []
     for k, z in enumerate(todo):
         plane = np.asarray(volume[z])

@@ -58,6 +58,20 @@ def make_items(images, masks, normalization: Normalization, names=None, *,
     return items
 
 
+def slice_items(volume, labels, zs, normalization: Normalization, name: str = "") -> list[Item]:
+    """The training items of the slices ``zs`` of ``volume`` (a propagation's labelled slices:
+    any label id is lesion), one group for the volume, with ``normalization`` resolved for the
+    whole stack; a ValueError when none of them holds a lesion."""
+    items = make_items([np.asarray(volume[z]) for z in zs],
+                       [np.asarray(labels[z]) > 0 for z in zs], normalization.for_stack(volume),
+                       [f"{name or 'volume'} slice {z}" for z in zs],
+                       group=name or "volume", require_lesion=False)
+    if not any(item.mask.any() for item in items):
+        raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
+                         "one slice before propagating")
+    return items
+
+
 MIN_ITEMS_TO_VALIDATE = 5
 
 

@@ -201,17 +201,10 @@ def _train_on_slices(net, request: PropagateRequest, zs, setting, cfg, out: Mode
                      control: RunControl):
     """Generator: ``run.train_and_save`` on the slices ``zs`` of the request's volume alone
     (yields its ``Progress``; returns the Outcome); a ValueError when they hold no lesion."""
-    from .loop import make_items
+    from .loop import slice_items
     from .run import train_and_save
 
-    volume, labels, name = request.volume, request.labels, request.image_name
-    items = make_items([np.asarray(volume[z]) for z in zs],
-                       [np.asarray(labels[z]) > 0 for z in zs], setting.for_stack(volume),
-                       [f"{name or 'volume'} slice {z}" for z in zs],
-                       group=name or "volume", require_lesion=False)
-    if not any(item.mask.any() for item in items):
-        raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
-                         "one slice before propagating")
+    items = slice_items(request.volume, request.labels, zs, setting, request.image_name)
     return (yield from train_and_save(net, items, cfg, setting, out, control))
 
 

@@ -130,7 +130,7 @@ def iter_self_labelled(net, request, zs, setting, cfg, out, control):
     ``self_labelled``: the slices the model labelled, in its record)."""
     from ..inference.progress import Progress
     from ..inference.segmenter import Segmenter
-    from .loop import iter_train, make_items
+    from .loop import iter_train, slice_items
     from .run import check_output, train_and_save
 
     check_output(out.path, out.overwrite)  # refused before any training, as train_and_save does
@@ -139,15 +139,9 @@ def iter_self_labelled(net, request, zs, setting, cfg, out, control):
     labels = np.array(np.asarray(request.labels) > 0, np.uint8)
     labelled = list(zs)
 
-    def items():
-        return make_items([np.asarray(volume[z]) for z in labelled],
-                          [labels[z] > 0 for z in labelled], stack_norm,
-                          [f"{request.image_name or 'volume'} slice {z}" for z in labelled],
-                          group=request.image_name or "volume", require_lesion=False)
+    def items():  # a ValueError, before any training, when the user's slices hold no lesion
+        return slice_items(volume, labels, labelled, setting, request.image_name)
 
-    if not any(labels[z].any() for z in labelled):
-        raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
-                         "one slice before propagating")
     recipes = rule.recipes(cfg)
     model = net
     for step_cfg in recipes[:-1]:

@@ -370,14 +370,18 @@ def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None,
     earlier = [case for case in store.record.cases if case not in set(exclude)]
     name = Path(str(model)).stem
     record = {"latest": str(latest) if latest else None, "cases": earlier}
+    new_net = None  # loaded once, when a score needs it
     kinds = pending.entry.slice_kinds() if pending is not None else None
     if pending is not None and (kinds is None or kinds["lesion"]):  # a lesion to learn
-        own = store_dice(store, load_model(model), [pending.id], device, tile_size, pending)
-        if own == own:
-            record["own_case_dice"] = round(own, 4)
-        if own == own and own < OWN_CASE_FLOOR:
-            keeps = (f"'{latest.stem}' stays the store's latest (Segment's default)" if latest
-                     else "Segment keeps its own default")
+        new_net = load_model(model)
+        own = store_dice(store, new_net, [pending.id], device, tile_size, pending)
+    else:
+        own = float("nan")
+    if own == own:
+        record["own_case_dice"] = round(own, 4)
+        if own < OWN_CASE_FLOOR:
+            keeps = (f"'{latest.stem}' stays the store's latest (Segment's default)"
+                     if latest else "Segment keeps its own default")
             return Promotion(False, f"'{name}' was kept and registered but not promoted: its "
                                     f"Dice on the case it was just trained on is {own:.3f}, "
                                     f"below {OWN_CASE_FLOOR}: it did not learn that patient; "
@@ -392,7 +396,7 @@ def promotion(store: Store, model, *, exclude=(), device="auto", tile_size=None,
     except (OSError, ValueError) as err:  # the latest's file damaged: nothing to keep it for
         return Promotion(True, f"'{name}' is the store's latest model now (the previous "
                                f"latest '{latest.stem}' cannot be read: {err}).", record)
-    new = store_dice(store, load_model(model), earlier, device, tile_size)
+    new = store_dice(store, new_net or load_model(model), earlier, device, tile_size)
     old = store_dice(store, current, earlier, device, tile_size)
     if new != new or old != old:  # no labelled slice to score on
         return Promotion(True, f"'{name}' is the store's latest model now (no labelled slice "
