@@ -232,6 +232,19 @@ def test_propagate_redraws_with_litemedsam_and_a_rethreshold_redraws_again(
     for z in (0, 2, 3):  # the tight core grown to the disk, with the user's id
         drawn = labels.data[z] == PAINTED
         assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.8, z
+    import threading
+
+    threads = []
+    box = litemedsam.litemedsam_box
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return box(*args, **kwargs)
+
+    monkeypatch.setattr(litemedsam, "litemedsam_box", recorded)
     seg.threshold.value = 0.8
-    seg.threshold.value = 0.5
+    seg.threshold.value = 0.5  # while the first redraw runs: the widget ends at 0.5's labels
+    qtbot.waitUntil(lambda: seg._redraw_worker is None, timeout=WAIT_MS)
     np.testing.assert_array_equal(labels.data, result.labels)
+    assert threads and threading.main_thread() not in threads  # the window stays free
+    assert "LiteMedSAM redrew" in seg.edits.value

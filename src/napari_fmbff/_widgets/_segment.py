@@ -141,6 +141,8 @@ class SegmentWidget(Container):
         self._cancel = Cancel()  # the running worker's; set by Cancel
         self._closed = False
         self._result = None  # the last run: labels layer, probabilities, prob layer
+        self._redraw_worker = None  # a re-threshold's LiteMedSAM redraw (_redraw_then_show)
+        self._redraw_again = False  # the settings changed while it ran
         self._job = None  # the run in progress: its layer, settings and provenance
         self._marked: dict = {}  # plane index -> mask of objects marked to keep
         self._click_callback = _weak_callback(self, "_on_click")  # layers must not keep us
@@ -601,19 +603,60 @@ class SegmentWidget(Container):
                            labels=self.split.value, per_slice=not self.objects_3d.value)
         proposal = proposal_of(result["labels"])
         if proposal.propagation is not None and proposal.probs:
-            proposals = _propagated(proposal, result["labels"], post, self.image.value)
+            proposals = _propagated(proposal, result["labels"], post)
+            if proposal.propagation.redrawn and self.image.value is not None:
+                self._redraw_then_show(proposal, proposals, result["labels"])
+                return
         else:
             proposals = labels_from_planes(result["probs"], post)
             if post.labels and proposal.n_edited:
                 proposals = _with_user_ids(proposals, proposal, result["labels"],
                                            joined=post.joins(len(result["labels"].data.shape) - 2))
+        self._show_rethresholded(proposal, proposals, result["labels"])
+
+    def _show_rethresholded(self, proposal, proposals, layer) -> None:
+        """Write a re-threshold's planes (one undo step) and say how they were made."""
         proposal.show(proposals)
-        record = result["labels"].metadata.get(PROVENANCE_TAG)
+        record = layer.metadata.get(PROVENANCE_TAG)
         if isinstance(record, dict):  # the layer says how its current labels were made
             record.update(threshold=self.threshold.value, min_size=self.min_size.value,
                           fill_holes=self.fill_holes.value, split=self.split.value,
-                          objects=self._objects_label(result["labels"].data.shape))
+                          objects=self._objects_label(layer.data.shape))
         self._refresh_review()
+
+    def _redraw_then_show(self, proposal, proposals, layer) -> None:
+        """After a redrawn propagation, a re-threshold's planes are redrawn by LiteMedSAM as
+        Propagate's were, in a worker thread (a slice LiteMedSAM has not encoded lately costs
+        seconds), then written. One redraw runs at a time: a change made meanwhile runs the
+        re-threshold again once it is done, so the layer ends at the last settings."""
+        if self._redraw_worker is not None:
+            self._redraw_again = True
+            return
+        order = sorted(proposals)
+        zs = _propagated_slices(proposal, order)
+        data = finest_level(self.image.value)
+        worker = _redraw_planes(np.stack([np.asarray(data[i]) for i in order]),
+                                np.stack([proposals[i] for i in order]), zs)
+
+        def returned(volume) -> None:
+            if self._closed or layer not in self._viewer.layers or self._redraw_again:
+                return
+            self._show_rethresholded(proposal, {i: volume[k] for k, i in enumerate(order)},
+                                     layer)
+            self.edits.value = "Re-thresholded; LiteMedSAM redrew the propagated slices."
+
+        def finished() -> None:
+            self._redraw_worker = None
+            if self._redraw_again and not self._closed:
+                self._redraw_again = False
+                self._rethreshold()
+
+        worker.returned.connect(returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(finished)
+        self._redraw_worker, self._redraw_again = worker, False
+        self.edits.value = "Redrawing the propagated slices with LiteMedSAM..."
+        worker.start()
 
     # ---- quick corrections ---------------------------------------------------------------
 
@@ -692,30 +735,39 @@ class SegmentWidget(Container):
         self.edits.value = f"Kept the proposal inside the rectangles ({n} px removed; Ctrl-Z undoes)."
 
 
-def _propagated(proposal, layer, post: Postprocess, image=None) -> dict:
+def _propagated(proposal, layer, post: Postprocess) -> dict:
     """The planes after a propagation (``proposal.propagation``), re-thresholded as Propagate
     makes them (``postprocess.propagated_labels``: the same rule, so the same labels at the
     same settings): from Propagate's probabilities (``proposal.probs``) under ``post``, the
     slices it learned from as the layer holds them, the model's objects joined to the user's
-    ids (only those connected to them when Propagate kept only those), and, when Propagate
-    redrew its slices with LiteMedSAM, redrawn again (``propagate.redraw_labels``; ``image``,
-    the image layer: its embeddings are cached, so this costs LiteMedSAM's decoder). Objects
+    ids (only those connected to them when Propagate kept only those). When Propagate redrew
+    its slices with LiteMedSAM, the widget redraws these too (``_redraw_planes``). Objects
     are 3D, as Propagate's; unticking "split" gives their 0/1 mask."""
     from ..inference.postprocess import propagated_labels
-    from ..inference.progress import drain
-    from ..training.propagate import redraw_labels
 
     order = sorted(proposal.probs)
-    at = {index: k for k, index in enumerate(order)}
-    zs = [at[(z,)] for z in proposal.propagation.slices if (z,) in at]
     volume = propagated_labels(np.stack([proposal.probs[i] for i in order]),
-                               np.stack([np.asarray(layer.data[i]) for i in order]), zs, post,
+                               np.stack([np.asarray(layer.data[i]) for i in order]),
+                               _propagated_slices(proposal, order), post,
                                proposal.propagation.connected)
-    if proposal.propagation.redrawn and image is not None:
-        data = finest_level(image)
-        volume, _, _ = drain(redraw_labels(np.stack([np.asarray(data[i]) for i in order]),
-                                           volume, zs))
     return {index: volume[k] for k, index in enumerate(order)}
+
+
+def _propagated_slices(proposal, order) -> list[int]:
+    """The positions in ``order`` (the proposal's plane indices) of the slices Propagate
+    learned from."""
+    at = {index: k for k, index in enumerate(order)}
+    return [at[(z,)] for z in proposal.propagation.slices if (z,) in at]
+
+
+@thread_worker(ignore_errors=True)  # errors go to our own notification
+def _redraw_planes(volume, labels, zs):
+    """Worker: ``propagate.redraw_labels`` (LiteMedSAM from each object's box, as Propagate
+    redraws; embeddings cached per slice) on re-thresholded labels; returns the labels."""
+    from ..training.propagate import redraw_labels
+
+    labels, _, _ = yield from redraw_labels(volume, labels, zs)
+    return labels
 
 
 def _with_user_ids(proposals: dict, proposal, layer, joined: bool) -> dict:
