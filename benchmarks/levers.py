@@ -8,15 +8,17 @@ slices included: 3D Dice of what Propagate writes, the same on the lesion slices
 precision, recall, CPU s and wall s of the propagation (redraws add LiteMedSAM's time).
 
 Variants:
-- **today**: ``FINETUNE_DEFAULTS`` (20 epochs), the user's slice only, without the redraw
-  (``PropagateRequest.redraw=False``: the redraw rows below add it).
+- **256 px crops**: ``FINETUNE_DEFAULTS`` (20 epochs, 256 px training crops), the user's slice
+  only, without the redraw (``PropagateRequest.redraw=False``: the redraw rows below add it).
+  Propagate's recipe before ``PROPAGATE_CROP``.
 - **fast**: 10 epochs (lever 6).
 - **outward**: self-labelling (``training.self_label.SelfLabel``, lever 2): 10 epochs on the
   box's slice, then 2 rounds that add confident neighbouring slices (2 slices each side per
   round) and train 5 epochs each: 20 epochs in all, as today (fewer when a round finds
   nothing new).
 - **outward fast**: the same on 12 epochs: 6 + 3 + 3.
-- **crops 192** (lever 6): today's recipe on 192 x 192 training crops instead of 256 x 256.
+- **192 px crops** (lever 6): the same on 192 x 192 training crops (``propagate_config``,
+  Propagate's recipe now).
 - **+ redraw ...** (lever 4), on today's and on outward's labels: slices Propagate marked,
   redrawn by LiteMedSAM from the mask's bounding box grown 5 px (``REDRAW_RULES``):
   - *always*: every marked slice;
@@ -26,6 +28,13 @@ Variants:
     narrowing faster than lesions do);
   - *extends*: where LiteMedSAM's mask holds at least 90 % of the model's and is at most twice
     its area (LiteMedSAM only grows the mask, never moves it).
+- **+ grow t** (lever 3, the ends): the model's voxels at or above t (0.3, 0.2) connected in 3D
+  to the box's object instead of those at or above 0.5; alone and with the redraw.
+- **+ redraw always + ends** (lever 3): after the redraw, the lesion carried past its first and
+  last slice by LiteMedSAM from the end slice's box, up to 2 slices each side, where the new
+  mask is the same lesion by its own signals (``inference.redraw.EndRule``: area 0.3-1.2 of
+  the end slice's, half of it inside the end slice's mask, median intensity within half an
+  interquartile range of the end slice's lesion).
 """
 
 from __future__ import annotations
@@ -40,13 +49,18 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = {
-    "today": ({}, None),
+    "256 px crops": ({"tile_size": 256}, None),
     "fast": ({"epochs": 10}, None),
     "outward": ({}, dict(rounds=2, reach=2)),                  # 10 + 5 + 5 epochs
     "outward fast": ({"epochs": 12}, dict(rounds=2, reach=2)),  # 6 + 3 + 3 epochs
-    "crops 192": ({"tile_size": 192}, None),
+    "192 px crops": ({"tile_size": 192}, None),
 }
-REDRAWN = ("today", "outward", "crops 192")
+REDRAWN = ("256 px crops", "outward", "192 px crops")
+
+#: Hysteresis (lever 3, the lesion's ends): the model's voxels at or above ``low`` that are
+#: connected in 3D to the user's object, instead of those at or above 0.5: a lesion's small end
+#: sections, where the one-slice model is unsure, joined to the lesion it is sure of.
+GROWN = {"grow 0.3": 0.3, "grow 0.2": 0.2}
 
 
 def scores(pred, truth, rest) -> dict:
@@ -87,7 +101,48 @@ REDRAW_RULES = {
 }
 
 
-def redraws(image, pred, probs, rest, engine) -> dict:
+def grown(probs, accepted, top, low: float):
+    """The voxels of ``probs`` >= ``low`` connected in 3D to the accepted object on ``top``
+    (``postprocess.connected_to_user``, the rule Propagate keeps), the accepted slice kept."""
+    from napari_fmbff.inference.postprocess import connected_to_user
+
+    user = np.zeros(probs.shape, np.int32)
+    user[top] = accepted
+    out = connected_to_user(probs >= low, user, [top])
+    out[top] = accepted
+    return out
+
+
+def slice_signals(pred, probs, truth, drawn) -> list:
+    """Per marked slice: what a rule could see (the model's area, its mean and max
+    probability, LiteMedSAM's area and its IoU with the model's mask) and the truth's area,
+    so that rules for the lesion's ends can be studied from the JSON."""
+    out = []
+    for z, mask in sorted(drawn.items()):
+        mine = pred[z]
+        inter, union = float((mine & mask).sum()), float((mine | mask).sum())
+        out.append({"z": int(z), "truth": int(truth[z].sum()), "model": int(mine.sum()),
+                    "hit": int((mine & truth[z]).sum()),
+                    "mean_p": float(probs[z][mine].mean()) if mine.any() else 0.0,
+                    "max_p": float(probs[z].max()), "sam": int(mask.sum()),
+                    "sam_hit": int((mask & truth[z]).sum()),
+                    "iou": inter / union if union else 0.0})
+    return out
+
+
+def carried_ends(image, pred, top):
+    """(labels, slices written, CPU s): the lesion carried past its ends by LiteMedSAM where
+    its own signals say it is the same lesion (``inference.redraw.iter_extend_ends``, the
+    rule Propagate would run), the boxed slice never written."""
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.inference.redraw import iter_extend_ends
+
+    start = time.process_time()
+    out, written = drain(iter_extend_ends(image, np.asarray(pred, np.int32), [top], "cpu"))
+    return out > 0, written, time.process_time() - start
+
+
+def redraws(image, pred, probs, rest, engine, drawn_out=None) -> dict:
     """{rule: (labels with the slices it picks redrawn, those slices, CPU s)}: LiteMedSAM
     answers each marked slice once (its CPU s counted for every rule that redraws it), from
     the box Propagate's redraw gives it (``inference.redraw.object_box``)."""
@@ -100,6 +155,8 @@ def redraws(image, pred, probs, rest, engine) -> dict:
             drawn[z] = engine.engine.litemedsam_box(image[z], object_box(pred[z]), "cpu",
                                                     engine.range) > 0
             cost[z] = time.process_time() - start
+    if drawn_out is not None:
+        drawn_out.update(drawn)
     out = {}
     for name, rule in REDRAW_RULES.items():
         new, done = pred.copy(), []
@@ -114,14 +171,15 @@ def redraws(image, pred, probs, rest, engine) -> dict:
 def run_key(name, variant, seed, accepted_px) -> str:
     """The cache key of one propagation: the volume, the seed, the accepted mask's size, the
     fine-tunes' epochs and self-labelling rule as they run, and any other recipe field."""
-    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.loop import FINETUNE_DEFAULTS, finetune_config
     from napari_fmbff.training.self_label import SelfLabel
 
     overrides, rule = VARIANTS[variant]
     cfg = finetune_config(**overrides)
     plan = SelfLabel(**rule).to_dict() if rule else None
     epochs = SelfLabel(**rule).epochs(cfg.epochs) if rule else [cfg.epochs]
-    other = {k: v for k, v in overrides.items() if k != "epochs"}  # e.g. the crop size
+    other = {k: v for k, v in overrides.items()  # e.g. the crop size, where not the default
+             if k != "epochs" and v != FINETUNE_DEFAULTS.get(k)}
     key = [name, seed, accepted_px, epochs, plan] + ([other] if other else [])
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
@@ -190,14 +248,36 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                     f"({run['wall_s']:.0f} s wall, self-labelled {run['own']})")
                 if variant not in REDRAWN:
                     continue
+                drawn, redrawn = {}, None
                 for rule, (new, done, cpu) in redraws(image, run["labels"], run["probs"], rest,
-                                                      engine).items():
+                                                      engine, drawn).items():
+                    redrawn = (new, cpu) if rule == "always" else redrawn
                     label = f"{variant} + redraw {rule}"
                     rows.append({**base, "variant": label, **scores(new, mask, rest),
                                  "cpu_s": run["cpu_s"] + cpu, "wall_s": run["wall_s"] + cpu,
                                  "redrawn": done})
                     log(f"levers: {name} seed {seed} {label}: {rows[-1]['dice']:.3f} "
                         f"(redrew {done})")
+                rows[-1]["signals"] = slice_signals(run["labels"], run["probs"], mask > 0,
+                                                    drawn)
+                ends, written, cpu = carried_ends(image, redrawn[0], top)
+                rows.append({**base, "variant": f"{variant} + redraw always + ends",
+                             **scores(ends, mask, rest),
+                             "cpu_s": run["cpu_s"] + redrawn[1] + cpu,
+                             "wall_s": run["wall_s"] + redrawn[1] + cpu, "ends": written})
+                log(f"levers: {name} seed {seed} {variant} + redraw always + ends: "
+                    f"{rows[-1]['dice']:.3f} (carried to {written})")
+                for grow, low in GROWN.items():
+                    more = grown(run["probs"], accepted, top, low)
+                    label = f"{variant} + {grow}"
+                    rows.append({**base, "variant": label, **scores(more, mask, rest),
+                                 "cpu_s": run["cpu_s"], "wall_s": run["wall_s"]})
+                    new, done, cpu = redraws(image, more, run["probs"], rest, engine)["always"]
+                    rows.append({**base, "variant": f"{label} + redraw always",
+                                 **scores(new, mask, rest), "cpu_s": run["cpu_s"] + cpu,
+                                 "wall_s": run["wall_s"] + cpu, "redrawn": done})
+                    log(f"levers: {name} seed {seed} {label}: {rows[-2]['dice']:.3f}, "
+                        f"with the redraw {rows[-1]['dice']:.3f}")
     return rows
 
 

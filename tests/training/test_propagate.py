@@ -126,3 +126,13 @@ def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_pat
         assert prov["finetuned_from"] == "tiny" and "slice(s) 1" in prov["training_data"]
     else:
         assert not out.exists() and "did not change" in result.outcome.message
+
+
+def test_propagate_s_recipe_is_fine_tune_s_on_crops_of_at_most_propagate_crop():
+    from napari_fmbff.training.loop import PROPAGATE_CROP, finetune_config, propagate_config
+
+    assert propagate_config().tile_size == PROPAGATE_CROP < finetune_config().tile_size
+    assert propagate_config(epochs=3, tile_size=96).tile_size == 96
+    assert propagate_config(epochs=3).epochs == 3
+    given = finetune_config(lr=0.01)
+    assert propagate_config(given).lr == 0.01 and given.tile_size == finetune_config().tile_size

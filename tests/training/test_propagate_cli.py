@@ -55,6 +55,7 @@ def test_nifti_volume_gets_nifti_labels_on_its_grid_and_a_record(tmp_path, tiny_
     record = json.loads((out / "ct.json").read_text())
     assert record["slices_labelled"] == [1] and record["base_model"] == tiny_model
     assert record["redrawn_by_litemedsam"] == []  # LiteMedSAM is made unimportable in tests
+    assert record["carried_past_ends_by_litemedsam"] == []
 
 
 @pytest.mark.parametrize("case, message", [

@@ -248,3 +248,20 @@ def test_propagate_redraws_with_litemedsam_and_a_rethreshold_redraws_again(
     np.testing.assert_array_equal(labels.data, result.labels)
     assert threads and threading.main_thread() not in threads  # the window stays free
     assert "LiteMedSAM redrew" in seg.edits.value
+
+
+def test_propagate_trains_on_its_own_crop_size_and_fine_tune_on_the_dock_s(
+        make_napari_viewer, qtbot, tiny_model, models_dir):
+    """The dock's tile size is Fine-tune's; Propagate trains on crops of at most
+    ``PROPAGATE_CROP`` px (measured better for one slice) and keeps a smaller tile size; the
+    tooltip says so."""
+    from napari_fmbff.training.config import FINETUNE_DEFAULTS, PROPAGATE_CROP
+
+    viewer, _seg, _labels = corrected_viewer(make_napari_viewer, qtbot)
+    tune = docked_propagate_widget(viewer, tile_size=FINETUNE_DEFAULTS["tile_size"])
+    assert FINETUNE_DEFAULTS["tile_size"] > PROPAGATE_CROP
+    assert tune._propagation_job().cfg.tile_size == PROPAGATE_CROP
+    assert tune._config().tile_size == FINETUNE_DEFAULTS["tile_size"]  # Fine-tune's own
+    tune.tile_size.value = 128
+    assert tune._propagation_job().cfg.tile_size == 128
+    assert f"at most {PROPAGATE_CROP} px" in tune.tile_size.tooltip

@@ -284,6 +284,8 @@ class FineTuneWidget(Container):
 
     def _create_training_section(self, d: dict) -> None:
         """Which slices are learnt from and how: epochs, learning rate, validation, device."""
+        from ..training.config import PROPAGATE_CROP
+
         self.slices = ComboBox(label="slices", choices=list(SLICE_CHOICES), value=d["slices"],
                                tooltip=tooltip("finetune", "slices"))
         self.epochs = SpinBox(label="epochs", min=1, max=1000, value=d["epochs"])
@@ -295,7 +297,8 @@ class FineTuneWidget(Container):
             label="validation fraction", min=0.05, max=0.5, step=0.05, value=d["val_fraction"],
             tooltip=tooltip("finetune", "val_fraction"))
         self.tile_size = SpinBox(label="tile size", min=64, max=1024, step=32,
-                                 value=d["tile_size"])
+                                 value=d["tile_size"], tooltip=tooltip(
+                                     "finetune", "tile_size", propagate_crop=PROPAGATE_CROP))
         self.batch_size = SpinBox(label="batch size", min=1, max=64, value=d["batch_size"])
         self.device = ComboBox(label="device", choices=list(DEVICES), value=d["device"])
 
@@ -570,6 +573,7 @@ class FineTuneWidget(Container):
     def _propagation_job(self) -> PropagateJob:
         """What Propagate needs, checked before anything runs (a ValueError names what is
         wrong): a stack, Segment's output layer for it, the slices to learn from."""
+        from ..training.loop import propagate_config
         from ..training.propagate import labelled_slices
 
         image = self.image.value
@@ -607,7 +611,7 @@ class FineTuneWidget(Container):
         return PropagateJob(
             image=image, target=target, shape=shape, slices=slices, volume=np.asarray(data),
             labels=np.array(source.data, copy=True), store=store, case=case, base=base,
-            cfg=self._config(), name=self._model_name(),
+            cfg=propagate_config(self._config()), name=self._model_name(),
             intensity=intensity_choice(self, image),
             threshold=record.get("threshold") if isinstance(record, dict) else None)
 
@@ -659,7 +663,8 @@ class FineTuneWidget(Container):
         target.metadata[PROVENANCE_TAG] = run_record(
             outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
             base=job.base, learned=result.learned, slices_labelled=list(result.slices),
-            propagated=True, redrawn_by_litemedsam=list(result.redrawn))
+            propagated=True, redrawn_by_litemedsam=list(result.redrawn),
+            carried_past_ends_by_litemedsam=list(result.carried))
         carry_scan(job.image, target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)
@@ -676,6 +681,9 @@ class FineTuneWidget(Container):
                     f"model '{model}''s answer.")
         if result.redrawn:
             text += f" LiteMedSAM redrew the lesion on {len(result.redrawn)} of them."
+        if result.carried:
+            text += (f" LiteMedSAM carried the lesion past its ends to slice(s) "
+                     f"{', '.join(map(str, result.carried))}: check them.")
         text = " ".join([text, *result.notes])
         self.status.value = text
         show_info(f"napari-fmbff: {text}")

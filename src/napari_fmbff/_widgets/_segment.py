@@ -636,7 +636,8 @@ class SegmentWidget(Container):
         zs = _propagated_slices(proposal, order)
         data = finest_level(self.image.value)
         worker = _redraw_planes(np.stack([np.asarray(data[i]) for i in order]),
-                                np.stack([proposals[i] for i in order]), zs)
+                                np.stack([proposals[i] for i in order]), zs,
+                                proposal.propagation.ends)
 
         def returned(volume) -> None:
             if self._closed or layer not in self._viewer.layers or self._redraw_again:
@@ -761,12 +762,13 @@ def _propagated_slices(proposal, order) -> list[int]:
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
-def _redraw_planes(volume, labels, zs):
-    """Worker: ``propagate.redraw_labels`` (LiteMedSAM from each object's box, as Propagate
-    redraws; embeddings cached per slice) on re-thresholded labels; returns the labels."""
+def _redraw_planes(volume, labels, zs, ends: bool):
+    """Worker: ``propagate.redraw_labels`` (LiteMedSAM from each object's box, and with
+    ``ends`` the lesions carried past their ends, as Propagate did; embeddings cached per
+    slice) on re-thresholded labels; returns the labels."""
     from ..training.propagate import redraw_labels
 
-    labels, _, _ = yield from redraw_labels(volume, labels, zs)
+    labels, _, _, _ = yield from redraw_labels(volume, labels, zs, ends=ends)
     return labels
 
 

@@ -68,6 +68,8 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "val_fraction": "Held-out share of whole slices; with too few slices nothing is held "
                         "out and every correction is trained on (with the store: nothing is "
                         "held out, every stored slice is trained on)",
+        "tile_size": "The largest training crop (px). Propagate trains on crops of at most "
+                     "{propagate_crop} px (measured better and faster for one or a few slices)",
         "use_store": "Fine-tune and Propagate add the slices you corrected to the corrections "
                      "store and train on every case in it, starting from the base model above, "
                      "the newest case weighted to half the samples; the new model becomes the "

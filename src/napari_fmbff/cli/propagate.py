@@ -52,7 +52,11 @@ def add_parser(sub) -> None:
     prop.add_argument("--no-redraw", action="store_true",
                       help="keep the model's own masks on the other slices (default: each "
                            "object the model adds is redrawn by LiteMedSAM from its box, "
-                           "measured better on real CT / MR)")
+                           "measured better on real CT / MR; also turns --no-ends on)")
+    prop.add_argument("--no-ends", action="store_true",
+                      help="stop each lesion where the model's masks end (default: LiteMedSAM "
+                           "carries it up to 2 slices past each end while the new mask is "
+                           "the same lesion by its area, place and intensity)")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
@@ -69,7 +73,7 @@ def cmd_propagate(args) -> int:
     from ..jobs.propagated import read_volume_files, write_propagated
     from ..jobs.saved_labels import run_record
     from ..model.normalization import default_normalization
-    from ..training.loop import finetune_config
+    from ..training.loop import propagate_config
     from ..training.propagate import PropagateRequest, iter_propagate, labelled_slices
     from ..training.store_training import StoreCase, start_model
 
@@ -88,13 +92,13 @@ def cmd_propagate(args) -> int:
         print(f"fmbff propagate: corrections store {store.describe()}; training starts from "
               f"'{name}'", file=sys.stderr)
     setting = intensity_setting(default_normalization(net), args.window, args.normalize)
-    cfg = finetune_config(device=args.device,
-                          **({"epochs": args.epochs} if args.epochs else {}))
+    cfg = propagate_config(device=args.device,
+                           **({"epochs": args.epochs} if args.epochs else {}))
     request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
                                normalization=setting, cfg=cfg, base=name,
                                image_name=files.stem, threshold=args.threshold,
                                overwrite=args.overwrite, connected=not args.all_objects,
-                               redraw=not args.no_redraw,
+                               redraw=not args.no_redraw, ends=not args.no_ends,
                                store=None if store is None else StoreCase(
                                    store, _store_source(files, args.volume, proposed_by)))
     with tqdm(desc="propagate", unit="step") as bar:
@@ -108,6 +112,7 @@ def cmd_propagate(args) -> int:
                         learned=result.learned, slices_labelled=result.slices,
                         threshold=args.threshold, connected_only=not args.all_objects,
                         redrawn_by_litemedsam=result.redrawn,
+                        carried_past_ends_by_litemedsam=result.carried,
                         source=str(args.volume), labels_source=str(args.labels),
                         intensity_setting=setting.to_dict(), package_version=_version())
     written = write_propagated(files, result.labels, args.out, record, args.overwrite)

@@ -13,6 +13,8 @@ object one decoding (about 0.1 s); a slice seen before costs the decoding only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: Pixels added on each side of an object's bounding box (as a box prompt is grown).
@@ -60,3 +62,72 @@ def iter_redraw(volume, labels, zs, device: str = "cpu", intensity_range=None):
         done.append(z)
         yield Progress("slices", k + 1, len(todo), "redrawing")
     return out, done
+
+
+@dataclass(frozen=True)
+class EndRule:
+    """When a lesion is carried one slice past its end (``iter_extend_ends``): LiteMedSAM's
+    mask on the next slice, from the end slice's box, is taken only when it is the same lesion
+    by its own signals: its area ``ratio`` (low, high) of the end slice's, at least ``inside``
+    of it within the end slice's mask (the lesion does not jump), and its median intensity
+    within ``shift`` interquartile ranges of the end slice's lesion (LiteMedSAM fills any box;
+    past a lesion's end it fills it with what is there, which looks otherwise). ``steps``:
+    slices carried at most on each side."""
+
+    ratio: tuple = (0.3, 1.2)
+    inside: float = 0.5
+    shift: float = 0.5
+    steps: int = 2
+
+    def same_lesion(self, end_plane, end_mask, plane, drawn) -> bool:
+        if not drawn.any():
+            return False
+        ratio = drawn.sum() / end_mask.sum()
+        inside = (drawn & end_mask).sum() / drawn.sum()
+        before = np.asarray(end_plane, np.float64)[end_mask]
+        q1, q3 = np.percentile(before, [25, 75])
+        shift = abs(float(np.median(np.asarray(plane, np.float64)[drawn])) - np.median(before))
+        return bool(self.ratio[0] <= ratio <= self.ratio[1] and inside >= self.inside
+                    and shift <= self.shift * max(q3 - q1, 1e-6))
+
+
+def iter_extend_ends(volume, labels, zs, device: str = "cpu", intensity_range=None,
+                     rule: EndRule | None = None):
+    """Generator: yields ``Progress`` ("slices", detail "lesion ends") per slice tried;
+    returns (labels with objects carried past their ends, the slices written).
+
+    For every object (id) of ``labels``: from its first and its last slice outward, LiteMedSAM
+    draws the next slice from the end slice's box (``object_box``), and the mask is taken
+    where ``rule`` (``EndRule``) says it is the same lesion, up to ``rule.steps`` slices on each
+    side. The user's slices ``zs`` are never written nor passed; another object's pixels are
+    never taken."""
+    from . import litemedsam
+    from .progress import Progress
+
+    rule = rule or EndRule()
+    out = np.array(labels, copy=True)
+    if intensity_range is None:
+        intensity_range = litemedsam.volume_range(volume)
+    user, written, tried = set(zs), [], 0
+    for obj in (int(v) for v in np.unique(out) if v):
+        present = [z for z in range(len(out)) if (out[z] == obj).any()]
+        for end, step in ((present[0], -1), (present[-1], 1)):
+            for _ in range(rule.steps):
+                nxt = end + step
+                if not 0 <= nxt < len(out) or nxt in user or (out[nxt] == obj).any():
+                    break
+                mask = out[end] == obj
+                x0, y0, x1, y1 = object_box(mask)
+                if x1 - x0 < 2 or y1 - y0 < 2:
+                    break
+                plane = np.asarray(volume[nxt])
+                drawn = litemedsam.litemedsam_box(plane, (x0, y0, x1, y1), device,
+                                                  intensity_range) & (out[nxt] == 0)
+                tried += 1
+                yield Progress("slices", tried, tried, "lesion ends")
+                if not rule.same_lesion(np.asarray(volume[end]), mask, plane, drawn):
+                    break
+                out[nxt][drawn] = obj
+                written.append(nxt)
+                end = nxt
+    return out, sorted(set(written))

@@ -91,6 +91,22 @@ def finetune_config(**overrides) -> TrainConfig:
     return TrainConfig(**{**FINETUNE_DEFAULTS, **overrides})
 
 
+#: Propagate's training crops are at most this size (px). A propagation learns from one or a
+#: few slices; on 192 px crops it learned better than on 256 and a third faster, on the real
+#: CT / MR volumes with 4 seeds (benchmarks/interactive.py --levers; docs/models.md, "Issue
+#: 30's levers"). Fine-tune and `fmbff train --init` keep ``FINETUNE_DEFAULTS``' 256.
+PROPAGATE_CROP = 192
+
+
+def propagate_config(cfg: TrainConfig | None = None, **overrides) -> TrainConfig:
+    """Propagate's recipe: ``cfg`` (default: ``finetune_config(**overrides)``), its training
+    crops at most ``PROPAGATE_CROP`` (a smaller tile size, for a small GPU say, is kept)."""
+    from dataclasses import replace
+
+    cfg = cfg or finetune_config(**overrides)
+    return replace(cfg, tile_size=min(cfg.tile_size, PROPAGATE_CROP))
+
+
 @dataclass
 class Item:
     """One training image in memory: raw pixels, 0/1 mask, its intensity range, and its

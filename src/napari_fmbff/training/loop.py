@@ -22,11 +22,13 @@ import numpy as np
 from ..model.normalization import Normalization
 from .config import (  # noqa: F401  (the recipe's types, imported from here by callers)
     FINETUNE_DEFAULTS,
+    PROPAGATE_CROP,
     Item,
     TrainConfig,
     TrainEvent,
     TrainResult,
     finetune_config,
+    propagate_config,
 )
 from .requests import RunControl
 

@@ -40,6 +40,12 @@ KEEP_CONNECTED = True
 #: benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers").
 REDRAW = True
 
+#: Whether a redrawn propagation also carries each lesion past its first and last slice, by
+#: LiteMedSAM from the end slice's box, while the new mask is the same lesion by its own
+#: signals (``inference.redraw.iter_extend_ends``, ``EndRule``: at most 2 slices each side).
+#: Chosen by benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers").
+CARRY_ENDS = True
+
 
 @dataclass
 class PropagateResult:
@@ -50,6 +56,8 @@ class PropagateResult:
     uncertainty: np.ndarray = field(default=None)  # per slice (inference.review); 0 when labelled
     connected: bool = KEEP_CONNECTED  # only the objects connected to the user's were kept
     redrawn: list = field(default_factory=list)  # the slices LiteMedSAM redrew (inference.redraw)
+    carried: list = field(default_factory=list)  # slices the lesion was carried to past its ends
+    ends: bool = False          # whether the ends were carried (a re-threshold carries them again)
     notes: list = field(default_factory=list)    # what the user should know, in words
 
     @property
@@ -100,7 +108,8 @@ class PropagateRequest:
             ``labelled_slices``).
         normalization: the intensity setting (default: the model's own), resolved for this
             volume.
-        cfg: the fine-tuning recipe (default ``finetune_config()``).
+        cfg: the fine-tuning recipe, as given (default ``loop.propagate_config()``:
+            the fine-tuning recipe on crops of at most ``PROPAGATE_CROP`` px).
         base: the model it starts from, as its record names it.
         image_name: the volume's name in the model's lineage and messages.
         threshold: probability -> lesion (default ``postprocess.DEFAULT_THRESHOLD``).
@@ -114,6 +123,8 @@ class PropagateRequest:
         redraw: redraw the model's objects on the other slices with LiteMedSAM from their
             boxes (``inference.redraw``; default ``REDRAW``); skipped, with a note, when
             LiteMedSAM cannot be imported.
+        ends: with ``redraw``, carry each lesion past its ends with LiteMedSAM while it is
+            the same lesion (``inference.redraw.iter_extend_ends``; default ``CARRY_ENDS``).
         self_label: label the neighbouring slices outward and learn from them too
             (``self_label.SelfLabel``; None: learn from the labelled slices only). Not with
             ``store``: a store run learns the reviewed cases only.
@@ -135,6 +146,7 @@ class PropagateRequest:
     store: StoreCase | None = None
     self_label: SelfLabel | None = None
     redraw: bool = REDRAW
+    ends: bool = CARRY_ENDS
 
     def postprocess(self) -> Postprocess:
         """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
@@ -165,12 +177,12 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
     cancel keeps nothing): stop and keep on cancel.
     """
     from ..model.normalization import default_normalization
-    from .loop import finetune_config
+    from .loop import propagate_config
 
     volume, labels, case = request.volume, request.labels, request.store
     zs = labelled_slices(labels, len(volume), request.slices)
     setting = request.normalization or default_normalization(net)
-    cfg = request.cfg or finetune_config()
+    cfg = request.cfg or propagate_config()
     out = ModelOut(request.out_model, request.describe(zs), request.base, request.overwrite,
                    extra={"propagated": request.lineage(zs), **request.extra})
     control = control or RunControl(keep_on_cancel=False)
@@ -221,26 +233,33 @@ def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalizati
     merged = propagated_labels(probs, labels, zs, request.postprocess(), request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
-    redrawn, notes = [], []
+    redrawn, carried, notes = [], [], []
     if request.redraw:
-        merged, redrawn, notes = yield from redraw_labels(volume, merged, zs, request.cfg)
+        merged, redrawn, carried, notes = yield from redraw_labels(
+            volume, merged, zs, request.cfg, request.ends)
     return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected,
-                           redrawn, notes)
+                           redrawn=redrawn, notes=notes, carried=carried,
+                           ends=bool(request.redraw and request.ends and not notes))
 
 
-def redraw_labels(volume, labels, zs, cfg=None):
+def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
     """Generator: ``inference.redraw.iter_redraw`` on a propagation's labels, on the recipe's
-    device; returns (labels, slices redrawn, notes): unchanged, with a note, when LiteMedSAM
-    cannot be imported. The Segment widget's re-threshold after a propagation calls it too."""
+    device, then with ``ends`` ``iter_extend_ends`` (each lesion carried past its ends);
+    returns (labels, slices redrawn, slices carried to, notes): unchanged, with a note, when
+    LiteMedSAM cannot be imported. The Segment widget's re-threshold after a propagation calls
+    it too."""
     from ..inference import litemedsam
-    from ..inference.redraw import iter_redraw
+    from ..inference.redraw import iter_extend_ends, iter_redraw
     from ..inference.runtime import resolve_device
 
     if not litemedsam.available():
-        return labels, [], ["the propagated slices were not redrawn: " + litemedsam.MISSING]
+        return labels, [], [], ["the propagated slices were not redrawn: " + litemedsam.MISSING]
     device = resolve_device(str(getattr(cfg, "device", None) or "auto")).type
     labels, done = yield from iter_redraw(volume, labels, zs, device)
-    return labels, done, []
+    carried = []
+    if ends:
+        labels, carried = yield from iter_extend_ends(volume, labels, zs, device)
+    return labels, done, carried, []
 
 
 def _segment_others(model, volume, labels, zs, normalization):
