@@ -90,3 +90,25 @@ def test_what_cannot_be_propagated_is_one_line_and_writes_nothing(tmp_path, tiny
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "Traceback" not in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_lesion_carried_past_the_model_s_end_is_named(tmp_path, tiny_model,
+                                                                       capsys, litemedsam):
+    """With LiteMedSAM, a model that marks nothing (threshold 1) still gets the disk carried
+    from the labelled slice to its neighbours, with its id; stderr names those slices;
+    --no-ends keeps them empty."""
+    volume, disk = stack(n=5)                           # the same disk on every slice
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[2][disk] = 4
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    args = ["propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
+            "--model", tiny_model, "--epochs", "1", "--threshold", "1.0"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "carried the lesion past its ends to slice(s) 0, 1, 3, 4: check them" in err
+    written = tifffile.imread(tmp_path / "a" / "scan.tif")
+    assert set(np.unique(written[[0, 1, 3, 4]])) == {0, 4}
+    assert main([*args, "-o", str(tmp_path / "b"), "--no-ends"]) == 0
+    assert "past its ends" not in capsys.readouterr().err
+    assert not tifffile.imread(tmp_path / "b" / "scan.tif")[[0, 1, 3, 4]].any()
