@@ -18,7 +18,7 @@ Variants:
   nothing new).
 - **outward fast**: the same on 12 epochs: 6 + 3 + 3.
 - **192 px crops** (lever 6): the same on 192 x 192 training crops (``propagate_config``,
-  Propagate's recipe now).
+  Propagate's recipe now); **160 / 128 px crops**: smaller still.
 - **+ redraw ...** (lever 4), on today's and on outward's labels: slices Propagate marked,
   redrawn by LiteMedSAM from the mask's bounding box grown 5 px (``REDRAW_RULES``):
   - *always*: every marked slice;
@@ -54,8 +54,10 @@ VARIANTS = {
     "outward": ({}, dict(rounds=2, reach=2)),                  # 10 + 5 + 5 epochs
     "outward fast": ({"epochs": 12}, dict(rounds=2, reach=2)),  # 6 + 3 + 3 epochs
     "192 px crops": ({"tile_size": 192}, None),
+    "160 px crops": ({"tile_size": 160}, None),
+    "128 px crops": ({"tile_size": 128}, None),
 }
-REDRAWN = ("256 px crops", "outward", "192 px crops")
+REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops")
 
 #: Hysteresis (lever 3, the lesion's ends): the model's voxels at or above ``low`` that are
 #: connected in 3D to the user's object, instead of those at or above 0.5: a lesion's small end

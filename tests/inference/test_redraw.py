@@ -17,6 +17,17 @@ def blobs(n=3, h=72, w=100, seed=0):
     return image.astype(np.int16), np.repeat(mask[None], n, 0)
 
 
+def propagated(net, image, labels, path, **request):
+    """One propagation of ``image`` from ``labels`` (1 epoch on 64 px crops), its model
+    saved at ``path``.safetensors; the PropagateResult."""
+    from napari_fmbff.training.loop import finetune_config
+    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
+
+    cfg = finetune_config(epochs=1, tile_size=64, batch_size=2, device="cpu")
+    return drain(iter_propagate(net, PropagateRequest(
+        image, labels, path.with_suffix(".safetensors"), cfg=cfg, **request)))
+
+
 def test_object_box_is_grown_and_kept_inside_the_plane():
     mask = np.zeros((10, 12), bool)
     mask[1:4, 8:11] = True
@@ -48,18 +59,13 @@ def test_a_tight_object_is_redrawn_to_the_lesion_and_keeps_its_id(litemedsam):
 
 def test_propagate_redraws_with_litemedsam_and_says_when_it_cannot(tiny_net, tmp_path,
                                                                      litemedsam, monkeypatch):
-    from napari_fmbff.training.loop import finetune_config
-    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
-
     image, truth = blobs(n=4)
     labels = np.zeros(truth.shape, np.int32)
     labels[1][truth[1]] = 1
-    cfg = finetune_config(epochs=1, tile_size=64, batch_size=2, device="cpu")
 
     def run(name, **kw):
-        return drain(iter_propagate(tiny_net, PropagateRequest(
-            image, labels, tmp_path / f"{name}.safetensors", cfg=cfg, threshold=0.0,
-            connected=False, **kw)))
+        return propagated(tiny_net, image, labels, tmp_path / name, threshold=0.0,
+                          connected=False, **kw)
 
     redrawn = run("a")          # threshold 0: the model marks every pixel of every slice
     assert redrawn.redrawn == [0, 2, 3] and not redrawn.notes
@@ -125,17 +131,12 @@ def test_propagate_carries_the_lesion_past_where_the_model_stops(tiny_net, tmp_p
     """A model that marks nothing beyond the user's slice (threshold 1): with the ends on,
     LiteMedSAM carries the lesion from the user's slice 1 to its neighbours, 2 slices each
     side at most, with the user's id; the result and its ``ends`` say so; off, nothing."""
-    from napari_fmbff.training.loop import finetune_config
-    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
-
     image, truth = blobs(n=5)
     labels = np.zeros(truth.shape, np.int32)
     labels[1][truth[1]] = 4
-    cfg = finetune_config(epochs=1, tile_size=64, batch_size=2, device="cpu")
 
     def run(name, **kw):
-        return drain(iter_propagate(tiny_net, PropagateRequest(
-            image, labels, tmp_path / f"{name}.safetensors", cfg=cfg, threshold=1.0, **kw)))
+        return propagated(tiny_net, image, labels, tmp_path / name, threshold=1.0, **kw)
 
     carried = run("a")
     assert carried.redrawn == [] and carried.carried == [0, 2, 3] and carried.ends
