@@ -16,14 +16,24 @@ from napari_fmbff.training.loop import finetune_config, make_items, run_training
 from napari_fmbff.training.requests import ModelOut
 from napari_fmbff.training.run import train_and_save
 
-#: The training losses of ``_fine_tune`` below on one CPU thread. Recorded with the code of
-#: 2026-11-26 .. 2026-12-03 (bit-identical over that range on real CT too) as
+#: The training losses of ``_fine_tune`` below on one CPU thread, per torch release. Recorded
+#: with the code of 2026-11-26 .. 2026-12-03 (bit-identical over that range on real CT too) as
 #: [1.3477, 1.2353, 1.2775, 1.2018, 1.1466, 1.1011]; re-recorded on 2026-12-07 when training
 #: moved to the channels-last layout (``trainer.CHANNELS_LAST``: the same arithmetic summed in
-#: another order, which moved them by at most 0.008). A refactor that changes what training
-#: does (a default, the crops, the augmentation, the order of the random draws, the loss,
-#: freezing) moves them by far more than the tolerance.
-RECORDED_LOSSES = [1.3480, 1.2327, 1.2790, 1.2095, 1.1513, 1.1031]
+#: another order, which moved them by at most 0.008). Another torch release sums in another
+#: order too: 2.14 against 2.15 differ by at most 0.0052, so each release pip gave us has its
+#: own record, held to ``RECORDED_TOL``.
+RECORDED_LOSSES = {
+    "2.15": [1.3480, 1.2327, 1.2790, 1.2095, 1.1513, 1.1031],
+    "2.14": [1.3479, 1.2363, 1.2738, 1.2059, 1.1469, 1.0983],
+}
+RECORDED_TOL = 2e-3
+#: On a torch release with no record, the curve must stay this close to the nearest record.
+#: A refactor that changes what training does moves it by far more: measured on this curve,
+#: the learning rate 10 % lower 0.029, the encoder frozen one epoch less 0.051, 40 % of the
+#: crops on a lesion instead of half 0.053, the BCE weight 0.9 0.057, another seed 0.052,
+#: no augmentation 0.106.
+OTHER_RELEASE_TOL = 0.015
 
 
 @pytest.fixture
@@ -53,7 +63,13 @@ def test_the_fine_tuning_recipe_trains_as_it_did(one_thread):
     result = run_training(net, items, [], cfg, norm)
     losses = [row["train_loss"] for row in result.history]
     assert result.cpu_threads == 1
-    np.testing.assert_allclose(losses, RECORDED_LOSSES, atol=2e-3)
+    release = ".".join(torch.__version__.split(".")[:2])
+    if release in RECORDED_LOSSES:
+        np.testing.assert_allclose(losses, RECORDED_LOSSES[release], atol=RECORDED_TOL)
+    else:
+        nearest = min(float(np.abs(np.subtract(losses, rec)).max())
+                      for rec in RECORDED_LOSSES.values())
+        assert nearest <= OTHER_RELEASE_TOL, (torch.__version__, losses, RECORDED_LOSSES)
 
 
 def test_a_model_records_its_cpu_threads_and_they_repeat_the_run(one_thread, tmp_path):
