@@ -30,7 +30,10 @@ def test_every_tooltip_is_non_empty_and_comes_from_the_tooltips_module(
     with_tooltip = {names.get(id(field)) for field in fields if field.tooltip}
     assert None not in with_tooltip  # every field with a tooltip is an attribute of the dock
     assert with_tooltip == set(TOOLTIPS[section])  # no tooltip written elsewhere, none unused
-    fill = {"models_dir": models_folder(), "shortcut": SEGMENT_SHORTCUT.replace("-", "+")}
+    from napari_fmbff.training.config import PROPAGATE_CROP
+
+    fill = {"models_dir": models_folder(), "shortcut": SEGMENT_SHORTCUT.replace("-", "+"),
+            "propagate_crop": PROPAGATE_CROP}
     for name in TOOLTIPS[section]:
         text = by_name[name].tooltip
         assert text.strip() and "{" not in text
