@@ -30,6 +30,10 @@ Variants:
     its area (LiteMedSAM only grows the mask, never moves it).
 - **+ grow t** (lever 3, the ends): the model's voxels at or above t (0.3, 0.2) connected in 3D
   to the box's object instead of those at or above 0.5; alone and with the redraw.
+- **192 px crops + negatives** (lever 3, automatic negatives): the 192 px propagation first;
+  then, on each side, of the slices at least 5 past the last one it marked, the one where its
+  largest probability is lowest, learned as lesion-free beside the box's slice by a second
+  propagation (CPU s of both).
 - **+ redraw always + ends** (lever 3): after the redraw, the lesion carried past its first and
   last slice by LiteMedSAM from the end slice's box, up to 2 slices each side, where the new
   mask is the same lesion by its own signals (``inference.redraw.EndRule``: area 0.3-1.2 of
@@ -56,8 +60,29 @@ VARIANTS = {
     "192 px crops": ({"tile_size": 192}, None),
     "160 px crops": ({"tile_size": 160}, None),
     "128 px crops": ({"tile_size": 128}, None),
+    "192 px crops + negatives": ({"tile_size": 192}, None),  # two passes: far_negatives
 }
-REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops")
+REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops",
+           "192 px crops + negatives")
+
+#: Automatic negatives (lever 3): a first propagation (``NEGATIVES_FROM``) marks the lesion;
+#: on each side, of the slices at least ``FAR`` past the last one it marked, the one where the
+#: model's largest probability is lowest is taken as lesion-free, and a second propagation
+#: learns the box's slice and those. Its CPU s count both propagations.
+NEGATIVES_FROM = "192 px crops"
+FAR = 5
+
+
+def far_negatives(labels, probs, top, far: int = FAR) -> list:
+    """On each side of what ``labels`` marks (the box's slice counted), of the slices at
+    least ``far`` past it, the one where ``probs``' largest value is lowest (the nearest of
+    equals): the automatic negatives."""
+    marked = [int(z) for z in range(len(labels)) if labels[z].any()] or [top]
+    out = []
+    for side in (range(min(marked) - far, -1, -1), range(max(marked) + far, len(labels))):
+        if len(side):
+            out.append(min(side, key=lambda z: float(probs[z].max())))
+    return sorted(int(z) for z in out)
 
 #: Hysteresis (lever 3, the lesion's ends): the model's voxels at or above ``low`` that are
 #: connected in 3D to the user's object, instead of those at or above 0.5: a lesion's small end
@@ -187,7 +212,21 @@ def run_key(name, variant, seed, accepted_px) -> str:
 
 
 def run_variant(name, image, mask, top, accepted, variant, seed, store):
-    """One propagation (cached in ``store``): labels, probs, CPU s, wall s."""
+    """One propagation (cached in ``store``): labels, probs, CPU s, wall s. The negatives
+    variant runs ``NEGATIVES_FROM`` first (cached too) and learns its ``far_negatives``."""
+    if variant.endswith(" + negatives"):
+        first = run_variant(name, image, mask, top, accepted, NEGATIVES_FROM, seed, store)
+        negatives = far_negatives(first["labels"], first["probs"], top)
+        run = propagated(name, image, mask, top, accepted, NEGATIVES_FROM, seed, store,
+                         negatives)
+        return {**run, "cpu_s": run["cpu_s"] + first["cpu_s"],
+                "wall_s": run["wall_s"] + first["wall_s"], "negatives": negatives}
+    return propagated(name, image, mask, top, accepted, variant, seed, store)
+
+
+def propagated(name, image, mask, top, accepted, variant, seed, store, negatives=()):
+    """One propagation of ``variant`` from the box's slice (and the lesion-free slices
+    ``negatives``), cached in ``store``."""
     from napari_fmbff import load_model
     from napari_fmbff.inference.progress import drain
     from napari_fmbff.training.loop import finetune_config
@@ -196,6 +235,8 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
 
     overrides, rule = VARIANTS[variant]
     key = run_key(name, variant, seed, int(accepted.sum()))
+    if negatives:
+        key = hashlib.sha1(json.dumps([key, list(negatives)]).encode()).hexdigest()[:12]
     path = store / f"lever-{name}-{key}.npz" if store else None
     if path and path.exists():
         z = np.load(path)
@@ -206,7 +247,7 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
     labels[top] = accepted
     with tempfile.TemporaryDirectory() as tmp:
         request = PropagateRequest(
-            image, labels, Path(tmp) / "m.safetensors", slices=[top],
+            image, labels, Path(tmp) / "m.safetensors", slices=[top, *negatives],
             cfg=finetune_config(device="cpu", seed=seed, **overrides), base="starter",
             image_name=name, self_label=SelfLabel(**rule) if rule else None,
             redraw=False)  # the redraw rules below are applied to the model's own labels
@@ -243,7 +284,7 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                     continue
                 run = run_variant(name, image, mask, top, accepted, variant, seed, store)
                 base = {"volume": name, "seed": seed, "slice": top,
-                        "self_labelled": run["own"]}
+                        "self_labelled": run["own"], "negatives": run.get("negatives", [])}
                 rows.append({**base, "variant": variant, **scores(run["labels"], mask, rest),
                              "cpu_s": run["cpu_s"], "wall_s": run["wall_s"]})
                 log(f"levers: {name} seed {seed} {variant}: {rows[-1]['dice']:.3f} "
