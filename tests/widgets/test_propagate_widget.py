@@ -265,3 +265,34 @@ def test_propagate_trains_on_its_own_crop_size_and_fine_tune_on_the_dock_s(
     tune.tile_size.value = 128
     assert tune._propagation_job().cfg.tile_size == 128
     assert f"at most {PROPAGATE_CROP} px" in tune.tile_size.tooltip
+
+
+def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
+    """The model marks nothing beyond the user's slice 1; LiteMedSAM carries the disk to
+    slices 0, 2 and 3. The status and the layer's record name them, and Next slice to check
+    visits them first, in order, before the model's own ranking."""
+    from napari_fmbff.inference.segmenter import Segmenter
+
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    labels.brush_size = 20
+    labels.paint((1, 31, 32), PAINTED)             # the whole disk of slice 1
+    seg.threshold.value = 0.5
+    monkeypatch.setattr(Segmenter, "predict_proba",
+                        lambda _self, image, out=None: np.zeros(np.shape(image), np.float32))
+    tune = docked_propagate_widget(viewer)
+    tune.propagate_button.native.click()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    result = last_propagation(labels)
+    assert result is not None and result.carried == [0, 2, 3] and result.redrawn == []
+    assert labels.metadata["napari_fmbff"]["carried_past_ends_by_litemedsam"] == [0, 2, 3]
+    assert "carried the lesion past its ends to slice(s) 0, 2, 3: check them" in tune.status.value
+    disks = disk_stack() > 128
+    for z in (0, 2, 3):
+        drawn = labels.data[z] == PAINTED
+        assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.8, z
+    seg.review.next_button.native.click()          # the user's click on "Next slice to check"
+    assert viewer.dims.current_step[0] == 0
+    seg.review.accept_button.native.click()
+    seg.review.next_button.native.click()
+    assert viewer.dims.current_step[0] == 2

@@ -120,16 +120,13 @@ class ReviewSection:
     def next_slice_to_check(self):
         """Move the slider to the most uncertain slice not yet corrected nor accepted;
         returns its index (None when refused or when every slice is done)."""
-        from ..inference.review import next_slice
-
         try:
             image, shape, labels = self._review_target()
             planes, scores = self._ranking(shape, labels, fresh=True)
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             return None
-        proposal = proposal_of(labels)
-        k = next_slice(scores, [k for k, i in enumerate(planes) if proposal.corrected(i)])
+        k = _upcoming(planes, scores, proposal_of(labels))
         if k is None:
             show_info("napari-fmbff: every slice is corrected or accepted; nothing left to check.")
             return None
@@ -202,11 +199,9 @@ class ReviewSection:
         except ValueError:
             self.uncertainty.value = "Segment the whole stack to rank its slices."
             return
-        from ..inference.review import next_slice
-
         proposal = proposal_of(labels)
         done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
-        upcoming = next_slice(scores, done)
+        upcoming = _upcoming(planes, scores, proposal)
         shown = displayed_plane(self.state.viewer, image, shape)
         current = planes.index(shown) if shown in planes else None
         line = sparkline(scores, current, upcoming, done)
@@ -214,6 +209,22 @@ class ReviewSection:
                 + (_name(planes[upcoming]) if upcoming is not None else "none left")
                 + f"; {len(done)}/{len(planes)} corrected or accepted")
         self.uncertainty.value = f"{line}<br>{said}"
+
+
+def _upcoming(planes: list, scores, proposal) -> int | None:
+    """The position in ``planes`` of the next slice to check: first the slices a propagation
+    carried the lesion to past the model's own end (LiteMedSAM alone drew them; the model's
+    probabilities there say nothing, so ``review_scores`` would never rank them), then the
+    highest score; never a slice corrected or accepted. None when every slice is done."""
+    from ..inference.review import next_slice
+
+    done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
+    at = {index: k for k, index in enumerate(planes)}
+    for z in getattr(proposal.propagation, "carried", None) or []:
+        k = at.get((z,))
+        if k is not None and k not in done:
+            return k
+    return next_slice(scores, done)
 
 
 def _scores(probs: dict, planes: list, labels) -> np.ndarray:
