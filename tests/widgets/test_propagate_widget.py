@@ -291,6 +291,10 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
     for z in (0, 2, 3):
         drawn = labels.data[z] == PAINTED
         assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.8, z
+    seg.threshold.value = 0.8                      # a re-threshold carries the ends again
+    seg.threshold.value = 0.5
+    qtbot.waitUntil(lambda: seg._redraw_worker is None, timeout=WAIT_MS)
+    np.testing.assert_array_equal(labels.data, result.labels)
     seg.review.next_button.native.click()          # the user's click on "Next slice to check"
     assert viewer.dims.current_step[0] == 0
     seg.review.accept_button.native.click()

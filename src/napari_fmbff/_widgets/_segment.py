@@ -604,7 +604,8 @@ class SegmentWidget(Container):
         proposal = proposal_of(result["labels"])
         if proposal.propagation is not None and proposal.probs:
             proposals = _propagated(proposal, result["labels"], post)
-            if proposal.propagation.redrawn and self.image.value is not None:
+            drew = proposal.propagation.redrawn or proposal.propagation.ends
+            if drew and self.image.value is not None:
                 self._redraw_then_show(proposal, proposals, result["labels"])
                 return
         else:
