@@ -681,9 +681,6 @@ class FineTuneWidget(Container):
                     f"model '{model}''s answer.")
         if result.redrawn:
             text += f" LiteMedSAM redrew the lesion on {len(result.redrawn)} of them."
-        if result.carried:
-            text += (f" LiteMedSAM carried the lesion past its ends to slice(s) "
-                     f"{', '.join(map(str, result.carried))}: check them.")
         text = " ".join([text, *result.notes])
         self.status.value = text
         show_info(f"napari-fmbff: {text}")

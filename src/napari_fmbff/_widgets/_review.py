@@ -126,7 +126,9 @@ class ReviewSection:
         except ValueError as err:
             show_error(f"napari-fmbff: {err}")
             return None
-        k = _upcoming(planes, scores, proposal_of(labels))
+        proposal = proposal_of(labels)
+        done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
+        k = _upcoming(planes, scores, done, proposal)
         if k is None:
             show_info("napari-fmbff: every slice is corrected or accepted; nothing left to check.")
             return None
@@ -201,7 +203,7 @@ class ReviewSection:
             return
         proposal = proposal_of(labels)
         done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
-        upcoming = _upcoming(planes, scores, proposal)
+        upcoming = _upcoming(planes, scores, done, proposal)
         shown = displayed_plane(self.state.viewer, image, shape)
         current = planes.index(shown) if shown in planes else None
         line = sparkline(scores, current, upcoming, done)
@@ -211,14 +213,14 @@ class ReviewSection:
         self.uncertainty.value = f"{line}<br>{said}"
 
 
-def _upcoming(planes: list, scores, proposal) -> int | None:
+def _upcoming(planes: list, scores, done: list, proposal) -> int | None:
     """The position in ``planes`` of the next slice to check: first the slices a propagation
     carried the lesion to past the model's own end (LiteMedSAM alone drew them; the model's
     probabilities there say nothing, so ``review_scores`` would never rank them), then the
-    highest score; never a slice corrected or accepted. None when every slice is done."""
+    highest score; never one of ``done`` (the positions corrected or accepted). None when
+    every slice is done."""
     from ..inference.review import next_slice
 
-    done = [k for k, i in enumerate(planes) if proposal.corrected(i)]
     at = {index: k for k, index in enumerate(planes)}
     for z in getattr(proposal.propagation, "carried", None) or []:
         k = at.get((z,))

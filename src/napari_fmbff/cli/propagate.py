@@ -111,9 +111,6 @@ def cmd_propagate(args) -> int:
     if result.redrawn:
         print(f"fmbff propagate: LiteMedSAM redrew the lesion on {len(result.redrawn)} "
               "slice(s)", file=sys.stderr)
-    if result.carried:
-        print("fmbff propagate: LiteMedSAM carried the lesion past its ends to slice(s) "
-              f"{', '.join(map(str, result.carried))}: check them", file=sys.stderr)
     record = run_record(outcome.path if result.learned else name, base=name,
                         learned=result.learned, slices_labelled=result.slices,
                         threshold=args.threshold, connected_only=not args.all_objects,

@@ -7,7 +7,7 @@ so that none of them imports another for its types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -101,8 +101,6 @@ PROPAGATE_CROP = 192
 def propagate_config(cfg: TrainConfig | None = None, **overrides) -> TrainConfig:
     """Propagate's recipe: ``cfg`` (default: ``finetune_config(**overrides)``), its training
     crops at most ``PROPAGATE_CROP`` (a smaller tile size, for a small GPU say, is kept)."""
-    from dataclasses import replace
-
     cfg = cfg or finetune_config(**overrides)
     return replace(cfg, tile_size=min(cfg.tile_size, PROPAGATE_CROP))
 

@@ -233,13 +233,18 @@ def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalizati
     merged = propagated_labels(probs, labels, zs, request.postprocess(), request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
-    redrawn, carried, notes = [], [], []
+    redrawn, carried, notes, ends = [], [], [], False
     if request.redraw:
+        from ..inference import litemedsam
+
         merged, redrawn, carried, notes = yield from redraw_labels(
             volume, merged, zs, request.cfg, request.ends)
+        ends = request.ends and litemedsam.available()
+    if carried:
+        notes.append("LiteMedSAM carried the lesion past its ends to slice(s) "
+                     f"{', '.join(map(str, carried))}: check them")
     return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected,
-                           redrawn=redrawn, notes=notes, carried=carried,
-                           ends=bool(request.redraw and request.ends and not notes))
+                           redrawn=redrawn, notes=notes, carried=carried, ends=ends)
 
 
 def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
@@ -255,10 +260,11 @@ def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
     if not litemedsam.available():
         return labels, [], [], ["the propagated slices were not redrawn: " + litemedsam.MISSING]
     device = resolve_device(str(getattr(cfg, "device", None) or "auto")).type
-    labels, done = yield from iter_redraw(volume, labels, zs, device)
+    intensity = litemedsam.volume_range(volume)  # one range for both, read once
+    labels, done = yield from iter_redraw(volume, labels, zs, device, intensity)
     carried = []
     if ends:
-        labels, carried = yield from iter_extend_ends(volume, labels, zs, device)
+        labels, carried = yield from iter_extend_ends(volume, labels, zs, device, intensity)
     return labels, done, carried, []
 
 
