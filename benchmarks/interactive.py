@@ -768,7 +768,8 @@ def main(argv=None) -> int:
         import levers
 
         cut = []
-        variants = args.variants.split(",") if args.variants else list(levers.VARIANTS)
+        variants = (args.variants.split(",") if args.variants
+                    else list(levers.VARIANTS) + list(levers.MEDICAL))
         rows = levers.lever_rows(volumes, cache, [int(v) for v in args.seeds.split(",")],
                                  variants, Path(args.store) if args.store else None, deadline,
                                  cut, load_volume, LiteMedSAM, grown_box, past, log)

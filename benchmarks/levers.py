@@ -62,8 +62,12 @@ VARIANTS = {
     "128 px crops": ({"tile_size": 128}, None),
     "192 px crops + negatives": ({"tile_size": 192}, None),  # two passes: far_negatives
 }
+#: Lever 1: FM-BFF-Net on LiteMedSAM's frozen TinyViT (``training.medical``), its layers
+#: trained from scratch on the box's slice in its 8 flips and turns: steps x batch.
+MEDICAL = {"medical encoder": {"steps": 150, "batch": 4},
+           "medical encoder fast": {"steps": 100, "batch": 2}}
 REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops",
-           "192 px crops + negatives")
+           "192 px crops + negatives", *MEDICAL)
 
 #: Automatic negatives (lever 3): a first propagation (``NEGATIVES_FROM``) marks the lesion;
 #: on each side, of the slices at least ``FAR`` past the last one it marked, the one where the
@@ -214,6 +218,8 @@ def run_key(name, variant, seed, accepted_px) -> str:
 def run_variant(name, image, mask, top, accepted, variant, seed, store):
     """One propagation (cached in ``store``): labels, probs, CPU s, wall s. The negatives
     variant runs ``NEGATIVES_FROM`` first (cached too) and learns its ``far_negatives``."""
+    if variant in MEDICAL:
+        return medical_propagated(name, image, mask, top, accepted, variant, seed, store)
     if variant.endswith(" + negatives"):
         first = run_variant(name, image, mask, top, accepted, NEGATIVES_FROM, seed, store)
         negatives = far_negatives(first["labels"], first["probs"], top)
@@ -222,6 +228,67 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
         return {**run, "cpu_s": run["cpu_s"] + first["cpu_s"],
                 "wall_s": run["wall_s"] + first["wall_s"], "negatives": negatives}
     return propagated(name, image, mask, top, accepted, variant, seed, store)
+
+
+def volume_features(name, image, intensity, store):
+    """Every slice's frozen LiteMedSAM features (``training.medical.encode``) and what encoding
+    them cost (CPU s, wall s), cached in ``store``: each medical run is charged that cost."""
+    import torch
+
+    from napari_fmbff.training import medical
+
+    path = store / f"medical-features-{name}.pt" if store else None
+    if path and path.exists():
+        return torch.load(path, weights_only=False)
+    net = medical.medical_model(True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    feats = [medical.encode(net, image[z], intensity) for z in range(len(image))]
+    out = {"feats": feats, "cpu_s": time.process_time() - cpu,
+           "wall_s": time.perf_counter() - wall}
+    if path:
+        store.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(f".{time.time_ns()}.part")  # two runs may encode at once
+        torch.save(out, part)
+        part.replace(path)
+    return out
+
+
+def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
+    """Lever 1: FM-BFF-Net on LiteMedSAM's frozen encoder, trained on the box's slice, then
+    every other slice; its labels kept as Propagate keeps them (connected to the box's object).
+    Cached in ``store``; CPU s and wall s include encoding every slice once."""
+    from napari_fmbff.inference.litemedsam import volume_range
+    from napari_fmbff.inference.postprocess import Postprocess, propagated_labels
+    from napari_fmbff.training import medical
+
+    recipe = MEDICAL[variant]
+    key = hashlib.sha1(json.dumps([name, seed, int(accepted.sum()), recipe,
+                                   medical.MODEL]).encode()).hexdigest()[:12]
+    path = store / f"medical-{name}-{key}.npz" if store else None
+    if path and path.exists():
+        z = np.load(path)
+        return {"labels": z["labels"], "probs": z["probs"].astype(np.float32),
+                "cpu_s": float(z["cpu_s"]), "wall_s": float(z["wall_s"]), "own": []}
+    intensity = volume_range(image)
+    encoded = volume_features(name, image, intensity, store)
+    wall, cpu = time.perf_counter(), time.process_time()
+    net = medical.medical_model(True, seed)
+    medical.fine_tune(net, [image[top]], [accepted], intensity, seed=seed, **recipe)
+    probs = np.stack([medical.predict_plane(net, f) for f in encoded["feats"]])
+    labels = np.zeros(mask.shape, np.int32)
+    labels[top] = accepted
+    probs[top] = accepted
+    pred = propagated_labels(probs, labels, [top], Postprocess(0.5, 0, labels=True), True) > 0
+    # the box's slice is encoded twice (once in its 8 flips): its plain encoding is not charged
+    run = {"labels": pred, "probs": probs,
+           "cpu_s": time.process_time() - cpu + encoded["cpu_s"] * (1 - 1 / len(image)),
+           "wall_s": time.perf_counter() - wall + encoded["wall_s"] * (1 - 1 / len(image)),
+           "own": []}
+    if path:
+        store.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, labels=run["labels"], probs=run["probs"].astype(np.float16),
+                            cpu_s=run["cpu_s"], wall_s=run["wall_s"])
+    return run
 
 
 def propagated(name, image, mask, top, accepted, variant, seed, store, negatives=()):

