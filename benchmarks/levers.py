@@ -231,24 +231,26 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
 
 
 def volume_features(name, image, intensity, store):
-    """Every slice's frozen LiteMedSAM features (``training.medical.encode``) and what encoding
+    """Every slice's frozen LiteMedSAM features (``inference.medical.encode``) and what encoding
     them cost (CPU s, wall s), cached in ``store``: each medical run is charged that cost."""
     import torch
 
+    from napari_fmbff.inference import medical as seen
     from napari_fmbff.training import medical
 
     path = store / f"medical-features-{name}.pt" if store else None
     if path and path.exists():
-        return torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=False)
+        return {**saved, "feats": [seen.SliceFeatures(**f) for f in saved["feats"]]}
     net = medical.medical_model(True)
     wall, cpu = time.perf_counter(), time.process_time()
-    feats = [medical.encode(net, image[z], intensity) for z in range(len(image))]
+    feats = [seen.encode(net, image[z], intensity) for z in range(len(image))]
     out = {"feats": feats, "cpu_s": time.process_time() - cpu,
            "wall_s": time.perf_counter() - wall}
     if path:
         store.mkdir(parents=True, exist_ok=True)
         part = path.with_suffix(f".{time.time_ns()}.part")  # two runs may encode at once
-        torch.save(out, part)
+        torch.save({**out, "feats": [vars(f) for f in feats]}, part)
         part.replace(path)
     return out
 
@@ -257,6 +259,7 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
     """Lever 1: FM-BFF-Net on LiteMedSAM's frozen encoder, trained on the box's slice, then
     every other slice; its labels kept as Propagate keeps them (connected to the box's object).
     Cached in ``store``; CPU s and wall s include encoding every slice once."""
+    from napari_fmbff.inference import medical as seen
     from napari_fmbff.inference.litemedsam import volume_range
     from napari_fmbff.inference.postprocess import Postprocess, propagated_labels
     from napari_fmbff.training import medical
@@ -274,7 +277,7 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
     wall, cpu = time.perf_counter(), time.process_time()
     net = medical.medical_model(True, seed)
     medical.fine_tune(net, [image[top]], [accepted], intensity, seed=seed, **recipe)
-    probs = np.stack([medical.predict_plane(net, f) for f in encoded["feats"]])
+    probs = np.stack([seen.predict_plane(net, f) for f in encoded["feats"]])
     labels = np.zeros(mask.shape, np.int32)
     labels[top] = accepted
     probs[top] = accepted

@@ -9,6 +9,7 @@ from .._files import refuse_existing
 from ..inference.postprocess import DEFAULT_THRESHOLD
 from ..inference.progress import drain
 from ..inference.runtime import DEVICES
+from ..training.config import ENCODERS, PROPAGATE_ENCODER
 from ._common import (
     CliError,
     _add_intensity_args,
@@ -57,6 +58,11 @@ def add_parser(sub) -> None:
                       help="stop each lesion where the model's masks end (default: LiteMedSAM "
                            "carries it up to 2 slices past each end while the new mask is "
                            "the same lesion by its area, place and intensity)")
+    prop.add_argument("--encoder", default=None, choices=ENCODERS,
+                      help="what the model learns on: 'model' fine-tunes --model; 'litemedsam' "
+                           "trains new FM-BFF-Net layers on LiteMedSAM's frozen "
+                           "medical-pretrained encoder (--model then unused; not with --store). "
+                           f"Default: '{PROPAGATE_ENCODER}' (docs/models.md, 'Lever 1')")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
@@ -78,6 +84,10 @@ def cmd_propagate(args) -> int:
     from ..training.store_training import StoreCase, start_model
 
     _check_intensity(args)
+    encoder = args.encoder or PROPAGATE_ENCODER
+    if encoder == "litemedsam" and args.store is not None:
+        raise CliError("--encoder litemedsam learns the labelled slices alone: drop --store "
+                         "(the corrections store trains --model)")
     files = read_volume_files(args.volume, args.labels)
     slices = labelled_slices(files.labels, len(files.data), _slice_list(args.slices))
     target, sidecar, model_path = files.targets(args.out)
@@ -94,8 +104,10 @@ def cmd_propagate(args) -> int:
     setting = intensity_setting(default_normalization(net), args.window, args.normalize)
     cfg = propagate_config(device=args.device,
                            **({"epochs": args.epochs} if args.epochs else {}))
+    if encoder == "litemedsam":
+        name = "new layers on LiteMedSAM's encoder"
     request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
-                               normalization=setting, cfg=cfg, base=name,
+                               normalization=setting, cfg=cfg, base=name, encoder=encoder,
                                image_name=files.stem, threshold=args.threshold,
                                overwrite=args.overwrite, connected=not args.all_objects,
                                redraw=not args.no_redraw, ends=not args.no_ends,

