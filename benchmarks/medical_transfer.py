@@ -1,0 +1,133 @@
+"""Lever 1, one patient -> the next: a model trained on one LiteMedSAM box's slice of patient A
+segments every slice of patient B of the same kind (lung CT, brain MR), before anyone
+corrects anything on B. Today's recipe (``starter`` fine-tuned by Propagate on 192 px crops)
+against new FM-BFF-Net layers on LiteMedSAM's frozen encoder (``training.medical``), same
+seeds, same box. Scored over all of B's slices (lesion-free slices counted): 3D Dice,
+precision, recall of the model's mask at 0.5 (nothing to connect to: no user object on B).
+
+    pip install -e ".[bench]"
+    python benchmarks/medical_transfer.py --seeds 0,1 --store build/levers
+
+``--store``: the levers benchmark's store (each volume's LiteMedSAM features are encoded
+once and kept there). Torch on ``--threads`` threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import interactive  # noqa: E402
+import levers  # noqa: E402
+
+PAIRS = (("lung2", "lung1"), ("lung1", "lung2"), ("brain1", "brain2"), ("brain2", "brain1"))
+
+
+def scores(pred, truth) -> dict:
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    tp = float((pred & truth).sum())
+    return {"dice": 2 * tp / max(pred.sum() + truth.sum(), 1),
+            "precision": tp / pred.sum() if pred.sum() else float("nan"),
+            "recall": tp / max(truth.sum(), 1)}
+
+
+def boxed(name, cache, engine):
+    image, mask = interactive.load_volume(name, cache)
+    top = int(np.argmax(mask.sum(axis=(1, 2))))
+    engine.for_volume(name, image)
+    accepted = engine(image[top], interactive.grown_box(mask[top])) > 0
+    return image, mask, top, accepted
+
+
+def today(image, top, accepted, seed, other):
+    """``starter`` fine-tuned by Propagate on the box's slice (its shipped recipe), then the
+    saved model on every slice of ``other``."""
+    from napari_fmbff import load_model
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.inference.segmenter import Segmenter
+    from napari_fmbff.model.normalization import default_normalization
+    from napari_fmbff.training.loop import propagate_config
+    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
+
+    labels = np.zeros(image.shape, np.int32)
+    labels[top] = accepted
+    with tempfile.TemporaryDirectory() as tmp:
+        request = PropagateRequest(image, labels, Path(tmp) / "m.safetensors", slices=[top],
+                                   cfg=propagate_config(device="cpu", seed=seed),
+                                   base="starter", redraw=False)
+        result = drain(iter_propagate(load_model("starter"), request))
+        net = result.outcome.result.net if result.learned else load_model("starter")
+    setting = default_normalization(net).for_stack(other)
+    seg = Segmenter(net, normalization=setting)
+    return np.stack([seg.predict_proba(np.asarray(p)) for p in other])
+
+
+def medical_run(name, image, top, accepted, seed, other_name, other, store):
+    from napari_fmbff.inference import medical as seen
+    from napari_fmbff.inference.litemedsam import volume_range
+    from napari_fmbff.training import medical
+
+    net = medical.medical_model(True, seed)
+    medical.fine_tune(net, [image[top]], [accepted], volume_range(image), seed=seed)
+    feats = levers.volume_features(other_name, other, volume_range(other), store)["feats"]
+    return np.stack([seen.predict_plane(net, f) for f in feats])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--store", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cache = Path.home() / ".cache" / "napari-fmbff-bench"
+    store = Path(args.store) if args.store else None
+    engine = interactive.LiteMedSAM()
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for a, b in PAIRS:
+            image, _, top, accepted = boxed(a, cache, engine)
+            other, truth = interactive.load_volume(b, cache)
+            for variant, run in (("today (starter, Propagate's recipe)",
+                                  lambda: today(image, top, accepted, seed, other)),
+                                 ("medical encoder", lambda: medical_run(
+                                     a, image, top, accepted, seed, b, other, store))):
+                start = time.process_time()
+                probs = run()
+                rows.append({"variant": variant, "pair": f"{a} -> {b}", "seed": seed,
+                             **scores(probs >= 0.5, truth > 0),
+                             "cpu_s": time.process_time() - start})
+                print(f"[{time.strftime('%H:%M:%S')}] {a} -> {b} seed {seed} {variant}: "
+                      f"{rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
+    print("\n## Lever 1, one patient -> the next (one box's slice of A, every slice of B)\n")
+    print("| variant | runs | 3D Dice | precision | recall |")
+    print("|---|---:|---:|---:|---:|")
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+
+        def mean(key):
+            vals = [r[key] for r in mine if r[key] == r[key]]
+            return statistics.mean(vals) if vals else float("nan")
+
+        print(f"| {variant} | {len(mine)} | **{mean('dice'):.3f}** | {mean('precision'):.3f} "
+              f"| {mean('recall'):.3f} |")
+    print("\n| variant | " + " | ".join(f"{a} -> {b}" for a, b in PAIRS) + " |")
+    print("|---|" + "---:|" * len(PAIRS))
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        cells = [" / ".join(f"{r['dice']:.3f}" for r in rows if r["variant"] == variant
+                            and r["pair"] == f"{a} -> {b}") for a, b in PAIRS]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
