@@ -39,6 +39,11 @@ Variants:
   mask is the same lesion by its own signals (``inference.redraw.EndRule``: area 0.3-1.2 of
   the end slice's, half of it inside the end slice's mask, median intensity within half an
   interquartile range of the end slice's lesion).
+- **medical encoder** (lever 1, ``training.medical``): new FM-BFF-Net layers on LiteMedSAM's
+  frozen TinyViT, trained on the box's slice in its 8 flips and turns, 150 steps of 4; every
+  slice encoded once (its cost charged to each run), segmented whole. **medical encoder
+  fast**: 100 steps of 2 (``fmbff propagate --encoder litemedsam``'s recipe). Both with the
+  redraw and ends rows above.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ VARIANTS = {
     "192 px crops + negatives": ({"tile_size": 192}, None),  # two passes: far_negatives
 }
 #: Lever 1: FM-BFF-Net on LiteMedSAM's frozen TinyViT (``training.medical``), its layers
-#: trained from scratch on the box's slice in its 8 flips and turns: steps x batch.
+#: trained from scratch on the box's slice in its 8 flips and turns: steps x batch ("fast" is
+#: the recipe ``--encoder litemedsam`` runs: ``medical.STEPS``, ``medical.BATCH``).
 MEDICAL = {"medical encoder": {"steps": 150, "batch": 4},
            "medical encoder fast": {"steps": 100, "batch": 2}}
 REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops",
