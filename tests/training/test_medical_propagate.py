@@ -83,3 +83,22 @@ def test_not_with_the_store_nor_an_unknown_encoder(tmp_path):
                          encoder="litemedsam", self_label=SelfLabel())
     assert main(["propagate", "scan.tif", "--labels", "p.tif", "-o", str(tmp_path),
                  "--encoder", "litemedsam", "--store", str(tmp_path / "store")]) == 2
+
+
+def test_a_run_that_did_not_learn_saves_nothing_and_says_so(tmp_path, litemedsam, monkeypatch):
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.model.checkpoint import load_model
+    from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
+
+    monkeypatch.setattr(medical, "STEPS", 2)
+    fits = iter([0.5, 0.4])  # its Dice on the corrected slice fell
+    monkeypatch.setattr(medical, "_fit", lambda *a: next(fits))
+    volume, disk = disk_volume(3, 64, 2, np.uint8)
+    labels = np.zeros(volume.shape, np.int32)
+    labels[1][disk] = 1
+    out = tmp_path / "m.safetensors"
+    request = PropagateRequest(volume, labels, out, encoder="litemedsam", redraw=False)
+    result = drain(iter_propagate(load_model("starter"), request))
+    assert not result.learned and not out.exists()
+    assert "did not learn" in result.outcome.message and "0.50 -> 0.40" in result.outcome.message
+    np.testing.assert_array_equal(result.labels[1], labels[1])

