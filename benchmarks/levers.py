@@ -400,6 +400,12 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
     return rows
 
 
+def variant_mean(rows, variant, key) -> float:
+    """The mean of ``key`` over ``variant``'s rows (NaNs, e.g. no precision, left out)."""
+    vals = [r[key] for r in rows if r["variant"] == variant and r[key] == r[key]]
+    return statistics.mean(vals) if vals else float("nan")
+
+
 def print_lever_table(rows) -> None:
     print("\n## Issue 30's levers: one LiteMedSAM box, then Propagate\n")
     print("Over every slice but the boxed one (lesion-free slices counted); mean over the "
@@ -410,8 +416,7 @@ def print_lever_table(rows) -> None:
         mine = [r for r in rows if r["variant"] == variant]
 
         def mean(key):
-            vals = [r[key] for r in mine if r[key] == r[key]]
-            return statistics.mean(vals) if vals else float("nan")
+            return variant_mean(mine, variant, key)
 
         print(f"| {variant} | {len(mine)} | **{mean('dice'):.3f}** | {mean('lesion_dice'):.3f} "
               f"| {mean('precision'):.3f} | {mean('recall'):.3f} | {mean('cpu_s'):.0f} | "

@@ -15,7 +15,6 @@ once and kept there). Torch on ``--threads`` threads.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -112,14 +111,10 @@ def main(argv=None) -> int:
     print("| variant | runs | 3D Dice | precision | recall |")
     print("|---|---:|---:|---:|---:|")
     for variant in dict.fromkeys(r["variant"] for r in rows):
-        mine = [r for r in rows if r["variant"] == variant]
-
-        def mean(key):
-            vals = [r[key] for r in mine if r[key] == r[key]]
-            return statistics.mean(vals) if vals else float("nan")
-
-        print(f"| {variant} | {len(mine)} | **{mean('dice'):.3f}** | {mean('precision'):.3f} "
-              f"| {mean('recall'):.3f} |")
+        n = sum(r["variant"] == variant for r in rows)
+        dice, precision, recall = (levers.variant_mean(rows, variant, k)
+                                   for k in ("dice", "precision", "recall"))
+        print(f"| {variant} | {n} | **{dice:.3f}** | {precision:.3f} | {recall:.3f} |")
     print("\n| variant | " + " | ".join(f"{a} -> {b}" for a, b in PAIRS) + " |")
     print("|---|" + "---:|" * len(PAIRS))
     for variant in dict.fromkeys(r["variant"] for r in rows):
