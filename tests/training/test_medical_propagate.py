@@ -14,7 +14,9 @@ from napari_fmbff.training import medical
 
 @pytest.fixture
 def few_steps(monkeypatch):
+    """A shorter recipe for the tests: 30 steps, the slice in 2 of its 8 flips and turns."""
     monkeypatch.setattr(medical, "STEPS", 30)
+    monkeypatch.setattr(medical, "FLIPS", 2)
 
 
 def test_propagate_learns_on_litemedsam_s_encoder_and_says_so(tmp_path, litemedsam, few_steps,
@@ -91,6 +93,7 @@ def test_a_run_that_did_not_learn_saves_nothing_and_says_so(tmp_path, litemedsam
     from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
 
     monkeypatch.setattr(medical, "STEPS", 2)
+    monkeypatch.setattr(medical, "FLIPS", 1)
     fits = iter([0.5, 0.4])  # its Dice on the corrected slice fell
     monkeypatch.setattr(medical, "_fit", lambda *a: next(fits))
     volume, disk = disk_volume(3, 64, 2, np.uint8)

@@ -310,7 +310,8 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
     corrections store."""
     from napari_fmbff.training import medical
 
-    monkeypatch.setattr(medical, "STEPS", 100)
+    monkeypatch.setattr(medical, "STEPS", 60)
+    monkeypatch.setattr(medical, "FLIPS", 4)
     viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
     seg.threshold.value = 0.5
     before = labels.data.copy()

@@ -23,6 +23,8 @@ import numpy as np
 STEPS = 100
 BATCH = 2
 LR = 1e-3
+#: The flips and quarter turns each training slice is encoded in (``inference.medical.dihedral``).
+FLIPS = 8
 #: Steps reported together (one "train" ``Progress``).
 ROUND = 10
 #: FM-BFF-Net's layers on the frozen encoder: a lighter decoder than the starter's (a step on
@@ -56,28 +58,40 @@ def _target(mask, resized):
     return (m > 0.5).float()
 
 
+def encode_slices(net, planes, masks, intensity_range, flips: int | None = None):
+    """(features, targets, plain): the frozen features of each (plane, mask) pair in its
+    first ``flips`` flips and turns (default ``FLIPS``, all 8), each encoded for what it is,
+    the masks on the 256 grid turned alike, and each plane's unflipped features (its fit is
+    scored on them)."""
+    from ..inference.medical import dihedral, encode
+
+    device = next(net.parameters()).device
+    feats, targets, plain = [], [], []
+    for plane, mask in zip(planes, masks):
+        for k in range(FLIPS if flips is None else flips):
+            f = encode(net, plane, intensity_range, k)
+            feats.append((f.s2, f.s4))
+            targets.append(dihedral(_target(mask, f.resized), k).to(device))
+            if k == 0:
+                plain.append(f)
+    return feats, targets, plain
+
+
 def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, lr: float = LR,
-                   seed: int = 0, batch: int = BATCH):
+                   seed: int = 0, batch: int = BATCH, encoded=None):
     """Generator: train ``net``'s trainable layers on the (plane, mask) pairs, each seen in its
-    8 flips and turns; yields a "train" ``Progress`` per ``ROUND`` steps, its detail a
-    ``TrainEvent`` of kind "step" (the mean loss of those steps); returns what it cost and
-    the losses."""
+    8 flips and turns (``encode_slices``; ``encoded``: its answer, computed already); yields a
+    "train" ``Progress`` per ``ROUND`` steps, its detail a ``TrainEvent`` of kind "step" (the
+    mean loss of those steps); returns what it cost and the losses."""
     import torch
     import torch.nn.functional as F
 
-    from ..inference.medical import dihedral, encode
     from ..inference.progress import Progress
     from .config import TrainEvent
     from .metrics import soft_dice
 
     start = time.process_time()
-    device = next(net.parameters()).device
-    feats, targets = [], []
-    for plane, mask in zip(planes, masks):
-        for k in range(8):
-            f = encode(net, plane, intensity_range, k)
-            feats.append((f.s2, f.s4))
-            targets.append(dihedral(_target(mask, f.resized), k).to(device))
+    feats, targets, _ = encoded or encode_slices(net, planes, masks, intensity_range)
     encode_s = time.process_time() - start
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -124,13 +138,13 @@ class MedicalResult:
     fit_after: float = 0.0       # and after
 
 
-def _fit(net, planes, masks, intensity_range) -> float:
-    """Pooled Dice of the model's masks on the training slices (as given, unflipped)."""
-    from ..inference.medical import encode, predict_plane
+def _fit(net, plain, masks) -> float:
+    """Pooled Dice of the model's masks on the training slices (their unflipped features)."""
+    from ..inference.medical import predict_plane
 
     inter = total = 0
-    for plane, mask in zip(planes, masks):
-        pred = predict_plane(net, encode(net, plane, intensity_range)) >= 0.5
+    for feats, mask in zip(plain, masks):
+        pred = predict_plane(net, feats) >= 0.5
         inter += int((pred & mask).sum())
         total += int(pred.sum() + mask.sum())
     return 2 * inter / total if total else 1.0
@@ -164,16 +178,18 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
     threads = fit_cpu_threads() if device.type == "cpu" else None
     seed = int(getattr(cfg, "seed", 0) or 0)
     net = medical_model(True, seed).to(device)
-    before = _fit(net, planes, masks, intensity)
+    encoded = encode_slices(net, planes, masks, intensity)
+    before = _fit(net, encoded[2], masks)
     start = time.perf_counter()
     stop = control.cancel if control is not None else None
-    run = iter_fine_tune(net, planes, masks, intensity, steps=STEPS, seed=seed, batch=BATCH)
+    run = iter_fine_tune(net, planes, masks, intensity, steps=STEPS, seed=seed, batch=BATCH,
+                         encoded=encoded)
     info = yield from (until_cancelled(run, stop) if stop is not None else run)
     seconds = time.perf_counter() - start
     if info is None or (stop is not None and stop.is_set()):
         result = MedicalResult(net, [], seconds, cancelled=True, fit_before=before)
         return Outcome(result, None, "Cancelled; no model saved.", n_train=len(zs))
-    after = _fit(net, planes, masks, intensity)
+    after = _fit(net, encoded[2], masks)
     result = MedicalResult(net, info["losses"], seconds, fit_before=before, fit_after=after)
     if not after > before:  # never claim that a model learned when it did not
         return Outcome(result, None, (
