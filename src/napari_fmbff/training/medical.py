@@ -77,8 +77,8 @@ def encode_slices(net, planes, masks, intensity_range, flips: int | None = None)
     return feats, targets, plain
 
 
-def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, lr: float = LR,
-                   seed: int = 0, batch: int = BATCH, encoded=None):
+def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed: int = 0,
+                   batch: int = BATCH, encoded=None):
     """Generator: train ``net``'s trainable layers on the (plane, mask) pairs, each seen in its
     8 flips and turns (``encode_slices``; ``encoded``: its answer, computed already); yields a
     "train" ``Progress`` per ``ROUND`` steps, its detail a ``TrainEvent`` of kind "step" (the
@@ -94,8 +94,8 @@ def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, lr: 
     feats, targets, _ = encoded or encode_slices(net, planes, masks, intensity_range)
     encode_s = time.process_time() - start
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
     net.train()
     losses = []
