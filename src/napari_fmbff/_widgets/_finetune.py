@@ -33,6 +33,7 @@ from ..inference.stacks import (
     training_planes,
 )
 from ..jobs.saved_labels import run_record
+from ..training.config import MEDICAL_BASE, PROPAGATE_ENCODER
 from ._common import (
     BROWSE,
     INTENSITY_DEFAULTS,
@@ -131,8 +132,7 @@ class PropagateJob:
 
 
 #: Propagate's choice of what learns (``PropagateRequest.encoder``), as the dock names it.
-LEARNERS = {"model": "the model above, fine-tuned",
-            "litemedsam": "new layers on LiteMedSAM's encoder"}
+LEARNERS = {"model": "the model above, fine-tuned", "litemedsam": MEDICAL_BASE}
 
 
 @thread_worker(ignore_errors=True)  # errors go to our own notification
@@ -323,8 +323,6 @@ class FineTuneWidget(Container):
     def _create_run_controls_section(self) -> None:
         """Fine-tune, Propagate (and what it learns on), Cancel, the progress bar and the
         status line."""
-        from ..training.config import PROPAGATE_ENCODER
-
         self.run_button = PushButton(text="Fine-tune")
         self.propagate_button = PushButton(text="Propagate through the volume",
                                            tooltip=tooltip("finetune", "propagate_button"))

@@ -9,7 +9,7 @@ from .._files import refuse_existing
 from ..inference.postprocess import DEFAULT_THRESHOLD
 from ..inference.progress import drain
 from ..inference.runtime import DEVICES
-from ..training.config import ENCODERS, PROPAGATE_ENCODER
+from ..training.config import ENCODERS, MEDICAL_BASE, PROPAGATE_ENCODER
 from ._common import (
     CliError,
     _add_intensity_args,
@@ -105,7 +105,7 @@ def cmd_propagate(args) -> int:
     cfg = propagate_config(device=args.device,
                            **({"epochs": args.epochs} if args.epochs else {}))
     if encoder == "litemedsam":
-        name = "new layers on LiteMedSAM's encoder"
+        name = MEDICAL_BASE
     request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
                                normalization=setting, cfg=cfg, base=name, encoder=encoder,
                                image_name=files.stem, threshold=args.threshold,
@@ -175,7 +175,7 @@ def _show_propagation(bar, progress) -> None:
         bar.set_description("fine-tuning")
         bar.set_postfix_str(f"epoch {progress.detail.epoch} loss {progress.detail.loss:.3f}")
     elif progress.stage == "train" and progress.detail.kind == "step" and \
-            progress.detail.loss == progress.detail.loss:  # the medical encoder's steps
+            progress.detail.loss == progress.detail.loss:  # a step's loss (NaN: none)
         bar.set_description("fine-tuning")
         bar.set_postfix_str(f"step {progress.detail.step}/{progress.detail.steps} loss "
                             f"{progress.detail.loss:.3f}")

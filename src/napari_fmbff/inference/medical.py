@@ -11,7 +11,7 @@ cache (``litemedsam.embeddings``): redrawing them from a box then costs the deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def iter_predict_slices(net, volume, zs, intensity_range=None, share: bool = Tru
         plane = np.asarray(volume[z])
         feats = encode(net, plane, intensity_range)
         out[z] = predict_plane(net, feats)
-        kept.append((z, plane, feats))
+        kept.append((z, plane, replace(feats, s2=None)))  # the embedding is all that is shared
         yield Progress("slices", k + 1, len(zs))
     if share and litemedsam.available() and same_encoder(net):
         marked = {z for z, p in out.items() if p.max() >= 0.5}

@@ -103,6 +103,8 @@ PROPAGATE_CROP = 192
 #: Chosen by benchmarks/interactive.py --levers (docs/models.md, "Lever 1").
 ENCODERS = ("model", "litemedsam")
 PROPAGATE_ENCODER = "model"
+#: The base a propagation on LiteMedSAM's encoder names in its lineage and record.
+MEDICAL_BASE = "new layers on LiteMedSAM's encoder"
 
 
 def propagate_config(cfg: TrainConfig | None = None, **overrides) -> TrainConfig:

@@ -304,11 +304,11 @@ def _segment_others(model, volume, labels, zs, normalization):
                                                        volume_range(volume))
         for z, p in found.items():
             probs[z] = p
-        others = []
-    seg = Segmenter(model, normalization=normalization)
-    for k, z in enumerate(others):
-        probs[z] = seg.predict_proba(np.asarray(volume[z]))
-        yield Progress("slices", k + 1, len(others))
+    else:
+        seg = Segmenter(model, normalization=normalization)
+        for k, z in enumerate(others):
+            probs[z] = seg.predict_proba(np.asarray(volume[z]))
+            yield Progress("slices", k + 1, len(others))
     for z in zs:
         probs[z] = np.asarray(labels[z]) > 0
     return probs
