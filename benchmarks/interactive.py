@@ -729,6 +729,9 @@ def parse_args(argv):
     p.add_argument("--deadline", default=None, help="HH:MM UTC: start no work that ends later")
     p.add_argument("--cache", default=None, help="data cache (FMBFF_BENCH_CACHE)")
     p.add_argument("--json", default=None, help="also write every number here")
+    p.add_argument("--encoder-float32", action="store_true",
+                   help="LiteMedSAM's encoder in float32 even where the CPU has bfloat16 "
+                        "(litemedsam_weights.CPU_BFLOAT16 off): the runs before it was on")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
     p.add_argument("--store", default=None,
@@ -748,6 +751,10 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     deadline = parse_deadline(args.deadline)
+    if args.encoder_float32:
+        from napari_fmbff.model import litemedsam_weights
+
+        litemedsam_weights.CPU_BFLOAT16 = False
     if args.threads:
         import torch
 
@@ -757,8 +764,11 @@ def main(argv=None) -> int:
     kinds = list(dict.fromkeys(KIND[v] for v in volumes))
     recipe = {k: v for k, v in vars(finetune_config(**args.overrides)).items()
               if k not in ("device", "seed", "amp", "num_workers")}
-    print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | volumes {', '.join(volumes)} | fine-tune recipe "
-          f"{recipe}")
+    from napari_fmbff.model.litemedsam_weights import encoder_precision
+
+    print(f"# interactive benchmark | CPU, torch threads {args.threads or 'default'} | "
+          f"LiteMedSAM's encoder in {encoder_precision('cpu')} | volumes {', '.join(volumes)} "
+          f"| fine-tune recipe {recipe}")
     engines, box, largest = {}, {}, {}
     if args.box_orders:
         store = Path(args.store) if args.store else None

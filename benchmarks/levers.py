@@ -236,6 +236,14 @@ def run_variant(name, image, mask, top, accepted, variant, seed, store):
     return propagated(name, image, mask, top, accepted, variant, seed, store)
 
 
+def precision_tag() -> str:
+    """"" when LiteMedSAM's encoder runs in float32 here (the caches of earlier runs), else
+    "-bfloat16": what the medical caches are keyed by."""
+    from napari_fmbff.model.litemedsam_weights import encoder_precision
+
+    return "" if encoder_precision("cpu") == "float32" else "-" + encoder_precision("cpu")
+
+
 def volume_features(name, image, intensity, store):
     """Every slice's frozen LiteMedSAM features (``inference.medical.encode``) and what encoding
     them cost (CPU s, wall s), cached in ``store``: each medical run is charged that cost."""
@@ -244,7 +252,7 @@ def volume_features(name, image, intensity, store):
     from napari_fmbff.inference import medical as seen
     from napari_fmbff.training import medical
 
-    path = store / f"medical-features-{name}.pt" if store else None
+    path = store / f"medical-features-{name}{precision_tag()}.pt" if store else None
     if path and path.exists():
         saved = torch.load(path, weights_only=False)
         return {**saved, "feats": [seen.SliceFeatures(**f) for f in saved["feats"]]}
@@ -271,8 +279,9 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
     from napari_fmbff.training import medical
 
     recipe = MEDICAL[variant]
-    key = hashlib.sha1(json.dumps([name, seed, int(accepted.sum()), recipe,
-                                   medical.MODEL]).encode()).hexdigest()[:12]
+    key = [name, seed, int(accepted.sum()), recipe, medical.MODEL]
+    key = hashlib.sha1(json.dumps(key + ([precision_tag()] if precision_tag() else []))
+                       .encode()).hexdigest()[:12]
     path = store / f"medical-{name}-{key}.npz" if store else None
     if path and path.exists():
         z = np.load(path)

@@ -54,11 +54,18 @@ def make_inputs(folder: Path, cache: Path, n: int = 30):
     return folder / "volume.nii.gz", folder / "partial.nii.gz", mask, top
 
 
-def one_run(volume, partial, out: Path, threads: int, extra) -> dict:
+#: ``fmbff propagate`` with LiteMedSAM's encoder in float32 (``CPU_BFLOAT16`` off): the before.
+FLOAT32 = ("import sys; from napari_fmbff.model import litemedsam_weights; "
+           "litemedsam_weights.CPU_BFLOAT16 = False; from napari_fmbff.cli import main; "
+           "sys.exit(main(sys.argv[1:]))")
+
+
+def one_run(volume, partial, out: Path, threads: int, extra, float32: bool = False) -> dict:
     env = {**os.environ, "FMBFF_THREADS": str(threads)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "napari_fmbff.cli", "propagate", str(volume),
+    cli = ["-c", FLOAT32] if float32 else ["-m", "napari_fmbff.cli"]
+    done = subprocess.run([sys.executable, *cli, "propagate", str(volume),
                            "--labels", str(partial), "--out", str(out), "--device", "cpu",
                            "--overwrite", *extra], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -85,22 +92,29 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", default="", help="comma-separated; empty: the recipe's")
     p.add_argument("--extra", action="append", default=[],
                    help="a further setting: fmbff propagate flags in one string; repeatable")
+    p.add_argument("--float32-too", action="store_true",
+                   help="each setting also with LiteMedSAM's encoder in float32 (the box, the "
+                        "redraw and --encoder litemedsam as they ran before bfloat16)")
     p.add_argument("--cache", default=None)
     args = p.parse_args(argv)
+    from napari_fmbff.model.litemedsam_weights import encoder_precision
+
     cache = few_shot.cache_dir(args.cache)
     settings = []
     for threads in (int(t) for t in args.threads.split(",")):
         for epochs in [e for e in args.epochs.split(",") if e] or [None]:
             for extra in [""] + args.extra:
                 flags = (["--epochs", epochs] if epochs else []) + extra.split()
-                settings.append((threads, flags))
+                for float32 in (False, True) if args.float32_too else (False,):
+                    settings.append((threads, flags, float32))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         volume, partial, truth, top = make_inputs(Path(tmp), cache)
-        for threads, flags in settings:
-            runs = [one_run(volume, partial, Path(tmp) / "out", threads, flags)
+        for threads, flags, float32 in settings:
+            runs = [one_run(volume, partial, Path(tmp) / "out", threads, flags, float32)
                     for _ in range(args.runs)]
             rows.append({"threads": threads, "flags": " ".join(flags) or "(defaults)",
+                         "encoder": "float32" if float32 else encoder_precision("cpu"),
                          "wall_s": statistics.median(r["wall_s"] for r in runs),
                          "walls": [round(r["wall_s"]) for r in runs],
                          "cpu_s": statistics.median(r["cpu_s"] for r in runs),
@@ -108,10 +122,11 @@ def main(argv=None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {rows[-1]}", file=sys.stderr, flush=True)
     print(f"\n## fmbff propagate on 30 slices of 512 x 512 px (lung2, one labelled slice), "
           f"{os.cpu_count()} CPUs\n")
-    print("| torch threads | flags | wall s (median) | runs | CPU s | 3D Dice, other slices |")
-    print("|---:|---|---:|---|---:|---:|")
+    print("| torch threads | flags | LiteMedSAM's encoder | wall s (median) | runs | CPU s | "
+          "3D Dice, other slices |")
+    print("|---:|---|---|---:|---|---:|---:|")
     for r in rows:
-        print(f"| {r['threads']} | {r['flags']} | **{r['wall_s']:.0f}** | "
+        print(f"| {r['threads']} | {r['flags']} | {r['encoder']} | **{r['wall_s']:.0f}** | "
               f"{', '.join(map(str, r['walls']))} | {r['cpu_s']:.0f} | {r['dice']:.3f} |")
     return 0
 

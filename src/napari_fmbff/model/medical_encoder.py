@@ -14,7 +14,8 @@ preprocessing: intensities in [0, 1], grey repeated on 3 channels
 size is resized to 256 x 256 for it, and its features resampled to that input's strides.
 
 Frozen, its features are the same every time a slice is seen, so a fine-tune on CPU computes
-them **once per slice** (``frozen_features``; about 1.4 s per slice on 2 threads) and trains
+them **once per slice** (``frozen_features``; about 0.5 s per slice on 2 threads in bfloat16,
+``litemedsam_weights.run_image_encoder``) and trains
 the rest on them (``FMBFFNet.forward_features`` with ``from_frozen``): the costly 75 GFLOP
 never run per training step. Measured in docs/models.md ("Lever 1").
 """
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .litemedsam_weights import litemedsam_network
+from .litemedsam_weights import litemedsam_network, run_image_encoder
 
 #: ``ModelConfig.encoder`` for this encoder.
 NAME = "litemedsam_tinyvit"
@@ -87,10 +88,10 @@ class LiteMedSAMEncoder(nn.Module):
         hook = self.tinyvit.layers[0].register_forward_hook(
             lambda module, inputs, output: kept.setdefault("s2", output))
         try:
-            neck = self.tinyvit(x)
+            neck = run_image_encoder(self.tinyvit, x)
         finally:
             hook.remove()
-        return _as_map(kept["s2"]), neck
+        return _as_map(kept["s2"]).float().contiguous(), neck
 
     def from_frozen(self, s2: torch.Tensor, s4: torch.Tensor) -> list[torch.Tensor]:
         """The 5 features from the frozen part's two maps: the trainable stages run here."""

@@ -164,6 +164,7 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
     from ..inference.progress import until_cancelled
     from ..inference.runtime import fit_cpu_threads, resolve_device
     from ..model.checkpoint import save_model
+    from ..model.litemedsam_weights import encoder_precision
     from ..model.litemedsam_weights import provenance as encoder_record
     from .run import Outcome, check_output, device_name
 
@@ -199,7 +200,7 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
     metadata = {
         "training_data": out.training_data,
         "finetuned_from": None,
-        "encoder": encoder_record(),
+        "encoder": {**encoder_record(), "precision": encoder_precision(device)},
         "n_train": len(zs), "n_val": 0,
         "recipe": {"steps": STEPS, "batch": BATCH, "lr": LR, "seed": seed,
                    "augment": "the 8 flips and quarter turns of each slice",
