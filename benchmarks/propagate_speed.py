@@ -4,7 +4,8 @@ fine-tune, segmenting the other slices, writing the labels and the model.
 
     pip install -e ".[bench]"
     python benchmarks/propagate_speed.py                       # the shipped defaults, 2 runs
-    python benchmarks/propagate_speed.py --runs 3 --threads 1,2 --epochs 20,10
+    python benchmarks/propagate_speed.py --runs 1 --threads 2 --float32-too "--extra=--encoder model"
+    python benchmarks/propagate_speed.py --runs 3 --threads 1,2 --epochs 20,10  # --encoder model
 
 The volume: 30 axial slices of the pyradiomics lung CT `lung2` (512 x 512, its tumour on 11 of
 them; the cache of benchmarks/few_shot.py, never committed), written as NIfTI; the partial
@@ -104,7 +105,8 @@ def main(argv=None) -> int:
     for threads in (int(t) for t in args.threads.split(",")):
         for epochs in [e for e in args.epochs.split(",") if e] or [None]:
             for extra in [""] + args.extra:
-                flags = (["--epochs", epochs] if epochs else []) + extra.split()
+                flags = (["--encoder", "model", "--epochs", epochs] if epochs  # a fine-tune's
+                         else []) + extra.split()
                 for float32 in (False, True) if args.float32_too else (False,):
                     settings.append((threads, flags, float32))
     rows = []

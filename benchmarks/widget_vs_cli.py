@@ -84,6 +84,7 @@ def run_widget(args, out: Path) -> dict:
     tune.epochs.value = args.epochs
     tune.device.value = "cpu"
     tune.store.use_store.value = False
+    tune.propagate_encoder.value = "model"  # the fine-tune the CLI runs with --model named
     tune.new_name.value = "bench"
     loop = QEventLoop()
     start, main_cpu = time.perf_counter(), time.thread_time()

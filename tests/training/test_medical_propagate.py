@@ -30,7 +30,7 @@ def test_propagate_learns_on_litemedsam_s_encoder_and_says_so(tmp_path, litemeds
     tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
     out = tmp_path / "out"
     args = ["propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
-            "-o", str(out), "--encoder", "litemedsam", "--no-redraw"]
+            "-o", str(out), "--no-redraw"]  # LiteMedSAM's encoder is the default
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "FM-BFF-Net on LiteMedSAM's encoder" in err and "learned from slice(s) 2" in err
@@ -72,6 +72,34 @@ def test_its_embeddings_serve_the_redraw(tmp_path, litemedsam, few_steps, monkey
     result = drain(iter_propagate(load_model("starter"), request))
     assert result.learned and result.redrawn  # LiteMedSAM redrew what the model marked
     assert encoded == []
+
+
+def test_what_propagate_learns_on_when_nothing_says(litemedsam, monkeypatch):
+    """New layers on LiteMedSAM's encoder, but the model where a model is to be fine-tuned
+    (the store, self-labelling, a model the user named) and where LiteMedSAM is missing; an
+    explicit choice is kept."""
+    from napari_fmbff.training.config import propagate_encoder
+    from napari_fmbff.training.propagate import PropagateRequest
+    from napari_fmbff.training.self_label import SelfLabel
+
+    assert propagate_encoder() == "litemedsam"
+    assert propagate_encoder(store=True) == "model"
+    assert propagate_encoder(self_label=True) == "model"
+    assert propagate_encoder(model_chosen=True) == "model"
+    assert propagate_encoder("model") == "model"
+    volume, labels = np.zeros((2, 8, 8)), np.zeros((2, 8, 8), int)
+    assert PropagateRequest(volume, labels, "m.safetensors").encoder == "litemedsam"
+    assert PropagateRequest(volume, labels, "m.safetensors",
+                            self_label=SelfLabel()).encoder == "model"
+    monkeypatch.setattr(litemedsam, "available", lambda: False)
+    assert propagate_encoder() == "model"
+
+
+def test_the_cli_says_in_one_line_when_epochs_cannot_apply(tmp_path, litemedsam, capsys):
+    assert main(["propagate", "scan.tif", "--labels", "p.tif", "-o", str(tmp_path),
+                 "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--epochs" in err and "--encoder model" in err and "\n" not in err
 
 
 def test_not_with_the_store_nor_an_unknown_encoder(tmp_path):

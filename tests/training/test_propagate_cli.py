@@ -1,6 +1,7 @@
 """fmbff propagate: a partial labels volume in, the whole labels volume and the model out."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,9 +107,14 @@ def test_the_lesion_carried_past_the_model_s_end_is_named(tmp_path, tiny_model,
             "--model", tiny_model, "--epochs", "1", "--threshold", "1.0"]
     assert main([*args, "-o", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
-    assert "carried the lesion past its ends to slice(s) 0, 1, 3, 4: check them" in err
+    named = re.search(r"carried the lesion past its ends to slice\(s\) ([\d, ]+): check them",
+                      err)
+    carried = [int(z) for z in named.group(1).split(", ")]
+    # its neighbours at least (slice 0 too in float32; in bfloat16 its end rule stops at 1)
+    assert {1, 3} <= set(carried) <= {0, 1, 3, 4}
     written = tifffile.imread(tmp_path / "a" / "scan.tif")
-    assert set(np.unique(written[[0, 1, 3, 4]])) == {0, 4}
+    assert all(set(np.unique(written[z])) == {0, 4} for z in carried)
+    assert not written[[z for z in (0, 1, 3, 4) if z not in carried]].any()
     assert main([*args, "-o", str(tmp_path / "b"), "--no-ends"]) == 0
     assert "past its ends" not in capsys.readouterr().err
     assert not tifffile.imread(tmp_path / "b" / "scan.tif")[[0, 1, 3, 4]].any()

@@ -281,6 +281,7 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
     monkeypatch.setattr(Segmenter, "predict_proba",
                         lambda _self, image, out=None: np.zeros(np.shape(image), np.float32))
     tune = docked_propagate_widget(viewer)
+    tune.propagate_encoder.value = "model"         # the model that marks nothing learns
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)
@@ -304,10 +305,11 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
 
 def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
         make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
-    """'Propagate learns on' LiteMedSAM's encoder: new FM-BFF-Net layers learn the painted
-    slice (the model chosen above is not fine-tuned), the other slices get its answer under the
-    user's id, the status, the record and the new model's card say what learned; not with the
-    corrections store."""
+    """With the corrections store ticked (the dock's default) Propagate fine-tunes the model
+    above, and the dock shows it (greyed out: the store fine-tunes a model). Unticked,
+    'Propagate learns on' LiteMedSAM's encoder by default: new FM-BFF-Net layers learn the
+    painted slice (the model chosen above is not fine-tuned), the other slices get its answer
+    under the user's id, the status, the record and the new model's card say what learned."""
     from napari_fmbff.training import medical
 
     monkeypatch.setattr(medical, "STEPS", 60)
@@ -316,11 +318,14 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
     seg.threshold.value = 0.5
     before = labels.data.copy()
     tune = propagate_widget(viewer)
-    tune.propagate_encoder.value = "litemedsam"
-    tune.store.use_store.value = True
-    tune.propagate_button.native.click()  # refused, in one line, before any work
-    assert tune._worker is None and (labels.data == before).all()
+    assert tune.store.use_store.value  # the store is on by default: its model learns
+    assert tune.propagate_encoder.value == "model" and not tune.propagate_encoder.enabled
     tune.store.use_store.value = False
+    assert tune.propagate_encoder.value == "litemedsam" and tune.propagate_encoder.enabled
+    tune.store.use_store.value = True
+    assert tune.propagate_encoder.value == "model" and not tune.propagate_encoder.enabled
+    tune.store.use_store.value = False
+    assert tune.propagate_encoder.value == "litemedsam" and tune.propagate_encoder.enabled
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)

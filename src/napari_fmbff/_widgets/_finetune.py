@@ -33,7 +33,7 @@ from ..inference.stacks import (
     training_planes,
 )
 from ..jobs.saved_labels import run_record
-from ..training.config import MEDICAL_BASE, PROPAGATE_ENCODER
+from ..training.config import MEDICAL_BASE, propagate_encoder
 from ._common import (
     BROWSE,
     INTENSITY_DEFAULTS,
@@ -328,7 +328,7 @@ class FineTuneWidget(Container):
                                            tooltip=tooltip("finetune", "propagate_button"))
         self.propagate_encoder = ComboBox(
             label="Propagate learns on", choices=[(v, k) for k, v in LEARNERS.items()],
-            value=PROPAGATE_ENCODER, tooltip=tooltip("finetune", "propagate_encoder"))
+            value=propagate_encoder(), tooltip=tooltip("finetune", "propagate_encoder"))
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = wrap(Label(value=""))
@@ -352,6 +352,20 @@ class FineTuneWidget(Container):
         model_events.folder_changed.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
         self.store.connect()
+        self.store.use_store.changed.connect(self._on_store_ticked)
+        self._on_store_ticked()  # a remembered tick shows at once
+
+    def _on_store_ticked(self, _=None) -> None:
+        """The corrections store fine-tunes the model above: while it is ticked, Propagate
+        learns on that model, and the dock shows it (not choosable); unticked, the choice
+        comes back as it was."""
+        ticked = bool(self.store.use_store.value)
+        if ticked and self.propagate_encoder.enabled:
+            self._encoder_before = self.propagate_encoder.value
+            self.propagate_encoder.value = "model"
+        elif not ticked and not self.propagate_encoder.enabled:
+            self.propagate_encoder.value = getattr(self, "_encoder_before", propagate_encoder())
+        self.propagate_encoder.enabled = not ticked
 
     # ---- the labels to learn from ----------------------------------------------------------
 

@@ -86,12 +86,11 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                             "the labels layer you chose), save it under the new model name, "
                             "then segment every other slice into Segment's output layer (one "
                             "Ctrl-Z); your slices and painted pixels never change",
-        "propagate_encoder": "What Propagate trains: the model above, fine-tuned (about 40 s "
-                             "for 30 slices of 512 px on 2 CPU cores), or new FM-BFF-Net "
-                             "layers on LiteMedSAM's frozen encoder, pre-trained on 1.5M "
-                             "medical images (slower on a CPU: every slice is encoded once; "
-                             "not with the corrections store). Measured in docs/models.md, "
-                             "'Lever 1'",
+        "propagate_encoder": "What Propagate trains: new FM-BFF-Net layers on LiteMedSAM's "
+                             "frozen encoder, pre-trained on 1.5M medical images (the default: "
+                             "better and steadier on real CT / MR), or the model above, "
+                             "fine-tuned. With the corrections store ticked, the model above "
+                             "(the store fine-tunes it). Measured in docs/models.md, 'Lever 1'",
     },
     # The row of the store's cases in the Fine-tune dock (_widgets/_store.py).
     "store": {

@@ -9,7 +9,7 @@ from .._files import refuse_existing
 from ..inference.postprocess import DEFAULT_THRESHOLD
 from ..inference.progress import drain
 from ..inference.runtime import DEVICES
-from ..training.config import ENCODERS, MEDICAL_BASE, PROPAGATE_ENCODER
+from ..training.config import ENCODERS, MEDICAL_BASE, propagate_encoder
 from ._common import (
     CliError,
     _add_intensity_args,
@@ -59,10 +59,11 @@ def add_parser(sub) -> None:
                            "carries it up to 2 slices past each end while the new mask is "
                            "the same lesion by its area, place and intensity)")
     prop.add_argument("--encoder", default=None, choices=ENCODERS,
-                      help="what the model learns on: 'model' fine-tunes --model; 'litemedsam' "
-                           "trains new FM-BFF-Net layers on LiteMedSAM's frozen "
-                           "medical-pretrained encoder (--model then unused; not with --store). "
-                           f"Default: '{PROPAGATE_ENCODER}' (docs/models.md, 'Lever 1')")
+                      help="what the model learns on: 'litemedsam' trains new FM-BFF-Net layers "
+                           "on LiteMedSAM's frozen medical-pretrained encoder (--model then "
+                           "answers only if they learn nothing; not with --store); 'model' "
+                           "fine-tunes --model (--epochs). Default: 'litemedsam'; 'model' with "
+                           "--store or a --model named (docs/models.md, 'Lever 1')")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
@@ -84,10 +85,14 @@ def cmd_propagate(args) -> int:
     from ..training.store_training import StoreCase, start_model
 
     _check_intensity(args)
-    encoder = args.encoder or PROPAGATE_ENCODER
+    encoder = propagate_encoder(args.encoder, store=args.store is not None,
+                                model_chosen=args.model != "default")
     if encoder == "litemedsam" and args.store is not None:
         raise CliError("--encoder litemedsam learns the labelled slices alone: drop --store "
                          "(the corrections store trains --model)")
+    if encoder == "litemedsam" and args.epochs:
+        raise CliError("--epochs sets the fine-tune of --model, and Propagate learns on "
+                       "LiteMedSAM's encoder: add --encoder model, or drop --epochs")
     files = read_volume_files(args.volume, args.labels)
     slices = labelled_slices(files.labels, len(files.data), _slice_list(args.slices))
     target, sidecar, model_path = files.targets(args.out)

@@ -89,28 +89,34 @@ def same_encoder(net) -> bool:
     return mine.shape == theirs.shape and torch.equal(mine.detach().cpu(), theirs.detach().cpu())
 
 
-def iter_predict_slices(net, volume, zs, intensity_range=None, share: bool = True):
+def iter_predict_slices(net, volume, zs, intensity_range=None, share: bool = True,
+                        out=None, total: int | None = None):
     """Generator: the model's probabilities on the slices ``zs`` of ``volume`` (yields
-    ``Progress``, "slices"); returns {z: float32 (H, W)}. ``share``: slices where the model
-    marks something, and their neighbours, have their embeddings handed to LiteMedSAM's cache
-    (``share_embedding``; as many as it keeps)."""
+    ``Progress``, "slices", of ``total``, default ``len(zs)``); returns {z: float32 (H, W)}.
+    ``zs`` may be an iterator that looks at the answers so far (``propagate.outward_slices``):
+    each one is written into ``out`` ((Z, H, W), when given) before the next slice is asked
+    for. ``share``: slices where the model marks something, and their neighbours, have their
+    embeddings handed to LiteMedSAM's cache (``share_embedding``; as many as it keeps)."""
     from . import litemedsam
     from .progress import Progress
 
     net.eval()
     device = next(net.parameters()).device
-    out, kept = {}, []
+    found, kept = {}, []
+    total = len(zs) if total is None else total
     for k, z in enumerate(zs):
         plane = np.asarray(volume[z])
         feats = encode(net, plane, intensity_range)
-        out[z] = predict_plane(net, feats)
+        found[z] = predict_plane(net, feats)
+        if out is not None:
+            out[z] = found[z]
         kept.append((z, plane, replace(feats, s2=None)))  # the embedding is all that is shared
-        yield Progress("slices", k + 1, len(zs))
+        yield Progress("slices", k + 1, total)
     if share and litemedsam.available() and same_encoder(net):
-        marked = {z for z, p in out.items() if p.max() >= 0.5}
+        marked = {z for z, p in found.items() if p.max() >= 0.5}
         near = {z for z, _, _ in kept if any(abs(z - m) <= 2 for m in marked)}
         chosen = [item for item in kept if item[0] in near][-litemedsam.CACHED_PLANES:]
         key = device.type  # as Propagate's redraw names it (``resolve_device(...).type``)
         for _, plane, feats in chosen:
             share_embedding(plane, feats, intensity_range, key)
-    return out
+    return found

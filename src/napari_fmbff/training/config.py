@@ -100,11 +100,30 @@ PROPAGATE_CROP = 192
 #: What Propagate's model learns on (``propagate.PropagateRequest.encoder``): "model", the
 #: chosen model fine-tuned (``starter`` by default); "litemedsam", new FM-BFF-Net layers on
 #: LiteMedSAM's frozen, medical-pretrained encoder (``training.medical``, issue 30's lever 1).
-#: Chosen by benchmarks/interactive.py --levers (docs/models.md, "Lever 1").
 ENCODERS = ("model", "litemedsam")
-PROPAGATE_ENCODER = "model"
+#: What it learns on when nothing says (``propagate_encoder``). Chosen by
+#: benchmarks/interactive.py --levers and benchmarks/propagate_speed.py (docs/models.md,
+#: "Lever 1"): better on the 5 real volumes (0.64 against 0.52-0.61), the same answer from
+#: seed to seed and box to box, and within the 60 s goal on 2 CPU cores once LiteMedSAM's
+#: encoder runs in bfloat16.
+PROPAGATE_ENCODER = "litemedsam"
 #: The base a propagation on LiteMedSAM's encoder names in its lineage and record.
 MEDICAL_BASE = "new layers on LiteMedSAM's encoder"
+
+
+def propagate_encoder(encoder: str | None = None, *, store: bool = False,
+                      self_label: bool = False, model_chosen: bool = False) -> str:
+    """What a propagation learns on: ``encoder`` when one is asked for (checked by
+    ``PropagateRequest``); else ``PROPAGATE_ENCODER``, but "model" where a model is to be
+    fine-tuned (the corrections store, self-labelling, a model the user named:
+    ``model_chosen``) and where LiteMedSAM cannot be imported."""
+    if encoder is not None:
+        return encoder
+    if store or self_label or model_chosen or PROPAGATE_ENCODER == "model":
+        return "model"
+    from ..inference.litemedsam import available
+
+    return PROPAGATE_ENCODER if available() else "model"
 
 
 def propagate_config(cfg: TrainConfig | None = None, **overrides) -> TrainConfig:

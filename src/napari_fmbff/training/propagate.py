@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.postprocess import DEFAULT_THRESHOLD, Postprocess, propagated_labels
-from .config import ENCODERS, PROPAGATE_ENCODER
+from .config import ENCODERS, propagate_encoder
 from .requests import ModelOut, RunControl
 from .self_label import SelfLabel, iter_self_labelled
 from .store_training import StoreCase, StoreRun, settle, stage, train_on_store
@@ -35,6 +35,15 @@ from .store_training import StoreCase, StoreRun, settle, stage, train_on_store
 #: (docs/models.md, "Propagation keeps the corrected lesion (connected in 3D)"). ``fmbff propagate
 #: --all-objects`` keeps everything the model found.
 KEEP_CONNECTED = True
+
+#: With ``KEEP_CONNECTED``, Propagate segments the other slices outward from the labelled ones
+#: and stops, each way, at the first slice where nothing at the threshold is connected in 3D
+#: to the user's objects (``outward_slices``): nothing past it can be, so the labels are those
+#: of segmenting every slice. The slices past the stop are not segmented (probability 0):
+#: a re-threshold below the propagation's threshold cannot reach them, and "Next slice to
+#: check" does not point at them. On the real volumes it segments 4-10 slices of 20-60
+#: (docs/models.md, "Propagate's default").
+OUTWARD = True
 
 #: Whether a propagation's slices are redrawn by LiteMedSAM from the boxes of the model's
 #: objects (``inference.redraw``), when LiteMedSAM can be imported. Chosen by
@@ -129,8 +138,9 @@ class PropagateRequest:
         self_label: label the neighbouring slices outward and learn from them too
             (``self_label.SelfLabel``; None: learn from the labelled slices only). Not with
             ``store``: a store run learns the reviewed cases only.
-        encoder: what the model learns on (``ENCODERS``; default ``PROPAGATE_ENCODER``):
-            "model" fine-tunes the model given to ``iter_propagate``; "litemedsam" trains new
+        encoder: what the model learns on (``ENCODERS``; None: ``config.propagate_encoder``'s
+            choice, "litemedsam" but "model" with ``store`` or ``self_label``): "model"
+            fine-tunes the model given to ``iter_propagate``; "litemedsam" trains new
             FM-BFF-Net layers on LiteMedSAM's frozen encoder (``training.medical``; its own
             recipe: ``cfg`` gives only the device and the seed). Not with ``store`` or
             ``self_label``.
@@ -153,9 +163,11 @@ class PropagateRequest:
     self_label: SelfLabel | None = None
     redraw: bool = REDRAW
     ends: bool = CARRY_ENDS
-    encoder: str = PROPAGATE_ENCODER
+    encoder: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder", propagate_encoder(  # resolved once, frozen after
+            self.encoder, store=self.store is not None, self_label=self.self_label is not None))
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got "
                              f"{self.encoder!r}")
@@ -249,7 +261,9 @@ def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalizati
 
     model = outcome.result.net if outcome.saved else net
     volume, labels = request.volume, request.labels
-    probs = yield from _segment_others(model, volume, labels, zs, normalization)
+    outward = OUTWARD and request.connected
+    reach = request.postprocess().threshold if outward else None
+    probs = yield from _segment_others(model, volume, labels, zs, normalization, reach)
     merged = propagated_labels(probs, labels, zs, request.postprocess(), request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
@@ -288,27 +302,52 @@ def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
     return labels, done, carried, []
 
 
-def _segment_others(model, volume, labels, zs, normalization):
-    """Generator: the model's probabilities on every slice not in ``zs`` (yields their
-    ``Progress``, "slices"); the labelled slices get their own labels as 0 / 1."""
+def _segment_others(model, volume, labels, zs, normalization, reach=None):
+    """Generator: the model's probabilities on the slices not in ``zs`` (yields their
+    ``Progress``, "slices"); the labelled slices get their own labels as 0 / 1. ``reach``:
+    segment outward and stop where the lesion ends at that probability (``outward_slices``;
+    the slices past it stay 0); None: every slice."""
     from ..inference import medical
     from ..inference.progress import Progress
     from ..inference.segmenter import Segmenter
 
     probs = np.zeros(np.shape(labels), np.float32)
+    for z in zs:
+        probs[z] = np.asarray(labels[z]) > 0
     others = [z for z in range(len(volume)) if z not in set(zs)]
+    order = others if reach is None else outward_slices(probs, labels, zs, reach)
     if medical.is_medical(model):  # whole slices, their embeddings handed to the redraw
         from ..inference.litemedsam import volume_range
 
-        found = yield from medical.iter_predict_slices(model, volume, others,
-                                                       volume_range(volume))
-        for z, p in found.items():
-            probs[z] = p
+        yield from medical.iter_predict_slices(model, volume, order, volume_range(volume),
+                                               out=probs, total=len(others))
     else:
         seg = Segmenter(model, normalization=normalization)
-        for k, z in enumerate(others):
+        for k, z in enumerate(order):
             probs[z] = seg.predict_proba(np.asarray(volume[z]))
             yield Progress("slices", k + 1, len(others))
-    for z in zs:
-        probs[z] = np.asarray(labels[z]) > 0
     return probs
+
+
+def outward_slices(probs, labels, zs, reach: float):
+    """The slices not in ``zs`` in the order a propagation segments them, ``probs`` (Z, Y, X)
+    filled by the caller before it asks for the next: those between the labelled slices, then
+    outward from the first and from the last, each way up to the first slice where no voxel
+    of ``probs`` >= ``reach`` is connected in 3D to an object of ``labels`` on ``zs``
+    (``postprocess.connected_to_user``). Past that slice nothing can be: a path from the
+    user's objects would have to cross it, and one crossing the labelled slice crosses a
+    user's voxel. So ``propagated_labels`` with ``connected`` gives the same labels as
+    segmenting every slice, at any threshold >= ``reach``."""
+    from ..inference.postprocess import connected_to_user
+
+    user = sorted(set(zs))
+    lo, hi = user[0], user[-1]
+    yield from (z for z in range(lo + 1, hi) if z not in set(user))
+    for step, first, stop in ((1, hi + 1, len(probs)), (-1, lo - 1, -1)):
+        for z in range(first, stop, step):
+            yield z
+            span = slice(hi, z + 1) if step > 0 else slice(z, lo + 1)
+            mine = [hi - span.start] if step > 0 else [lo - span.start]
+            kept = connected_to_user(probs[span] >= reach, np.asarray(labels[span]), mine)
+            if not kept[z - span.start].any():
+                break
