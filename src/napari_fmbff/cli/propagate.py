@@ -26,12 +26,13 @@ from ._common import (
 def add_parser(sub) -> None:
     prop = sub.add_parser(
         "propagate", help="learn from the labelled slices of a volume, fill in the others",
-        description="Fine-tune a model on the slices of PARTIAL that hold labels (or --slices), "
-                    "then segment every other slice of VOLUME. Writes the whole labels volume "
-                    "in --out with the input's name and format (NIfTI with the scan's affine "
+        description="Learn from the slices of PARTIAL that hold labels (or --slices): new "
+                    "FM-BFF-Net layers on LiteMedSAM's encoder, or --model fine-tuned "
+                    "(--encoder); then segment every other slice of VOLUME. Writes the whole "
+                    "labels volume in --out with the input's name and format (NIfTI with the scan's affine "
                     "and a JSON record for NIfTI / DICOM, a TIFF for a TIFF stack), the labelled "
                     "slices copied verbatim and a lesion keeping the id you gave it, and the "
-                    "fine-tuned model beside it (STEM_propagated.safetensors).")
+                    "model that learned beside it (STEM_propagated.safetensors).")
     prop.add_argument("volume", metavar="VOLUME",
                       help="NIfTI file, DICOM series (folder or one .dcm of it), or TIFF stack")
     prop.add_argument("--labels", required=True, metavar="PARTIAL",
@@ -63,7 +64,7 @@ def add_parser(sub) -> None:
                            "on LiteMedSAM's frozen medical-pretrained encoder (--model then "
                            "answers only if they learn nothing; not with --store); 'model' "
                            "fine-tunes --model (--epochs). Default: 'litemedsam'; 'model' with "
-                           "--store or a --model named (docs/models.md, 'Lever 1')")
+                           "--store or a --model named (docs/models.md, \"Propagate's default\")")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
