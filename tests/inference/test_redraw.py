@@ -18,14 +18,14 @@ def blobs(n=3, h=72, w=100, seed=0):
 
 
 def propagated(net, image, labels, path, **request):
-    """One propagation of ``image`` from ``labels`` (1 epoch on 64 px crops), its model
-    saved at ``path``.safetensors; the PropagateResult."""
+    """One propagation of ``image`` from ``labels``: ``net`` fine-tuned (1 epoch on 64 px
+    crops), its model saved at ``path``.safetensors; the PropagateResult."""
     from napari_fmbff.training.loop import finetune_config
     from napari_fmbff.training.propagate import PropagateRequest, iter_propagate
 
     cfg = finetune_config(epochs=1, tile_size=64, batch_size=2, device="cpu")
     return drain(iter_propagate(net, PropagateRequest(
-        image, labels, path.with_suffix(".safetensors"), cfg=cfg, **request)))
+        image, labels, path.with_suffix(".safetensors"), cfg=cfg, encoder="model", **request)))
 
 
 def test_object_box_is_grown_and_kept_inside_the_plane():

@@ -116,7 +116,10 @@ def test_propagate_learns_from_one_slice_and_saves_its_lineage(tiny_net, tmp_pat
         cfg=finetune_config(epochs=3, tile_size=64, batch_size=2)))
     result = drain(gen, events.append)
     assert {e.stage for e in events} == {"train", "slices"}
-    assert [(e.done, e.total) for e in events if e.stage == "slices"] == [(1, 3), (2, 3), (3, 3)]
+    # one event per slice segmented, outward until the lesion ends; the last says all 3 are done
+    steps = [(e.done, e.total) for e in events if e.stage == "slices"]
+    assert steps[-1] == (3, 3) and {t for _, t in steps} == {3}
+    assert [d for d, _ in steps] == sorted(set(d for d, _ in steps))
     np.testing.assert_array_equal(result.labels[1], labels[1])
     assert result.slices == [1] and result.probs.shape == volume.shape
     assert result.uncertainty[1] == 0 and result.uncertainty.shape == (4,)

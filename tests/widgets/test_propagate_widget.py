@@ -65,10 +65,12 @@ def propagate_widget(viewer, **values):
     return widget
 
 
-def docked_propagate_widget(viewer, **values):
-    """``propagate_widget`` for one epoch, the corrections store off."""
+def docked_propagate_widget(viewer, encoder="model", **values):
+    """``propagate_widget`` for one epoch, the corrections store off, Propagate learning on
+    ``encoder`` (the model above, fine-tuned, unless said)."""
     tune = propagate_widget(viewer, **{"epochs": 1, **values})
     tune.store.use_store.value = False
+    tune.propagate_encoder.value = encoder
     return tune
 
 
@@ -280,8 +282,7 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
     seg.threshold.value = 0.5
     monkeypatch.setattr(Segmenter, "predict_proba",
                         lambda _self, image, out=None: np.zeros(np.shape(image), np.float32))
-    tune = docked_propagate_widget(viewer)
-    tune.propagate_encoder.value = "model"         # the model that marks nothing learns
+    tune = docked_propagate_widget(viewer)         # the model that marks nothing learns
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)
@@ -306,7 +307,8 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
 def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
         make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
     """With the corrections store ticked (the dock's default) Propagate fine-tunes the model
-    above, and the dock shows it (greyed out: the store fine-tunes a model). Unticked,
+    above, and the dock shows it (LiteMedSAM's encoder with the store is refused in one
+    line: the store fine-tunes a model). Unticked,
     'Propagate learns on' LiteMedSAM's encoder by default: new FM-BFF-Net layers learn the
     painted slice (the model chosen above is not fine-tuned), the other slices get its answer
     under the user's id, the status, the record and the new model's card say what learned."""
@@ -319,13 +321,16 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
     before = labels.data.copy()
     tune = propagate_widget(viewer)
     assert tune.store.use_store.value  # the store is on by default: its model learns
-    assert tune.propagate_encoder.value == "model" and not tune.propagate_encoder.enabled
+    assert tune.propagate_encoder.value == "model"
     tune.store.use_store.value = False
-    assert tune.propagate_encoder.value == "litemedsam" and tune.propagate_encoder.enabled
+    assert tune.propagate_encoder.value == "litemedsam"
     tune.store.use_store.value = True
-    assert tune.propagate_encoder.value == "model" and not tune.propagate_encoder.enabled
+    assert tune.propagate_encoder.value == "model"
+    tune.propagate_encoder.value = "litemedsam"
+    tune.propagate_button.native.click()  # refused, in one line, before any work
+    assert tune._worker is None and (labels.data == before).all()
     tune.store.use_store.value = False
-    assert tune.propagate_encoder.value == "litemedsam" and tune.propagate_encoder.enabled
+    assert tune.propagate_encoder.value == "litemedsam"
     tune.propagate_button.native.click()
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)

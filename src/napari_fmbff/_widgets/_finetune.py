@@ -260,6 +260,7 @@ class FineTuneWidget(Container):
         self._closed = False
         self._labels_chosen = False  # the user picked the labels layer themselves
         self._following = False
+        self._encoder_before = None  # 'Propagate learns on' before the store was ticked
         self.history: list[dict] = []
         self.last_outcome = None
         self._create_data_section()
@@ -356,16 +357,17 @@ class FineTuneWidget(Container):
         self._on_store_ticked()  # a remembered tick shows at once
 
     def _on_store_ticked(self, _=None) -> None:
-        """The corrections store fine-tunes the model above: while it is ticked, Propagate
-        learns on that model, and the dock shows it (not choosable); unticked, the choice
-        comes back as it was."""
+        """The corrections store fine-tunes the model above: ticking it shows that under
+        'Propagate learns on'; unticking it gives the choice back as it was (LiteMedSAM's
+        encoder there with the store ticked is refused in one line when Propagate is
+        pressed)."""
         ticked = bool(self.store.use_store.value)
-        if ticked and self.propagate_encoder.enabled:
+        if ticked and self._encoder_before is None:
             self._encoder_before = self.propagate_encoder.value
             self.propagate_encoder.value = "model"
-        elif not ticked and not self.propagate_encoder.enabled:
-            self.propagate_encoder.value = getattr(self, "_encoder_before", propagate_encoder())
-        self.propagate_encoder.enabled = not ticked
+        elif not ticked and self._encoder_before is not None:
+            self.propagate_encoder.value = self._encoder_before
+            self._encoder_before = None
 
     # ---- the labels to learn from ----------------------------------------------------------
 

@@ -319,13 +319,17 @@ def _segment_others(model, volume, labels, zs, normalization, reach=None):
     if medical.is_medical(model):  # whole slices, their embeddings handed to the redraw
         from ..inference.litemedsam import volume_range
 
-        yield from medical.iter_predict_slices(model, volume, order, volume_range(volume),
-                                               out=probs, total=len(others))
+        done = len((yield from medical.iter_predict_slices(
+            model, volume, order, volume_range(volume), out=probs, total=len(others))))
     else:
         seg = Segmenter(model, normalization=normalization)
-        for k, z in enumerate(order):
+        done = 0
+        for z in order:
             probs[z] = seg.predict_proba(np.asarray(volume[z]))
-            yield Progress("slices", k + 1, len(others))
+            done += 1
+            yield Progress("slices", done, len(others))
+    if done < len(others):  # the walk stopped at the lesion's ends: the rest is done too
+        yield Progress("slices", len(others), len(others))
     return probs
 
 
