@@ -90,7 +90,8 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                              "frozen encoder, pre-trained on 1.5M medical images (the default: "
                              "better and steadier on real CT / MR), or the model above, "
                              "fine-tuned. With the corrections store ticked, the model above "
-                             "(the store fine-tunes it). Measured in docs/models.md, 'Lever 1'",
+                             "(the store fine-tunes it). Measured in docs/models.md, "
+                             "\"Propagate's default\"",
     },
     # The row of the store's cases in the Fine-tune dock (_widgets/_store.py).
     "store": {

@@ -103,7 +103,7 @@ PROPAGATE_CROP = 192
 ENCODERS = ("model", "litemedsam")
 #: What it learns on when nothing says (``propagate_encoder``). Chosen by
 #: benchmarks/interactive.py --levers and benchmarks/propagate_speed.py (docs/models.md,
-#: "Lever 1"): better on the 5 real volumes (0.64 against 0.52-0.61), the same answer from
+#: "Propagate's default"): better on the 5 real volumes (0.64 against 0.52-0.61), the same answer from
 #: seed to seed and box to box, and within the 60 s goal on 2 CPU cores once LiteMedSAM's
 #: encoder runs in bfloat16.
 PROPAGATE_ENCODER = "litemedsam"
