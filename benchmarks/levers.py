@@ -409,6 +409,17 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
     return rows
 
 
+def shipped_variant() -> str:
+    """The row that is Propagate as it ships without the store (``PROPAGATE_ENCODER``,
+    ``REDRAW``, ``CARRY_ENDS``), so the table can say which one it is."""
+    from napari_fmbff.training.config import PROPAGATE_ENCODER
+    from napari_fmbff.training.propagate import CARRY_ENDS, REDRAW
+
+    base = "medical encoder fast" if PROPAGATE_ENCODER == "litemedsam" else "192 px crops"
+    return base + (" + redraw always" if REDRAW else "") + (" + ends" if REDRAW and CARRY_ENDS
+                                                            else "")
+
+
 def variant_mean(rows, variant, key) -> float:
     """The mean of ``key`` over ``variant``'s rows (NaNs, e.g. no precision, left out)."""
     vals = [r[key] for r in rows if r["variant"] == variant and r[key] == r[key]]
@@ -421,13 +432,15 @@ def print_lever_table(rows) -> None:
           "volumes and seeds.\n")
     print("| variant | runs | 3D Dice | lesion slices | precision | recall | CPU s | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    shipped = shipped_variant()
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
+        name = f"{variant} (**Propagate as shipped**)" if variant == shipped else variant
 
         def mean(key):
             return variant_mean(mine, variant, key)
 
-        print(f"| {variant} | {len(mine)} | **{mean('dice'):.3f}** | {mean('lesion_dice'):.3f} "
+        print(f"| {name} | {len(mine)} | **{mean('dice'):.3f}** | {mean('lesion_dice'):.3f} "
               f"| {mean('precision'):.3f} | {mean('recall'):.3f} | {mean('cpu_s'):.0f} | "
               f"{mean('wall_s'):.0f} |")
     print("\nPer volume (3D Dice, seeds in order):\n")
