@@ -7,7 +7,7 @@ propagation every object the model added on a slice is redrawn by LiteMedSAM fro
 object's bounding box grown by ``GROW`` px: FM-BFF-Net says where the lesion is, LiteMedSAM
 how far it reaches. The user's slices are never touched, an object keeps its id, another
 object's pixels are never taken, and an object LiteMedSAM draws nothing for stays as it was.
-Chosen by benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers"). Each slice costs one LiteMedSAM encoding (about 2.3 CPU s), each
+Chosen by benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers"). Each slice costs one LiteMedSAM encoding (about 1 CPU s in bfloat16, 2.3 in float32), each
 object one decoding (about 0.1 s); a slice seen before costs the decoding only.
 """
 
