@@ -241,7 +241,8 @@ def precision_tag() -> str:
     "-bfloat16": what the medical caches are keyed by."""
     from napari_fmbff.model.litemedsam_weights import encoder_precision
 
-    return "" if encoder_precision("cpu") == "float32" else "-" + encoder_precision("cpu")
+    precision = encoder_precision("cpu")
+    return "" if precision == "float32" else "-" + precision
 
 
 def volume_features(name, image, intensity, store):
@@ -280,8 +281,8 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
 
     recipe = MEDICAL[variant]
     key = [name, seed, int(accepted.sum()), recipe, medical.MODEL]
-    key = hashlib.sha1(json.dumps(key + ([precision_tag()] if precision_tag() else []))
-                       .encode()).hexdigest()[:12]
+    tag = precision_tag()
+    key = hashlib.sha1(json.dumps(key + ([tag] if tag else [])).encode()).hexdigest()[:12]
     path = store / f"medical-{name}-{key}.npz" if store else None
     if path and path.exists():
         z = np.load(path)

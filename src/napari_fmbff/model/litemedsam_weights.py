@@ -5,6 +5,7 @@ network is built."""
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -60,11 +61,18 @@ def encoder_precision(device) -> str:
 
     if not CPU_BFLOAT16 or torch.device(device).type != "cpu":
         return "float32"
+    return "bfloat16" if _cpu_has_bfloat16() else "float32"
+
+
+@functools.cache
+def _cpu_has_bfloat16() -> bool:
+    """Whether this CPU does bfloat16 natively (asked once: every slice's encoding asks)."""
+    import torch
+
     try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without the check: assume none
-        native = False
-    return "bfloat16" if native else "float32"
+        return False
 
 
 def run_image_encoder(encoder, x):

@@ -344,9 +344,9 @@ def outward_slices(probs, labels, zs, reach: float):
     segmenting every slice, at any threshold >= ``reach``."""
     from ..inference.postprocess import connected_to_user
 
-    user = sorted(set(zs))
-    lo, hi = user[0], user[-1]
-    yield from (z for z in range(lo + 1, hi) if z not in set(user))
+    user = set(zs)
+    lo, hi = min(user), max(user)
+    yield from (z for z in range(lo + 1, hi) if z not in user)
     for step, first, stop in ((1, hi + 1, len(probs)), (-1, lo - 1, -1)):
         for z in range(first, stop, step):
             yield z
