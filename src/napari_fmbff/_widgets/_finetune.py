@@ -187,10 +187,12 @@ def _propagate(job: PropagateJob, stop: Cancel):
     setting = intensity_setting(default_normalization(net), **job.intensity)
     out = unique_model_path(job.name)
     about = job.case.about if job.store is not None else None
+    both = job.store is not None and job.encoder == "litemedsam"  # the store's model beside
+    store_out = unique_model_path(f"{job.name}-store") if both else None
     request = PropagateRequest(
         job.volume, job.labels, out, slices=job.slices, normalization=setting, cfg=job.cfg,
-        base=job.learner, image_name=job.image.name, threshold=job.threshold,
-        encoder=job.encoder,
+        base=job.base if both else job.learner, image_name=job.image.name,
+        threshold=job.threshold, encoder=job.encoder, store_model=store_out,
         extra={"layout": "napari layers", "encoder_init": None,
                "intensity": setting.describe()},
         store=None if job.store is None else StoreCase(job.store, CaseSource(
@@ -201,7 +203,9 @@ def _propagate(job: PropagateJob, stop: Cancel):
     with cpus_kept_free(1):
         result = yield from until_cancelled(iter_propagate(net, request, control), stop)
     if stop.is_set():
-        _forget_model(out)
+        for path in (out, store_out):
+            if path is not None:
+                _forget_model(path)
         return None
     return result
 
@@ -260,7 +264,6 @@ class FineTuneWidget(Container):
         self._closed = False
         self._labels_chosen = False  # the user picked the labels layer themselves
         self._following = False
-        self._encoder_before = None  # 'Propagate learns on' before the store was ticked
         self.history: list[dict] = []
         self.last_outcome = None
         self._create_data_section()
@@ -353,21 +356,6 @@ class FineTuneWidget(Container):
         model_events.folder_changed.connect(self._on_model_saved)
         self.native.destroyed.connect(self._on_destroyed)
         self.store.connect()
-        self.store.use_store.changed.connect(self._on_store_ticked)
-        self._on_store_ticked()  # a remembered tick shows at once
-
-    def _on_store_ticked(self, _=None) -> None:
-        """The corrections store fine-tunes the model above: ticking it shows that under
-        'Propagate learns on'; unticking it gives the choice back as it was (LiteMedSAM's
-        encoder there with the store ticked is refused in one line when Propagate is
-        pressed)."""
-        ticked = bool(self.store.use_store.value)
-        if ticked and self._encoder_before is None:
-            self._encoder_before = self.propagate_encoder.value
-            self.propagate_encoder.value = "model"
-        elif not ticked and self._encoder_before is not None:
-            self.propagate_encoder.value = self._encoder_before
-            self._encoder_before = None
 
     # ---- the labels to learn from ----------------------------------------------------------
 
@@ -599,8 +587,11 @@ class FineTuneWidget(Container):
         worker.yielded.connect(self._on_propagate_step)
         worker.returned.connect(lambda result: self._on_propagated(job, result))
         slices = ", ".join(map(str, job.slices))
+        doing = (f"fine-tuning '{job.base}'" if job.encoder == "model" else
+                 f"training {job.learner}" + (f" (the store's model, from '{job.base}', learns "
+                                              "the case first)" if job.store else ""))
         return self._start(worker, "propagation",
-                           f"Propagating: fine-tuning '{job.base}' on slice(s) {slices}...")
+                           f"Propagating: {doing} on slice(s) {slices}...")
 
     def _propagation_job(self) -> PropagateJob:
         """What Propagate needs, checked before anything runs (a ValueError names what is
@@ -636,10 +627,6 @@ class FineTuneWidget(Container):
         record = target.metadata.get(PROVENANCE_TAG)
         store, base = self.store.store_for_run(), self.model.value
         encoder = self.propagate_encoder.value
-        if encoder == "litemedsam" and store is not None:
-            raise ValueError("Propagate on LiteMedSAM's encoder learns your slices alone: "
-                             "untick the corrections store, or let Propagate learn on the "
-                             "model above")
         case = self.store.store_job(data, source, [(z,) for z in slices]) if store else None
         if store is not None:
             from ..training.store_training import start_model
@@ -685,6 +672,8 @@ class FineTuneWidget(Container):
         if outcome.saved:
             self.last_saved = outcome.path
             announce_model(outcome)
+        if result.store_outcome is not None and result.store_outcome.saved:
+            announce_model(result.store_outcome)  # Segment offers the store's latest next
         if target not in self._viewer.layers or tuple(target.data.shape) != job.shape:
             show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
                          "propagating; the slices were not written.")
@@ -697,9 +686,13 @@ class FineTuneWidget(Container):
         # Segment's re-threshold and review follow the propagation's probabilities from now on.
         proposal.propagation = self.last_propagation = result
         proposal.probs = {(z,): result.probs[z] for z in range(job.shape[0])}
-        model = outcome.path.stem if outcome.saved else str(job.base)
+        answered = outcome.path if outcome.saved else job.base
+        store_outcome = result.store_outcome
+        if not outcome.saved and store_outcome is not None and store_outcome.saved:
+            answered = store_outcome.path  # the new layers learned nothing: the store's answered
+        model = getattr(answered, "stem", str(answered))
         target.metadata[PROVENANCE_TAG] = run_record(
-            outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
+            answered, target.metadata.get(PROVENANCE_TAG),
             base=job.learner, learned=result.learned, slices_labelled=list(result.slices),
             propagated=True, redrawn_by_litemedsam=list(result.redrawn),
             carried_past_ends_by_litemedsam=list(result.carried))

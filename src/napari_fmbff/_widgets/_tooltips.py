@@ -89,9 +89,10 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "propagate_encoder": "What Propagate trains: new FM-BFF-Net layers on LiteMedSAM's "
                              "frozen encoder, pre-trained on 1.5M medical images (the default: "
                              "better and steadier on real CT / MR), or the model above, "
-                             "fine-tuned. With the corrections store ticked, the model above "
-                             "(the store fine-tunes it). Measured in docs/models.md, "
-                             "\"Propagate's default\"",
+                             "fine-tuned. With the corrections store ticked and LiteMedSAM's "
+                             "encoder, the new layers answer this scan and the store's model "
+                             "learns the case beside them (Segment offers it next). Measured "
+                             "in docs/models.md, \"Propagate's default\"",
     },
     # The row of the store's cases in the Fine-tune dock (_widgets/_store.py).
     "store": {

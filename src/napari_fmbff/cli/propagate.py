@@ -62,15 +62,18 @@ def add_parser(sub) -> None:
     prop.add_argument("--encoder", default=None, choices=ENCODERS,
                       help="what the model learns on: 'litemedsam' trains new FM-BFF-Net layers "
                            "on LiteMedSAM's frozen medical-pretrained encoder (--model then "
-                           "answers only if they learn nothing; not with --store); 'model' "
-                           "fine-tunes --model (--epochs). Default: 'litemedsam'; 'model' with "
-                           "--store or a --model named (docs/models.md, \"Propagate's default\")")
+                           "answers only if they learn nothing; with --store they answer and "
+                           "the store's model learns the case beside them); 'model' fine-tunes "
+                           "--model (--epochs). Default: 'litemedsam'; 'model' with a --model "
+                           "named (docs/models.md, \"Propagate's default\")")
     prop.add_argument("--device", default="auto", choices=DEVICES)
     _add_intensity_args(prop)
     prop.add_argument("--store", nargs="?", const="", default=None, metavar="DIR",
                       help="add the labelled slices to this corrections store folder (its grey "
-                           "store) and train on all of it, from --model (--store alone: the "
-                           "user's store, $FMBFF_STORE_DIR or the user data folder)")
+                           "store) and train the store's model on all of it, from --model "
+                           "(saved as <name>_propagated-store.safetensors beside the answer's "
+                           "model with the default encoder; --store alone: the user's store, "
+                           "$FMBFF_STORE_DIR or the user data folder)")
     prop.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -86,18 +89,16 @@ def cmd_propagate(args) -> int:
     from ..training.store_training import StoreCase, start_model
 
     _check_intensity(args)
-    encoder = propagate_encoder(args.encoder, store=args.store is not None,
-                                model_chosen=args.model != "default")
-    if encoder == "litemedsam" and args.store is not None:
-        raise CliError("--encoder litemedsam learns the labelled slices alone: drop --store "
-                         "(the corrections store trains --model)")
-    if encoder == "litemedsam" and args.epochs:
+    encoder = propagate_encoder(args.encoder, model_chosen=args.model != "default")
+    if encoder == "litemedsam" and args.epochs and args.store is None:
         raise CliError("--epochs sets the fine-tune of --model, and Propagate learns on "
                        "LiteMedSAM's encoder: add --encoder model, or drop --epochs")
     files = read_volume_files(args.volume, args.labels)
     slices = labelled_slices(files.labels, len(files.data), _slice_list(args.slices))
     target, sidecar, model_path = files.targets(args.out)
-    for path in (target, sidecar, model_path):
+    both = encoder == "litemedsam" and args.store is not None  # the store's model beside
+    store_model = model_path.with_name(f"{model_path.stem}-store{model_path.suffix}")
+    for path in (target, sidecar, model_path, *([store_model] if both else [])):
         if path is not None:
             refuse_existing(path, args.overwrite)
     proposed_by = _model_name(args.model)
@@ -110,10 +111,13 @@ def cmd_propagate(args) -> int:
     setting = intensity_setting(default_normalization(net), args.window, args.normalize)
     cfg = propagate_config(device=args.device,
                            **({"epochs": args.epochs} if args.epochs else {}))
+    store_base = name  # what the store's model trains from
     if encoder == "litemedsam":
         name = MEDICAL_BASE
     request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
-                               normalization=setting, cfg=cfg, base=name, encoder=encoder,
+                               normalization=setting, cfg=cfg,
+                               base=store_base if both else name, encoder=encoder,
+                               store_model=store_model if both else None,
                                image_name=files.stem, threshold=args.threshold,
                                overwrite=args.overwrite, connected=not args.all_objects,
                                redraw=not args.no_redraw, ends=not args.no_ends,
@@ -129,7 +133,10 @@ def cmd_propagate(args) -> int:
     if result.redrawn:
         print(f"fmbff propagate: LiteMedSAM redrew the lesion on {len(result.redrawn)} "
               "slice(s)", file=sys.stderr)
-    record = run_record(outcome.path if result.learned else name, base=name,
+    answered = outcome.path if result.learned else name
+    if not result.learned and result.store_outcome is not None and result.store_outcome.saved:
+        answered = result.store_outcome.path  # the store's model answered
+    record = run_record(answered, base=name,
                         learned=result.learned, slices_labelled=result.slices,
                         threshold=args.threshold, connected_only=not args.all_objects,
                         redrawn_by_litemedsam=result.redrawn,

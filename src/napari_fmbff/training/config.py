@@ -111,15 +111,17 @@ PROPAGATE_ENCODER = "litemedsam"
 MEDICAL_BASE = "new layers on LiteMedSAM's encoder"
 
 
-def propagate_encoder(encoder: str | None = None, *, store: bool = False,
-                      self_label: bool = False, model_chosen: bool = False) -> str:
+def propagate_encoder(encoder: str | None = None, *, self_label: bool = False,
+                      model_chosen: bool = False) -> str:
     """What a propagation learns on: ``encoder`` when one is asked for (checked by
     ``PropagateRequest``); else ``PROPAGATE_ENCODER``, but "model" where a model is to be
-    fine-tuned (the corrections store, self-labelling, a model the user named:
-    ``model_chosen``) and where LiteMedSAM cannot be imported."""
+    fine-tuned (self-labelling, a model the user named: ``model_chosen``) and where
+    LiteMedSAM cannot be imported. The corrections store does not change it: with the store,
+    LiteMedSAM's encoder answers this volume and the store's model learns the case beside it
+    (``propagate.iter_propagate``)."""
     if encoder is not None:
         return encoder
-    if store or self_label or model_chosen or PROPAGATE_ENCODER == "model":
+    if self_label or model_chosen or PROPAGATE_ENCODER == "model":
         return "model"
     from ..inference.litemedsam import available
 

@@ -9,14 +9,16 @@ the ones the model adds (the model's voxels take the id of the user's object the
 3D; objects touching none get new ids above the user's: ``postprocess.propagated_labels``,
 the rule the Segment widget's re-threshold follows after a propagation too). With the
 corrections store (``PropagateRequest.store``) the labelled slices join the store as a case
-and the model trains on all of it. ``fmbff propagate`` and the Segment widget's Propagate
+and the store's model trains on all of it; on LiteMedSAM's encoder (the default) new layers
+learn the slices and answer this volume beside it. ``fmbff propagate`` and the Segment widget's Propagate
 both run ``iter_propagate``; reading and writing the files is ``jobs.propagated``'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +71,7 @@ class PropagateResult:
     carried: list = field(default_factory=list)  # slices the lesion was carried to past its ends
     ends: bool = False          # whether the ends were carried (a re-threshold carries them again)
     notes: list = field(default_factory=list)    # what the user should know, in words
+    store_outcome: object = None  # with the store on LiteMedSAM's encoder: the store's training
 
     @property
     def learned(self) -> bool:
@@ -129,7 +132,10 @@ class PropagateRequest:
         extra: more provenance keys for the model's record.
         connected: keep only the model's objects touching the user's (``KEEP_CONNECTED``).
         store: the corrections store the labelled slices join as a case, trained on whole
-            (``store_training.StoreCase``); None: the labelled slices alone.
+            (``store_training.StoreCase``); None: the labelled slices alone. With
+            ``encoder`` "litemedsam" the store's model (from the model given to
+            ``iter_propagate``, ``base``) learns the store beside the new layers, which
+            answer this volume: ``PropagateResult.store_outcome``.
         redraw: redraw the model's objects on the other slices with LiteMedSAM from their
             boxes (``inference.redraw``; default ``REDRAW``); skipped, with a note, when
             LiteMedSAM cannot be imported.
@@ -139,11 +145,13 @@ class PropagateRequest:
             (``self_label.SelfLabel``; None: learn from the labelled slices only). Not with
             ``store``: a store run learns the reviewed cases only.
         encoder: what the model learns on (``ENCODERS``; None: ``config.propagate_encoder``'s
-            choice, "litemedsam" but "model" with ``store`` or ``self_label``): "model"
-            fine-tunes the model given to ``iter_propagate``; "litemedsam" trains new
-            FM-BFF-Net layers on LiteMedSAM's frozen encoder (``training.medical``; its own
-            recipe: ``cfg`` gives only the device and the seed). Not with ``store`` or
+            choice, "litemedsam" but "model" with ``self_label``): "model" fine-tunes the
+            model given to ``iter_propagate``; "litemedsam" trains new FM-BFF-Net layers on
+            LiteMedSAM's frozen encoder (``training.medical``; its own recipe: ``cfg`` gives
+            only the device, the seed and, with ``store``, the store's recipe). Not with
             ``self_label``.
+        store_model: with ``store`` on "litemedsam", the store's model's file (default:
+            ``out_model``'s name with "-store"; nothing is replaced unless ``overwrite``).
     """
 
     volume: Any
@@ -164,17 +172,31 @@ class PropagateRequest:
     redraw: bool = REDRAW
     ends: bool = CARRY_ENDS
     encoder: str | None = None
+    store_model: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder", propagate_encoder(  # resolved once, frozen after
-            self.encoder, store=self.store is not None, self_label=self.self_label is not None))
+            self.encoder, self_label=self.self_label is not None))
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got "
                              f"{self.encoder!r}")
-        if self.encoder == "litemedsam" and (self.store is not None
-                                             or self.self_label is not None):
+        if self.encoder == "litemedsam" and self.self_label is not None:
             raise ValueError("Propagate on LiteMedSAM's encoder learns the labelled slices "
-                             "alone: not with the corrections store or self-labelling")
+                             "alone: not with self-labelling")
+
+    @property
+    def trains_both(self) -> bool:
+        """Whether LiteMedSAM's encoder answers this volume while the store's model learns
+        the case (the corrections store on the "litemedsam" encoder)."""
+        return self.store is not None and self.encoder == "litemedsam"
+
+    def store_model_path(self) -> Path:
+        """Where the store's model goes when ``trains_both``: ``store_model``, or
+        ``out_model``'s name with "-store"."""
+        if self.store_model is not None:
+            return Path(self.store_model)
+        out = Path(self.out_model)
+        return out.with_name(f"{out.stem}-store{out.suffix}")
 
     def postprocess(self) -> Postprocess:
         """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
@@ -201,8 +223,12 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
     store (its source defaulting to the image name, its proposing model to the base) and the
     model trains on the whole store (``store_training.train_on_store``); the case joins the
     store and the model is registered (``settle``) once the volume is segmented; closed or
-    failed before that, the store is as it was. ``control`` (``RunControl``; default: a
-    cancel keeps nothing): stop and keep on cancel.
+    failed before that, the store is as it was. With the store on LiteMedSAM's encoder
+    (``request.trains_both``) the store's model trains first (saved to
+    ``request.store_model_path()``), then new layers on LiteMedSAM's encoder learn the
+    labelled slices and answer the other slices (the store's model answers only if they learn
+    nothing); ``PropagateResult.store_outcome`` is the store's training. ``control``
+    (``RunControl``; default: a cancel keeps nothing): stop and keep on cancel.
     """
     from ..model.normalization import default_normalization
     from .loop import propagate_config
@@ -218,27 +244,53 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
         case.store, np.asarray(volume), np.asarray(labels), zs, setting,
         case.case_source(request.image_name, request.base))
     try:
-        if case is not None:
+        store_outcome = None
+        if request.trains_both:  # the store's model learns the case; the new layers answer
+            from .run import check_output
+
+            check_output(request.out_model, request.overwrite)  # before the store's training
+            store_outcome = yield from train_on_store(
+                net, case.store, cfg, setting, replace(out, path=request.store_model_path()),
+                control, StoreRun(pending, commit=False))
+            if store_outcome.saved:  # the answer if the new layers learn nothing
+                net = store_outcome.result.net
+            training = _learn_on_litemedsam(request, zs, cfg, out, control)
+        elif case is not None:
             training = train_on_store(net, case.store, cfg, setting, out, control,
                                       StoreRun(pending, commit=False))
         elif request.self_label is not None:
             training = iter_self_labelled(net, request, zs, setting, cfg, out, control)
         elif request.encoder == "litemedsam":
-            from .medical import iter_learn_slices
-
-            training = iter_learn_slices(volume, labels, zs, out, cfg, control)
+            training = _learn_on_litemedsam(request, zs, cfg, out, control)
         else:
             training = _train_on_slices(net, request, zs, setting, cfg, out, control)
         outcome = yield from training
         result = yield from _segment_the_others(net, outcome, request, zs,
                                                 setting.for_stack(volume))
         if case is not None:
-            settle(case.store, outcome, pending, base=request.base, cfg=cfg)
+            settle(case.store, store_outcome or outcome, pending, base=request.base, cfg=cfg)
+        if store_outcome is not None:
+            result.store_outcome = store_outcome
+            result.notes.append(f"The corrections store learned this case: {store_outcome.message}")
     except BaseException:
         if pending is not None:
             pending.discard()
         raise
     return result
+
+
+def _learn_on_litemedsam(request: PropagateRequest, zs, cfg, out: ModelOut, control):
+    """Generator: ``medical.iter_learn_slices`` on the slices ``zs`` (new layers on
+    LiteMedSAM's encoder), their record naming them as what they started from."""
+    from .config import MEDICAL_BASE
+    from .medical import iter_learn_slices
+
+    if request.trains_both:  # ``out`` names the store's start model: these layers are new
+        out = replace(out, base=MEDICAL_BASE, extra={
+            **out.extra, "propagated": {**request.lineage(zs), "base": MEDICAL_BASE},
+            "store_model": str(request.store_model_path())})
+    return (yield from iter_learn_slices(request.volume, request.labels, zs, out, cfg,
+                                         control))
 
 
 def _train_on_slices(net, request: PropagateRequest, zs, setting, cfg, out: ModelOut,
