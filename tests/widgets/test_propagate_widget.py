@@ -349,3 +349,37 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
     assert store.latest_model == store_model.resolve()
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_the_answer_comes_before_the_store_learns_and_a_cancel_then_keeps_it(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
+    """With the store on LiteMedSAM's encoder the answer is written as soon as it exists,
+    before the store's model learns the case; Cancel pressed then keeps the written slices
+    and the model that answered (the layer's record names it), saves no store model and
+    leaves the store as it was."""
+    from napari_fmbff.data.store import open_store_for
+    from napari_fmbff.training import medical
+
+    monkeypatch.setattr(medical, "STEPS", 40)
+    monkeypatch.setattr(medical, "FLIPS", 2)
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    seg.threshold.value = 0.5
+    tune = propagate_widget(viewer, epochs=500)  # a store run long enough to cancel
+    assert tune.store.use_store.value and tune.propagate_encoder.value == "litemedsam"
+    before = labels.data.copy()
+    tune.propagate_button.native.click()
+    qtbot.waitUntil(lambda: tune._answered is not None, timeout=WAIT_MS)
+    written = labels.data.copy()
+    assert (written != before).any()  # the answer is in the layer while the store learns
+    assert "The store's model is learning this case now" in tune.status.value
+    tune.cancel_button.native.click()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    assert "the propagated slices stay" in tune.status.value
+    np.testing.assert_array_equal(labels.data, written)
+    answered = last_propagation(labels).outcome.path
+    assert answered.exists() and labels.metadata["napari_fmbff"]["model"] == answered.stem
+    assert not any("-store" in p.stem for p in models_dir.glob("*.safetensors"))
+    store = open_store_for(tune.store.store_dir.value, rgb=False)
+    assert store.cases() == [] and store.latest_model is None
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)

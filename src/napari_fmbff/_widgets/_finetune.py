@@ -174,7 +174,7 @@ def _propagate(job: PropagateJob, stop: Cancel):
     ``job.store`` (and the ``job.case`` facts of ``StoreSection.store_job``) the slices join
     the store and the model trains on all of it; a cancel leaves the store as it was too."""
     from ..inference.intensity import intensity_setting
-    from ..inference.progress import until_cancelled
+    from ..inference.progress import relay, until_cancelled
     from ..inference.runtime import cpus_kept_free
     from ..model.checkpoint import load_model
     from ..model.normalization import default_normalization
@@ -199,11 +199,19 @@ def _propagate(job: PropagateJob, stop: Cancel):
             source_meta=about.source_meta, spacing=about.spacing, model=about.model,
             identity=about.identity)))
     control = RunControl(cancel=stop, keep_on_cancel=False)
+    answered = []  # the answer, written before the store's model learns the case
+
+    def seen(step):
+        if step.stage == "answer":
+            answered.append(step.detail)
+        return step
+
     # torch leaves a CPU to the window's own threads (it runs beside them in one process).
     with cpus_kept_free(1):
-        result = yield from until_cancelled(iter_propagate(net, request, control), stop)
-    if stop.is_set():
-        for path in (out, store_out):
+        result = yield from relay(until_cancelled(iter_propagate(net, request, control), stop),
+                                  seen)
+    if stop.is_set():  # an answer already written keeps the model that gave it
+        for path in (store_out, *([] if answered else [out])):
             if path is not None:
                 _forget_model(path)
         return None
@@ -261,6 +269,8 @@ class FineTuneWidget(Container):
         self._viewer = napari_viewer
         self._worker = None
         self._stop = Cancel()  # the running worker's; set by Cancel
+        self._answered = None  # (job, result): a propagation's answer written before its end
+        self._said = ""  # the status line of the last propagation's answer
         self._closed = False
         self._labels_chosen = False  # the user picked the labels layer themselves
         self._following = False
@@ -584,7 +594,7 @@ class FineTuneWidget(Container):
             return None
         import_engine(self.status)
         worker = _propagate(job, self._stop)
-        worker.yielded.connect(self._on_propagate_step)
+        worker.yielded.connect(lambda step: self._on_propagate_step(step, job))
         worker.returned.connect(lambda result: self._on_propagated(job, result))
         slices = ", ".join(map(str, job.slices))
         doing = (f"fine-tuning '{job.base}'" if job.encoder == "model" else
@@ -647,8 +657,14 @@ class FineTuneWidget(Container):
         proposal = proposal_of(labels)
         return [z for z in range(proposal.edited.shape[0]) if proposal.corrected((z,))]
 
-    def _on_propagate_step(self, progress) -> None:
+    def _on_propagate_step(self, progress, job=None) -> None:
         if self._closed:
+            return
+        if progress.stage == "answer":  # written now; the store's model learns the case next
+            self._answered = (job, progress.detail)
+            self._write_propagation(job, progress.detail)
+            self.status.value += (" The store's model is learning this case now: check the "
+                                  "slices meanwhile.")
             return
         if progress.stage == "train":
             self._on_event(progress)
@@ -661,23 +677,40 @@ class FineTuneWidget(Container):
         self.status.value = f"{doing} {progress.done}/{progress.total}..."
 
     def _on_propagated(self, job, result) -> None:
-        """Write the propagation into Segment's output layer as one undo step: the slices
-        learnt from, corrected or accepted are left as they are, painted pixels too."""
+        """The propagation's end: its answer written (``_write_propagation``) unless it was
+        written already, before the store's model learned the case; then the store's model
+        announced (Segment offers the store's latest next) and the status says it all."""
+        early, self._answered = self._answered, None
+        early = early[1] if early is not None and early[0] is job else None
         if self._closed:
             return
         if result is None:
-            self.status.value = "Cancelled: no slice was changed and no model was saved."
+            self.status.value = (
+                "Cancelled while the store's model learned this case: the propagated slices "
+                "stay (Ctrl-Z takes them back) and the case did not join the store."
+                if early is not None else
+                "Cancelled: no slice was changed and no model was saved.")
             return
+        if early is None:
+            self._write_propagation(job, result)
+        store_outcome = result.store_outcome
+        if store_outcome is not None:
+            if store_outcome.saved:
+                announce_model(store_outcome)  # Segment offers the store's latest next
+            self.status.value = f"{self._said} {result.notes[-1]}"
+            show_info(f"napari-fmbff: {result.notes[-1]}")
+
+    def _write_propagation(self, job, result) -> None:
+        """Write the propagation into Segment's output layer as one undo step: the slices
+        learnt from, corrected or accepted are left as they are, painted pixels too."""
         outcome, target = result.outcome, job.target
         if outcome.saved:
             self.last_saved = outcome.path
             announce_model(outcome)
-        if result.store_outcome is not None and result.store_outcome.saved:
-            announce_model(result.store_outcome)  # Segment offers the store's latest next
         if target not in self._viewer.layers or tuple(target.data.shape) != job.shape:
             show_warning(f"napari-fmbff: '{target.name}' was removed or changed while "
                          "propagating; the slices were not written.")
-            self.status.value = outcome.message
+            self.status.value = self._said = outcome.message
             return
         proposal = proposal_of(target)
         keep = set(result.slices) | set(self._checked_slices(target))
@@ -687,9 +720,6 @@ class FineTuneWidget(Container):
         proposal.propagation = self.last_propagation = result
         proposal.probs = {(z,): result.probs[z] for z in range(job.shape[0])}
         answered = outcome.path if outcome.saved else job.base
-        store_outcome = result.store_outcome
-        if not outcome.saved and store_outcome is not None and store_outcome.saved:
-            answered = store_outcome.path  # the new layers learned nothing: the store's answered
         model = getattr(answered, "stem", str(answered))
         target.metadata[PROVENANCE_TAG] = run_record(
             answered, target.metadata.get(PROVENANCE_TAG),
@@ -715,5 +745,5 @@ class FineTuneWidget(Container):
         if result.redrawn:
             text += f" LiteMedSAM redrew the lesion on {len(result.redrawn)} of them."
         text = " ".join([text, *result.notes])
-        self.status.value = text
+        self.status.value = self._said = text
         show_info(f"napari-fmbff: {text}")

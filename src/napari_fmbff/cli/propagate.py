@@ -133,9 +133,7 @@ def cmd_propagate(args) -> int:
     if result.redrawn:
         print(f"fmbff propagate: LiteMedSAM redrew the lesion on {len(result.redrawn)} "
               "slice(s)", file=sys.stderr)
-    answered = outcome.path if result.learned else name
-    if not result.learned and result.store_outcome is not None and result.store_outcome.saved:
-        answered = result.store_outcome.path  # the store's model answered
+    answered = outcome.path if result.learned else store_base  # the model loaded answered
     record = run_record(answered, base=name,
                         learned=result.learned, slices_labelled=result.slices,
                         threshold=args.threshold, connected_only=not args.all_objects,
@@ -192,6 +190,8 @@ def _show_propagation(bar, progress) -> None:
         bar.set_description("fine-tuning")
         bar.set_postfix_str(f"step {progress.detail.step}/{progress.detail.steps} loss "
                             f"{progress.detail.loss:.3f}")
+    elif progress.stage == "answer":  # with --store: the store's model learns the case next
+        bar.set_description("answered; the store's model learns the case")
     elif progress.stage == "slices":
         bar.set_description(progress.detail if isinstance(progress.detail, str)
                             else "segmenting")

@@ -22,8 +22,10 @@ from typing import Any
 #: The stages a job reports and what ``done`` / ``total`` count in each: the tiles of one
 #: image, the slices (planes) of a stack, the chunks of a large image, the images of a run,
 #: a cluster's tasks, the optimiser steps of a training run (``detail``: its ``TrainEvent``),
-#: and a loaded model (``detail``: what the run records of it).
-STAGES = ("tiles", "slices", "chunks", "images", "tasks", "train", "model")
+#: a loaded model (``detail``: what the run records of it), and the answer of a job that goes
+#: on after it (``detail``: the answer, e.g. a propagation's result while the corrections
+#: store's model learns the case).
+STAGES = ("tiles", "slices", "chunks", "images", "tasks", "train", "model", "answer")
 
 
 @dataclass(frozen=True)

@@ -224,10 +224,9 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
     model trains on the whole store (``store_training.train_on_store``); the case joins the
     store and the model is registered (``settle``) once the volume is segmented; closed or
     failed before that, the store is as it was. With the store on LiteMedSAM's encoder
-    (``request.trains_both``) the store's model trains first (saved to
-    ``request.store_model_path()``), then new layers on LiteMedSAM's encoder learn the
-    labelled slices and answer the other slices (the store's model answers only if they learn
-    nothing); ``PropagateResult.store_outcome`` is the store's training. ``control``
+    (``request.trains_both``) new layers on LiteMedSAM's encoder learn the labelled slices
+    and answer the other slices, yielded as ``Progress("answer", 1, 1, result)``; then the
+    store's model trains (``_answer_then_store``; ``PropagateResult.store_outcome``). ``control``
     (``RunControl``; default: a cancel keeps nothing): stop and keep on cancel.
     """
     from ..model.normalization import default_normalization
@@ -244,18 +243,10 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
         case.store, np.asarray(volume), np.asarray(labels), zs, setting,
         case.case_source(request.image_name, request.base))
     try:
-        store_outcome = None
-        if request.trains_both:  # the store's model learns the case; the new layers answer
-            from .run import check_output
-
-            check_output(request.out_model, request.overwrite)  # before the store's training
-            store_outcome = yield from train_on_store(
-                net, case.store, cfg, setting, replace(out, path=request.store_model_path()),
-                control, StoreRun(pending, commit=False))
-            if store_outcome.saved:  # the answer if the new layers learn nothing
-                net = store_outcome.result.net
-            training = _learn_on_litemedsam(request, zs, cfg, out, control)
-        elif case is not None:
+        if request.trains_both:
+            return (yield from _answer_then_store(net, request, zs, setting, cfg, out, control,
+                                                  pending))
+        if case is not None:
             training = train_on_store(net, case.store, cfg, setting, out, control,
                                       StoreRun(pending, commit=False))
         elif request.self_label is not None:
@@ -268,14 +259,37 @@ def iter_propagate(net, request: PropagateRequest, control: RunControl | None = 
         result = yield from _segment_the_others(net, outcome, request, zs,
                                                 setting.for_stack(volume))
         if case is not None:
-            settle(case.store, store_outcome or outcome, pending, base=request.base, cfg=cfg)
-        if store_outcome is not None:
-            result.store_outcome = store_outcome
-            result.notes.append(f"The corrections store learned this case: {store_outcome.message}")
+            settle(case.store, outcome, pending, base=request.base, cfg=cfg)
     except BaseException:
         if pending is not None:
             pending.discard()
         raise
+    return result
+
+
+def _answer_then_store(net, request: PropagateRequest, zs, setting, cfg, out: ModelOut,
+                       control, pending):
+    """Generator: the corrections store on LiteMedSAM's encoder. New layers learn the
+    labelled slices and answer the other slices (``net``, the store's start model, answers if
+    they learn nothing); the answer is yielded (``Progress("answer", 1, 1, result)``) before
+    the store's model trains on the whole store, the case included (saved to
+    ``request.store_model_path()``); the case then joins the store (``settle``). Returns the
+    result, its ``store_outcome`` the store's training."""
+    from ..inference.progress import Progress
+    from .run import check_output
+
+    store_out = replace(out, path=request.store_model_path())
+    check_output(store_out.path, request.overwrite)  # before anything is trained
+    outcome = yield from _learn_on_litemedsam(request, zs, cfg, out, control)
+    result = yield from _segment_the_others(net, outcome, request, zs,
+                                            setting.for_stack(request.volume))
+    yield Progress("answer", 1, 1, result)
+    store = request.store.store
+    store_outcome = yield from train_on_store(net, store, cfg, setting, store_out, control,
+                                              StoreRun(pending, commit=False))
+    settle(store, store_outcome, pending, base=request.base, cfg=cfg)
+    result.store_outcome = store_outcome
+    result.notes.append(f"The corrections store learned this case: {store_outcome.message}")
     return result
 
 
