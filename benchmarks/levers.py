@@ -69,9 +69,12 @@ VARIANTS = {
 }
 #: Lever 1: FM-BFF-Net on LiteMedSAM's frozen TinyViT (``training.medical``), its layers
 #: trained from scratch on the box's slice in its 8 flips and turns: steps x batch ("fast" is
-#: the recipe ``--encoder litemedsam`` runs: ``medical.STEPS``, ``medical.BATCH``).
-MEDICAL = {"medical encoder": {"steps": 150, "batch": 4},
-           "medical encoder fast": {"steps": 100, "batch": 2}}
+#: the recipe ``--encoder litemedsam`` runs: ``medical.STEPS``, ``medical.BATCH``), the new
+#: layers in float32 or under bfloat16 autocast (``bf16``, ``medical.TRAIN_BFLOAT16``).
+MEDICAL = {"medical encoder": {"steps": 150, "batch": 4, "bf16": False},
+           "medical encoder fast": {"steps": 100, "batch": 2, "bf16": False},
+           "medical encoder fast bf16 layers": {"steps": 100, "batch": 2, "bf16": True},
+           "medical encoder 60 steps": {"steps": 60, "batch": 2, "bf16": False}}
 REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops",
            "192 px crops + negatives", *MEDICAL)
 
@@ -280,7 +283,9 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
     from napari_fmbff.training import medical
 
     recipe = MEDICAL[variant]
-    key = [name, seed, int(accepted.sum()), recipe, medical.MODEL]
+    # float32 layers are what the caches of earlier runs hold: keyed as they were
+    keyed = {k: v for k, v in recipe.items() if k != "bf16" or v}
+    key = [name, seed, int(accepted.sum()), keyed, medical.MODEL]
     tag = precision_tag()
     key = hashlib.sha1(json.dumps(key + ([tag] if tag else [])).encode()).hexdigest()[:12]
     path = store / f"medical-{name}-{key}.npz" if store else None

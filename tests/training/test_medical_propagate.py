@@ -174,3 +174,33 @@ def test_a_run_that_did_not_learn_saves_nothing_and_says_so(tmp_path, litemedsam
     assert not result.learned and not out.exists()
     assert "did not learn" in result.outcome.message and "0.50 -> 0.40" in result.outcome.message
     np.testing.assert_array_equal(result.labels[1], labels[1])
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_new_layers_learn_in_either_precision(bf16, litemedsam, monkeypatch):
+    """``iter_fine_tune`` under bfloat16 autocast (only where the CPU does it natively,
+    ``train_precision``) or in float32: it learns the slice either way, says which precision
+    ran, and leaves float32 weights in the usual layout (saved and answered as before)."""
+    import torch
+
+    from napari_fmbff.inference.litemedsam import volume_range
+    from napari_fmbff.model import litemedsam_weights
+
+    monkeypatch.setattr(medical, "FLIPS", 2)
+    volume, disk = disk_volume(1, 96, 3, np.uint8)
+    net = medical.medical_model(True, 0)
+    encoded = medical.encode_slices(net, [volume[0]], [disk], volume_range(volume))
+    before = medical._fit(net, encoded[2], [disk])
+    info = medical.fine_tune(net, [volume[0]], [disk], volume_range(volume), steps=30,
+                             bf16=bf16, encoded=encoded)
+    native = litemedsam_weights.encoder_precision("cpu") == "bfloat16"
+    assert info["precision"] == ("bfloat16" if bf16 and native else "float32")
+    assert all(np.isfinite(info["losses"]))
+    for p in net.parameters():
+        assert p.dtype == torch.float32
+        assert not p.requires_grad or p.dim() != 4 or p.is_contiguous()
+    frozen = [p for p in net.encoder.tinyvit.parameters() if p.dim() == 4]
+    assert frozen and all(p.is_contiguous(memory_format=torch.channels_last)  # its own layout
+                          for p in frozen)
+    after = medical._fit(net, encoded[2], [disk])
+    assert after > max(before, 0.5), (before, after)

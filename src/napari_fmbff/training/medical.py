@@ -25,6 +25,10 @@ BATCH = 2
 LR = 1e-3
 #: The flips and quarter turns each training slice is encoded in (``inference.medical.dihedral``).
 FLIPS = 8
+#: Whether the new layers train under bfloat16 autocast, channels-last, on a CPU that does
+#: bfloat16 natively (``train_precision``): a step of 2 slices on 2 threads 0.21 s against
+#: 0.28-0.31 s in float32. Chosen by benchmarks/interactive.py --levers (docs/models.md).
+TRAIN_BFLOAT16 = False
 #: Steps reported together (one "train" ``Progress``).
 ROUND = 10
 #: FM-BFF-Net's layers on the frozen encoder: a lighter decoder than the starter's (a step on
@@ -77,12 +81,26 @@ def encode_slices(net, planes, masks, intensity_range, flips: int | None = None)
     return feats, targets, plain
 
 
+def train_precision(net, bf16: bool | None = None) -> str:
+    """"bfloat16" when ``iter_fine_tune`` runs the new layers under bfloat16 autocast (in the
+    channels-last layout): ``bf16`` when given, else ``TRAIN_BFLOAT16``, and only on a CPU
+    that does bfloat16 natively (``litemedsam_weights.encoder_precision``); else "float32"."""
+    from ..model.litemedsam_weights import encoder_precision
+
+    device = next(net.parameters()).device
+    wanted = TRAIN_BFLOAT16 if bf16 is None else bf16
+    return "bfloat16" if wanted and encoder_precision(device) == "bfloat16" else "float32"
+
+
 def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed: int = 0,
-                   batch: int = BATCH, encoded=None):
+                   batch: int = BATCH, encoded=None, bf16: bool | None = None):
     """Generator: train ``net``'s trainable layers on the (plane, mask) pairs, each seen in its
     8 flips and turns (``encode_slices``; ``encoded``: its answer, computed already); yields a
     "train" ``Progress`` per ``ROUND`` steps, its detail a ``TrainEvent`` of kind "step" (the
-    mean loss of those steps); returns what it cost and the losses."""
+    mean loss of those steps); returns what it cost, the losses and the precision it ran in
+    (``train_precision``: ``bf16``, default ``TRAIN_BFLOAT16``)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -93,7 +111,11 @@ def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed
     start = time.process_time()
     feats, targets, _ = encoded or encode_slices(net, planes, masks, intensity_range)
     encode_s = time.process_time() - start
-    params = [p for p in net.parameters() if p.requires_grad]
+    precision = train_precision(net, bf16)
+    low = precision == "bfloat16"
+    layout = torch.channels_last if low else torch.contiguous_format
+    params = [p for p in net.parameters() if p.requires_grad]  # the new layers only
+    _set_layout(params, layout)
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
@@ -101,10 +123,12 @@ def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed
     losses = []
     for step in range(steps):
         pick = rng.choice(len(feats), size=min(batch, len(feats)), replace=False)
-        s2 = torch.cat([feats[i][0] for i in pick])
-        s4 = torch.cat([feats[i][1] for i in pick])
+        s2 = torch.cat([feats[i][0] for i in pick]).contiguous(memory_format=layout)
+        s4 = torch.cat([feats[i][1] for i in pick]).contiguous(memory_format=layout)
         y = torch.cat([targets[i] for i in pick])
-        logits = net.forward_features(net.encoder.from_frozen(s2, s4))
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if low else contextlib.nullcontext()):
+            logits = net.forward_features(net.encoder.from_frozen(s2, s4))
+        logits = logits.float()  # the loss in float32
         loss = (F.binary_cross_entropy_with_logits(logits, y)
                 + 1 - soft_dice(torch.sigmoid(logits), y))
         opt.zero_grad()
@@ -116,8 +140,17 @@ def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed
             event = TrainEvent("step", 1, step + 1, steps, loss=float(np.mean(losses[-ROUND:])))
             yield Progress("train", step + 1, steps, event)
     net.eval()
+    _set_layout(params, torch.contiguous_format)  # saved and answered as usual
     return {"encode_cpu_s": encode_s, "train_cpu_s": time.process_time() - start - encode_s,
-            "losses": losses}
+            "losses": losses, "precision": precision}
+
+
+def _set_layout(params, layout) -> None:
+    """The 4D weights of ``params`` (the new layers') in ``layout``, in place; the frozen
+    encoder keeps its own."""
+    for p in params:
+        if p.dim() == 4:
+            p.data = p.data.contiguous(memory_format=layout)
 
 
 def fine_tune(net, planes, masks, intensity_range, **recipe) -> dict:
@@ -203,6 +236,7 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
         "encoder": {**encoder_record(), "precision": encoder_precision(device)},
         "n_train": len(zs), "n_val": 0,
         "recipe": {"steps": STEPS, "batch": BATCH, "lr": LR, "seed": seed,
+                   "precision": info.get("precision", "float32"),
                    "augment": "the 8 flips and quarter turns of each slice",
                    "loss": "BCE + soft Dice", "layers": MODEL},
         "validated": False, "fit_before": round(before, 4), "fit_after": round(after, 4),
