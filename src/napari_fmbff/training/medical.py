@@ -92,13 +92,23 @@ def train_precision(net, bf16: bool | None = None) -> str:
     return "bfloat16" if wanted and encoder_precision(device) == "bfloat16" else "float32"
 
 
-def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed: int = 0,
-                   batch: int = BATCH, encoded=None, bf16: bool | None = None):
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How ``iter_fine_tune`` trains the new layers; None: the module's ``STEPS``, ``BATCH``,
+    ``TRAIN_BFLOAT16`` as they are when it runs."""
+
+    steps: int | None = None
+    batch: int | None = None
+    bf16: bool | None = None
+
+
+def iter_fine_tune(net, planes, masks, intensity_range, recipe: HeadRecipe | None = None,
+                   seed: int = 0, encoded=None):
     """Generator: train ``net``'s trainable layers on the (plane, mask) pairs, each seen in its
-    8 flips and turns (``encode_slices``; ``encoded``: its answer, computed already); yields a
-    "train" ``Progress`` per ``ROUND`` steps, its detail a ``TrainEvent`` of kind "step" (the
-    mean loss of those steps); returns what it cost, the losses and the precision it ran in
-    (``train_precision``: ``bf16``, default ``TRAIN_BFLOAT16``)."""
+    8 flips and turns (``encode_slices``; ``encoded``: its answer, computed already), as
+    ``recipe`` says (``HeadRecipe``); yields a "train" ``Progress`` per ``ROUND`` steps, its
+    detail a ``TrainEvent`` of kind "step" (the mean loss of those steps); returns what it
+    cost, the losses and the precision it ran in (``train_precision``)."""
     import contextlib
 
     import torch
@@ -111,7 +121,9 @@ def iter_fine_tune(net, planes, masks, intensity_range, steps: int = STEPS, seed
     start = time.process_time()
     feats, targets, _ = encoded or encode_slices(net, planes, masks, intensity_range)
     encode_s = time.process_time() - start
-    precision = train_precision(net, bf16)
+    recipe = recipe or HeadRecipe()
+    steps, batch = recipe.steps or STEPS, recipe.batch or BATCH
+    precision = train_precision(net, recipe.bf16)
     low = precision == "bfloat16"
     layout = torch.channels_last if low else torch.contiguous_format
     params = [p for p in net.parameters() if p.requires_grad]  # the new layers only
@@ -153,11 +165,13 @@ def _set_layout(params, layout) -> None:
             p.data = p.data.contiguous(memory_format=layout)
 
 
-def fine_tune(net, planes, masks, intensity_range, **recipe) -> dict:
-    """``iter_fine_tune`` run to the end."""
+def fine_tune(net, planes, masks, intensity_range, seed: int = 0, encoded=None,
+              **recipe) -> dict:
+    """``iter_fine_tune`` run to the end; ``recipe``: ``HeadRecipe``'s fields."""
     from ..inference.progress import drain
 
-    return drain(iter_fine_tune(net, planes, masks, intensity_range, **recipe))
+    return drain(iter_fine_tune(net, planes, masks, intensity_range, HeadRecipe(**recipe),
+                                seed, encoded))
 
 
 @dataclass
@@ -216,8 +230,7 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
     before = _fit(net, encoded[2], masks)
     start = time.perf_counter()
     stop = control.cancel if control is not None else None
-    run = iter_fine_tune(net, planes, masks, intensity, steps=STEPS, seed=seed, batch=BATCH,
-                         encoded=encoded)
+    run = iter_fine_tune(net, planes, masks, intensity, seed=seed, encoded=encoded)
     info = yield from (until_cancelled(run, stop) if stop is not None else run)
     seconds = time.perf_counter() - start
     if info is None or (stop is not None and stop.is_set()):
