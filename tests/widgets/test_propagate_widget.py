@@ -326,7 +326,7 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
     assert tune.propagate_encoder.value == "litemedsam"
     tune.store.use_store.value = True
     tune.propagate_button.native.click()
-    assert "the store's model, from 'tiny', learns the case first" in tune.status.value
+    assert "then the store's model, from 'tiny', learns the case" in tune.status.value
     qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
     result = last_propagation(labels)
     assert result is not None and result.learned

@@ -598,8 +598,8 @@ class FineTuneWidget(Container):
         worker.returned.connect(lambda result: self._on_propagated(job, result))
         slices = ", ".join(map(str, job.slices))
         doing = (f"fine-tuning '{job.base}'" if job.encoder == "model" else
-                 f"training {job.learner}" + (f" (the store's model, from '{job.base}', learns "
-                                              "the case first)" if job.store else ""))
+                 f"training {job.learner}" + (f" (then the store's model, from '{job.base}', "
+                                              "learns the case)" if job.store else ""))
         return self._start(worker, "propagation",
                            f"Propagating: {doing} on slice(s) {slices}...")
 
