@@ -439,9 +439,12 @@ def shipped_variant() -> str:
     """The row that is Propagate as it ships without the store (``PROPAGATE_ENCODER``,
     ``REDRAW``, ``CARRY_ENDS``), so the table can say which one it is."""
     from napari_fmbff.training.config import PROPAGATE_ENCODER
+    from napari_fmbff.training.medical import TRAIN_BFLOAT16
     from napari_fmbff.training.propagate import CARRY_ENDS, REDRAW
 
-    base = "medical encoder fast" if PROPAGATE_ENCODER == "litemedsam" else "192 px crops"
+    low = TRAIN_BFLOAT16 and precision_tag() == "-bfloat16"  # as train_precision decides
+    base = ("192 px crops" if PROPAGATE_ENCODER != "litemedsam" else
+            "medical encoder fast bf16 layers" if low else "medical encoder fast")
     return base + (" + redraw always" if REDRAW else "") + (" + ends" if REDRAW and CARRY_ENDS
                                                             else "")
 

@@ -59,13 +59,18 @@ def make_inputs(folder: Path, cache: Path, n: int = 30):
 FLOAT32 = ("import sys; from napari_fmbff.model import litemedsam_weights; "
            "litemedsam_weights.CPU_BFLOAT16 = False; from napari_fmbff.cli import main; "
            "sys.exit(main(sys.argv[1:]))")
+#: The same with only the new layers' training in float32 (``medical.TRAIN_BFLOAT16`` off).
+LAYERS_FLOAT32 = ("import sys; from napari_fmbff.training import medical; "
+                  "medical.TRAIN_BFLOAT16 = False; from napari_fmbff.cli import main; "
+                  "sys.exit(main(sys.argv[1:]))")
 
 
-def one_run(volume, partial, out: Path, threads: int, extra, float32: bool = False) -> dict:
+def one_run(volume, partial, out: Path, threads: int, extra, float32="") -> dict:
     env = {**os.environ, "FMBFF_THREADS": str(threads)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    cli = ["-c", FLOAT32] if float32 else ["-m", "napari_fmbff.cli"]
+    cli = {"float32": ["-c", FLOAT32], "layers float32": ["-c", LAYERS_FLOAT32]}.get(
+        float32, ["-m", "napari_fmbff.cli"])
     done = subprocess.run([sys.executable, *cli, "propagate", str(volume),
                            "--labels", str(partial), "--out", str(out), "--device", "cpu",
                            "--overwrite", *extra], capture_output=True, text=True, env=env)
@@ -96,6 +101,9 @@ def main(argv=None) -> int:
     p.add_argument("--float32-too", action="store_true",
                    help="each setting also with LiteMedSAM's encoder in float32 (the box, the "
                         "redraw and --encoder litemedsam as they ran before bfloat16)")
+    p.add_argument("--layers-float32-too", action="store_true",
+                   help="each setting also with the new layers on LiteMedSAM's encoder "
+                        "trained in float32 (medical.TRAIN_BFLOAT16 off)")
     p.add_argument("--cache", default=None)
     args = p.parse_args(argv)
     from napari_fmbff.model.litemedsam_weights import encoder_precision
@@ -107,7 +115,8 @@ def main(argv=None) -> int:
             for extra in [""] + args.extra:
                 flags = (["--encoder", "model", "--epochs", epochs] if epochs  # a fine-tune's
                          else []) + extra.split()
-                for float32 in (False, True) if args.float32_too else (False,):
+                for float32 in ("", *(["float32"] if args.float32_too else []),
+                                *(["layers float32"] if args.layers_float32_too else [])):
                     settings.append((threads, flags, float32))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +125,8 @@ def main(argv=None) -> int:
             runs = [one_run(volume, partial, Path(tmp) / "out", threads, flags, float32)
                     for _ in range(args.runs)]
             rows.append({"threads": threads, "flags": " ".join(flags) or "(defaults)",
-                         "encoder": "float32" if float32 else encoder_precision("cpu"),
+                         "encoder": {"layers float32": "encoder bfloat16, layers float32"}.get(
+                             float32, float32 or encoder_precision("cpu")),
                          "wall_s": statistics.median(r["wall_s"] for r in runs),
                          "walls": [round(r["wall_s"]) for r in runs],
                          "cpu_s": statistics.median(r["cpu_s"] for r in runs),
@@ -124,7 +134,7 @@ def main(argv=None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {rows[-1]}", file=sys.stderr, flush=True)
     print(f"\n## fmbff propagate on 30 slices of 512 x 512 px (lung2, one labelled slice), "
           f"{os.cpu_count()} CPUs\n")
-    print("| torch threads | flags | LiteMedSAM's encoder | wall s (median) | runs | CPU s | "
+    print("| torch threads | flags | precision | wall s (median) | runs | CPU s | "
           "3D Dice, other slices |")
     print("|---:|---|---|---:|---|---:|---:|")
     for r in rows:
