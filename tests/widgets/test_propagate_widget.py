@@ -336,7 +336,7 @@ def test_propagate_can_learn_on_litemedsam_s_encoder_and_says_what_learned(
         drawn = labels.data[z] == PAINTED
         assert 2 * (drawn & disks[z]).sum() / (drawn.sum() + disks[z].sum()) > 0.6, z
     assert "new layers on LiteMedSAM's encoder, trained on slice(s) 1" in tune.status.value
-    assert "The corrections store learned this case" in tune.status.value
+    assert "The corrections store's model trained on this case" in tune.status.value
     record = labels.metadata["napari_fmbff"]
     assert record["base_model"] == "new layers on LiteMedSAM's encoder"
     assert record["model"] == result.outcome.path.stem

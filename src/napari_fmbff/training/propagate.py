@@ -289,7 +289,11 @@ def _answer_then_store(net, request: PropagateRequest, zs, setting, cfg, out: Mo
                                               StoreRun(pending, commit=False))
     settle(store, store_outcome, pending, base=request.base, cfg=cfg)
     result.store_outcome = store_outcome
-    result.notes.append(f"The corrections store learned this case: {store_outcome.message}")
+    result.notes.append(  # never say a model learned when it did not
+        f"The corrections store's model trained on this case: {store_outcome.message}"
+        if store_outcome.saved else
+        f"This case joined the corrections store; its model did not change: "
+        f"{store_outcome.message}")
     return result
 
 
