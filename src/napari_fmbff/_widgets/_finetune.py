@@ -269,7 +269,7 @@ class FineTuneWidget(Container):
         self._viewer = napari_viewer
         self._worker = None
         self._stop = Cancel()  # the running worker's; set by Cancel
-        self._answered = None  # (job, result): a propagation's answer written before its end
+        self._answered = None  # the PropagateJob whose answer was written before its end
         self._said = ""  # the status line of the last propagation's answer
         self._closed = False
         self._labels_chosen = False  # the user picked the labels layer themselves
@@ -661,7 +661,7 @@ class FineTuneWidget(Container):
         if self._closed:
             return
         if progress.stage == "answer":  # written now; the store's model learns the case next
-            self._answered = (job, progress.detail)
+            self._answered = job
             self._write_propagation(job, progress.detail)
             self.status.value += (" The store's model is learning this case now: check the "
                                   "slices meanwhile.")
@@ -680,18 +680,17 @@ class FineTuneWidget(Container):
         """The propagation's end: its answer written (``_write_propagation``) unless it was
         written already, before the store's model learned the case; then the store's model
         announced (Segment offers the store's latest next) and the status says it all."""
-        early, self._answered = self._answered, None
-        early = early[1] if early is not None and early[0] is job else None
+        early, self._answered = self._answered is job, None
         if self._closed:
             return
         if result is None:
             self.status.value = (
                 "Cancelled while the store's model learned this case: the propagated slices "
                 "stay (Ctrl-Z takes them back) and the case did not join the store."
-                if early is not None else
+                if early else
                 "Cancelled: no slice was changed and no model was saved.")
             return
-        if early is None:
+        if not early:
             self._write_propagation(job, result)
         store_outcome = result.store_outcome
         if store_outcome is not None:
@@ -719,10 +718,9 @@ class FineTuneWidget(Container):
         # Segment's re-threshold and review follow the propagation's probabilities from now on.
         proposal.propagation = self.last_propagation = result
         proposal.probs = {(z,): result.probs[z] for z in range(job.shape[0])}
-        answered = outcome.path if outcome.saved else job.base
-        model = getattr(answered, "stem", str(answered))
+        model = outcome.path.stem if outcome.saved else str(job.base)
         target.metadata[PROVENANCE_TAG] = run_record(
-            answered, target.metadata.get(PROVENANCE_TAG),
+            outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
             base=job.learner, learned=result.learned, slices_labelled=list(result.slices),
             propagated=True, redrawn_by_litemedsam=list(result.redrawn),
             carried_past_ends_by_litemedsam=list(result.carried))

@@ -85,7 +85,12 @@ def cmd_propagate(args) -> int:
     from ..jobs.saved_labels import run_record
     from ..model.normalization import default_normalization
     from ..training.loop import propagate_config
-    from ..training.propagate import PropagateRequest, iter_propagate, labelled_slices
+    from ..training.propagate import (
+        PropagateRequest,
+        iter_propagate,
+        labelled_slices,
+        store_model_beside,
+    )
     from ..training.store_training import StoreCase, start_model
 
     _check_intensity(args)
@@ -97,8 +102,8 @@ def cmd_propagate(args) -> int:
     slices = labelled_slices(files.labels, len(files.data), _slice_list(args.slices))
     target, sidecar, model_path = files.targets(args.out)
     both = encoder == "litemedsam" and args.store is not None  # the store's model beside
-    store_model = model_path.with_name(f"{model_path.stem}-store{model_path.suffix}")
-    for path in (target, sidecar, model_path, *([store_model] if both else [])):
+    for path in (target, sidecar, model_path,
+                 *([store_model_beside(model_path)] if both else [])):
         if path is not None:
             refuse_existing(path, args.overwrite)
     proposed_by = _model_name(args.model)
@@ -117,7 +122,6 @@ def cmd_propagate(args) -> int:
     request = PropagateRequest(files.data, files.labels, model_path, slices=slices,
                                normalization=setting, cfg=cfg,
                                base=store_base if both else name, encoder=encoder,
-                               store_model=store_model if both else None,
                                image_name=files.stem, threshold=args.threshold,
                                overwrite=args.overwrite, connected=not args.all_objects,
                                redraw=not args.no_redraw, ends=not args.no_ends,

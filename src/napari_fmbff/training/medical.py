@@ -251,7 +251,7 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
         "encoder": {**encoder_record(), "precision": encoder_precision(device)},
         "n_train": len(zs), "n_val": 0,
         "recipe": {"steps": STEPS, "batch": BATCH, "lr": LR, "seed": seed,
-                   "precision": info.get("precision", "float32"),
+                   "precision": info["precision"],
                    "augment": "the 8 flips and quarter turns of each slice",
                    "loss": "BCE + soft Dice", "layers": MODEL},
         "validated": False, "fit_before": round(before, 4), "fit_after": round(after, 4),

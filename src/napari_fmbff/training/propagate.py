@@ -78,6 +78,12 @@ class PropagateResult:
         return self.outcome.saved
 
 
+def store_model_beside(out_model) -> Path:
+    """The store's model's file beside the answer's ``out_model``: its name with "-store"."""
+    out = Path(out_model)
+    return out.with_name(f"{out.stem}-store{out.suffix}")
+
+
 def labelled_slices(labels, n_image_slices: int, slices=None) -> list[int]:
     """The slices to learn from: ``slices`` when given (an accepted slice may hold no lesion),
     else every slice of ``labels`` with a label. One line for what cannot be propagated."""
@@ -192,11 +198,10 @@ class PropagateRequest:
 
     def store_model_path(self) -> Path:
         """Where the store's model goes when ``trains_both``: ``store_model``, or
-        ``out_model``'s name with "-store"."""
+        ``store_model_beside(out_model)``."""
         if self.store_model is not None:
             return Path(self.store_model)
-        out = Path(self.out_model)
-        return out.with_name(f"{out.stem}-store{out.suffix}")
+        return store_model_beside(self.out_model)
 
     def postprocess(self) -> Postprocess:
         """The threshold and min size as ``postprocess.propagated_labels`` takes them."""
