@@ -156,6 +156,39 @@ def test_with_the_store_litemedsam_answers_and_the_store_learns_the_case(
     assert "exists" in capsys.readouterr().err
 
 
+def test_a_failed_store_part_keeps_the_written_answer(tmp_path, litemedsam, few_steps,
+                                                      monkeypatch, capsys):
+    """``fmbff propagate --store``: the answer is written as soon as it is there, so a store
+    part that fails afterwards takes nothing away; the command says so in one line (exit 2),
+    and the store holds no case."""
+    from napari_fmbff.data.store import open_store
+    from napari_fmbff.training import propagate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk is full")
+        yield  # a generator, as train_on_store is
+
+    monkeypatch.setattr(propagate, "train_on_store", broken)
+    volume, disk = disk_volume(5, 96, 0, np.uint8)
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[2][disk] = 1
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    out, store_dir = tmp_path / "out", tmp_path / "store"
+    assert main(["propagate", str(tmp_path / "scan.tif"), "--labels",
+                 str(tmp_path / "partial.tif"), "-o", str(out), "--no-redraw",
+                 "--store", str(store_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "the answer is saved in" in err and "the disk is full" in err
+    assert "Traceback" not in err
+    written = tifffile.imread(out / "scan.tif")
+    np.testing.assert_array_equal(written[2], labels[2])
+    assert (written[1][disk] == 1).mean() > 0.5  # the answer on the other slices is there
+    assert (out / "scan_propagated.safetensors").exists()
+    assert not (out / "scan_propagated-store.safetensors").exists()
+    assert open_store(store_dir / "grey").cases() == []
+
+
 def test_a_run_that_did_not_learn_saves_nothing_and_says_so(tmp_path, litemedsam, monkeypatch):
     from napari_fmbff.inference.progress import drain
     from napari_fmbff.model.checkpoint import load_model

@@ -20,6 +20,7 @@ from ._common import (
     _positive_int,
     _probability,
     _version,
+    one_line,
 )
 
 
@@ -78,11 +79,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_propagate(args) -> int:
-    from tqdm import tqdm
-
     from ..inference.intensity import intensity_setting
-    from ..jobs.propagated import read_volume_files, write_propagated
-    from ..jobs.saved_labels import run_record
+    from ..jobs.propagated import read_volume_files
     from ..model.normalization import default_normalization
     from ..training.loop import propagate_config
     from ..training.propagate import (
@@ -127,8 +125,58 @@ def cmd_propagate(args) -> int:
                                redraw=not args.no_redraw, ends=not args.no_ends,
                                store=None if store is None else StoreCase(
                                    store, _store_source(files, args.volume, proposed_by)))
+    result, saved = _run_and_save(iter_propagate(net, request), files, args,
+                                  (name, store_base), setting)
+    for note in result.notes[saved["notes"]:]:  # the store's, after the answer
+        print(f"fmbff propagate: {note}", file=sys.stderr)
+    if store is not None:
+        print(f"fmbff propagate: corrections store {store.path}: {store.summary()}",
+              file=sys.stderr)
+    return 0
+
+
+def _run_and_save(run, files, args, names, setting):
+    """(result, {"labels": the file written, "notes": the notes said with it}): ``run``
+    (``iter_propagate``) drained under a progress bar, its answer said and written once
+    (``_write_answer``): with --store as soon as it is there, so that a failed or interrupted
+    store part takes nothing away, else at the end."""
+    from tqdm import tqdm
+
+    saved = {}
+
+    def save(result):
+        if "labels" not in saved:
+            saved["notes"] = len(result.notes)
+            saved["labels"] = _write_answer(files, result, args, names, setting)
+
+    def show(step):
+        _show_propagation(bar, step)
+        if step.stage == "answer":
+            save(step.detail)
+
     with tqdm(desc="propagate", unit="step") as bar:
-        result = drain(iter_propagate(net, request), lambda step: _show_propagation(bar, step))
+        try:
+            result = drain(run, show)
+        except BaseException as err:
+            if "labels" not in saved:
+                raise
+            print(f"fmbff propagate: the answer is saved in {saved['labels']}; the store's "
+                  "part did not finish, and the store is as it was", file=sys.stderr)
+            if isinstance(err, Exception):
+                raise CliError(f"the corrections store's part failed: {one_line(err)}") from err
+            raise
+    save(result)
+    return result, saved
+
+
+def _write_answer(files, result, args, names, setting):
+    """Say what Propagate learned and write its labels with their record (the model that
+    answered, the settings, the sources); ``names``: (the base the answer names, the model
+    the store's part starts from). Returns the labels file."""
+    from ..jobs.propagated import write_propagated
+    from ..jobs.saved_labels import run_record
+
+    name, store_base = names
     outcome = result.outcome
     print(f"fmbff propagate: learned from slice(s) {', '.join(map(str, result.slices))}: "
           f"{outcome.message}", file=sys.stderr)
@@ -147,10 +195,7 @@ def cmd_propagate(args) -> int:
                         intensity_setting=setting.to_dict(), package_version=_version())
     written = write_propagated(files, result.labels, args.out, record, args.overwrite)
     print(f"fmbff propagate: {args.volume} -> {written}", file=sys.stderr)
-    if store is not None:
-        print(f"fmbff propagate: corrections store {store.path}: {store.summary()}",
-              file=sys.stderr)
-    return 0
+    return written
 
 
 def _open_store_arg(value):
