@@ -736,6 +736,10 @@ def parse_args(argv):
                    help="torch threads (1: robust on a busy CPU; 0: torch's default)")
     p.add_argument("--store", default=None,
                    help="folder keeping each fine-tune's probabilities (a rerun resumes)")
+    p.add_argument("--medical-start", default=None,
+                   help="the file of new layers the 'procedural start' levers start from "
+                        "(scripts/train_medical_starter.py; default build/"
+                        "medical_starter.safetensors)")
     args = p.parse_args(argv)
     args.overrides = few_shot.parse_overrides(args.set)
     if args.box_orders and args.volumes == ",".join(VOLUMES):
@@ -777,6 +781,8 @@ def main(argv=None) -> int:
     if args.levers:
         import levers
 
+        if args.medical_start:
+            levers.STARTS["procedural"] = Path(args.medical_start)
         cut = []
         variants = (args.variants.split(",") if args.variants
                     else list(levers.VARIANTS) + list(levers.MEDICAL))

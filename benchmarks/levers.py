@@ -76,7 +76,24 @@ VARIANTS = {
 MEDICAL = {"medical encoder": {"steps": 150, "batch": 4, "bf16": False},
            "medical encoder fast": {"steps": 100, "batch": 2, "bf16": False},
            "medical encoder fast bf16 layers": {"steps": 100, "batch": 2, "bf16": True},
-           "medical encoder 60 steps": {"steps": 60, "batch": 2, "bf16": False}}
+           "medical encoder 60 steps": {"steps": 60, "batch": 2, "bf16": False},
+           "medical encoder procedural start": {"steps": 100, "batch": 2, "bf16": True,
+                                                "start": "procedural"}}
+#: Where the "procedural start" rows read their new layers from
+#: (``scripts/train_medical_starter.py``'s file; ``--medical-start`` of interactive.py).
+STARTS = {"procedural": Path("build/medical_starter.safetensors")}
+
+
+def start_file(recipe) -> Path | None:
+    """The file of new layers a MEDICAL recipe starts from, or None (drawn from the seed)."""
+    name = recipe.get("start")
+    if name is None:
+        return None
+    path = STARTS[name]
+    if not path.exists():
+        raise SystemExit(f"{path}: no file of new layers; make it with "
+                         "scripts/train_medical_starter.py, or give --medical-start")
+    return path
 REDRAWN = ("256 px crops", "outward", "192 px crops", "160 px crops", "128 px crops",
            "192 px crops + negatives", *MEDICAL)
 
@@ -289,7 +306,10 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
     from napari_fmbff.inference.postprocess import Postprocess, propagated_labels
     from napari_fmbff.training import medical
 
-    recipe = MEDICAL[variant]
+    recipe = dict(MEDICAL[variant])
+    start = start_file(recipe)
+    if start is not None:  # keyed by what the file holds
+        recipe["start"] = hashlib.sha1(start.read_bytes()).hexdigest()[:12]
     # float32 layers are what the caches of earlier runs hold: keyed as they were
     keyed = {k: v for k, v in recipe.items() if k != "bf16" or v}
     key = [name, seed, int(accepted.sum()), keyed, medical.MODEL]
@@ -303,8 +323,9 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
     intensity = volume_range(image)
     encoded = volume_features(name, image, intensity, store)
     wall, cpu = time.perf_counter(), time.process_time()
-    net = medical.medical_model(True, seed)
-    medical.fine_tune(net, [image[top]], [accepted], intensity, seed=seed, **recipe)
+    net = medical.medical_model(True, seed, start)
+    medical.fine_tune(net, [image[top]], [accepted], intensity, seed=seed,
+                      **{k: v for k, v in recipe.items() if k != "start"})
     probs = np.stack([seen.predict_plane(net, f) for f in encoded["feats"]])
     labels = np.zeros(mask.shape, np.int32)
     labels[top] = accepted

