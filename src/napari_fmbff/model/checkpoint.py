@@ -164,6 +164,9 @@ def model_card(path_or_name) -> str:
     if isinstance(encoder, dict) and encoder.get("name"):
         parts.append(f"new FM-BFF-Net layers on {encoder['name']}'s frozen medical-pretrained "
                      f"encoder ({encoder.get('package', '')} {encoder.get('version', '')})".strip())
+        if prov.get("layers_start_data"):
+            parts.append(f"its new layers started from {prov['layers_start']} "
+                         f"({prov['layers_start_data']})")
     held = prov.get("held_out_dice")
     if isinstance(held, dict) and held:
         parts.append("held-out Dice " + ", ".join(f"{v:.3f} ({k})" for k, v in held.items()))

@@ -5,14 +5,16 @@ The encoder is frozen, so each slice's features are computed once and only FM-BF
 layers train on them: the TinyViT's 75 GFLOP never run per step. The augmentation is the 8
 flips and quarter turns of each training slice, each encoded for what it is (the TinyViT is
 not flip-invariant, so its features are not flipped maps of each other). Slices are seen as
-LiteMedSAM sees them (``inference.medical``); FM-BFF-Net's layers start new (``medical_model``),
-so a propagation learns the lesion from its slices alone, on a medical prior.
+LiteMedSAM sees them (``inference.medical``); FM-BFF-Net's layers start from layers trained on
+procedural images only (``START``, ``start_layers``; no patient), so a propagation learns the
+lesion from its slices alone, on a medical prior.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +35,13 @@ FLIPS = 8
 TRAIN_BFLOAT16 = True
 #: Steps reported together (one "train" ``Progress``).
 ROUND = 10
+#: Where a propagation's new layers start (``start_layers``): a file of new layers in
+#: ``LAYERS_DIR`` trained on procedural images only (``scripts/train_medical_starter.py``), or
+#: None: drawn from the propagation's seed. Chosen by benchmarks/interactive.py --levers and
+#: benchmarks/medical_slices.py (docs/models.md, "A start for the new layers").
+START = "medical_start"
+#: The bundled files of new layers (not models: ``model.registry`` does not list them).
+LAYERS_DIR = Path(__file__).resolve().parents[1] / "weights" / "layers"
 #: FM-BFF-Net's layers on the frozen encoder: a lighter decoder than the starter's (a step on
 #: 4 slices of 256 px, 2 CPU threads: 0.53 s against 0.98 with the starter's decoder).
 MODEL = {"decoder_channels": (128, 64, 32, 16), "refine_convs": 1}
@@ -66,14 +75,25 @@ def new_layers(net) -> dict:
             for k, v in net.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
 
 
+def start_layers() -> Path | None:
+    """The file a propagation's new layers start from (``START`` in ``LAYERS_DIR``), or None:
+    drawn from the seed (``START`` None, or the file not installed)."""
+    if START is None:
+        return None
+    path = LAYERS_DIR / f"{START}.safetensors"
+    return path if path.is_file() else None
+
+
 def load_new_layers(net, path) -> dict:
     """Read a file of new layers (``new_layers``) into ``net``; returns its record (the
-    file's "napari_fmbff" metadata). A ValueError naming the file when its layers are not
+    file's ``keys.PROVENANCE`` metadata). A ValueError naming the file when its layers are not
     ``net``'s."""
     import json
 
     from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from ..data.keys import PROVENANCE
 
     state = load_file(str(path))
     mine = {k: v for k, v in net.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
@@ -83,7 +103,7 @@ def load_new_layers(net, path) -> dict:
                          "scripts/train_medical_starter.py")
     net.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()}, strict=False)
     with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get("napari_fmbff", "{}"))
+        return json.loads((f.metadata() or {}).get(PROVENANCE, "{}"))
 
 
 def _target(mask, resized):
@@ -262,7 +282,14 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
     device = resolve_device(str(getattr(cfg, "device", None) or "auto"))
     threads = fit_cpu_threads() if device.type == "cpu" else None
     seed = int(getattr(cfg, "seed", 0) or 0)
-    net = medical_model(True, seed).to(device)
+    net = medical_model(True, seed)
+    start = start_layers()
+    started = {"layers_start": "drawn from the seed"}
+    if start is not None:
+        record = load_new_layers(net, start)
+        started = {"layers_start": start.stem,
+                   "layers_start_data": record.get("training_data", "procedural images")}
+    net = net.to(device)
     encoded = encode_slices(net, planes, masks, intensity)
     before = _fit(net, encoded[2], masks)
     start = time.perf_counter()
@@ -289,6 +316,7 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
                    "precision": info["precision"],
                    "augment": "the 8 flips and quarter turns of each slice",
                    "loss": "BCE + soft Dice", "layers": MODEL},
+        **started,
         "validated": False, "fit_before": round(before, 4), "fit_after": round(after, 4),
         "train_seconds": round(seconds, 1), "device": str(device),
         "device_name": device_name(device), "cpu_threads": threads,
