@@ -120,6 +120,20 @@ def test_not_with_self_labelling_nor_an_unknown_encoder(tmp_path):
                          encoder="litemedsam", self_label=SelfLabel())
 
 
+def store_case_files(tmp_path):
+    """(disk, labels, out folder, store folder, ``fmbff propagate --store`` arguments): a
+    5-slice scan of one disk, labelled on slice 2, written as TIFFs."""
+    volume, disk = disk_volume(5, 96, 0, np.uint8)
+    labels = np.zeros(volume.shape, np.uint16)
+    labels[2][disk] = 1
+    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
+    out, store_dir = tmp_path / "out", tmp_path / "store"
+    return disk, labels, out, store_dir, [
+        "propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
+        "-o", str(out), "--no-redraw", "--store", str(store_dir)]
+
+
 def test_with_the_store_litemedsam_answers_and_the_store_learns_the_case(
         tmp_path, litemedsam, few_steps, capsys):
     """``fmbff propagate --store`` on the default encoder: new layers on LiteMedSAM's encoder
@@ -129,14 +143,8 @@ def test_with_the_store_litemedsam_answers_and_the_store_learns_the_case(
     from napari_fmbff.data.store import open_store
     from napari_fmbff.model.checkpoint import read_metadata
 
-    volume, disk = disk_volume(5, 96, 0, np.uint8)
-    labels = np.zeros(volume.shape, np.uint16)
-    labels[2][disk] = 1
-    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
-    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
-    out, store_dir = tmp_path / "out", tmp_path / "store"
-    args = ["propagate", str(tmp_path / "scan.tif"), "--labels", str(tmp_path / "partial.tif"),
-            "-o", str(out), "--no-redraw", "--store", str(store_dir), "--epochs", "1"]
+    disk, labels, out, store_dir, args = store_case_files(tmp_path)
+    args += ["--epochs", "1"]
     assert main(args) == 0
     err = capsys.readouterr().err
     answer, store_model = out / "scan_propagated.safetensors", \
@@ -173,15 +181,8 @@ def test_a_failed_store_part_keeps_the_written_answer(tmp_path, litemedsam, few_
         yield  # a generator, as train_on_store is
 
     monkeypatch.setattr(propagate, "train_on_store", broken)
-    volume, disk = disk_volume(5, 96, 0, np.uint8)
-    labels = np.zeros(volume.shape, np.uint16)
-    labels[2][disk] = 1
-    tifffile.imwrite(tmp_path / "scan.tif", volume, photometric="minisblack")
-    tifffile.imwrite(tmp_path / "partial.tif", labels, photometric="minisblack")
-    out, store_dir = tmp_path / "out", tmp_path / "store"
-    assert main(["propagate", str(tmp_path / "scan.tif"), "--labels",
-                 str(tmp_path / "partial.tif"), "-o", str(out), "--no-redraw",
-                 "--store", str(store_dir)]) == 2
+    disk, labels, out, store_dir, args = store_case_files(tmp_path)
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert "the answer is saved in" in err and "the disk is full" in err
     assert "Traceback" not in err
