@@ -208,9 +208,14 @@ def test_interrupted_large_run_resumes_where_it_stopped(tiny_model, big_tiff, tm
     crash[0] = False
     assert main(args + ["--resume"]) == 0
     assert len(calls) == 12 - 5  # only the chunks not done before
-    for name in ("slide.zarr", "slide_prob.zarr"):
-        np.testing.assert_array_equal(zarr.open_group(str(out / name), mode="r")["0"][:],
-                                      zarr.open_group(str(tmp_path / "ref" / name), mode="r")["0"][:])
+    def read(folder, name):
+        return zarr.open_group(str(folder / name), mode="r")["0"][:]
+
+    np.testing.assert_array_equal(read(out, "slide.zarr"), read(tmp_path / "ref", "slide.zarr"))
+    # the probabilities to float rounding: a run uses the CPU threads free when it starts,
+    # and another thread count sums in another order
+    np.testing.assert_allclose(read(out, "slide_prob.zarr"),
+                               read(tmp_path / "ref", "slide_prob.zarr"), rtol=0, atol=1e-6)
     assert sorted(p.name for p in out.iterdir()) == ["slide.zarr", "slide_prob.zarr"]
 
 
