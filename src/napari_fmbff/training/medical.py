@@ -283,11 +283,11 @@ def iter_learn_slices(volume, labels, zs, out, cfg, control=None, intensity_rang
     threads = fit_cpu_threads() if device.type == "cpu" else None
     seed = int(getattr(cfg, "seed", 0) or 0)
     net = medical_model(True, seed)
-    start = start_layers()
+    layers = start_layers()
     started = {"layers_start": "drawn from the seed"}
-    if start is not None:
-        record = load_new_layers(net, start)
-        started = {"layers_start": start.stem,
+    if layers is not None:
+        record = load_new_layers(net, layers)
+        started = {"layers_start": layers.stem,
                    "layers_start_data": record.get("training_data", "procedural images")}
     net = net.to(device)
     encoded = encode_slices(net, planes, masks, intensity)
