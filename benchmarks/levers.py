@@ -79,20 +79,21 @@ MEDICAL = {"medical encoder": {"steps": 150, "batch": 4, "bf16": False},
            "medical encoder 60 steps": {"steps": 60, "batch": 2, "bf16": False},
            "medical encoder procedural start": {"steps": 100, "batch": 2, "bf16": True,
                                                 "start": "procedural"}}
-#: Where the "procedural start" rows read their new layers from: the bundled file
-#: (``training.medical.START``, made by scripts/train_medical_starter.py), or
-#: ``--medical-start`` of interactive.py.
-STARTS = {"procedural": Path(__file__).resolve().parents[1] / "src" / "napari_fmbff" / "weights"
-           / "layers" / "medical_start.safetensors"}
+#: Where the "procedural start" rows read their new layers from: ``--medical-start`` of
+#: interactive.py, or None: the bundled file (``training.medical.start_layers``, made by
+#: scripts/train_medical_starter.py).
+STARTS = {"procedural": None}
 
 
 def start_file(recipe) -> Path | None:
     """The file of new layers a MEDICAL recipe starts from, or None (drawn from the seed)."""
+    from napari_fmbff.training.medical import start_layers
+
     name = recipe.get("start")
     if name is None:
         return None
-    path = STARTS[name]
-    if not path.exists():
+    path = STARTS[name] or start_layers()
+    if path is None or not path.exists():
         raise SystemExit(f"{path}: no file of new layers; make it with "
                          "scripts/train_medical_starter.py, or give --medical-start")
     return path

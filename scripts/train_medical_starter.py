@@ -79,19 +79,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    import torch
     from safetensors.torch import save_file
 
     from napari_fmbff import __version__
     from napari_fmbff.data.keys import PROVENANCE
-    from napari_fmbff.inference.progress import Progress
+    from napari_fmbff.inference.progress import drain
     from napari_fmbff.model.litemedsam_weights import provenance as encoder_record
     from napari_fmbff.training import medical
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     net = medical.medical_model(True, args.seed)
     feats, targets, _, _ = encode_all(net, args.per_look, 0, log)
     held = encode_all(net, args.held_out, HELD_OUT_SEED, log)
@@ -99,16 +97,10 @@ def main(argv=None) -> int:
     log(f"held-out Dice before training: {before}")
     recipe = medical.HeadRecipe(steps=args.steps, batch=args.batch)
     start = time.perf_counter()
-    run = medical.iter_fine_tune(net, [], [], None, recipe, seed=args.seed,
-                                 encoded=(feats, targets, []))
-    while True:
-        try:
-            p = next(run)
-        except StopIteration as stop:
-            info = stop.value
-            break
-        if isinstance(p, Progress) and p.done % 100 == 0:
-            log(f"step {p.done}/{p.total}: loss {p.detail.loss:.4f}")
+    info = drain(medical.iter_fine_tune(net, [], [], None, recipe, seed=args.seed,
+                                        encoded=(feats, targets, [])),
+                 lambda p: p.done % 100 == 0 and log(f"step {p.done}/{p.total}: loss "
+                                                     f"{p.detail.loss:.4f}"))
     seconds = time.perf_counter() - start
     after = held_out_scores(net, held[2], held[3])
     log(f"held-out Dice after training: {after} ({seconds:.0f} s)")

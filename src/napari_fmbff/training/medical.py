@@ -91,19 +91,19 @@ def load_new_layers(net, path) -> dict:
     import json
 
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from ..data.keys import PROVENANCE
 
-    state = load_file(str(path))
+    with safe_open(str(path), "pt") as f:  # the tensors and the record, in one read
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        record = json.loads((f.metadata() or {}).get(PROVENANCE, "{}"))
     mine = {k: v for k, v in net.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
     if set(state) != set(mine) or any(state[k].shape != mine[k].shape for k in mine):
         raise ValueError(f"{path}: its layers are not those of this medical model "
                          f"({len(state)} tensors against {len(mine)}); train it again with "
                          "scripts/train_medical_starter.py")
     net.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()}, strict=False)
-    with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get(PROVENANCE, "{}"))
+    return record
 
 
 def _target(mask, resized):
