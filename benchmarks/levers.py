@@ -392,9 +392,37 @@ def propagated(name, image, mask, top, accepted, variant, seed, store, negatives
     return run
 
 
+#: Two references, not variants: what the parts could give with the truth's help. Every
+#: lesion slice but the box's drawn by LiteMedSAM from the truth's own box on it (grown as the
+#: user's box is) and nothing elsewhere: the best any box-carrying or redraw rule could do
+#: with this box engine. And Propagate as shipped with its slices cut to the truth's first and
+#: last lesion slice: the lesion's ends known.
+TRUE_BOXES = "reference: LiteMedSAM from the truth's box on every lesion slice"
+TRUE_ENDS = "reference: Propagate as shipped, cut to the lesion's true ends"
+
+
+def true_box_labels(image, mask, top, engine, grown_box):
+    """``TRUE_BOXES``: LiteMedSAM from ``grown_box`` of the truth on each lesion slice but
+    ``top``, nothing on the lesion-free slices."""
+    out = np.zeros(mask.shape, bool)
+    for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        if z != top:
+            out[z] = engine.engine.litemedsam_box(image[z], grown_box(mask[z]), "cpu",
+                                                  engine.range) > 0
+    return out
+
+
+def within_true_ends(pred, mask):
+    """``pred`` with every slice outside the truth's first..last lesion slice emptied."""
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    out = np.zeros_like(pred)
+    out[zs.min():zs.max() + 1] = pred[zs.min():zs.max() + 1]
+    return out
+
+
 def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volume, LiteMedSAM,
                grown_box, past, log) -> list:
-    engine, rows = LiteMedSAM(), []
+    engine, rows, boxed = LiteMedSAM(), [], {}
     for seed in seeds:
         for name in volumes:
             image, mask = load_volume(name, cache)
@@ -402,6 +430,11 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
             engine.for_volume(name, image)
             accepted = engine(image[top], grown_box(mask[top])) > 0
             rest = np.array([z for z in range(len(image)) if z != top])
+            if name not in boxed:  # the same each seed: drawn once
+                boxed[name] = scores(true_box_labels(image, mask, top, engine, grown_box),
+                                     mask, rest)
+            rows.append({"volume": name, "seed": seed, "slice": top, "variant": TRUE_BOXES,
+                         **boxed[name], "cpu_s": float("nan"), "wall_s": float("nan")})
             for variant in variants:
                 if past(deadline, 120):
                     cut.append(f"{name} seed {seed}: {variant}")
@@ -434,6 +467,9 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                              "wall_s": run["wall_s"] + redrawn[1] + cpu, "ends": written})
                 log(f"levers: {name} seed {seed} {variant} + redraw always + ends: "
                     f"{rows[-1]['dice']:.3f} (carried to {written})")
+                if rows[-1]["variant"] == shipped_variant():
+                    rows.append({**rows[-1], "variant": TRUE_ENDS,
+                                 **scores(within_true_ends(ends, mask), mask, rest)})
                 for label, high in RAISED.items() if variant in MEDICAL else ():
                     label = f"{variant} + {label}"
                     more = grown(run["probs"], accepted, top, high)
@@ -482,6 +518,12 @@ def variant_mean(rows, variant, key) -> float:
     return statistics.mean(vals) if vals else float("nan")
 
 
+def row_order(rows) -> list:
+    """The variants in the order they ran, the references last."""
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    return sorted(names, key=lambda v: v.startswith("reference: "))
+
+
 def print_lever_table(rows) -> None:
     print("\n## Issue 30's levers: one LiteMedSAM box, then Propagate\n")
     print("Over every slice but the boxed one (lesion-free slices counted); mean over the "
@@ -489,21 +531,24 @@ def print_lever_table(rows) -> None:
     print("| variant | runs | 3D Dice | lesion slices | precision | recall | CPU s | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     shipped = shipped_variant()
-    for variant in dict.fromkeys(r["variant"] for r in rows):
+    for variant in row_order(rows):
         mine = [r for r in rows if r["variant"] == variant]
         name = f"{variant} (**Propagate as shipped**)" if variant == shipped else variant
 
         def mean(key):
             return variant_mean(mine, variant, key)
 
+        def secs(key):  # the references have no time of their own
+            return "–" if mean(key) != mean(key) else f"{mean(key):.0f}"
+
         print(f"| {name} | {len(mine)} | **{mean('dice'):.3f}** | {mean('lesion_dice'):.3f} "
-              f"| {mean('precision'):.3f} | {mean('recall'):.3f} | {mean('cpu_s'):.0f} | "
-              f"{mean('wall_s'):.0f} |")
+              f"| {mean('precision'):.3f} | {mean('recall'):.3f} | {secs('cpu_s')} | "
+              f"{secs('wall_s')} |")
     print("\nPer volume (3D Dice, seeds in order):\n")
     volumes = list(dict.fromkeys(r["volume"] for r in rows))
     print("| variant | " + " | ".join(volumes) + " |")
     print("|---|" + "---:|" * len(volumes))
-    for variant in dict.fromkeys(r["variant"] for r in rows):
+    for variant in row_order(rows):
         cells = []
         for v in volumes:
             vals = [f"{r['dice']:.3f}" for r in rows if r["variant"] == variant
