@@ -7,6 +7,7 @@ precision, recall of the model's mask at 0.5 (nothing to connect to: no user obj
 
     pip install -e ".[bench]"
     python benchmarks/medical_transfer.py --seeds 0,1 --store build/levers
+    python benchmarks/medical_transfer.py --whole --seeds 0 --store build/levers
 
 ``--store``: the levers benchmark's store (each volume's LiteMedSAM features are encoded
 once and kept there). Torch on ``--threads`` threads.
@@ -15,6 +16,7 @@ once and kept there). Torch on ``--threads`` threads.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +85,56 @@ def medical_run(name, image, top, accepted, seed, other_name, other, store, star
     return np.stack([seen.predict_plane(net, f) for f in feats])
 
 
+#: A store on LiteMedSAM's encoder (``--whole``): the new layers' training on whole patients,
+#: steps of ``WHOLE_BATCH`` (one patient: ``WHOLE_STEPS``, about 12-30 passes over its
+#: slices; four patients: ``STORE_STEPS``, about 16 passes).
+WHOLE_STEPS, STORE_STEPS, WHOLE_BATCH = 300, 1000, 4
+VOLUMES = ("brain1", "lung2", "lung1", "brain2", "breast1")
+
+
+def whole_run(names, seed, b, other, store, start, cache):
+    """Patients reviewed whole, then the next: new layers (from ``start``) trained on every
+    slice of each volume in ``names`` (its plain encodings, kept in ``store``; lesion slices
+    repeated as the store repeats them, ``store_training.lesion_repeat``), then every slice
+    of B. What a store's model on LiteMedSAM's encoder would answer a new patient first."""
+    from types import SimpleNamespace
+
+    from napari_fmbff.inference import medical as seen
+    from napari_fmbff.inference.litemedsam import volume_range
+    from napari_fmbff.inference.progress import drain
+    from napari_fmbff.training import medical
+    from napari_fmbff.training.store_training import lesion_repeat
+
+    net = medical.medical_model(True, seed, start)
+    feats, targets, reviewed = [], [], []
+    for name in names:
+        image, mask = interactive.load_volume(name, cache)
+        planes = levers.volume_features(name, image, volume_range(image), store)["feats"]
+        reviewed.append((planes, mask > 0))
+        repeat = lesion_repeat([SimpleNamespace(mask=m) for m in mask])
+        for f, m in zip(planes, mask):
+            for _ in range(repeat if m.any() else 1):
+                feats.append((f.s2, f.s4))
+                targets.append(medical._target(m > 0, f.resized))
+    steps = WHOLE_STEPS if len(names) == 1 else STORE_STEPS
+    recipe = medical.HeadRecipe(steps=steps, batch=WHOLE_BATCH)
+    drain(medical.iter_fine_tune(net, None, None, None, recipe, seed, (feats, targets, [])))
+
+    def answer(planes):
+        return np.stack([seen.predict_plane(net, f) for f in planes]) >= 0.5
+
+    own = [scores(answer(planes), truth)["dice"] for planes, truth in reviewed]
+    mine = levers.volume_features(b, other, volume_range(other), store)["feats"]
+    return answer(mine), own
+
+
+def whole_plans():
+    """(patients reviewed whole, the next patient): each pair of ``PAIRS``, then each volume
+    with the other four in the store."""
+    return [((a,), b) for a, b in PAIRS] + [
+        (tuple(v for v in VOLUMES if v != b), b) for b in VOLUMES]
+
+
 def starts(path, a, image, top, accepted, seed, b, other, store):
     """The rows of a file of new layers (none without one): fine-tuned on A's slice, and alone
     (the same for every A, so run for the first seed only)."""
@@ -106,12 +158,21 @@ def main(argv=None) -> int:
                         "rows, fine-tuned on A and alone (zero-shot on B)")
     p.add_argument("--skip-today", action="store_true",
                    help="leave out today's rows (starter fine-tuned: the slow ones)")
+    p.add_argument("--whole", action="store_true",
+                   help="only the store on LiteMedSAM's encoder: patients reviewed whole "
+                        "(each pair, and each volume after the other four), then the next "
+                        "patient's every slice (new layers from --medical-start, or the "
+                        "bundled start)")
+    p.add_argument("--next", default=None,
+                   help="--whole: only these next patients (comma-separated volume names)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     cache = Path.home() / ".cache" / "napari-fmbff-bench"
     store = Path(args.store) if args.store else None
+    if args.whole:
+        return whole_table(args, cache, store)
     engine = interactive.LiteMedSAM()
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -146,6 +207,36 @@ def main(argv=None) -> int:
         cells = [" / ".join(f"{r['dice']:.3f}" for r in rows if r["variant"] == variant
                             and r["pair"] == f"{a} -> {b}") for a, b in PAIRS]
         print(f"| {variant} | " + " | ".join(cells) + " |")
+    return 0
+
+
+def whole_table(args, cache, store) -> int:
+    from napari_fmbff.training import medical
+
+    start = Path(args.medical_start) if args.medical_start else medical.start_layers()
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for names, b in whole_plans():
+            if args.next and b not in args.next.split(","):
+                continue
+            other, truth = interactive.load_volume(b, cache)
+            begin = time.process_time()
+            pred, own = whole_run(names, seed, b, other, store, start, cache)
+            rows.append({"plan": f"{' + '.join(names)} -> {b}", "seed": seed,
+                         **scores(pred, truth > 0), "own": statistics.mean(own),
+                         "cpu_s": time.process_time() - begin})
+            print(f"[{time.strftime('%H:%M:%S')}] {rows[-1]['plan']} seed {seed}: "
+                  f"{rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
+    print("\n## A store on LiteMedSAM's encoder: patients reviewed whole -> the next patient\n")
+    print(f"New layers from {start.name if start else 'the seed'}, {WHOLE_STEPS} steps "
+          f"({STORE_STEPS} for four patients) of {WHOLE_BATCH} on every slice of the reviewed "
+          "patients; the next patient's every slice scored at 0.5 (lesion-free slices "
+          "counted). \"own\": the mean 3D Dice of the reviewed patients' own slices.\n")
+    print("| reviewed whole -> next | seed | 3D Dice | precision | recall | own | CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['plan']} | {r['seed']} | **{r['dice']:.3f}** | {r['precision']:.3f} | "
+              f"{r['recall']:.3f} | {r['own']:.3f} | {r['cpu_s']:.0f} |")
     return 0
 
 
