@@ -422,7 +422,7 @@ def within_true_ends(pred, mask):
 
 def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volume, LiteMedSAM,
                grown_box, past, log) -> list:
-    engine, rows, boxed = LiteMedSAM(), [], {}
+    engine, rows, boxed, shipped = LiteMedSAM(), [], {}, shipped_variant()
     for seed in seeds:
         for name in volumes:
             image, mask = load_volume(name, cache)
@@ -467,7 +467,7 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                              "wall_s": run["wall_s"] + redrawn[1] + cpu, "ends": written})
                 log(f"levers: {name} seed {seed} {variant} + redraw always + ends: "
                     f"{rows[-1]['dice']:.3f} (carried to {written})")
-                if rows[-1]["variant"] == shipped_variant():
+                if rows[-1]["variant"] == shipped:
                     rows.append({**rows[-1], "variant": TRUE_ENDS,
                                  **scores(within_true_ends(ends, mask), mask, rest)})
                 for label, high in RAISED.items() if variant in MEDICAL else ():

@@ -12,7 +12,7 @@ set): on a lesion of 3 slices, 3 corrected slices leave no lesion to find.
 
     pip install -e ".[bench]"
     python benchmarks/medical_slices.py --seeds 0,1 --store build/levers \\
-        --medical-start build/medical_starter.safetensors
+        --medical-start src/napari_fmbff/weights/layers/medical_start.safetensors
 """
 
 from __future__ import annotations

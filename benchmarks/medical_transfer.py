@@ -89,7 +89,6 @@ def medical_run(name, image, top, accepted, seed, other_name, other, store, star
 #: steps of ``WHOLE_BATCH`` (one patient: ``WHOLE_STEPS``, about 12-30 passes over its
 #: slices; four patients: ``STORE_STEPS``, about 16 passes).
 WHOLE_STEPS, STORE_STEPS, WHOLE_BATCH = 300, 1000, 4
-VOLUMES = ("brain1", "lung2", "lung1", "brain2", "breast1")
 
 
 def whole_run(names, seed, b, other, store, start, cache):
@@ -132,7 +131,7 @@ def whole_plans():
     """(patients reviewed whole, the next patient): each pair of ``PAIRS``, then each volume
     with the other four in the store."""
     return [((a,), b) for a, b in PAIRS] + [
-        (tuple(v for v in VOLUMES if v != b), b) for b in VOLUMES]
+        (tuple(v for v in interactive.VOLUMES if v != b), b) for b in interactive.VOLUMES]
 
 
 def starts(path, a, image, top, accepted, seed, b, other, store):
