@@ -87,7 +87,13 @@ def test_unknown_encoder_is_a_clear_error():
 
 
 def test_imagenet_weights_offline_fail_with_guidance(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, when it is imported (timm imports it): without
+    # this the test waits ~45 s on the network's timeouts instead of being offline.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(EncoderWeightsUnavailable, match="encoder_weights=None"):
