@@ -51,32 +51,13 @@ def crop_around(box, shape, factor: float, min_side: int):
     return slice(top, min(top + side, h)), slice(left, min(left + side, w))
 
 
-def decode_scored(embedding, corners):
-    """(bool mask, LiteMedSAM's own predicted IoU) for the box ``corners`` (pixel corners) on
-    an embedded plane: ``litemedsam.decode`` with the decoder's IoU head kept."""
-    import torch
-
-    from napari_fmbff.inference import litemedsam
-
-    net = litemedsam.model(embedding.device)
-    b = torch.tensor([[list(corners)]], dtype=torch.float32, device=embedding.features.device)
-    with torch.no_grad():
-        sparse, dense = net.prompt_encoder(points=None, boxes=b * embedding.scale, masks=None)
-        logits, iou = net.mask_decoder(image_embeddings=embedding.features,
-                                       image_pe=net.prompt_encoder.get_dense_pe(),
-                                       sparse_prompt_embeddings=sparse,
-                                       dense_prompt_embeddings=dense, multimask_output=False)
-        logits = net.postprocess_masks(logits, embedding.resized, embedding.shape)
-    return logits[0, 0].float().cpu().numpy() > 0, float(iou.reshape(-1)[0])
-
-
 def whole_box(plane, box, intensity_range):
     """(mask, predicted IoU) on the whole slice (its embedding cached, as the plugin's)."""
     from napari_fmbff.inference import litemedsam
 
     x0, y0, x1, y1 = box
     embedding = litemedsam.embeddings.get(plane, "cpu", intensity_range)
-    return decode_scored(embedding, (x0, y0, x1 + 1, y1 + 1))
+    return litemedsam.decode(embedding, (x0, y0, x1 + 1, y1 + 1), scored=True)
 
 
 def zoomed_box(plane, box, intensity_range, factor: float, min_side: int):
@@ -87,8 +68,9 @@ def zoomed_box(plane, box, intensity_range, factor: float, min_side: int):
     rows, cols = crop_around(box, plane.shape, factor, min_side)
     x0, y0, x1, y1 = box
     embedding = litemedsam.embed(plane[rows, cols], "cpu", intensity_range)
-    drawn, iou = decode_scored(embedding, (x0 - cols.start, y0 - rows.start,
-                                           x1 + 1 - cols.start, y1 + 1 - rows.start))
+    drawn, iou = litemedsam.decode(embedding, (x0 - cols.start, y0 - rows.start,
+                                               x1 + 1 - cols.start, y1 + 1 - rows.start),
+                                   scored=True)
     out = np.zeros(plane.shape, bool)
     out[rows, cols] = drawn
     return out, iou

@@ -28,6 +28,9 @@ Variants:
     narrowing faster than lesions do);
   - *extends*: where LiteMedSAM's mask holds at least 90 % of the model's and is at most twice
     its area (LiteMedSAM only grows the mask, never moves it).
+  - *always, unsure emptied*: every marked slice, and those whose redraw LiteMedSAM's own
+    IoU head rates below ``inference.redraw.UNSURE`` (0.5) emptied (Propagate's redraw now);
+    with the ends too.
 - **+ threshold 0.7** (medical encoder rows): the model's voxels at or above 0.7 connected in
   3D to the box's object, alone and with the redraw and the ends.
 - **+ grow t** (lever 3, the ends): the model's voxels at or above t (0.3, 0.2) connected in 3D
@@ -158,6 +161,14 @@ def _extends(z, pred, probs, drawn) -> bool:
     return (drawn & mine).sum() >= 0.9 * mine.sum() and drawn.sum() <= 2 * mine.sum()
 
 
+#: Every marked slice redrawn, and the slices whose redraw LiteMedSAM itself rates below
+#: ``inference.redraw.UNSURE`` predicted IoU emptied (Propagate's redraw since "LiteMedSAM's
+#: own doubt", docs/models.md).
+UNSURE_DROPPED = "always, unsure emptied"
+
+#: The redraw rules whose labels are also carried past the lesion's ends ("+ ends" rows).
+ENDED = ("always", UNSURE_DROPPED)
+
 #: When a marked slice is redrawn by LiteMedSAM: rule(z, labels, probs, LiteMedSAM's mask).
 REDRAW_RULES = {
     "always": lambda z, pred, probs, drawn: True,
@@ -215,12 +226,12 @@ def redraws(image, pred, probs, rest, engine, drawn_out=None) -> dict:
     the box Propagate's redraw gives it (``inference.redraw.object_box``)."""
     from napari_fmbff.inference.redraw import object_box
 
-    drawn, cost = {}, {}
+    drawn, cost, iou = {}, {}, {}
     for z in rest:
         if pred[z].any():
             start = time.process_time()
-            drawn[z] = engine.engine.litemedsam_box(image[z], object_box(pred[z]), "cpu",
-                                                    engine.range) > 0
+            drawn[z], iou[z] = engine.engine.litemedsam_box(
+                image[z], object_box(pred[z]), "cpu", engine.range, scored=True)
             cost[z] = time.process_time() - start
     if drawn_out is not None:
         drawn_out.update(drawn)
@@ -232,6 +243,12 @@ def redraws(image, pred, probs, rest, engine, drawn_out=None) -> dict:
                 new[z] = mask
                 done.append(int(z))
         out[name] = (new, done, sum(cost[z] for z in done))
+    from napari_fmbff.inference.redraw import UNSURE
+
+    new = pred.copy()  # UNSURE_DROPPED: always, and the slices LiteMedSAM doubts emptied
+    for z, mask in drawn.items():
+        new[z] = mask if iou[z] >= (UNSURE or 0.5) else False
+    out[UNSURE_DROPPED] = (new, sorted(drawn), sum(cost.values()))
     return out
 
 
@@ -448,10 +465,11 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                     f"({run['wall_s']:.0f} s wall, self-labelled {run['own']})")
                 if variant not in REDRAWN:
                     continue
-                drawn, redrawn = {}, None
+                drawn, redrawn = {}, {}
                 for rule, (new, done, cpu) in redraws(image, run["labels"], run["probs"], rest,
                                                       engine, drawn).items():
-                    redrawn = (new, cpu) if rule == "always" else redrawn
+                    if rule in ENDED:
+                        redrawn[rule] = (new, cpu)
                     label = f"{variant} + redraw {rule}"
                     rows.append({**base, "variant": label, **scores(new, mask, rest),
                                  "cpu_s": run["cpu_s"] + cpu, "wall_s": run["wall_s"] + cpu,
@@ -460,16 +478,18 @@ def lever_rows(volumes, cache, seeds, variants, store, deadline, cut, load_volum
                         f"(redrew {done})")
                 rows[-1]["signals"] = slice_signals(run["labels"], run["probs"], mask > 0,
                                                     drawn)
-                ends, written, cpu = carried_ends(image, redrawn[0], top)
-                rows.append({**base, "variant": f"{variant} + redraw always + ends",
-                             **scores(ends, mask, rest),
-                             "cpu_s": run["cpu_s"] + redrawn[1] + cpu,
-                             "wall_s": run["wall_s"] + redrawn[1] + cpu, "ends": written})
-                log(f"levers: {name} seed {seed} {variant} + redraw always + ends: "
-                    f"{rows[-1]['dice']:.3f} (carried to {written})")
-                if rows[-1]["variant"] == shipped:
-                    rows.append({**rows[-1], "variant": TRUE_ENDS,
-                                 **scores(within_true_ends(ends, mask), mask, rest)})
+                for rule in ENDED:
+                    ends, written, cpu = carried_ends(image, redrawn[rule][0], top)
+                    label = f"{variant} + redraw {rule} + ends"
+                    rows.append({**base, "variant": label, **scores(ends, mask, rest),
+                                 "cpu_s": run["cpu_s"] + redrawn[rule][1] + cpu,
+                                 "wall_s": run["wall_s"] + redrawn[rule][1] + cpu,
+                                 "ends": written})
+                    log(f"levers: {name} seed {seed} {label}: {rows[-1]['dice']:.3f} "
+                        f"(carried to {written})")
+                    if label == shipped:
+                        rows.append({**rows[-1], "variant": TRUE_ENDS,
+                                     **scores(within_true_ends(ends, mask), mask, rest)})
                 for label, high in RAISED.items() if variant in MEDICAL else ():
                     label = f"{variant} + {label}"
                     more = grown(run["probs"], accepted, top, high)
@@ -508,8 +528,11 @@ def shipped_variant() -> str:
     base = ("192 px crops" if PROPAGATE_ENCODER != "litemedsam" else
             "medical encoder procedural start" if low and start_layers() else
             "medical encoder fast bf16 layers" if low else "medical encoder fast")
-    return base + (" + redraw always" if REDRAW else "") + (" + ends" if REDRAW and CARRY_ENDS
-                                                            else "")
+    from napari_fmbff.inference.redraw import UNSURE
+
+    rule = "always" if UNSURE is None else UNSURE_DROPPED
+    return base + (f" + redraw {rule}" if REDRAW else "") + (" + ends" if REDRAW and CARRY_ENDS
+                                                             else "")
 
 
 def variant_mean(rows, variant, key) -> float:

@@ -48,7 +48,7 @@ def redrawn(image, pred, zs):
     from napari_fmbff.inference.progress import drain
     from napari_fmbff.inference.redraw import iter_extend_ends, iter_redraw
 
-    out, _ = drain(iter_redraw(image, np.asarray(pred, np.int32), zs, "cpu"))
+    out, *_ = drain(iter_redraw(image, np.asarray(pred, np.int32), zs, "cpu"))
     out, _ = drain(iter_extend_ends(image, out, zs, "cpu"))
     return out > 0
 

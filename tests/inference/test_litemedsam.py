@@ -162,3 +162,14 @@ def test_volume_range_is_one_range_for_the_whole_stack():
     colour = np.stack([stack * 0, stack, stack * 2], -1)
     assert volume_range(colour, rgb=True) == pytest.approx(
         tuple(np.percentile(colour, (0.5, 99.5))))
+
+
+def test_scored_gives_the_same_mask_and_a_higher_iou_for_the_object(litemedsam):
+    """``scored``: the mask is the unscored one, with LiteMedSAM's own predicted IoU (0..1),
+    which is higher for a box on the blob than for a box on its flat background."""
+    image, mask = blob()
+    box = (34, 15, 82, 53)
+    drawn, iou = litemedsam.litemedsam_box(image, box, scored=True)
+    np.testing.assert_array_equal(drawn, litemedsam.litemedsam_box(image, box))
+    _, background = litemedsam.litemedsam_box(image, (2, 2, 14, 14), scored=True)
+    assert 0.0 <= background < iou <= 1.0 and iou > 0.8

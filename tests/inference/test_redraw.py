@@ -44,7 +44,7 @@ def test_a_tight_object_is_redrawn_to_the_lesion_and_keeps_its_id(litemedsam):
     labels[2, 2:5, 2:5] = 9                     # another object, far away, on slice 2
     labels[2][truth[2]] = 7
     events = []
-    out, done = drain(iter_redraw(image, labels, [0]), events.append)
+    out, done, dropped = drain(iter_redraw(image, labels, [0]), events.append)
     np.testing.assert_array_equal(out[0], labels[0])          # the user's slice untouched
     assert done == [1, 2] and [e.detail for e in events] == ["redrawing"] * 2
 
@@ -149,3 +149,60 @@ def test_propagate_carries_the_lesion_past_where_the_model_stops(tiny_net, tmp_p
     stopped = run("b", ends=False)
     assert stopped.carried == [] and not stopped.ends and not stopped.labels[[0, 2, 3]].any()
     assert run("c", redraw=False).carried == []
+
+
+def test_an_object_litemedsam_cannot_outline_is_taken_off_its_slice(monkeypatch):
+    """LiteMedSAM's own predicted IoU for a redraw below ``UNSURE``: the model's object is
+    taken off that slice (it marked something LiteMedSAM finds no object in), the slice is
+    reported, and every other object and the user's slice are kept; ``unsure=None`` keeps it."""
+    from napari_fmbff.inference import litemedsam
+    from napari_fmbff.inference.redraw import UNSURE
+
+    image, truth = blobs(n=4)
+    image[2] += 10000                           # slice 2, as the fake below knows it
+    labels = np.zeros(truth.shape, np.int32)
+    labels[:, 30:40, 50:65] = 5                 # the model's object on every slice
+    labels[0][truth[0]] = 5                     # the user's slice
+    labels[3, 2:8, 2:8] = 6                     # a second object on slice 3
+
+    def answer(plane, box, device="cpu", intensity_range=None, scored=False):
+        x0, y0, x1, y1 = box
+        drawn = np.zeros(plane.shape, bool)
+        drawn[y0 + 5:y1 - 4, x0 + 5:x1 - 4] = True
+        unsure = plane.min() > 5000 or (x0, y0) == (0, 0)  # slice 2, and slice 3's object 6
+        return (drawn, UNSURE - 0.1 if unsure else UNSURE + 0.3) if scored else drawn
+
+    monkeypatch.setattr(litemedsam, "litemedsam_box", answer)
+    monkeypatch.setattr(litemedsam, "volume_range", lambda volume: (0.0, 1.0))
+    out, done, dropped = drain(iter_redraw(image, labels, [0]))
+    np.testing.assert_array_equal(out[0], labels[0])
+    assert dropped == [2, 3] and done == [1, 3]
+    assert not out[2].any()                                  # slice 2 emptied
+    assert (out[3] == 5).sum() == (labels[3] == 5).sum() and not (out[3] == 6).any()
+    kept, done, dropped = drain(iter_redraw(image, labels, [0], unsure=None))
+    assert dropped == [] and done == [1, 2, 3] and (kept[2] == 5).any()
+
+
+def test_propagate_empties_the_slices_litemedsam_finds_nothing_on_and_says_so(
+        tiny_net, tmp_path, litemedsam, monkeypatch):
+    """Through Propagate (the path of ``fmbff propagate`` and the widget): the slices whose
+    object LiteMedSAM rates below ``UNSURE`` are left empty, listed in the result's
+    ``dropped``, and a note tells the user to check them."""
+    from napari_fmbff.inference.redraw import UNSURE
+
+    image, truth = blobs(n=4)
+    labels = np.zeros(truth.shape, np.int32)
+    labels[1][truth[1]] = 1
+
+    def answer(plane, box, device="cpu", intensity_range=None, scored=False):
+        drawn = np.zeros(plane.shape, bool)
+        drawn[box[1]:box[3], box[0]:box[2]] = True
+        return (drawn, UNSURE - 0.2) if scored else drawn
+
+    monkeypatch.setattr(litemedsam, "litemedsam_box", answer)
+    result = propagated(tiny_net, image, labels, tmp_path / "m", threshold=0.0,
+                        connected=False, ends=False)
+    assert result.dropped == [0, 2, 3] and result.redrawn == []
+    assert not result.labels[[0, 2, 3]].any()
+    np.testing.assert_array_equal(result.labels[1], labels[1])
+    assert any("slice(s) 0, 2, 3" in n and "check them" in n for n in result.notes)

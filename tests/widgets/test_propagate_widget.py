@@ -383,3 +383,39 @@ def test_the_answer_comes_before_the_store_learns_and_a_cancel_then_keeps_it(
     assert store.cases() == [] and store.latest_model is None
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_a_slice_litemedsam_finds_nothing_on_is_emptied_named_and_checked_first(
+        make_napari_viewer, qtbot, tiny_model, models_dir, monkeypatch, litemedsam):
+    """The model marks every pixel of every slice; LiteMedSAM's redraw rates each of its
+    objects below ``UNSURE`` (it finds no lesion to outline there). Those slices are left
+    empty, the status and the layer's record name them, and Next slice to check visits
+    them first."""
+    from napari_fmbff.inference.redraw import UNSURE
+    from napari_fmbff.inference.segmenter import Segmenter
+
+    def doubtful(plane, box, device="cpu", intensity_range=None, scored=False):
+        drawn = np.zeros(np.shape(plane)[:2], bool)    # nothing it can outline
+        return (drawn, UNSURE - 0.2) if scored else drawn
+
+    viewer, seg, labels = corrected_viewer(make_napari_viewer, qtbot)
+    labels.brush_size = 20
+    labels.paint((1, 31, 32), PAINTED)
+    seg.threshold.value = 0.5
+    monkeypatch.setattr(Segmenter, "predict_proba",
+                        lambda _self, image, out=None: np.ones(np.shape(image), np.float32))
+    monkeypatch.setattr(litemedsam, "litemedsam_box", doubtful)
+    tune = docked_propagate_widget(viewer)
+    tune.propagate_button.native.click()
+    qtbot.waitUntil(lambda: tune._worker is None, timeout=WAIT_MS)
+    result = last_propagation(labels)
+    assert result is not None and result.dropped == [0, 2, 3] and result.redrawn == []
+    assert not labels.data[[0, 2, 3]].any() and (labels.data[1] == PAINTED).any()
+    assert labels.metadata["napari_fmbff"]["emptied_by_litemedsam"] == [0, 2, 3]
+    assert "found no lesion it could outline where the model marked slice(s) 0, 2, 3" in \
+        tune.status.value
+    seg.review.next_button.native.click()
+    assert viewer.dims.current_step[0] == 0
+    seg.review.accept_button.native.click()
+    seg.review.next_button.native.click()
+    assert viewer.dims.current_step[0] == 2

@@ -723,7 +723,8 @@ class FineTuneWidget(Container):
             outcome.path if outcome.saved else job.base, target.metadata.get(PROVENANCE_TAG),
             base=job.learner, learned=result.learned, slices_labelled=list(result.slices),
             propagated=True, redrawn_by_litemedsam=list(result.redrawn),
-            carried_past_ends_by_litemedsam=list(result.carried))
+            carried_past_ends_by_litemedsam=list(result.carried),
+            emptied_by_litemedsam=list(result.dropped))
         carry_scan(job.image, target)  # Segment's layer has it; one made otherwise gets it
         self.progress.value = 1000
         self._say_propagated(job, result, len(planes), model)

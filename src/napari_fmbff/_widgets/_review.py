@@ -216,13 +216,15 @@ class ReviewSection:
 def _upcoming(planes: list, scores, done: list, proposal) -> int | None:
     """The position in ``planes`` of the next slice to check: first the slices a propagation
     carried the lesion to past the model's own end (LiteMedSAM alone drew them; the model's
-    probabilities there say nothing, so ``review_scores`` would never rank them), then the
-    highest score; never one of ``done`` (the positions corrected or accepted). None when
-    every slice is done."""
+    probabilities there say nothing, so ``review_scores`` would never rank them), then those
+    it emptied where LiteMedSAM found nothing to outline, then the highest score; never one
+    of ``done`` (the positions corrected or accepted). None when every slice is done."""
     from ..inference.review import next_slice
 
     at = {index: k for k, index in enumerate(planes)}
-    for z in getattr(proposal.propagation, "carried", None) or []:
+    propagation = proposal.propagation
+    for z in [*(getattr(propagation, "carried", None) or []),
+              *(getattr(propagation, "dropped", None) or [])]:
         k = at.get((z,))
         if k is not None and k not in done:
             return k

@@ -769,7 +769,7 @@ def _redraw_planes(volume, labels, zs, ends: bool):
     slice) on re-thresholded labels; returns the labels."""
     from ..training.propagate import redraw_labels
 
-    labels, _, _, _ = yield from redraw_labels(volume, labels, zs, ends=ends)
+    labels, *_ = yield from redraw_labels(volume, labels, zs, ends=ends)
     return labels
 
 

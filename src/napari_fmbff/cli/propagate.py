@@ -191,6 +191,7 @@ def _write_answer(files, result, args, names, setting):
                         threshold=args.threshold, connected_only=not args.all_objects,
                         redrawn_by_litemedsam=result.redrawn,
                         carried_past_ends_by_litemedsam=result.carried,
+                        emptied_by_litemedsam=result.dropped,
                         source=str(args.volume), labels_source=str(args.labels),
                         intensity_setting=setting.to_dict(), package_version=_version())
     written = write_propagated(files, result.labels, args.out, record, args.overwrite)

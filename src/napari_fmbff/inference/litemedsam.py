@@ -106,18 +106,19 @@ def provenance() -> dict:
             "encoder_precision_cpu": encoder_precision("cpu")}
 
 
-def litemedsam_box(plane, box, device="cpu", intensity_range=None) -> np.ndarray:
+def litemedsam_box(plane, box, device="cpu", intensity_range=None, scored: bool = False):
     """bool (H, W): LiteMedSAM's mask for ``box`` (x0, y0, x1, y1, napari's pixel
     coordinates; checked by ``model.prompts.box_pixels``) on a grey (H, W) or colour
     (H, W, 3/4) plane. The plane's embedding comes from ``embeddings`` (the encoder runs once
     per plane, range and device); each box then costs only the prompt encoder and the mask
     decoder. ``intensity_range``: (low, high) mapped to 0 and 1, e.g. ``volume_range`` of the
-    plane's volume; None: the plane's own 0.5 / 99.5 percentiles."""
+    plane's volume; None: the plane's own 0.5 / 99.5 percentiles. ``scored``: (mask, the
+    IoU LiteMedSAM predicts for it), as ``decode``."""
     from ..model.prompts import box_pixels
 
     rows, cols = box_pixels(box, np.shape(plane)[:2])  # a bad box: one line, before any work
     embedding = embeddings.get(plane, device, intensity_range)
-    return decode(embedding, (cols.start, rows.start, cols.stop, rows.stop))
+    return decode(embedding, (cols.start, rows.start, cols.stop, rows.stop), scored)
 
 
 @dataclass(frozen=True)
@@ -168,21 +169,24 @@ def embed(plane, device="cpu", intensity_range=None) -> Embedding:
     return Embedding(features, shape, resized, scale, key)
 
 
-def decode(embedding: Embedding, corners) -> np.ndarray:
+def decode(embedding: Embedding, corners, scored: bool = False):
     """bool (H, W): the mask decoder's answer for the box ``corners`` (x0, y0, x1, y1, pixel
-    corners: the last row and column + 1) on an embedded plane."""
+    corners: the last row and column + 1) on an embedded plane. ``scored``: (that mask, the
+    IoU with the object that LiteMedSAM's own IoU head predicts for it, 0..1), a sign of how
+    sure it is that the box holds an object it can outline (``inference.redraw.UNSURE``)."""
     import torch
 
     net = model(embedding.device)
     b = torch.tensor([[list(corners)]], dtype=torch.float32, device=embedding.features.device)
     with torch.no_grad():
         sparse, dense = net.prompt_encoder(points=None, boxes=b * embedding.scale, masks=None)
-        logits, _ = net.mask_decoder(image_embeddings=embedding.features,
-                                     image_pe=net.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse,
-                                     dense_prompt_embeddings=dense, multimask_output=False)
+        logits, iou = net.mask_decoder(image_embeddings=embedding.features,
+                                       image_pe=net.prompt_encoder.get_dense_pe(),
+                                       sparse_prompt_embeddings=sparse,
+                                       dense_prompt_embeddings=dense, multimask_output=False)
         logits = net.postprocess_masks(logits, embedding.resized, embedding.shape)
-    return logits[0, 0].float().cpu().numpy() > 0
+    mask = logits[0, 0].float().cpu().numpy() > 0
+    return (mask, float(iou.reshape(-1)[0])) if scored else mask
 
 
 class EmbeddingCache:

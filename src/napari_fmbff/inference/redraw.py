@@ -8,7 +8,9 @@ object's bounding box grown by ``GROW`` px: FM-BFF-Net says where the lesion is,
 how far it reaches. The user's slices are never touched, an object keeps its id, another
 object's pixels are never taken, and an object LiteMedSAM draws nothing for stays as it was.
 Chosen by benchmarks/interactive.py --levers (docs/models.md, "Issue 30's levers"). Each slice costs one LiteMedSAM encoding (about 1 CPU s in bfloat16, 2.3 in float32), each
-object one decoding (about 0.1 s); a slice seen before costs the decoding only.
+object one decoding (about 0.1 s); a slice seen before costs the decoding only. An object
+LiteMedSAM rates below ``UNSURE`` (its own predicted IoU for the redraw) is taken off its
+slice: the model marked something there that LiteMedSAM finds no object in.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ import numpy as np
 #: Pixels added on each side of an object's bounding box (as a box prompt is grown).
 GROW = 5
 
+#: An object whose redraw LiteMedSAM rates below this predicted IoU (its decoder's own IoU
+#: head, ``litemedsam.decode``) is taken off that slice: LiteMedSAM finds nothing in the box
+#: it can outline. Over 191 cached propagations of the levers table (every recipe, 841
+#: marked slices), below 0.5 fell 17 of 137 slices the model marked without a lesion and 1
+#: of 704 lesion slices (its mask held 42 of the lesion's 1,751 px); 0.6 takes 4 lesion
+#: slices. None: never (docs/models.md, "LiteMedSAM's own doubt").
+UNSURE = 0.5
+
 
 def object_box(mask, grow: int = GROW) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1): ``mask``'s bounding box grown by ``grow`` px, inside the plane."""
@@ -29,13 +39,17 @@ def object_box(mask, grow: int = GROW) -> tuple[int, int, int, int]:
             min(int(xs.max()) + grow, w - 1), min(int(ys.max()) + grow, h - 1))
 
 
-def iter_redraw(volume, labels, zs, device: str = "cpu", intensity_range=None):
+def iter_redraw(volume, labels, zs, device: str = "cpu", intensity_range=None,
+                unsure: float | None = UNSURE):
     """Generator: yields ``Progress`` ("slices", detail "redrawing") per slice; returns
-    (labels with every object on the slices not in ``zs`` redrawn, the slices redrawn).
+    (labels with every object on the slices not in ``zs`` redrawn, the slices redrawn, the
+    slices an object was taken off).
 
     ``labels`` (Z, Y, X) int: a propagation's labels (the user's slices ``zs`` verbatim);
     ``intensity_range``: LiteMedSAM's range for the volume (default ``volume_range``).
-    Objects smaller than 2 x 2 px are left as they are (no box to give)."""
+    Objects smaller than 2 x 2 px are left as they are (no box to give). An object whose
+    redraw LiteMedSAM rates below ``unsure`` predicted IoU is taken off its slice (``UNSURE``;
+    None: never)."""
     from . import litemedsam
     from .progress import Progress
 
@@ -44,7 +58,7 @@ def iter_redraw(volume, labels, zs, device: str = "cpu", intensity_range=None):
         intensity_range = litemedsam.volume_range(volume)
     user = set(zs)
     todo = [z for z in range(len(out)) if z not in user and out[z].any()]
-    done = []
+    done, dropped = [], []
     for k, z in enumerate(todo):
         plane = np.asarray(volume[z])
         before = out[z].copy()
@@ -53,15 +67,21 @@ def iter_redraw(volume, labels, zs, device: str = "cpu", intensity_range=None):
             x0, y0, x1, y1 = object_box(mine)
             if x1 - x0 < 2 or y1 - y0 < 2:
                 continue
-            drawn = litemedsam.litemedsam_box(plane, (x0, y0, x1, y1), device, intensity_range)
+            drawn, iou = litemedsam.litemedsam_box(plane, (x0, y0, x1, y1), device,
+                                                   intensity_range, scored=True)
+            if unsure is not None and iou < unsure:  # nothing here LiteMedSAM can outline
+                out[z][mine] = 0
+                dropped.append(z)
+                continue
             if not drawn.any():  # nothing to redraw with: the model's object stays
                 continue
             free = (out[z] == 0) | (out[z] == obj)
             out[z][mine] = 0
             out[z][drawn & free] = obj
-        done.append(z)
+        if out[z].any():
+            done.append(z)
         yield Progress("slices", k + 1, len(todo), "redrawing")
-    return out, done
+    return out, done, sorted(set(dropped))
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class PropagateResult:
     connected: bool = KEEP_CONNECTED  # only the objects connected to the user's were kept
     redrawn: list = field(default_factory=list)  # the slices LiteMedSAM redrew (inference.redraw)
     carried: list = field(default_factory=list)  # slices the lesion was carried to past its ends
+    dropped: list = field(default_factory=list)  # slices emptied: LiteMedSAM found no object
     ends: bool = False          # whether the ends were carried (a re-threshold carries them again)
     notes: list = field(default_factory=list)    # what the user should know, in words
     store_outcome: object = None  # with the store on LiteMedSAM's encoder: the store's training
@@ -342,39 +343,46 @@ def _segment_the_others(net, outcome, request: PropagateRequest, zs, normalizati
     merged = propagated_labels(probs, labels, zs, request.postprocess(), request.connected)
     uncertainty = slice_uncertainty(probs)
     uncertainty[zs] = 0.0
-    redrawn, carried, notes, ends = [], [], [], False
+    redrawn, carried, dropped, notes, ends = [], [], [], [], False
     if request.redraw:
         from ..inference import litemedsam
 
-        merged, redrawn, carried, notes = yield from redraw_labels(
+        merged, redrawn, carried, dropped, notes = yield from redraw_labels(
             volume, merged, zs, request.cfg, request.ends)
         ends = request.ends and litemedsam.available()
     if carried:
         notes.append("LiteMedSAM carried the lesion past its ends to slice(s) "
                      f"{', '.join(map(str, carried))}: check them")
     return PropagateResult(merged, probs, zs, outcome, uncertainty, request.connected,
-                           redrawn=redrawn, notes=notes, carried=carried, ends=ends)
+                           redrawn=redrawn, notes=notes, carried=carried, dropped=dropped,
+                           ends=ends)
 
 
 def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
     """Generator: ``inference.redraw.iter_redraw`` on a propagation's labels, on the recipe's
     device, then with ``ends`` ``iter_extend_ends`` (each lesion carried past its ends);
-    returns (labels, slices redrawn, slices carried to, notes): unchanged, with a note, when
+    returns (labels, slices redrawn, slices carried to, slices left empty because LiteMedSAM
+    found nothing to outline there (``redraw.UNSURE``), notes): unchanged, with a note, when
     LiteMedSAM cannot be imported. The Segment widget's re-threshold after a propagation calls
     it too."""
     from ..inference import litemedsam
-    from ..inference.redraw import iter_extend_ends, iter_redraw
+    from ..inference.redraw import UNSURE, iter_extend_ends, iter_redraw
     from ..inference.runtime import resolve_device
 
     if not litemedsam.available():
-        return labels, [], [], ["the propagated slices were not redrawn: " + litemedsam.MISSING]
+        return labels, [], [], [], ["the propagated slices were not redrawn: "
+                                    + litemedsam.MISSING]
     device = resolve_device(str(getattr(cfg, "device", None) or "auto")).type
     intensity = litemedsam.volume_range(volume)  # one range for both, read once
-    labels, done = yield from iter_redraw(volume, labels, zs, device, intensity)
+    labels, done, dropped = yield from iter_redraw(volume, labels, zs, device, intensity)
     carried = []
     if ends:
         labels, carried = yield from iter_extend_ends(volume, labels, zs, device, intensity)
-    return labels, done, carried, []
+    dropped = [z for z in dropped if not np.asarray(labels[z]).any()]  # none carried back
+    notes = [f"LiteMedSAM found no lesion it could outline where the model marked slice(s) "
+             f"{', '.join(map(str, dropped))} (its predicted IoU below {UNSURE:g}), so they "
+             "were left empty: check them"] if dropped else []
+    return labels, done, carried, dropped, notes
 
 
 def _segment_others(model, volume, labels, zs, normalization, reach=None):
