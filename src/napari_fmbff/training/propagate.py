@@ -374,7 +374,8 @@ def redraw_labels(volume, labels, zs, cfg=None, ends: bool = False):
                                     + litemedsam.MISSING]
     device = resolve_device(str(getattr(cfg, "device", None) or "auto")).type
     intensity = litemedsam.volume_range(volume)  # one range for both, read once
-    labels, done, dropped = yield from iter_redraw(volume, labels, zs, device, intensity)
+    labels, done, dropped = yield from iter_redraw(volume, labels, zs, device, intensity,
+                                                   UNSURE)
     carried = []
     if ends:
         labels, carried = yield from iter_extend_ends(volume, labels, zs, device, intensity)
