@@ -52,12 +52,11 @@ def crop_around(box, shape, factor: float, min_side: int):
 
 
 def whole_box(plane, box, intensity_range):
-    """(mask, predicted IoU) on the whole slice (its embedding cached, as the plugin's)."""
+    """(mask, predicted IoU) on the whole slice: the plugin's own box engine (its embedding
+    cached)."""
     from napari_fmbff.inference import litemedsam
 
-    x0, y0, x1, y1 = box
-    embedding = litemedsam.embeddings.get(plane, "cpu", intensity_range)
-    return litemedsam.decode(embedding, (x0, y0, x1 + 1, y1 + 1), scored=True)
+    return litemedsam.litemedsam_box(plane, box, "cpu", intensity_range, scored=True)
 
 
 def zoomed_box(plane, box, intensity_range, factor: float, min_side: int):
